@@ -51,3 +51,7 @@ class AllExpertsFailedError(AvengersError):
             f"All {len(self.failures)} selected experts failed ({detail}). "
             "Check that their servers are reachable, or raise `timeout` / `max_retries`."
         )
+
+
+class ExpertTimeoutError(AvengersError, TimeoutError):
+    """An expert did not answer within the configured ``timeout``."""

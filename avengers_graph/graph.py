@@ -1,0 +1,616 @@
+"""The Avengers ensemble as a LangGraph state machine.
+
+One question flows through five nodes (``ALGORITHM.md``, "Inference"):
+
+1. ``embed``: :func:`~avengers_graph.routing.routing_text` picks the question from
+   ``messages``; the embeddings model embeds it and :func:`~avengers_graph.embeddings.normalise`
+   L2-normalises it. The node also resets last turn's ``samples`` and ``failures``.
+2. ``locate_cluster``: :meth:`ClusterStore.check_compatible` refuses a store built
+   with other embeddings, :meth:`ClusterStore.nearest` queries Chroma for the
+   ``top_k`` nearest centroids, and :func:`~avengers_graph.routing.match_clusters`
+   weighs them with ``softmax(-beta * distance)``.
+3. ``select_experts``: :func:`~avengers_graph.routing.score_experts` scores every
+   expert of the pool on the matched clusters' statistics and
+   :func:`~avengers_graph.routing.select_experts` keeps the ``top_n``; the node plans
+   ``samples`` calls per expert, each with its own seed.
+4. ``sample``: one ``Send`` per planned call runs in parallel (sync and async). A
+   call that raises a transient error is retried by LangGraph's ``RetryPolicy``; any
+   other error, a timeout, or a transient error on the last attempt is recorded in
+   ``failures`` and the expert loses that sample.
+5. ``vote``: :func:`~avengers_graph.voting.resolve_extractor` picks how to compare
+   the answers, :func:`~avengers_graph.voting.majority_vote` (or
+   :func:`~avengers_graph.voting.semantic_vote` for free text) picks the winner, ties
+   going to the better-ranked expert. The winning ``AIMessage``, with the summed usage
+   of every call, is appended to ``messages`` and the routing record written to
+   ``avengers``. If every expert failed, :class:`AllExpertsFailedError` names them.
+
+:func:`build_avengers_graph` returns the uncompiled ``StateGraph`` (to extend);
+:func:`create_avengers_graph` compiles it. Per-run knobs go in the run's ``context``
+as an :class:`AvengersContext` (or a dict of its fields).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AnyMessage
+from langchain_core.messages.ai import UsageMetadata, add_usage
+from langchain_core.runnables import RunnableConfig, RunnableLambda
+from langgraph.cache.base import BaseCache
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import get_runtime
+from langgraph.store.base import BaseStore
+from langgraph.types import CachePolicy, Checkpointer, RetryPolicy, Send
+
+from avengers_graph import routing, voting
+from avengers_graph.embeddings import embedding_model_name, normalise
+from avengers_graph.errors import AllExpertsFailedError, ExpertTimeoutError, InvalidInputError
+from avengers_graph.state import (
+    AvengersState,
+    ClusterRecord,
+    ExpertRecord,
+    InputState,
+    OutputState,
+    RoutingRecord,
+    Sample,
+    SampleRecord,
+    SampleTask,
+)
+from avengers_graph.store import ClusterStore
+
+_DEFAULT_RETRY_ON = RetryPolicy().retry_on
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """Whether an expert error is worth retrying.
+
+    HTTP errors carrying a status code retry on 408, 429 and 5xx only (a 400 or 401
+    will fail again); our own timeouts are a budget and do not retry; everything
+    else follows LangGraph's default ``retry_on`` (no retry for programming errors
+    such as ``ValueError`` or ``TypeError``).
+    """
+    if isinstance(exc, ExpertTimeoutError):
+        return False
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status in (408, 429) or status >= 500
+    retry_on = _DEFAULT_RETRY_ON
+    return isinstance(exc, Exception) and callable(retry_on) and bool(retry_on(exc))
+
+
+@dataclass(frozen=True)
+class AvengersSettings:
+    """Resolved routing and sampling settings of one run (defaults of the factory)."""
+
+    top_k: int = 1
+    """Nearest clusters to weigh (the paper's default is 1)."""
+    top_n: int = 2
+    """Experts to sample."""
+    samples: int = 3
+    """Samples per selected expert."""
+    beta: float = 3.0
+    """Softmax sharpness over the matched clusters' distances."""
+    temperature: float | None = 0.7
+    """Sampling temperature sent to the experts; ``None`` keeps each expert's own."""
+    max_tokens: int | None = None
+    """Cap on generated tokens sent to the experts; ``None`` keeps each expert's own."""
+    stop: tuple[str, ...] | None = None
+    """Stop sequences sent to the experts."""
+    seed: int | None = None
+    """Base seed; ``None`` draws a fresh one per question (recorded in the routing record)."""
+    timeout: float | None = None
+    """Seconds one expert call may take before it counts as failed."""
+    answer_format: str | voting.Extractor = "auto"
+    """How answers are compared: a name of :data:`voting.EXTRACTORS`, ``"auto"``,
+    ``"semantic"`` or a callable ``text -> key``."""
+    similarity_threshold: float = 0.85
+    """Cosine similarity above which free-text answers count as the same answer."""
+    prior_strength: float = 0.0
+    """Beta-prior pseudo-counts toward each expert's global accuracy (0 = raw accuracy)."""
+    quality_weight: float = 1.0
+    """Avengers-Pro's trade-off: 1 ranks by accuracy, lower values favour cheaper experts."""
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "top_n", "samples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}.")
+        if self.beta < 0:
+            raise InvalidInputError(f"beta must be >= 0, got {self.beta!r}.")
+        if self.temperature is not None and self.temperature < 0:
+            raise InvalidInputError(f"temperature must be >= 0, got {self.temperature!r}.")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise InvalidInputError(f"max_tokens must be >= 1, got {self.max_tokens!r}.")
+        if self.timeout is not None and self.timeout <= 0:
+            raise InvalidInputError(f"timeout must be > 0 seconds, got {self.timeout!r}.")
+        if not 0.0 < self.similarity_threshold <= 1.0:
+            raise InvalidInputError(
+                f"similarity_threshold must be in (0, 1], got {self.similarity_threshold!r}."
+            )
+        if not 0.0 <= self.quality_weight <= 1.0:
+            raise InvalidInputError(
+                f"quality_weight must be in [0, 1], got {self.quality_weight!r}."
+            )
+        if self.prior_strength < 0:
+            raise InvalidInputError(
+                f"prior_strength must be >= 0, got {self.prior_strength!r}."
+            )
+        if isinstance(self.answer_format, str):
+            voting.resolve_extractor([], self.answer_format)  # validates the name
+
+
+@dataclass(frozen=True)
+class AvengersContext:
+    """Per-run overrides of the graph's settings (the graph's ``context_schema``).
+
+    Every field left at ``None`` keeps the value the graph was built with. Pass it as
+    ``graph.invoke(inputs, context=AvengersContext(top_n=3))`` or as a dict.
+    """
+
+    top_k: int | None = None
+    top_n: int | None = None
+    samples: int | None = None
+    beta: float | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    timeout: float | None = None
+    answer_format: str | None = None
+    similarity_threshold: float | None = None
+    prior_strength: float | None = None
+    quality_weight: float | None = None
+
+
+def resolve_settings(defaults: AvengersSettings, context: Any) -> AvengersSettings:
+    """Apply a run's :class:`AvengersContext` (or dict) over the graph's defaults."""
+    if context is None:
+        return defaults
+    if isinstance(context, Mapping):
+        values = dict(context)
+    else:
+        values = {f.name: getattr(context, f.name, None) for f in fields(AvengersContext)}
+    known = {f.name for f in fields(AvengersContext)}
+    unknown = set(values) - known
+    if unknown:
+        raise InvalidInputError(
+            f"Unknown context keys {sorted(unknown)}; valid keys are {sorted(known)}."
+        )
+    overrides = {key: value for key, value in values.items() if value is not None}
+    if "stop" in overrides:
+        overrides["stop"] = tuple(overrides["stop"])
+    return replace(defaults, **overrides) if overrides else defaults
+
+
+def _sample_seed(base: int, rank: int, index: int, samples: int) -> int:
+    return base + rank * samples + index
+
+
+def _extractor_name(extractor: voting.Extractor) -> str:
+    name = getattr(extractor, "__name__", "custom")
+    return name.removeprefix("extract_")
+
+
+_TIMEOUT_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _timeout_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _TIMEOUT_POOL  # noqa: PLW0603 - one lazily created pool per process
+    if _TIMEOUT_POOL is None:
+        _TIMEOUT_POOL = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="avengers-call")
+    return _TIMEOUT_POOL
+
+
+class _Nodes:
+    """The graph's node functions, bound to the pool, the embeddings and the store."""
+
+    def __init__(
+        self,
+        experts: Mapping[str, BaseChatModel],
+        embeddings: Embeddings,
+        store: ClusterStore,
+        settings: AvengersSettings,
+        *,
+        max_attempts: int,
+        model_name: str,
+    ) -> None:
+        self.experts = dict(experts)
+        self.embeddings = embeddings
+        self.embedding_name = embedding_model_name(embeddings)
+        self.store = store
+        self.defaults = settings
+        self.max_attempts = max_attempts
+        self.model_name = model_name
+
+    def settings(self) -> AvengersSettings:
+        runtime = get_runtime()
+        return resolve_settings(self.defaults, runtime.context if runtime else None)
+
+    # embed ------------------------------------------------------------------------
+    def embed(self, state: AvengersState) -> dict[str, Any]:
+        text = routing.routing_text(state.get("messages", []))
+        vector = normalise(self.embeddings.embed_query(text))
+        return {"embedding": vector, "samples": None, "failures": None}
+
+    async def aembed(self, state: AvengersState) -> dict[str, Any]:
+        text = routing.routing_text(state.get("messages", []))
+        vector = normalise(await self.embeddings.aembed_query(text))
+        return {"embedding": vector, "samples": None, "failures": None}
+
+    # locate_cluster -----------------------------------------------------------------
+    def locate_cluster(self, state: AvengersState) -> dict[str, Any]:
+        settings = self.settings()
+        vector = state["embedding"]
+        self.store.check_compatible(self.embedding_name, len(vector))
+        matches = routing.match_clusters(self.store.nearest(vector, settings.top_k), settings.beta)
+        clusters = [
+            ClusterRecord(id=m.id, distance=m.distance, weight=m.weight) for m in matches
+        ]
+        return {"clusters": clusters}
+
+    # select_experts -----------------------------------------------------------------
+    def select_experts(self, state: AvengersState) -> dict[str, Any]:
+        settings = self.settings()
+        matches = [routing.ClusterMatch(**c) for c in state["clusters"]]
+        scores = routing.score_experts(
+            matches,
+            self.store.stats(),
+            list(self.experts),
+            prior_strength=settings.prior_strength,
+            quality_weight=settings.quality_weight,
+        )
+        chosen = routing.select_experts(scores, settings.top_n)
+        seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
+        return {
+            "experts": [ExpertRecord(name=s.name, score=s.score) for s in chosen],
+            "seed": seed,
+        }
+
+    def dispatch(self, state: AvengersState) -> list[Send]:
+        settings = self.settings()
+        seed = state["seed"]
+        return [
+            Send(
+                "sample",
+                SampleTask(
+                    expert=expert["name"],
+                    rank=rank,
+                    index=index,
+                    seed=_sample_seed(seed, rank, index, settings.samples),
+                    messages=list(state["messages"]),
+                ),
+            )
+            for rank, expert in enumerate(state["experts"])
+            for index in range(settings.samples)
+        ]
+
+    # sample -------------------------------------------------------------------------
+    def _call_kwargs(self, settings: AvengersSettings, task: SampleTask) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if settings.temperature is not None:
+            kwargs["temperature"] = settings.temperature
+        if task["seed"] is not None:
+            kwargs["seed"] = task["seed"]
+        if settings.max_tokens is not None:
+            kwargs["max_tokens"] = settings.max_tokens
+        if settings.stop:
+            kwargs["stop"] = list(settings.stop)
+        return kwargs
+
+    def _sampled(self, task: SampleTask, message: Any, started: float) -> dict[str, Any]:
+        if not isinstance(message, AIMessage):
+            raise InvalidInputError(
+                f"Expert {task['expert']!r} returned {type(message).__name__}, not an AIMessage."
+            )
+        sample = Sample(
+            expert=task["expert"],
+            rank=task["rank"],
+            index=task["index"],
+            seed=task["seed"],
+            message=message,
+            seconds=time.perf_counter() - started,
+        )
+        return {"samples": [sample]}
+
+    def _failed(self, task: SampleTask, exc: Exception) -> dict[str, Any]:
+        runtime = get_runtime()
+        attempt = runtime.execution_info.node_attempt if runtime.execution_info else 1
+        if is_transient_error(exc) and attempt < self.max_attempts:
+            raise exc  # LangGraph's RetryPolicy runs the task again
+        return {"failures": {task["expert"]: f"{type(exc).__name__}: {exc}"}}
+
+    def sample(self, task: SampleTask, config: RunnableConfig) -> dict[str, Any]:
+        settings = self.settings()
+        expert = self.experts[task["expert"]]
+        kwargs = self._call_kwargs(settings, task)
+        started = time.perf_counter()
+        try:
+            if settings.timeout is None:
+                message = expert.invoke(task["messages"], config, **kwargs)
+            else:
+                call = contextvars.copy_context().run
+                future = _timeout_pool().submit(
+                    call, expert.invoke, task["messages"], config, **kwargs
+                )
+                try:
+                    message = future.result(timeout=settings.timeout)
+                except concurrent.futures.TimeoutError as exc:
+                    future.cancel()
+                    raise ExpertTimeoutError(
+                        f"no answer within {settings.timeout} s"
+                    ) from exc
+            return self._sampled(task, message, started)
+        except Exception as exc:  # noqa: BLE001 - recorded as the expert's failure or retried
+            return self._failed(task, exc)
+
+    async def asample(self, task: SampleTask, config: RunnableConfig) -> dict[str, Any]:
+        settings = self.settings()
+        expert = self.experts[task["expert"]]
+        kwargs = self._call_kwargs(settings, task)
+        started = time.perf_counter()
+        try:
+            call = expert.ainvoke(task["messages"], config, **kwargs)
+            if settings.timeout is None:
+                message = await call
+            else:
+                try:
+                    message = await asyncio.wait_for(call, settings.timeout)
+                except TimeoutError as exc:
+                    raise ExpertTimeoutError(f"no answer within {settings.timeout} s") from exc
+            return self._sampled(task, message, started)
+        except Exception as exc:  # noqa: BLE001 - recorded as the expert's failure or retried
+            return self._failed(task, exc)
+
+    # vote ---------------------------------------------------------------------------
+    def _prepare_vote(
+        self, state: AvengersState
+    ) -> tuple[AvengersSettings, list[Sample], list[str], voting.Extractor | None]:
+        settings = self.settings()
+        samples = sorted(state.get("samples", []), key=lambda s: (s["rank"], s["index"]))
+        if not samples:
+            failures = dict(state.get("failures", {}))
+            for expert in state.get("experts", []):
+                failures.setdefault(expert["name"], "returned no sample")
+            raise AllExpertsFailedError(failures)
+        texts = [s["message"].text for s in samples]
+        return settings, samples, texts, voting.resolve_extractor(texts, settings.answer_format)
+
+    def _keys(
+        self, texts: Sequence[str], extractor: voting.Extractor | None
+    ) -> list[str | None] | None:
+        if extractor is None:
+            return None
+        keys = [extractor(text) for text in texts]
+        return keys if any(key is not None for key in keys) else None
+
+    def _finish(
+        self,
+        state: AvengersState,
+        settings: AvengersSettings,
+        samples: list[Sample],
+        result: voting.VoteResult,
+        answer_format: str,
+    ) -> dict[str, Any]:
+        winner = samples[result.winner]
+        usage: UsageMetadata | None = None
+        for sample in samples:
+            if sample["message"].usage_metadata is not None:
+                usage = add_usage(usage, sample["message"].usage_metadata)
+        message = AIMessage(
+            content=winner["message"].content,
+            additional_kwargs=dict(winner["message"].additional_kwargs),
+            response_metadata={
+                "model_name": self.model_name,
+                "expert": winner["expert"],
+                "expert_response_metadata": dict(winner["message"].response_metadata),
+            },
+            usage_metadata=usage,
+        )
+        record = RoutingRecord(
+            clusters=list(state["clusters"]),
+            experts=list(state["experts"]),
+            samples=[
+                SampleRecord(expert=s["expert"], text=s["message"].text, answer=key)
+                for s, key in zip(samples, result.keys, strict=True)
+            ],
+            votes=dict(result.votes),
+            confidence=result.confidence,
+            failures=dict(state.get("failures", {})),
+            winner=winner["expert"],
+            answer_format=answer_format,
+            seed=state["seed"],
+        )
+        return {"messages": [message], "avengers": record}
+
+    def vote(self, state: AvengersState) -> dict[str, Any]:
+        settings, samples, texts, extractor = self._prepare_vote(state)
+        ranks = [s["rank"] for s in samples]
+        keys = self._keys(texts, extractor)
+        if extractor is not None and keys is not None:
+            result = voting.majority_vote(keys, ranks)
+            return self._finish(state, settings, samples, result, _extractor_name(extractor))
+        vectors = self.embeddings.embed_documents(texts)
+        result = voting.semantic_vote(
+            vectors, texts, ranks, threshold=settings.similarity_threshold
+        )
+        return self._finish(state, settings, samples, result, "semantic")
+
+    async def avote(self, state: AvengersState) -> dict[str, Any]:
+        settings, samples, texts, extractor = self._prepare_vote(state)
+        ranks = [s["rank"] for s in samples]
+        keys = self._keys(texts, extractor)
+        if extractor is not None and keys is not None:
+            result = voting.majority_vote(keys, ranks)
+            return self._finish(state, settings, samples, result, _extractor_name(extractor))
+        vectors = await self.embeddings.aembed_documents(texts)
+        result = voting.semantic_vote(
+            vectors, texts, ranks, threshold=settings.similarity_threshold
+        )
+        return self._finish(state, settings, samples, result, "semantic")
+
+
+def _validate_pool(experts: Mapping[str, BaseChatModel]) -> None:
+    if not isinstance(experts, Mapping) or not experts:
+        raise InvalidInputError("experts must be a non-empty dict of name -> chat model.")
+    for name, expert in experts.items():
+        if not isinstance(name, str) or not name:
+            raise InvalidInputError(f"Expert names must be non-empty strings, got {name!r}.")
+        if not isinstance(expert, BaseChatModel):
+            raise InvalidInputError(
+                f"Expert {name!r} is a {type(expert).__name__}, not a LangChain BaseChatModel."
+            )
+
+
+def _embed_cache_key(state: AvengersState) -> str:
+    return routing.routing_text(state.get("messages", []))
+
+
+def build_avengers_graph(
+    experts: Mapping[str, BaseChatModel],
+    embeddings: Embeddings,
+    store: ClusterStore,
+    *,
+    top_k: int = 1,
+    top_n: int = 2,
+    samples: int = 3,
+    beta: float = 3.0,
+    temperature: float | None = 0.7,
+    max_tokens: int | None = None,
+    stop: Sequence[str] | None = None,
+    seed: int | None = None,
+    timeout: float | None = None,
+    max_retries: int = 2,
+    answer_format: str | Callable[[str], str | None] = "auto",
+    similarity_threshold: float = 0.85,
+    prior_strength: float = 0.0,
+    quality_weight: float = 1.0,
+    model_name: str = "avengers",
+) -> StateGraph[AvengersState, AvengersContext, InputState, OutputState]:
+    """Build the uncompiled Avengers ``StateGraph`` (add nodes or edges, then compile).
+
+    Args:
+        experts: The pool: expert name to chat model. Names must match the store's.
+        embeddings: The embeddings the store was calibrated with.
+        store: The calibration (centroids and per-cluster expert statistics).
+        top_k: Nearest clusters to weigh.
+        top_n: Experts to sample.
+        samples: Samples per selected expert; each is its own request with its own seed.
+        beta: Softmax sharpness over cluster distances.
+        temperature: Sampling temperature sent to experts (``None``: the expert's own).
+        max_tokens: Generation cap sent to experts (``None``: the expert's own).
+        stop: Stop sequences sent to experts.
+        seed: Base seed for reproducible sampling; ``None`` draws one per question.
+        timeout: Seconds an expert call may take before it counts as failed.
+        max_retries: Retries of a transient expert error (LangGraph ``RetryPolicy``).
+        answer_format: How to compare answers (``"auto"``, ``"number"``, ``"choice"``,
+            ``"text"``, ``"code"``, ``"semantic"`` or a callable ``text -> key``).
+        similarity_threshold: Cosine similarity for free-text answers to agree.
+        prior_strength: Beta-prior smoothing of small clusters' accuracies.
+        quality_weight: Avengers-Pro accuracy/cost trade-off (1 = accuracy only).
+        model_name: Name reported as ``response_metadata["model_name"]``.
+
+    Returns:
+        The graph builder with nodes ``embed``, ``locate_cluster``, ``select_experts``,
+        ``sample`` and ``vote``.
+    """
+    _validate_pool(experts)
+    if max_retries < 0:
+        raise InvalidInputError(f"max_retries must be >= 0, got {max_retries!r}.")
+    settings = AvengersSettings(
+        top_k=top_k,
+        top_n=top_n,
+        samples=samples,
+        beta=beta,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        stop=tuple(stop) if stop else None,
+        seed=seed,
+        timeout=timeout,
+        answer_format=answer_format,
+        similarity_threshold=similarity_threshold,
+        prior_strength=prior_strength,
+        quality_weight=quality_weight,
+    )
+    retry = RetryPolicy(max_attempts=max_retries + 1, retry_on=is_transient_error)
+    nodes = _Nodes(
+        experts,
+        embeddings,
+        store,
+        settings,
+        max_attempts=retry.max_attempts,
+        model_name=model_name,
+    )
+    builder = StateGraph(
+        AvengersState,
+        context_schema=AvengersContext,
+        input_schema=InputState,
+        output_schema=OutputState,
+    )
+    builder.add_node(
+        "embed",
+        RunnableLambda(nodes.embed, afunc=nodes.aembed, name="embed"),
+        retry_policy=retry,
+        cache_policy=CachePolicy(key_func=_embed_cache_key),
+    )
+    builder.add_node("locate_cluster", nodes.locate_cluster, retry_policy=retry)
+    builder.add_node("select_experts", nodes.select_experts)
+    builder.add_node(
+        "sample",
+        RunnableLambda(nodes.sample, afunc=nodes.asample, name="sample"),
+        retry_policy=retry,
+    )
+    builder.add_node("vote", RunnableLambda(nodes.vote, afunc=nodes.avote, name="vote"))
+    builder.add_edge(START, "embed")
+    builder.add_edge("embed", "locate_cluster")
+    builder.add_edge("locate_cluster", "select_experts")
+    builder.add_conditional_edges("select_experts", nodes.dispatch, ["sample"])
+    builder.add_edge("sample", "vote")
+    builder.add_edge("vote", END)
+    return builder
+
+
+def create_avengers_graph(
+    experts: Mapping[str, BaseChatModel],
+    embeddings: Embeddings,
+    store: ClusterStore,
+    *,
+    checkpointer: Checkpointer = None,
+    cache: BaseCache[Any] | None = None,
+    graph_store: BaseStore | None = None,
+    name: str = "avengers",
+    debug: bool = False,
+    **options: Any,
+) -> CompiledStateGraph[AvengersState, AvengersContext, InputState, OutputState]:
+    """Build and compile the Avengers graph.
+
+    Args:
+        experts: The pool: expert name to chat model.
+        embeddings: The embeddings the store was calibrated with.
+        store: The calibration store.
+        checkpointer: Forwarded to ``compile`` (conversation memory, subgraph use).
+        cache: Forwarded to ``compile``; caches the ``embed`` node per question.
+        graph_store: LangGraph's long-term memory store, forwarded to ``compile``
+            as ``store`` (named apart from the cluster ``store``).
+        name: Name of the compiled graph (its run name in traces).
+        debug: Forwarded to ``compile``.
+        **options: Routing and sampling options of :func:`build_avengers_graph`.
+
+    Returns:
+        The compiled graph: input ``{"messages": [...]}``, output the messages with the
+        voted ``AIMessage`` appended and the routing record under ``"avengers"``.
+    """
+    options.setdefault("model_name", name)
+    builder = build_avengers_graph(experts, embeddings, store, **options)
+    return builder.compile(
+        checkpointer=checkpointer, cache=cache, store=graph_store, name=name, debug=debug
+    )

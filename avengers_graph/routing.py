@@ -1,0 +1,256 @@
+"""Routing math of the Avengers method, as pure functions on plain data.
+
+Inference routes a question in two steps (``ALGORITHM.md``, "Inference"):
+
+1. :func:`cluster_weights` turns the cosine distances ``d`` of the ``top_k`` nearest
+   centroids into weights ``p = softmax(-beta * d)``.
+2. :func:`score_experts` gives every available expert the score
+   ``sum_c p_c / (rank_c(expert) + 0.1)``, where ``rank_c`` is its 0-based accuracy
+   rank in cluster ``c`` (:func:`rank_experts`); :func:`select_experts` keeps the
+   ``top_n`` best.
+
+An expert without statistics in a cluster is ranked after every expert that has
+some, and never stops the others from being scored. Ranks use competition ranking
+on accuracy, so equally accurate experts share a rank; equal scores are broken by
+the order of the pool, which makes routing deterministic.
+
+Avengers-Pro's cost-aware ranking (``quality_weight < 1``) ranks experts by
+``a * normalised accuracy + (1 - a) * (1 - cost / max cost)`` instead of accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from langchain_core.messages import BaseMessage, HumanMessage
+
+from avengers_graph.errors import InvalidInputError
+from avengers_graph.store import ExpertStats
+
+RANK_OFFSET = 0.1
+"""Added to the 0-based rank so the best expert scores ``1 / 0.1 = 10`` per unit weight."""
+
+
+@dataclass(frozen=True)
+class ClusterMatch:
+    """One of the clusters a question was routed to."""
+
+    id: int
+    """Cluster id in the store."""
+    distance: float
+    """Cosine distance between the question and the cluster's centroid."""
+    weight: float
+    """Softmax weight of the cluster among the matched ones (they sum to 1)."""
+
+
+@dataclass(frozen=True)
+class ExpertScore:
+    """An expert's routing score for one question."""
+
+    name: str
+    score: float
+
+
+def cluster_weights(distances: Sequence[float], beta: float) -> list[float]:
+    """Softmax of ``-beta * distance``: nearer clusters weigh more.
+
+    Args:
+        distances: Cosine distances of the matched centroids.
+        beta: Sharpness; 0 weighs every matched cluster equally.
+
+    Returns:
+        One weight per distance, summing to 1.
+
+    Raises:
+        InvalidInputError: No distances, a non-finite distance or a negative ``beta``.
+    """
+    if not distances:
+        raise InvalidInputError("cluster_weights needs at least one distance.")
+    if beta < 0 or not math.isfinite(beta):
+        raise InvalidInputError(f"beta must be a finite number >= 0, got {beta!r}.")
+    if not all(math.isfinite(d) for d in distances):
+        raise InvalidInputError(f"Distances must be finite, got {list(distances)!r}.")
+    logits = [-beta * d for d in distances]
+    top = max(logits)
+    exps = [math.exp(logit - top) for logit in logits]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def smoothed_accuracy(stats: ExpertStats, prior_mean: float, prior_strength: float) -> float:
+    """Accuracy shrunk toward ``prior_mean`` by a Beta prior of ``prior_strength`` pseudo-counts.
+
+    With ``prior_strength == 0`` this is the raw accuracy the reference uses.
+    """
+    denominator = stats.total + prior_strength
+    if denominator == 0:
+        return prior_mean
+    return (stats.correct + prior_strength * prior_mean) / denominator
+
+
+def global_accuracy(stats: Mapping[int, Mapping[str, ExpertStats]]) -> dict[str, float]:
+    """Each expert's accuracy over every cluster, the usual prior for smoothing."""
+    correct: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for cluster in stats.values():
+        for name, s in cluster.items():
+            correct[name] = correct.get(name, 0) + s.correct
+            total[name] = total.get(name, 0) + s.total
+    return {name: (correct[name] / total[name] if total[name] else 0.0) for name in correct}
+
+
+def _quality(
+    cluster: Mapping[str, ExpertStats],
+    *,
+    prior: Mapping[str, float],
+    prior_strength: float,
+    quality_weight: float,
+    cost: str,
+) -> dict[str, float]:
+    accuracy = {
+        name: smoothed_accuracy(s, prior.get(name, 0.0), prior_strength)
+        for name, s in cluster.items()
+    }
+    if quality_weight >= 1.0 or not accuracy:
+        return accuracy
+    low, high = min(accuracy.values()), max(accuracy.values())
+    costs = {
+        name: (s.mean_seconds if cost == "seconds" else s.mean_tokens)
+        for name, s in cluster.items()
+    }
+    max_cost = max(costs.values())
+    quality = {}
+    for name, acc in accuracy.items():
+        norm_acc = (acc - low) / (high - low) if high > low else 1.0
+        norm_cost = costs[name] / max_cost if max_cost > 0 else 0.0
+        quality[name] = quality_weight * norm_acc + (1 - quality_weight) * (1 - norm_cost)
+    return quality
+
+
+def rank_experts(
+    cluster: Mapping[str, ExpertStats],
+    *,
+    prior: Mapping[str, float] | None = None,
+    prior_strength: float = 0.0,
+    quality_weight: float = 1.0,
+    cost: str = "seconds",
+) -> dict[str, int]:
+    """0-based competition ranks of the experts that have statistics in one cluster.
+
+    Args:
+        cluster: Expert name to its statistics in this cluster.
+        prior: Prior accuracy per expert for smoothing (see :func:`global_accuracy`).
+        prior_strength: Pseudo-counts of the Beta prior; 0 ranks by raw accuracy.
+        quality_weight: Avengers-Pro's ``a``: 1 ranks by accuracy alone, lower values
+            trade accuracy for lower cost.
+        cost: Which cost to use when ``quality_weight < 1``: ``"seconds"`` or ``"tokens"``.
+
+    Returns:
+        Expert name to rank; experts with equal quality share the better rank.
+    """
+    if not 0.0 <= quality_weight <= 1.0:
+        raise InvalidInputError(f"quality_weight must be in [0, 1], got {quality_weight!r}.")
+    if cost not in ("seconds", "tokens"):
+        raise InvalidInputError(f"cost must be 'seconds' or 'tokens', got {cost!r}.")
+    quality = _quality(
+        cluster,
+        prior=prior or {},
+        prior_strength=prior_strength,
+        quality_weight=quality_weight,
+        cost=cost,
+    )
+    return {name: sum(1 for other in quality.values() if other > q) for name, q in quality.items()}
+
+
+def score_experts(
+    clusters: Sequence[ClusterMatch],
+    stats: Mapping[int, Mapping[str, ExpertStats]],
+    available: Sequence[str],
+    *,
+    prior_strength: float = 0.0,
+    quality_weight: float = 1.0,
+    cost: str = "seconds",
+) -> list[ExpertScore]:
+    """Score every available expert over the matched clusters, best first.
+
+    Args:
+        clusters: The matched clusters with their weights.
+        stats: Per-cluster, per-expert statistics from the store.
+        available: The experts that can be called, in pool order (the tie-break).
+        prior_strength: Beta-prior pseudo-counts toward each expert's global accuracy.
+        quality_weight: Avengers-Pro trade-off; 1 ranks by accuracy only.
+        cost: ``"seconds"`` or ``"tokens"`` for the cost-aware ranking.
+
+    Returns:
+        One score per available expert, sorted by score (descending), then pool order.
+    """
+    if not available:
+        raise InvalidInputError("No experts are available to route to.")
+    prior = global_accuracy(stats) if prior_strength > 0 else {}
+    scores = dict.fromkeys(available, 0.0)
+    for match in clusters:
+        cluster = {
+            name: s for name, s in stats.get(match.id, {}).items() if name in scores
+        }
+        ranks = rank_experts(
+            cluster,
+            prior=prior,
+            prior_strength=prior_strength,
+            quality_weight=quality_weight,
+            cost=cost,
+        )
+        last = len(ranks)
+        for name in scores:
+            scores[name] += match.weight / (ranks.get(name, last) + RANK_OFFSET)
+    order = {name: i for i, name in enumerate(available)}
+    ranked = sorted(scores.items(), key=lambda item: (-item[1], order[item[0]]))
+    return [ExpertScore(name=name, score=score) for name, score in ranked]
+
+
+def select_experts(scores: Sequence[ExpertScore], top_n: int) -> list[ExpertScore]:
+    """Keep the ``top_n`` best-scored experts (all of them if there are fewer)."""
+    if top_n < 1:
+        raise InvalidInputError(f"top_n must be >= 1, got {top_n!r}.")
+    return list(scores[:top_n])
+
+
+def match_clusters(nearest: Sequence[tuple[int, float]], beta: float) -> list[ClusterMatch]:
+    """Attach softmax weights to ``(cluster id, distance)`` pairs from the store."""
+    weights = cluster_weights([distance for _, distance in nearest], beta)
+    return [
+        ClusterMatch(id=cluster, distance=distance, weight=weight)
+        for (cluster, distance), weight in zip(nearest, weights, strict=True)
+    ]
+
+
+def routing_text(messages: Sequence[BaseMessage]) -> str:
+    """The text a conversation is routed on: its last human message.
+
+    Args:
+        messages: The conversation.
+
+    Returns:
+        The text of the last ``HumanMessage``, stripped.
+
+    Raises:
+        InvalidInputError: No messages, no human message, or an empty last question.
+    """
+    if not isinstance(messages, Sequence) or isinstance(messages, str):
+        raise InvalidInputError(
+            f"messages must be a list of LangChain messages, got {type(messages).__name__}."
+        )
+    if not messages:
+        raise InvalidInputError("messages is empty: send at least one human message.")
+    for message in reversed(messages):
+        if not isinstance(message, BaseMessage):
+            raise InvalidInputError(
+                f"messages must hold LangChain messages, got {type(message).__name__}."
+            )
+        if isinstance(message, HumanMessage):
+            text = message.text.strip()
+            if not text:
+                raise InvalidInputError("The last human message has no text to answer.")
+            return text
+    raise InvalidInputError("messages holds no human message: there is no question to route.")

@@ -1,0 +1,131 @@
+"""State, payload and output types of the Avengers graph.
+
+The graph's input is :class:`InputState` (``{"messages": [...]}``); its output is
+:class:`OutputState`: the conversation with the winning ``AIMessage`` appended and the
+:class:`RoutingRecord` under ``"avengers"``. Parallel ``sample`` workers append to
+``samples`` and ``failures`` through reducers; the ``embed`` node resets both at the
+start of every turn, so a graph with a checkpointer starts each question clean.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from langchain_core.messages import AIMessage, AnyMessage
+from langgraph.graph.message import add_messages
+from typing_extensions import TypedDict
+
+
+class Sample(TypedDict):
+    """One expert answer, as written by a ``sample`` worker."""
+
+    expert: str
+    """Name of the expert that answered."""
+    rank: int
+    """The expert's position in the routing selection (0 = best)."""
+    index: int
+    """Sample number for this expert in this turn."""
+    seed: int | None
+    """Seed the request was sent with."""
+    message: AIMessage
+    """The expert's reply."""
+    seconds: float
+    """Wall time of the call."""
+
+
+class SampleTask(TypedDict):
+    """Payload carried by ``Send`` to one ``sample`` worker."""
+
+    expert: str
+    rank: int
+    index: int
+    seed: int | None
+    messages: list[AnyMessage]
+
+
+class ClusterRecord(TypedDict):
+    """A matched cluster in the routing record."""
+
+    id: int
+    distance: float
+    weight: float
+
+
+class ExpertRecord(TypedDict):
+    """A selected expert and its routing score."""
+
+    name: str
+    score: float
+
+
+class SampleRecord(TypedDict):
+    """One sample as it voted."""
+
+    expert: str
+    text: str
+    answer: str | None
+
+
+class RoutingRecord(TypedDict):
+    """How one question was answered: where it was routed, who answered, how they voted."""
+
+    clusters: list[ClusterRecord]
+    """Matched clusters, nearest first, with their softmax weights."""
+    experts: list[ExpertRecord]
+    """Selected experts, best first, with their routing scores."""
+    samples: list[SampleRecord]
+    """Every successful sample with the answer extracted from it."""
+    votes: dict[str, int]
+    """Extracted answer to number of samples that gave it."""
+    confidence: float
+    """The winning answer's share of the samples that voted."""
+    failures: dict[str, str]
+    """Expert to the error that cost it its samples."""
+    winner: str
+    """The expert whose sample was returned."""
+    answer_format: str
+    """How answers were compared (``number``, ``choice``, ``text``, ``code``, ``semantic``...)."""
+    seed: int
+    """Base seed of the turn; sample ``j`` of the expert ranked ``r`` used ``seed + r * samples + j``."""
+
+
+def merge_samples(left: list[Sample] | None, right: list[Sample] | None) -> list[Sample]:
+    """Reducer for ``samples``: append, or reset when a node writes ``None``."""
+    if right is None:
+        return []
+    return [*(left or []), *right]
+
+
+def merge_failures(left: dict[str, str] | None, right: dict[str, str] | None) -> dict[str, str]:
+    """Reducer for ``failures``: merge, or reset when a node writes ``None``."""
+    if right is None:
+        return {}
+    return {**(left or {}), **right}
+
+
+class InputState(TypedDict):
+    """What the graph takes: a conversation whose last human message is the question."""
+
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+class OutputState(TypedDict):
+    """What the graph returns: the conversation with the voted answer, and how it was reached."""
+
+    messages: Annotated[list[AnyMessage], add_messages]
+    avengers: RoutingRecord
+
+
+class AvengersState(TypedDict, total=False):
+    """The graph's full internal state."""
+
+    messages: Annotated[list[AnyMessage], add_messages]
+    embedding: list[float]
+    """The question's L2-normalised embedding."""
+    clusters: list[ClusterRecord]
+    experts: list[ExpertRecord]
+    seed: int
+    samples: Annotated[list[Sample], merge_samples]
+    failures: Annotated[dict[str, str], merge_failures]
+    avengers: RoutingRecord
+
