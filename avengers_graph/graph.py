@@ -459,7 +459,8 @@ class _Nodes:
         return self._finish(state, settings, samples, result, "semantic")
 
 
-def _validate_pool(experts: Mapping[str, BaseChatModel]) -> None:
+def validate_experts(experts: Mapping[str, BaseChatModel]) -> None:
+    """Refuse an empty pool, unnamed experts and experts that are not chat models."""
     if not isinstance(experts, Mapping) or not experts:
         raise InvalidInputError("experts must be a non-empty dict of name -> chat model.")
     for name, expert in experts.items():
@@ -523,7 +524,7 @@ def build_avengers_graph(
         The graph builder with nodes ``embed``, ``locate_cluster``, ``select_experts``,
         ``sample`` and ``vote``.
     """
-    _validate_pool(experts)
+    validate_experts(experts)
     if max_retries < 0:
         raise InvalidInputError(f"max_retries must be >= 0, got {max_retries!r}.")
     settings = AvengersSettings(

@@ -1,0 +1,50 @@
+"""avengers-graph: an ensemble of small models that answers better than any one of them.
+
+The Avengers method (arXiv 2505.19797) as a LangGraph state machine and a drop-in
+LangChain chat model.
+"""
+
+from avengers_graph.cache import AnswerCache
+from avengers_graph.calibration import CalibrationReport, calibrate
+from avengers_graph.chat_models import ChatAvengers
+from avengers_graph.embeddings import LocalEmbeddings
+from avengers_graph.errors import (
+    AllExpertsFailedError,
+    AvengersError,
+    CalibrationError,
+    EmbeddingMismatchError,
+    EmptyStoreError,
+    ExpertTimeoutError,
+    InvalidInputError,
+    MissingExtraError,
+    SchemaVersionError,
+    StoreError,
+)
+from avengers_graph.graph import AvengersContext, build_avengers_graph, create_avengers_graph
+from avengers_graph.state import RoutingRecord
+from avengers_graph.store import ClusterStore, ExpertStats, StoreInfo
+
+__all__ = [
+    "AllExpertsFailedError",
+    "AnswerCache",
+    "AvengersContext",
+    "AvengersError",
+    "CalibrationError",
+    "CalibrationReport",
+    "ChatAvengers",
+    "ClusterStore",
+    "EmbeddingMismatchError",
+    "EmptyStoreError",
+    "ExpertStats",
+    "ExpertTimeoutError",
+    "InvalidInputError",
+    "LocalEmbeddings",
+    "MissingExtraError",
+    "RoutingRecord",
+    "SchemaVersionError",
+    "StoreError",
+    "StoreInfo",
+    "build_avengers_graph",
+    "calibrate",
+    "create_avengers_graph",
+]

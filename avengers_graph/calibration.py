@@ -1,0 +1,479 @@
+"""Calibration: cluster validation questions and score every expert per cluster.
+
+:func:`calibrate` follows ``ALGORITHM.md`` ("Calibration"):
+
+1. :func:`load_dataset` validates the items (``question``, ``answer``, ``kind``, ``id``).
+2. The embeddings embed every question; vectors are L2-normalised.
+3. scikit-learn ``KMeans(n_clusters, random_state=seed, n_init="auto")`` clusters
+   them; centroids are re-normalised for cosine routing.
+4. :func:`run_experts` asks every expert ``samples`` times per question (bounded
+   concurrency, one request per sample with its own seed). Every answer goes to the
+   SQLite :class:`~avengers_graph.cache.AnswerCache` as soon as it arrives, so a
+   re-run, or a killed run started again, repeats no call.
+5. :func:`grade_expert` takes each expert's majority answer per question
+   (:func:`~avengers_graph.voting.majority_answer`) and grades it with the item's
+   grader (:mod:`avengers_graph.grading`) or the caller's.
+6. Per cluster and expert, ``correct``, ``total``, mean tokens and seconds go to the
+   :class:`~avengers_graph.store.ClusterStore` with the centroids and the questions.
+
+On a store that already holds a calibration, only the experts it does not know yet
+are run, on the stored questions, and their statistics are added without
+re-clustering. ``replace=True`` starts over.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+from avengers_graph import grading, voting
+from avengers_graph.cache import AnswerCache, CachedAnswer, cache_key
+from avengers_graph.embeddings import embedding_model_name
+from avengers_graph.errors import CalibrationError, InvalidInputError
+from avengers_graph.graph import validate_experts
+from avengers_graph.settings import default_cache_path
+from avengers_graph.store import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
+
+DEFAULT_INSTRUCTIONS: Mapping[str, str] = {
+    "number": "Solve the problem step by step, then give the final answer in \\boxed{}.",
+    "math": "Solve the problem step by step, then give the final answer in \\boxed{}.",
+    "choice": "Answer with the letter of the correct option, as 'Answer: X'.",
+    "code": "Write the complete Python solution in one ```python code block.",
+    "text": "Answer briefly.",
+}
+"""System message sent before each validation question, by kind (override or pass ``{}``)."""
+
+Progress = Callable[[int, int], None]
+"""Called with ``(finished calls, total calls)`` as expert answers arrive."""
+
+
+@dataclass(frozen=True)
+class ValidationItem:
+    """One validation question."""
+
+    id: str
+    question: str
+    answer: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """What a calibration measured."""
+
+    experts: dict[str, float]
+    """Accuracy of every expert in the store over all validation questions."""
+    clusters: dict[int, dict[str, float]]
+    """Accuracy per cluster and expert."""
+    sizes: dict[int, int]
+    """Questions per cluster."""
+    n_questions: int
+    n_clusters: int
+    calibrated: tuple[str, ...]
+    """Experts that were run by this call (empty when the store was already complete)."""
+    calls: int = 0
+    """Expert calls made by this run."""
+    cached: int = 0
+    """Answers taken from the cache instead of calling an expert."""
+    stats: dict[int, dict[str, ExpertStats]] = field(default_factory=dict, repr=False)
+
+
+def _item_id(question: str, answer: str) -> str:
+    return hashlib.sha256(f"{question}\x00{answer}".encode()).hexdigest()[:16]
+
+
+def load_dataset(
+    dataset: Iterable[Mapping[str, Any]], *, custom_grader: bool = False
+) -> list[ValidationItem]:
+    """Validate and normalise validation items.
+
+    Args:
+        dataset: Mappings with ``question`` and ``answer`` (str or number), ``kind``
+            (a key of :data:`avengers_graph.grading.GRADERS`, optional with a custom
+            grader) and an optional ``id`` (default: a hash of question and answer).
+        custom_grader: Whether a custom grader is given (then any ``kind`` is accepted).
+
+    Raises:
+        InvalidInputError: An item is not a mapping, lacks a question or an answer,
+            has an unknown kind, or two items share an id.
+    """
+    items: list[ValidationItem] = []
+    seen: set[str] = set()
+    for position, raw in enumerate(dataset):
+        if not isinstance(raw, Mapping):
+            raise InvalidInputError(f"Dataset item {position} is a {type(raw).__name__}, not a dict.")
+        question, answer = raw.get("question"), raw.get("answer")
+        if not isinstance(question, str) or not question.strip():
+            raise InvalidInputError(f"Dataset item {position} has no 'question' text.")
+        if isinstance(answer, bool) or not isinstance(answer, str | int | float):
+            raise InvalidInputError(f"Dataset item {position} has no 'answer' (str or number).")
+        kind = raw.get("kind", "text" if custom_grader else None)
+        if not isinstance(kind, str) or (not custom_grader and kind not in grading.GRADERS):
+            raise InvalidInputError(
+                f"Dataset item {position} has kind {kind!r}; valid kinds are "
+                f"{sorted(grading.GRADERS)} (or pass grader=...)."
+            )
+        item_id = raw.get("id") or _item_id(question, str(answer))
+        if not isinstance(item_id, str):
+            item_id = str(item_id)
+        if item_id in seen:
+            raise InvalidInputError(f"Dataset item {position} repeats id {item_id!r}.")
+        seen.add(item_id)
+        items.append(ValidationItem(id=item_id, question=question, answer=str(answer), kind=kind))
+    if not items:
+        raise InvalidInputError("The dataset is empty.")
+    return items
+
+
+def default_n_clusters(n_questions: int) -> int:
+    """K keeping about 10 questions per cluster, within the paper's range (at most 64)."""
+    return max(1, min(64, n_questions // 10))
+
+
+def cluster_questions(
+    vectors: np.ndarray, n_clusters: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded K-means on L2-normalised vectors.
+
+    Returns:
+        ``(labels, centroids)`` with centroids re-normalised to unit length.
+    """
+    from sklearn.cluster import KMeans
+
+    if not 1 <= n_clusters <= len(vectors):
+        raise InvalidInputError(
+            f"n_clusters must be between 1 and the number of questions ({len(vectors)}), "
+            f"got {n_clusters}."
+        )
+    kmeans = KMeans(n_clusters=n_clusters, random_state=seed, init="k-means++", n_init="auto")
+    labels = kmeans.fit_predict(vectors)
+    centroids = kmeans.cluster_centers_
+    norms = np.linalg.norm(centroids, axis=1, keepdims=True)
+    return labels.astype(int), centroids / np.where(norms == 0, 1.0, norms)
+
+
+def _model_identity(expert: BaseChatModel) -> str:
+    name = expert._get_ls_params().get("ls_model_name")  # noqa: SLF001 - LangChain's model-name hook
+    return name if isinstance(name, str) and name else type(expert).__name__
+
+
+def build_prompt(item: ValidationItem, instructions: Mapping[str, str]) -> list[BaseMessage]:
+    """The messages sent to each expert for one validation question."""
+    instruction = instructions.get(item.kind)
+    messages: list[BaseMessage] = [SystemMessage(instruction)] if instruction else []
+    messages.append(HumanMessage(item.question))
+    return messages
+
+
+@dataclass(frozen=True)
+class _Call:
+    expert: str
+    item: ValidationItem
+    index: int
+    messages: list[BaseMessage]
+    params: dict[str, Any]
+    key: str
+
+
+def run_experts(
+    experts: Mapping[str, BaseChatModel],
+    items: Sequence[ValidationItem],
+    cache: AnswerCache,
+    *,
+    samples: int,
+    seed: int,
+    temperature: float | None,
+    max_tokens: int | None,
+    instructions: Mapping[str, str],
+    max_concurrency: int,
+    progress: Progress | None = None,
+) -> tuple[dict[tuple[str, str], list[CachedAnswer]], int, int]:
+    """Ask every expert ``samples`` times per item, through the cache.
+
+    Returns:
+        ``(answers by (expert, item id), calls made, answers from the cache)``.
+
+    Raises:
+        CalibrationError: Some calls failed; every other answer is cached, so a re-run
+            retries only the failed calls.
+    """
+    calls: list[_Call] = []
+    for name, expert in experts.items():
+        model = _model_identity(expert)
+        for item in items:
+            messages = build_prompt(item, instructions)
+            for index in range(samples):
+                params: dict[str, Any] = {"seed": seed + index}
+                if temperature is not None:
+                    params["temperature"] = temperature
+                if max_tokens is not None:
+                    params["max_tokens"] = max_tokens
+                key = cache_key(name, model, messages, params)
+                calls.append(_Call(name, item, index, messages, params, key))
+
+    answers: dict[tuple[str, str], dict[int, CachedAnswer]] = defaultdict(dict)
+    missing: list[_Call] = []
+    for call in calls:
+        hit = cache.get(call.key)
+        if hit is None:
+            missing.append(call)
+        else:
+            answers[(call.expert, call.item.id)][call.index] = hit
+    done = len(calls) - len(missing)
+    if progress:
+        progress(done, len(calls))
+
+    def ask(call: _Call) -> CachedAnswer:
+        started = time.perf_counter()
+        message = experts[call.expert].invoke(call.messages, **call.params)
+        if not isinstance(message, AIMessage):
+            raise InvalidInputError(f"Expert {call.expert!r} returned {type(message).__name__}.")
+        return CachedAnswer(message=message, seconds=time.perf_counter() - started)
+
+    failures: dict[str, list[str]] = defaultdict(list)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max_concurrency) as pool:
+        futures = {pool.submit(ask, call): call for call in missing}
+        for future in concurrent.futures.as_completed(futures):
+            call = futures[future]
+            try:
+                answer = future.result()
+            except Exception as exc:  # noqa: BLE001 - collected and raised below, nothing lost
+                failures[call.expert].append(f"{type(exc).__name__}: {exc}")
+            else:
+                cache.put(call.key, call.expert, call.params, answer)
+                answers[(call.expert, call.item.id)][call.index] = answer
+            done += 1
+            if progress:
+                progress(done, len(calls))
+    if failures:
+        detail = "; ".join(
+            f"{name}: {len(errors)} failed calls (first: {errors[0]})"
+            for name, errors in failures.items()
+        )
+        raise CalibrationError(
+            f"Calibration stopped: {detail}. The {len(calls) - sum(map(len, failures.values()))} "
+            "finished answers are cached; fix the experts and run calibrate again to resume."
+        )
+    ordered = {key: [by_index[i] for i in sorted(by_index)] for key, by_index in answers.items()}
+    return ordered, len(missing), len(calls) - len(missing)
+
+
+def grade_expert(
+    answers: Sequence[CachedAnswer], item: ValidationItem, grader: grading.Grader | None
+) -> bool:
+    """Grade an expert's majority answer to one item."""
+    texts = [answer.message.text for answer in answers]
+    extractor = grading.KIND_EXTRACTORS.get(item.kind, voting.extract_text)
+    key, index = voting.majority_answer(texts, extractor)
+    if key is None:
+        return False
+    grade = grader or grading.get_grader(item.kind)
+    return bool(grade(texts[index], item.answer))
+
+
+def expert_stats(
+    answers: Mapping[tuple[str, str], Sequence[CachedAnswer]],
+    items: Sequence[ValidationItem],
+    labels: Mapping[str, int],
+    experts: Sequence[str],
+    grader: grading.Grader | None,
+) -> dict[int, dict[str, ExpertStats]]:
+    """Per-cluster, per-expert statistics from graded answers."""
+    counts: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0])
+    for item in items:
+        cluster = labels[item.id]
+        for name in experts:
+            item_answers = answers[(name, item.id)]
+            entry = counts[(cluster, name)]
+            entry[0] += grade_expert(item_answers, item, grader)
+            entry[1] += 1
+            entry[2] += float(
+                np.mean(
+                    [
+                        (a.message.usage_metadata or {}).get("output_tokens", 0)
+                        for a in item_answers
+                    ]
+                )
+            )
+            entry[3] += float(np.mean([a.seconds for a in item_answers]))
+    stats: dict[int, dict[str, ExpertStats]] = defaultdict(dict)
+    for (cluster, name), (correct, total, tokens, seconds) in counts.items():
+        stats[cluster][name] = ExpertStats(
+            correct=int(correct),
+            total=int(total),
+            mean_tokens=tokens / total,
+            mean_seconds=seconds / total,
+        )
+    return dict(stats)
+
+
+def _report(
+    store: ClusterStore, calibrated: Sequence[str], calls: int, cached: int
+) -> CalibrationReport:
+    info = store.info()
+    stats = store.stats()
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for cluster in stats.values():
+        for name, s in cluster.items():
+            totals[name][0] += s.correct
+            totals[name][1] += s.total
+    return CalibrationReport(
+        experts={
+            name: (totals[name][0] / totals[name][1] if totals[name][1] else 0.0)
+            for name in info.experts
+        },
+        clusters={c: {n: s.accuracy for n, s in cluster.items()} for c, cluster in stats.items()},
+        sizes=store.sizes(),
+        n_questions=sum(store.sizes().values()),
+        n_clusters=info.n_clusters,
+        calibrated=tuple(calibrated),
+        calls=calls,
+        cached=cached,
+        stats=stats,
+    )
+
+
+def _open_cache(cache: AnswerCache | str | os.PathLike[str] | None) -> AnswerCache:
+    if isinstance(cache, AnswerCache):
+        return cache
+    return AnswerCache(Path(cache) if cache is not None else default_cache_path())
+
+
+def calibrate(
+    experts: Mapping[str, BaseChatModel],
+    embeddings: Embeddings,
+    dataset: Iterable[Mapping[str, Any]] | None,
+    store: ClusterStore,
+    *,
+    n_clusters: int | None = None,
+    samples: int = 3,
+    seed: int = 0,
+    temperature: float | None = 0.7,
+    max_tokens: int | None = None,
+    max_concurrency: int = 4,
+    cache: AnswerCache | str | os.PathLike[str] | None = None,
+    grader: grading.Grader | None = None,
+    instructions: Mapping[str, str] = DEFAULT_INSTRUCTIONS,
+    replace: bool = False,
+    progress: Progress | None = None,
+) -> CalibrationReport:
+    """Calibrate a pool of experts on validation data and write the store.
+
+    Args:
+        experts: The pool: expert name to chat model.
+        embeddings: Any LangChain ``Embeddings``; use the same ones for routing.
+        dataset: Validation items (see :func:`load_dataset`). May be ``None`` when the
+            store already holds a calibration and only new experts are added.
+        store: Where the calibration is written.
+        n_clusters: K of K-means; default keeps about 10 questions per cluster.
+        samples: Answers per expert and question; the majority answer is graded.
+        seed: Seed of K-means and base seed of the samples (sample ``i`` uses ``seed + i``).
+        temperature: Sampling temperature sent to experts (``None``: the expert's own).
+        max_tokens: Generation cap sent to experts (``None``: the expert's own).
+        max_concurrency: Expert calls in flight at once.
+        cache: The answer cache, or a path to its SQLite file (default: the user cache
+            folder, see :func:`avengers_graph.settings.default_cache_path`).
+        grader: A callable ``(output, reference) -> bool`` used instead of the
+            per-kind graders.
+        instructions: System message per kind sent before each question.
+        replace: Discard the store's calibration and start over.
+        progress: Called with ``(finished calls, total calls)``.
+
+    Returns:
+        The accuracy of every expert overall and per cluster.
+
+    Raises:
+        InvalidInputError: Bad arguments or dataset, or a dataset that differs from the
+            store's questions when adding experts.
+        EmbeddingMismatchError: Adding experts with other embeddings than the store's.
+        CalibrationError: Expert calls failed (the rest is cached; run again to resume).
+    """
+    validate_experts(experts)
+    if samples < 1 or max_concurrency < 1:
+        raise InvalidInputError("samples and max_concurrency must be >= 1.")
+    answer_cache = _open_cache(cache)
+    run = {
+        "samples": samples,
+        "seed": seed,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "instructions": instructions,
+        "max_concurrency": max_concurrency,
+        "progress": progress,
+    }
+    if not replace and not store.is_empty():
+        return _add_experts(experts, embeddings, dataset, store, answer_cache, grader, run)
+
+    if dataset is None:
+        raise InvalidInputError("calibrate needs a dataset to build a new store.")
+    items = load_dataset(dataset, custom_grader=grader is not None)
+    vectors = np.asarray(embeddings.embed_documents([item.question for item in items]))
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = vectors / np.where(norms == 0, 1.0, norms)
+    k = n_clusters if n_clusters is not None else default_n_clusters(len(items))
+    labels, centroids = cluster_questions(vectors, k, seed)
+    label_of = {item.id: int(label) for item, label in zip(items, labels, strict=True)}
+
+    answers, calls, cached = run_experts(experts, items, answer_cache, **run)  # type: ignore[arg-type]
+    stats = expert_stats(answers, items, label_of, list(experts), grader)
+    store.write(
+        StoreInfo(
+            name=store.name,
+            embedding_model=embedding_model_name(embeddings),
+            embedding_dim=int(vectors.shape[1]),
+            n_clusters=k,
+            seed=seed,
+            experts=tuple(experts),
+        ),
+        centroids=centroids,
+        sizes=[int(np.sum(labels == c)) for c in range(k)],
+        stats=stats,
+        questions=[
+            StoredQuestion(item.id, item.question, item.answer, item.kind, label_of[item.id])
+            for item in items
+        ],
+        question_vectors=vectors,
+    )
+    return _report(store, list(experts), calls, cached)
+
+
+def _add_experts(
+    experts: Mapping[str, BaseChatModel],
+    embeddings: Embeddings,
+    dataset: Iterable[Mapping[str, Any]] | None,
+    store: ClusterStore,
+    cache: AnswerCache,
+    grader: grading.Grader | None,
+    run: Mapping[str, Any],
+) -> CalibrationReport:
+    info = store.info()
+    store.check_compatible(embedding_model_name(embeddings), info.embedding_dim)
+    stored = store.questions()
+    if dataset is not None:
+        given = {item.id for item in load_dataset(dataset, custom_grader=grader is not None)}
+        if given != {q.id for q in stored}:
+            raise InvalidInputError(
+                "The dataset differs from the questions this store was calibrated on; "
+                "pass dataset=None to add experts on the stored questions, or replace=True "
+                "to calibrate from scratch."
+            )
+    new = [name for name in experts if name not in info.experts]
+    if not new:
+        return _report(store, [], 0, 0)
+    items = [ValidationItem(q.id, q.question, q.answer, q.kind) for q in stored]
+    answers, calls, cached = run_experts({n: experts[n] for n in new}, items, cache, **run)
+    stats = expert_stats(answers, items, {q.id: q.cluster for q in stored}, new, grader)
+    store.add_expert_stats(stats)
+    return _report(store, new, calls, cached)

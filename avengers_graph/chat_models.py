@@ -1,0 +1,353 @@
+"""``ChatAvengers``: the Avengers ensemble as a drop-in LangChain chat model.
+
+``ChatAvengers`` is a facade over the graph of :mod:`avengers_graph.graph`. One call:
+
+1. :meth:`ChatAvengers._run_context` turns per-call options (``stop``,
+   ``temperature``, ``max_tokens``, ``top_n``...) into an
+   :class:`~avengers_graph.graph.AvengersContext`.
+2. :func:`_child_callbacks` builds the callback manager of the graph run from the
+   chat model's run manager, so the graph run and every expert call nest under the
+   chat model's run in LangSmith. Expert runs are tagged ``nostream`` so a parent
+   graph streaming ``messages`` sees only the voted answer, not every sample.
+3. The compiled graph (:func:`~avengers_graph.graph.create_avengers_graph`, built
+   once, lazily) embeds the question, routes it, samples the experts in parallel
+   and votes.
+4. :meth:`ChatAvengers._to_result` returns the winning message with
+   ``response_metadata["model_name"]``, ``response_metadata["avengers"]`` (the
+   routing record) and ``usage_metadata`` summed over every expert call.
+
+``stream``/``astream`` emit the voted answer as one chunk once the vote is decided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import RunnableConfig
+from langgraph.constants import TAG_NOSTREAM
+from langgraph.graph.state import CompiledStateGraph
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from avengers_graph.embeddings import LocalEmbeddings
+from avengers_graph.errors import InvalidInputError
+from avengers_graph.graph import (
+    AvengersContext,
+    AvengersSettings,
+    validate_experts,
+    create_avengers_graph,
+)
+from avengers_graph.store import ClusterStore
+
+_CALL_OPTIONS = frozenset(
+    {
+        "top_k",
+        "top_n",
+        "samples",
+        "beta",
+        "temperature",
+        "max_tokens",
+        "seed",
+        "timeout",
+        "answer_format",
+        "similarity_threshold",
+        "prior_strength",
+        "quality_weight",
+    }
+)
+
+
+def _child_callbacks(
+    run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+) -> CallbackManager | AsyncCallbackManager | None:
+    """A callback manager whose runs are children of the chat model's run.
+
+    An LLM run manager has no ``get_child()``; this does what ``ParentRunManager``
+    does, from the run manager's inheritable handlers, tags and metadata.
+    """
+    if run_manager is None:
+        return None
+    manager_cls = (
+        AsyncCallbackManager
+        if isinstance(run_manager, AsyncCallbackManagerForLLMRun)
+        else CallbackManager
+    )
+    manager = manager_cls(handlers=[], parent_run_id=run_manager.run_id)
+    manager.set_handlers(run_manager.inheritable_handlers)
+    manager.add_tags(run_manager.inheritable_tags)
+    manager.add_tags([TAG_NOSTREAM])
+    manager.add_metadata(run_manager.inheritable_metadata)
+    return manager
+
+
+class ChatAvengers(BaseChatModel):
+    """An ensemble of chat models routed by question cluster and combined by vote.
+
+    Setup:
+        Calibrate a store once with :func:`avengers_graph.calibrate`, then build the
+        chat model from the same experts and embeddings.
+
+    Example:
+        .. code-block:: python
+
+            from avengers_graph import ChatAvengers, ClusterStore
+
+            llm = ChatAvengers(experts=experts, store=ClusterStore(path="store"))
+            msg = llm.invoke("What is 17 * 23?")
+            msg.response_metadata["avengers"]["votes"]  # {'391': 5, '381': 1}
+
+    Per-call options: ``stop``, ``temperature``, ``max_tokens``, ``top_k``,
+    ``top_n``, ``samples``, ``beta``, ``seed``, ``timeout``, ``answer_format``,
+    ``similarity_threshold``, ``prior_strength`` and ``quality_weight`` may be passed
+    to ``invoke``/``stream``/``batch`` (or ``bind``) to override the fields below.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+
+    experts: dict[str, BaseChatModel]
+    """The pool: expert name to chat model (names as in the store)."""
+    store: ClusterStore
+    """The calibration: centroids and per-cluster expert statistics in Chroma."""
+    embeddings: Embeddings = Field(default_factory=LocalEmbeddings)
+    """Embeddings the store was calibrated with (default: MiniLM from PyPI)."""
+    model: str = Field(default="avengers", alias="model_name")
+    """Name reported as the model in ``response_metadata`` and traces."""
+    top_k: int = 1
+    """Nearest clusters to weigh when routing."""
+    top_n: int = 2
+    """Experts to sample."""
+    samples: int = 3
+    """Samples per selected expert, each a separate request with its own seed."""
+    beta: float = 3.0
+    """Softmax sharpness over cluster distances."""
+    temperature: float | None = 0.7
+    """Sampling temperature sent to experts; ``None`` keeps each expert's own."""
+    max_tokens: int | None = None
+    """Cap on tokens each expert generates; ``None`` keeps each expert's own."""
+    timeout: float | None = None
+    """Seconds one expert call may take before it counts as failed."""
+    max_retries: int = 2
+    """Retries of a transient expert error (connection, 429, 5xx)."""
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    """Stop sequences sent to experts."""
+    seed: int | None = None
+    """Base seed for reproducible sampling; ``None`` draws one per question."""
+    answer_format: str = "auto"
+    """How answers are compared: ``auto``, ``number``, ``choice``, ``text``, ``code``
+    or ``semantic``."""
+    similarity_threshold: float = 0.85
+    """Cosine similarity for two free-text answers to count as the same."""
+    prior_strength: float = 0.0
+    """Beta-prior smoothing of small clusters' accuracies (0 = raw accuracy)."""
+    quality_weight: float = 1.0
+    """Avengers-Pro trade-off: 1 ranks experts by accuracy, lower favours cheaper ones."""
+    max_concurrency: int | None = None
+    """Most expert calls in flight at once (``None``: all samples in parallel)."""
+
+    _graph: CompiledStateGraph[Any, Any, Any, Any] | None = PrivateAttr(default=None)
+
+    @field_validator("experts")
+    @classmethod
+    def _check_experts(cls, experts: dict[str, BaseChatModel]) -> dict[str, BaseChatModel]:
+        validate_experts(experts)
+        return experts
+
+    @model_validator(mode="after")
+    def _check_settings(self) -> ChatAvengers:
+        self._settings()
+        if self.max_retries < 0:
+            raise InvalidInputError(f"max_retries must be >= 0, got {self.max_retries!r}.")
+        return self
+
+    def _settings(self) -> AvengersSettings:
+        return AvengersSettings(
+            top_k=self.top_k,
+            top_n=self.top_n,
+            samples=self.samples,
+            beta=self.beta,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            stop=tuple(self.stop) if self.stop else None,
+            seed=self.seed,
+            timeout=self.timeout,
+            answer_format=self.answer_format,
+            similarity_threshold=self.similarity_threshold,
+            prior_strength=self.prior_strength,
+            quality_weight=self.quality_weight,
+        )
+
+    @property
+    def graph(self) -> CompiledStateGraph[Any, Any, Any, Any]:
+        """The compiled Avengers graph this chat model runs (built on first use)."""
+        if self._graph is None:
+            settings = self._settings()
+            self._graph = create_avengers_graph(
+                self.experts,
+                self.embeddings,
+                self.store,
+                name=self.model,
+                max_retries=self.max_retries,
+                top_k=settings.top_k,
+                top_n=settings.top_n,
+                samples=settings.samples,
+                beta=settings.beta,
+                temperature=settings.temperature,
+                max_tokens=settings.max_tokens,
+                stop=settings.stop,
+                seed=settings.seed,
+                timeout=settings.timeout,
+                answer_format=settings.answer_format,
+                similarity_threshold=settings.similarity_threshold,
+                prior_strength=settings.prior_strength,
+                quality_weight=settings.quality_weight,
+            )
+        return self._graph
+
+    @property
+    def _llm_type(self) -> str:
+        return "avengers"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "experts": list(self.experts),
+            "top_k": self.top_k,
+            "top_n": self.top_n,
+            "samples": self.samples,
+            "beta": self.beta,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "answer_format": self.answer_format,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="avengers",
+            ls_model_name=kwargs.get("model", self.model),
+            ls_model_type="chat",
+        )
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = temperature
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        if stop := stop or self.stop:
+            params["ls_stop"] = stop
+        return params
+
+    # graph call ---------------------------------------------------------------------
+    def _run_context(self, stop: list[str] | None, kwargs: Mapping[str, Any]) -> AvengersContext:
+        unknown = set(kwargs) - _CALL_OPTIONS - {"model"}
+        if unknown:
+            raise InvalidInputError(
+                f"ChatAvengers got unknown call options {sorted(unknown)}; "
+                f"valid options are {sorted(_CALL_OPTIONS | {'stop'})}."
+            )
+        options = {key: value for key, value in kwargs.items() if key in _CALL_OPTIONS}
+        return AvengersContext(stop=list(stop) if stop else None, **options)
+
+    def _run_config(
+        self, run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None
+    ) -> RunnableConfig:
+        config = RunnableConfig(callbacks=_child_callbacks(run_manager))
+        if self.max_concurrency is not None:
+            config["max_concurrency"] = self.max_concurrency
+        return config
+
+    def _to_result(self, state: Mapping[str, Any], kwargs: Mapping[str, Any]) -> ChatResult:
+        answer = state["messages"][-1]
+        if not isinstance(answer, AIMessage):  # pragma: no cover - the vote node appends one
+            raise InvalidInputError("The Avengers graph did not produce an answer.")
+        metadata = {
+            **answer.response_metadata,
+            "model_name": kwargs.get("model", self.model),
+            "avengers": dict(state["avengers"]),
+        }
+        message = AIMessage(
+            content=answer.content,
+            additional_kwargs=answer.additional_kwargs,
+            response_metadata=metadata,
+            usage_metadata=answer.usage_metadata,
+            id=answer.id,
+        )
+        return ChatResult(
+            generations=[ChatGeneration(message=message)],
+            llm_output={"model_name": metadata["model_name"]},
+        )
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        context = self._run_context(stop, kwargs)
+        state = self.graph.invoke(
+            {"messages": messages}, config=self._run_config(run_manager), context=context
+        )
+        return self._to_result(state, kwargs)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,  # type: ignore[override]
+        **kwargs: Any,
+    ) -> ChatResult:
+        context = self._run_context(stop, kwargs)
+        state = await self.graph.ainvoke(
+            {"messages": messages}, config=self._run_config(run_manager), context=context
+        )
+        return self._to_result(state, kwargs)
+
+    @staticmethod
+    def _as_chunk(result: ChatResult) -> ChatGenerationChunk:
+        message = result.generations[0].message
+        chunk = AIMessageChunk(
+            content=message.content,
+            additional_kwargs=message.additional_kwargs,
+            response_metadata=message.response_metadata,
+            usage_metadata=getattr(message, "usage_metadata", None),
+            id=message.id,
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(message=chunk)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        chunk = self._as_chunk(self._generate(messages, stop, run_manager, **kwargs))
+        if run_manager is not None:
+            run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,  # type: ignore[override]
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        result = await self._agenerate(messages, stop, run_manager, **kwargs)
+        chunk = self._as_chunk(result)
+        if run_manager is not None:
+            await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        yield chunk
+
