@@ -240,10 +240,13 @@ def run_experts(
         message = experts[call.expert].invoke(call.messages, **call.params)
         if not isinstance(message, AIMessage):
             raise InvalidInputError(f"Expert {call.expert!r} returned {type(message).__name__}.")
-        return CachedAnswer(message=message, seconds=time.perf_counter() - started)
+        answer = CachedAnswer(message=message, seconds=time.perf_counter() - started)
+        cache.put(call.key, call.expert, call.params, answer)  # saved even if the run is killed
+        return answer
 
     failures: dict[str, list[str]] = defaultdict(list)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max_concurrency) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_concurrency)
+    try:
         futures = {pool.submit(ask, call): call for call in missing}
         for future in concurrent.futures.as_completed(futures):
             call = futures[future]
@@ -252,11 +255,13 @@ def run_experts(
             except Exception as exc:  # noqa: BLE001 - collected and raised below, nothing lost
                 failures[call.expert].append(f"{type(exc).__name__}: {exc}")
             else:
-                cache.put(call.key, call.expert, call.params, answer)
                 answers[(call.expert, call.item.id)][call.index] = answer
             done += 1
             if progress:
                 progress(done, len(calls))
+    finally:
+        # on an interrupt, queued calls are dropped; calls in flight finish and are cached
+        pool.shutdown(wait=True, cancel_futures=True)
     if failures:
         detail = "; ".join(
             f"{name}: {len(errors)} failed calls (first: {errors[0]})"

@@ -473,7 +473,11 @@ def validate_experts(experts: Mapping[str, BaseChatModel]) -> None:
 
 
 def _embed_cache_key(state: AvengersState) -> str:
-    return routing.routing_text(state.get("messages", []))
+    """The ``embed`` node's cache key: the routed text (invalid input fails in the node)."""
+    try:
+        return routing.routing_text(state.get("messages", []))
+    except InvalidInputError:
+        return ""
 
 
 def build_avengers_graph(
@@ -495,6 +499,7 @@ def build_avengers_graph(
     similarity_threshold: float = 0.85,
     prior_strength: float = 0.0,
     quality_weight: float = 1.0,
+    retry_policy: RetryPolicy | None = None,
     model_name: str = "avengers",
 ) -> StateGraph[AvengersState, AvengersContext, InputState, OutputState]:
     """Build the uncompiled Avengers ``StateGraph`` (add nodes or edges, then compile).
@@ -518,6 +523,9 @@ def build_avengers_graph(
         similarity_threshold: Cosine similarity for free-text answers to agree.
         prior_strength: Beta-prior smoothing of small clusters' accuracies.
         quality_weight: Avengers-Pro accuracy/cost trade-off (1 = accuracy only).
+        retry_policy: LangGraph retry policy of the ``embed``, ``locate_cluster`` and
+            ``sample`` nodes (backoff, attempts); default: ``max_retries + 1`` attempts
+            on :func:`is_transient_error`.
         model_name: Name reported as ``response_metadata["model_name"]``.
 
     Returns:
@@ -542,7 +550,7 @@ def build_avengers_graph(
         prior_strength=prior_strength,
         quality_weight=quality_weight,
     )
-    retry = RetryPolicy(max_attempts=max_retries + 1, retry_on=is_transient_error)
+    retry = retry_policy or RetryPolicy(max_attempts=max_retries + 1, retry_on=is_transient_error)
     nodes = _Nodes(
         experts,
         embeddings,

@@ -1,0 +1,152 @@
+"""Offline test doubles: scripted experts and keyword embeddings.
+
+They are real LangChain ``BaseChatModel`` / ``Embeddings`` subclasses, so the graph,
+the chat model and calibration run their real code paths against them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import ConfigDict, Field, PrivateAttr
+
+Responder = Callable[[str, int | None], str]
+"""(last human message text, seed) -> reply text."""
+
+
+def _last_human(messages: Sequence[BaseMessage]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, HumanMessage):
+            return message.text
+    return ""
+
+
+class ScriptedExpert(BaseChatModel):
+    """A chat model whose replies come from a Python function.
+
+    ``fail_first`` calls raise ``fail_with`` (a transient ``ConnectionError`` by
+    default) before the expert starts answering; ``always_fail`` makes every call
+    raise; ``delay`` sleeps before answering (for timeout tests).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: str = "scripted"
+    respond: Responder = Field(default=lambda question, seed: f"echo: {question}")
+    fail_first: int = 0
+    always_fail: bool = False
+    fail_with: Callable[[], Exception] = Field(default=lambda: ConnectionError("server down"))
+    delay: float = 0.0
+    _calls: int = PrivateAttr(default=0)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _seen: list[dict[str, Any]] = PrivateAttr(default_factory=list)
+
+    @property
+    def calls(self) -> int:
+        return self._calls
+
+    @property
+    def seen(self) -> list[dict[str, Any]]:
+        """The kwargs of every call (temperature, seed, max_tokens...)."""
+        return self._seen
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_model_name"] = self.model
+        return params
+
+    def _reply(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Any) -> ChatResult:
+        with self._lock:
+            self._calls += 1
+            call = self._calls
+            self._seen.append({**kwargs, "stop": stop})
+        if self.always_fail or call <= self.fail_first:
+            raise self.fail_with()
+        question = _last_human(messages)
+        text = self.respond(question, kwargs.get("seed"))
+        for token in stop or []:
+            if token in text:
+                text = text[: text.index(token)]
+        prompt_tokens = sum(len(m.text.split()) for m in messages)
+        output_tokens = max(1, len(text.split()))
+        message = AIMessage(
+            content=text,
+            response_metadata={"model_name": self.model},
+            usage_metadata={
+                "input_tokens": prompt_tokens,
+                "output_tokens": output_tokens,
+                "total_tokens": prompt_tokens + output_tokens,
+            },
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.delay:
+            time.sleep(self.delay)
+        return self._reply(messages, stop, kwargs)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return self._reply(messages, stop, kwargs)
+
+
+def constant(text: str) -> Responder:
+    return lambda question, seed: text
+
+
+class KeywordEmbeddings(Embeddings):
+    """Each keyword is an axis; a text's vector counts its keywords (plus a small bias).
+
+    Deterministic and offline, with real geometry: texts about the same keywords
+    are close in cosine distance.
+    """
+
+    def __init__(self, keywords: Mapping[str, int], dim: int | None = None,
+                 model_name: str = "keyword-embeddings") -> None:
+        self.keywords = dict(keywords)
+        self.dim = dim or (max(self.keywords.values()) + 2)
+        self.model_name = model_name
+        self.calls = 0
+
+    def _vector(self, text: str) -> list[float]:
+        vector = np.zeros(self.dim)
+        vector[-1] = 0.05
+        lowered = text.lower()
+        for word, axis in self.keywords.items():
+            vector[axis] += lowered.count(word)
+        return (vector / np.linalg.norm(vector)).tolist()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        self.calls += 1
+        return [self._vector(t) for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        self.calls += 1
+        return self._vector(text)

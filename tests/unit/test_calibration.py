@@ -1,0 +1,186 @@
+"""Calibration with scripted experts: store contents, report, resume, adding experts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from avengers_graph import AnswerCache, CalibrationError, ClusterStore, InvalidInputError, calibrate
+from avengers_graph.calibration import load_dataset
+from tests.fakes import KeywordEmbeddings, ScriptedExpert
+
+KEYWORDS = {"math": 0, "code": 1}
+DATASET = [
+    *({"id": f"m{i}", "question": f"math item {i}: add", "answer": str(i), "kind": "number"} for i in range(6)),
+    *({"id": f"c{i}", "question": f"code item {i}: pick", "answer": "B", "kind": "choice"} for i in range(6)),
+]
+
+
+def solver(math_ok: bool, code_ok: bool):
+    """Answers math items with their number and code items with B, when it is good at them."""
+
+    def respond(question: str, seed: int | None) -> str:
+        number = question.split("item ")[1].split(":")[0]
+        if "math" in question:
+            return f"\\boxed{{{number if math_ok else 999}}}"
+        return "Answer: B" if code_ok else "Answer: D"
+
+    return respond
+
+
+def pool() -> dict[str, ScriptedExpert]:
+    return {
+        "mathy": ScriptedExpert(model="mathy", respond=solver(math_ok=True, code_ok=False)),
+        "coder": ScriptedExpert(model="coder", respond=solver(math_ok=False, code_ok=True)),
+    }
+
+
+def run(experts: dict[str, Any], store: ClusterStore, cache: Path, **kwargs: Any):
+    kwargs.setdefault("n_clusters", 2)
+    kwargs.setdefault("samples", 2)
+    return calibrate(experts, KeywordEmbeddings(KEYWORDS), DATASET, store, cache=cache, **kwargs)
+
+
+def test_calibration_writes_clusters_and_per_expert_statistics(tmp_path: Path) -> None:
+    store = ClusterStore(path=tmp_path / "store")
+    experts = pool()
+    report = run(experts, store, tmp_path / "cache.sqlite")
+    assert report.n_questions == 12
+    assert report.n_clusters == 2
+    assert report.experts == {"mathy": 0.5, "coder": 0.5}
+    assert report.calls == 2 * 12 * 2
+    assert report.cached == 0
+    info = store.info()
+    assert info.embedding_model == "keyword-embeddings"
+    assert info.embedding_dim == 3
+    assert info.seed == 0
+    assert info.experts == ("mathy", "coder")
+    # one cluster per domain, each won by its expert with full accuracy
+    stored = {q.id: q.cluster for q in store.questions()}
+    math_cluster, code_cluster = stored["m0"], stored["c0"]
+    assert math_cluster != code_cluster
+    assert {stored[f"m{i}"] for i in range(6)} == {math_cluster}
+    stats = store.stats()
+    assert stats[math_cluster]["mathy"].accuracy == 1.0
+    assert stats[math_cluster]["coder"].accuracy == 0.0
+    assert stats[code_cluster]["coder"].correct == 6
+    assert stats[code_cluster]["coder"].total == 6
+    assert stats[code_cluster]["mathy"].mean_tokens == pytest.approx(2.0)  # "Answer: D"
+    assert store.sizes() == {math_cluster: 6, code_cluster: 6}
+
+
+def test_rerun_repeats_no_expert_call(tmp_path: Path) -> None:
+    cache = tmp_path / "cache.sqlite"
+    run(pool(), ClusterStore(path=tmp_path / "a"), cache)
+    experts = pool()
+    report = run(experts, ClusterStore(path=tmp_path / "b"), cache)
+    assert sum(e.calls for e in experts.values()) == 0
+    assert report.calls == 0
+    assert report.cached == 48
+    assert report.experts == {"mathy": 0.5, "coder": 0.5}
+
+
+class Killed(BaseException):
+    """Stands for the process being killed (not an Exception: nothing may catch it)."""
+
+
+def test_killed_run_resumes_without_redoing_work(tmp_path: Path) -> None:
+    cache = tmp_path / "cache.sqlite"
+    experts = pool()
+
+    def kill_after_ten(done: int, total: int) -> None:
+        if done >= 10:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(experts, ClusterStore(path=tmp_path / "s"), cache, max_concurrency=2, progress=kill_after_ten)
+    first = sum(e.calls for e in experts.values())
+    assert 10 <= first < 48
+    assert len(AnswerCache(cache)) == first  # every call that ran is cached
+
+    experts = pool()
+    report = run(experts, ClusterStore(path=tmp_path / "s"), cache, max_concurrency=2)
+    second = sum(e.calls for e in experts.values())
+    assert first + second == 48
+    assert report.calls == second
+    assert report.cached == first
+
+
+def test_failed_calls_raise_and_keep_the_finished_answers(tmp_path: Path) -> None:
+    cache = tmp_path / "cache.sqlite"
+    experts = pool()
+    experts["broken"] = ScriptedExpert(always_fail=True)
+    store = ClusterStore(path=tmp_path / "s")
+    with pytest.raises(CalibrationError, match=r"broken: 24 failed calls .*ConnectionError"):
+        run(experts, store, cache)
+    assert store.is_empty()
+    assert len(AnswerCache(cache)) == 48
+    experts["broken"] = ScriptedExpert(model="fixed", respond=solver(True, True))
+    report = run(experts, store, cache)
+    assert report.calls == 24  # only the failed expert's calls
+    assert report.experts["broken"] == 1.0
+
+
+def test_adding_an_expert_runs_only_that_expert(tmp_path: Path) -> None:
+    cache = tmp_path / "cache.sqlite"
+    store = ClusterStore(path=tmp_path / "s")
+    run(pool(), store, cache)
+    before = store.stats()
+    experts = pool()
+    experts["allrounder"] = ScriptedExpert(model="all", respond=solver(True, True))
+    report = calibrate(experts, KeywordEmbeddings(KEYWORDS), None, store, cache=cache, samples=2)
+    assert report.calibrated == ("allrounder",)
+    assert experts["mathy"].calls == experts["coder"].calls == 0
+    assert experts["allrounder"].calls == 24
+    after = store.stats()
+    for cluster, by_expert in before.items():
+        for name, stats in by_expert.items():
+            assert after[cluster][name] == stats
+        assert after[cluster]["allrounder"].accuracy == 1.0
+    assert store.info().experts == ("mathy", "coder", "allrounder")
+    assert report.experts["allrounder"] == 1.0
+
+
+def test_adding_with_a_different_dataset_is_refused(tmp_path: Path) -> None:
+    store = ClusterStore(path=tmp_path / "s")
+    run(pool(), store, tmp_path / "c.sqlite")
+    other = [{"question": "new math", "answer": "1", "kind": "number"}]
+    with pytest.raises(InvalidInputError, match="replace=True"):
+        calibrate(pool(), KeywordEmbeddings(KEYWORDS), other, store, cache=tmp_path / "c.sqlite")
+
+
+def test_replace_starts_over(tmp_path: Path) -> None:
+    store = ClusterStore(path=tmp_path / "s")
+    run(pool(), store, tmp_path / "c.sqlite")
+    report = run({"mathy": pool()["mathy"]}, store, tmp_path / "c.sqlite", replace=True, n_clusters=1)
+    assert store.info().experts == ("mathy",)
+    assert report.n_clusters == 1
+
+
+def test_custom_grader(tmp_path: Path) -> None:
+    store = ClusterStore(path=tmp_path / "s")
+    report = run(pool(), store, tmp_path / "c.sqlite", grader=lambda output, reference: True)
+    assert report.experts == {"mathy": 1.0, "coder": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("dataset", "match"),
+    [
+        ([], "empty"),
+        (["just a string"], "not a dict"),
+        ([{"answer": "1", "kind": "number"}], "no 'question'"),
+        ([{"question": "q", "kind": "number"}], "no 'answer'"),
+        ([{"question": "q", "answer": "1", "kind": "poetry"}], "valid kinds"),
+        ([{"id": "x", "question": "q", "answer": "1", "kind": "number"}] * 2, "repeats id"),
+    ],
+)
+def test_bad_datasets_are_explicit_errors(dataset: list[Any], match: str) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        load_dataset(dataset)
+
+
+def test_too_many_clusters_is_an_explicit_error(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="n_clusters"):
+        run(pool(), ClusterStore(path=tmp_path / "s"), tmp_path / "c.sqlite", n_clusters=50)
