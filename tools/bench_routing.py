@@ -1,0 +1,182 @@
+"""Routing overhead benchmark: embed / locate_cluster / select_experts and the whole graph.
+
+Runs on the embedded default (MiniLM from PyPI, Chroma on disk) with instant experts
+(LangChain's ``FakeListChatModel``), so what it measures is our overhead, not model
+time. Every number comes from the same run, side by side.
+
+    python tools/bench_routing.py [--questions 200] [--clusters 16] [--chroma-server]
+
+Prints median (p50) and p95 milliseconds per question for each routing step, the
+whole graph (sync and async) with ``top_n * samples`` instant expert calls, and the
+ratios between them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import HumanMessage
+
+from avengers_graph import ClusterStore, LocalEmbeddings, calibrate, create_avengers_graph
+from avengers_graph.embeddings import normalise
+from avengers_graph.routing import match_clusters, score_experts, select_experts
+
+TOPICS = {
+    "math": "What is {a} plus {b} times {c}?",
+    "code": "Write a Python function that returns the {a}th Fibonacci number modulo {b}.",
+    "medicine": "A {a}-year-old patient presents with fever of {b} days and rash. Diagnosis?",
+    "history": "In which year did event number {a} of the {b}th century take place?",
+    "sentiment": "Is the review 'I liked movie {a}, {b} stars out of {c}' positive or negative?",
+    "chemistry": "How many moles are in {a} grams of a compound with molar mass {b}?",
+}
+
+
+def questions(n: int, seed: int) -> list[dict[str, str]]:
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        topic = list(TOPICS)[i % len(TOPICS)]
+        a, b, c = (int(x) for x in rng.integers(2, 99, size=3))
+        items.append(
+            {"id": f"{topic}-{i}", "question": TOPICS[topic].format(a=a, b=b, c=c),
+             "answer": str(a), "kind": "number"}
+        )
+    return items
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ms = sorted(s * 1000 for s in samples)
+    return statistics.median(ms), ms[min(len(ms) - 1, int(0.95 * len(ms)))]
+
+
+def timed(fn: Callable[[], object], repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def start_chroma(path: Path, port: int) -> subprocess.Popen[bytes]:
+    chroma = Path(sys.executable).with_name("chroma")
+    proc = subprocess.Popen(
+        [str(chroma), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    import chromadb
+
+    for _ in range(100):
+        try:
+            chromadb.HttpClient(host="127.0.0.1", port=port).heartbeat()
+            return proc
+        except Exception:  # noqa: BLE001 - server not up yet
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("chroma run did not come up")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--questions", type=int, default=200)
+    parser.add_argument("--clusters", type=int, default=16)
+    parser.add_argument("--top-n", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=3)
+    parser.add_argument("--chroma-server", action="store_true", help="also measure a Chroma server")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="avengers-bench-"))
+    try:
+        embeddings = LocalEmbeddings()
+        experts = {
+            f"expert{i}": FakeListChatModel(responses=[f"The answer is \\boxed{{{40 + i % 2}}}."])
+            for i in range(4)
+        }
+        calibration = questions(args.questions, seed=0)
+        store = ClusterStore(path=work / "store", name="bench")
+        started = time.perf_counter()
+        calibrate(experts, embeddings, calibration, store, n_clusters=args.clusters,
+                  samples=1, cache=work / "cache.sqlite")
+        print(f"calibration of {args.questions} questions x {len(experts)} instant experts: "
+              f"{time.perf_counter() - started:.2f} s")
+
+        probe = [q["question"] for q in questions(args.questions, seed=1)]
+        stores = {"chroma on disk": store}
+        server = None
+        if args.chroma_server:
+            server = start_chroma(work / "server", 8765)
+            remote = ClusterStore(host="127.0.0.1", port=8765, name="bench")
+            info = store.info()
+            remote.write(info, store.centroids(), [store.sizes()[c] for c in range(info.n_clusters)],
+                         store.stats(), store.questions(), store.question_vectors())
+            stores["chroma server"] = remote
+
+        embeddings.embed_query("warm up")
+        vectors = [normalise(embeddings.embed_query(text)) for text in probe]
+        rows: list[tuple[str, float, float]] = []
+        rows.append(("embed (MiniLM, 1 question)",
+                     *percentiles([t for text in probe for t in timed(lambda: normalise(embeddings.embed_query(text)), 1)])))
+        centroids = store.centroids()
+        for label, s in stores.items():
+            s.nearest(vectors[0], 1)
+            rows.append((f"locate_cluster ({label}, top_k=1)", *percentiles(
+                [t for v in vectors for t in timed(lambda: match_clusters(s.nearest(v, 1), 3.0), 1)])))
+        rows.append(("locate_cluster (numpy baseline)", *percentiles(
+            [t for v in vectors for t in timed(lambda: np.argsort(1 - centroids @ np.asarray(v))[:1], 1)])))
+        stats = store.stats()
+        clusters = [match_clusters(store.nearest(v, 1), 3.0) for v in vectors]
+        rows.append(("select_experts", *percentiles(
+            [t for c in clusters for t in timed(lambda: select_experts(score_experts(c, stats, list(experts)), args.top_n), 1)])))
+
+        graph = create_avengers_graph(experts, embeddings, store, top_n=args.top_n,
+                                      samples=args.samples, seed=0)
+        inputs = [{"messages": [HumanMessage(text)]} for text in probe]
+        graph.invoke(inputs[0])
+        rows.append((f"whole graph, sync ({args.top_n * args.samples} instant calls)", *percentiles(
+            [t for x in inputs for t in timed(lambda: graph.invoke(x), 1)])))
+
+        async def run_async() -> list[float]:
+            out = []
+            for x in inputs:
+                start = time.perf_counter()
+                await graph.ainvoke(x)
+                out.append(time.perf_counter() - start)
+            return out
+
+        rows.append((f"whole graph, async ({args.top_n * args.samples} instant calls)",
+                     *percentiles(asyncio.run(run_async()))))
+
+        print(f"\n{len(probe)} questions, K={args.clusters}, top_n={args.top_n}, samples={args.samples}")
+        print(f"{'step':<52} {'p50 ms':>9} {'p95 ms':>9}")
+        for name, p50, p95 in rows:
+            print(f"{name:<52} {p50:>9.2f} {p95:>9.2f}")
+        by_name = {name: p50 for name, p50, _ in rows}
+        routing = (by_name["embed (MiniLM, 1 question)"]
+                   + by_name["locate_cluster (chroma on disk, top_k=1)"] + by_name["select_experts"])
+        sync = next(p50 for name, p50, _ in rows if name.startswith("whole graph, sync"))
+        print(f"\nrouting steps (embed + locate + select), p50 sum: {routing:.2f} ms")
+        print(f"whole graph / routing steps (p50): {sync / routing:.2f}x")
+        print(f"embed share of routing (p50): {by_name['embed (MiniLM, 1 question)'] / routing:.0%}")
+        print(f"chroma on disk / numpy for locate (p50): "
+              f"{by_name['locate_cluster (chroma on disk, top_k=1)'] / by_name['locate_cluster (numpy baseline)']:.0f}x")
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
