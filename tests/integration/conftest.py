@@ -1,0 +1,104 @@
+"""Integration fixtures: a real Chroma server, and sockets allowed for integration tests.
+
+Unit tests run with ``--disable-socket --allow-unix-socket``; every test collected
+under ``tests/integration`` gets the ``enable_socket`` and ``integration`` markers.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_INTEGRATION_DIR = Path(__file__).resolve().parent
+_STARTUP_TIMEOUT_S = 30.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Allow sockets for, and mark, the tests under ``tests/integration`` only."""
+    del config
+    for item in items:
+        if Path(item.path).resolve().is_relative_to(_INTEGRATION_DIR):
+            item.add_marker(pytest.mark.enable_socket)
+            item.add_marker(pytest.mark.integration)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _chroma_executable() -> Path:
+    # The console script sits next to the venv's interpreter (do not resolve symlinks:
+    # the venv's python usually links to the base interpreter elsewhere).
+    name = "chroma.exe" if sys.platform == "win32" else "chroma"
+    return Path(sys.executable).parent / name
+
+
+def _heartbeat(host: str, port: int) -> bool:
+    import chromadb
+    from chromadb.config import Settings
+
+    try:
+        client = chromadb.HttpClient(
+            host=host, port=port, settings=Settings(anonymized_telemetry=False)
+        )
+        client.heartbeat()
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """Start ``chroma run`` on a free local port; yield ``(host, port)``; stop it after."""
+    executable = _chroma_executable()
+    if not executable.exists():
+        pytest.fail(f"The `chroma` executable is missing next to {sys.executable}.")
+    workdir = tmp_path_factory.mktemp("chroma-server")
+    host, port = "127.0.0.1", _free_port()
+    stdout_path, stderr_path = workdir / "stdout.log", workdir / "stderr.log"
+    command = [
+        str(executable),
+        "run",
+        "--path",
+        str(workdir / "data"),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
+        # The server logs every request: write to files, never to an unread pipe.
+        process = subprocess.Popen(  # noqa: S603 - fixed command, our own executable
+            command, stdout=stdout, stderr=stderr, cwd=workdir
+        )
+    try:
+        deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+        while not _heartbeat(host, port):
+            if process.poll() is not None:
+                pytest.fail(
+                    f"`chroma run` exited with code {process.returncode} at start:\n"
+                    + stderr_path.read_text(errors="replace")
+                    + stdout_path.read_text(errors="replace")
+                )
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"`chroma run` did not answer its heartbeat on {host}:{port} within "
+                    f"{_STARTUP_TIMEOUT_S:.0f} s:\n" + stderr_path.read_text(errors="replace")
+                )
+            time.sleep(0.2)
+        yield host, port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
