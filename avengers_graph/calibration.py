@@ -94,6 +94,24 @@ def _item_id(question: str, answer: str) -> str:
     return hashlib.sha256(f"{question}\x00{answer}".encode()).hexdigest()[:16]
 
 
+def _validation_item(position: int, raw: object, *, custom_grader: bool) -> ValidationItem:
+    if not isinstance(raw, Mapping):
+        raise InvalidInputError(f"Dataset item {position} is a {type(raw).__name__}, not a dict.")
+    question, answer = raw.get("question"), raw.get("answer")
+    if not isinstance(question, str) or not question.strip():
+        raise InvalidInputError(f"Dataset item {position} has no 'question' text.")
+    if isinstance(answer, bool) or not isinstance(answer, str | int | float):
+        raise InvalidInputError(f"Dataset item {position} has no 'answer' (str or number).")
+    kind = raw.get("kind", "text" if custom_grader else None)
+    if not isinstance(kind, str) or (not custom_grader and kind not in grading.GRADERS):
+        raise InvalidInputError(
+            f"Dataset item {position} has kind {kind!r}; valid kinds are "
+            f"{sorted(grading.GRADERS)} (or pass grader=...)."
+        )
+    item_id = raw.get("id") or _item_id(question, str(answer))
+    return ValidationItem(id=str(item_id), question=question, answer=str(answer), kind=kind)
+
+
 def load_dataset(
     dataset: Iterable[Mapping[str, Any]], *, custom_grader: bool = False
 ) -> list[ValidationItem]:
@@ -112,26 +130,11 @@ def load_dataset(
     items: list[ValidationItem] = []
     seen: set[str] = set()
     for position, raw in enumerate(dataset):
-        if not isinstance(raw, Mapping):
-            raise InvalidInputError(f"Dataset item {position} is a {type(raw).__name__}, not a dict.")
-        question, answer = raw.get("question"), raw.get("answer")
-        if not isinstance(question, str) or not question.strip():
-            raise InvalidInputError(f"Dataset item {position} has no 'question' text.")
-        if isinstance(answer, bool) or not isinstance(answer, str | int | float):
-            raise InvalidInputError(f"Dataset item {position} has no 'answer' (str or number).")
-        kind = raw.get("kind", "text" if custom_grader else None)
-        if not isinstance(kind, str) or (not custom_grader and kind not in grading.GRADERS):
-            raise InvalidInputError(
-                f"Dataset item {position} has kind {kind!r}; valid kinds are "
-                f"{sorted(grading.GRADERS)} (or pass grader=...)."
-            )
-        item_id = raw.get("id") or _item_id(question, str(answer))
-        if not isinstance(item_id, str):
-            item_id = str(item_id)
-        if item_id in seen:
-            raise InvalidInputError(f"Dataset item {position} repeats id {item_id!r}.")
-        seen.add(item_id)
-        items.append(ValidationItem(id=item_id, question=question, answer=str(answer), kind=kind))
+        item = _validation_item(position, raw, custom_grader=custom_grader)
+        if item.id in seen:
+            raise InvalidInputError(f"Dataset item {position} repeats id {item.id!r}.")
+        seen.add(item.id)
+        items.append(item)
     if not items:
         raise InvalidInputError("The dataset is empty.")
     return items
@@ -165,7 +168,7 @@ def cluster_questions(
 
 
 def _model_identity(expert: BaseChatModel) -> str:
-    name = expert._get_ls_params().get("ls_model_name")  # noqa: SLF001 - LangChain's model-name hook
+    name = expert._get_ls_params().get("ls_model_name")
     return name if isinstance(name, str) and name else type(expert).__name__
 
 
@@ -185,6 +188,32 @@ class _Call:
     messages: list[BaseMessage]
     params: dict[str, Any]
     key: str
+
+
+def _plan_calls(
+    experts: Mapping[str, BaseChatModel],
+    items: Sequence[ValidationItem],
+    samples: int,
+    seed: int,
+    temperature: float | None,
+    max_tokens: int | None,
+    instructions: Mapping[str, str],
+) -> list[_Call]:
+    calls: list[_Call] = []
+    for name, expert in experts.items():
+        model = _model_identity(expert)
+        for item in items:
+            messages = build_prompt(item, instructions)
+            for index in range(samples):
+                params: dict[str, Any] = {"seed": seed + index}
+                if temperature is not None:
+                    params["temperature"] = temperature
+                if max_tokens is not None:
+                    params["max_tokens"] = max_tokens
+                key = cache_key(name, model, messages, params)
+                calls.append(_Call(name, item, index, messages, params, key))
+
+    return calls
 
 
 def run_experts(
@@ -209,20 +238,7 @@ def run_experts(
         CalibrationError: Some calls failed; every other answer is cached, so a re-run
             retries only the failed calls.
     """
-    calls: list[_Call] = []
-    for name, expert in experts.items():
-        model = _model_identity(expert)
-        for item in items:
-            messages = build_prompt(item, instructions)
-            for index in range(samples):
-                params: dict[str, Any] = {"seed": seed + index}
-                if temperature is not None:
-                    params["temperature"] = temperature
-                if max_tokens is not None:
-                    params["max_tokens"] = max_tokens
-                key = cache_key(name, model, messages, params)
-                calls.append(_Call(name, item, index, messages, params, key))
-
+    calls = _plan_calls(experts, items, samples, seed, temperature, max_tokens, instructions)
     answers: dict[tuple[str, str], dict[int, CachedAnswer]] = defaultdict(dict)
     missing: list[_Call] = []
     for call in calls:
@@ -288,6 +304,10 @@ def grade_expert(
     return bool(grade(texts[index], item.answer))
 
 
+def _output_tokens(message: AIMessage) -> int:
+    return message.usage_metadata["output_tokens"] if message.usage_metadata else 0
+
+
 def expert_stats(
     answers: Mapping[tuple[str, str], Sequence[CachedAnswer]],
     items: Sequence[ValidationItem],
@@ -304,14 +324,7 @@ def expert_stats(
             entry = counts[(cluster, name)]
             entry[0] += grade_expert(item_answers, item, grader)
             entry[1] += 1
-            entry[2] += float(
-                np.mean(
-                    [
-                        (a.message.usage_metadata or {}).get("output_tokens", 0)
-                        for a in item_answers
-                    ]
-                )
-            )
+            entry[2] += float(np.mean([_output_tokens(a.message) for a in item_answers]))
             entry[3] += float(np.mean([a.seconds for a in item_answers]))
     stats: dict[int, dict[str, ExpertStats]] = defaultdict(dict)
     for (cluster, name), (correct, total, tokens, seconds) in counts.items():

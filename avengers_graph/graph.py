@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,7 +43,7 @@ from typing import Any
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AnyMessage
+from langchain_core.messages import AIMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.cache.base import BaseCache
@@ -142,9 +143,7 @@ class AvengersSettings:
                 f"quality_weight must be in [0, 1], got {self.quality_weight!r}."
             )
         if self.prior_strength < 0:
-            raise InvalidInputError(
-                f"prior_strength must be >= 0, got {self.prior_strength!r}."
-            )
+            raise InvalidInputError(f"prior_strength must be >= 0, got {self.prior_strength!r}.")
         if isinstance(self.answer_format, str):
             voting.resolve_extractor([], self.answer_format)  # validates the name
 
@@ -253,9 +252,7 @@ class _Nodes:
         vector = state["embedding"]
         self.store.check_compatible(self.embedding_name, len(vector))
         matches = routing.match_clusters(self.store.nearest(vector, settings.top_k), settings.beta)
-        clusters = [
-            ClusterRecord(id=m.id, distance=m.distance, weight=m.weight) for m in matches
-        ]
+        clusters = [ClusterRecord(id=m.id, distance=m.distance, weight=m.weight) for m in matches]
         return {"clusters": clusters}
 
     # select_experts -----------------------------------------------------------------
@@ -270,7 +267,9 @@ class _Nodes:
             quality_weight=settings.quality_weight,
         )
         chosen = routing.select_experts(scores, settings.top_n)
-        seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
+        seed = (
+            settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
+        )
         return {
             "experts": [ExpertRecord(name=s.name, score=s.score) for s in chosen],
             "seed": seed,
@@ -338,17 +337,16 @@ class _Nodes:
             if settings.timeout is None:
                 message = expert.invoke(task["messages"], config, **kwargs)
             else:
-                call = contextvars.copy_context().run
+                context = contextvars.copy_context()
                 future = _timeout_pool().submit(
-                    call, expert.invoke, task["messages"], config, **kwargs
+                    context.run,
+                    functools.partial(expert.invoke, task["messages"], config, **kwargs),
                 )
                 try:
                     message = future.result(timeout=settings.timeout)
                 except concurrent.futures.TimeoutError as exc:
                     future.cancel()
-                    raise ExpertTimeoutError(
-                        f"no answer within {settings.timeout} s"
-                    ) from exc
+                    raise ExpertTimeoutError(f"no answer within {settings.timeout} s") from exc
             return self._sampled(task, message, started)
         except Exception as exc:  # noqa: BLE001 - recorded as the expert's failure or retried
             return self._failed(task, exc)
@@ -382,7 +380,7 @@ class _Nodes:
             for expert in state.get("experts", []):
                 failures.setdefault(expert["name"], "returned no sample")
             raise AllExpertsFailedError(failures)
-        texts = [s["message"].text for s in samples]
+        texts = [str(s["message"].text) for s in samples]
         return settings, samples, texts, voting.resolve_extractor(texts, settings.answer_format)
 
     def _keys(

@@ -1,12 +1,13 @@
 """Deployment settings read from environment variables, in one place.
 
-| variable | meaning | default |
-| --- | --- | --- |
-| ``AVENGERS_CACHE_DIR`` | folder of the answer cache | ``$XDG_CACHE_HOME/avengers-graph`` or ``~/.cache/avengers-graph`` |
-| ``AVENGERS_STORE_PATH`` | folder of the embedded Chroma store | ``.avengers/store`` under the working directory |
-| ``AVENGERS_CHROMA_HOST`` / ``AVENGERS_CHROMA_PORT`` | a Chroma server instead of the embedded store | unset / ``8000`` |
-| ``AVENGERS_POOL`` | pool name inside the store | ``avengers`` |
-| ``AVENGERS_CONFIG`` | pool config file (YAML or JSON, see :mod:`avengers_graph.config`) | unset |
+- ``AVENGERS_CACHE_DIR``: folder of the answer cache (default
+  ``$XDG_CACHE_HOME/avengers-graph``, else ``~/.cache/avengers-graph``).
+- ``AVENGERS_STORE_PATH``: folder of the embedded Chroma store (default
+  ``.avengers/store`` under the working directory).
+- ``AVENGERS_CHROMA_HOST`` / ``AVENGERS_CHROMA_PORT``: a Chroma server instead of the
+  embedded store (default unset / ``8000``).
+- ``AVENGERS_POOL``: pool name inside the store (default ``avengers``).
+- ``AVENGERS_CONFIG``: pool config file, YAML or JSON (see :mod:`avengers_graph.config`).
 
 ``.env.example`` at the repository root documents the same variables.
 """

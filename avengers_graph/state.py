@@ -86,7 +86,8 @@ class RoutingRecord(TypedDict):
     answer_format: str
     """How answers were compared (``number``, ``choice``, ``text``, ``code``, ``semantic``...)."""
     seed: int
-    """Base seed of the turn; sample ``j`` of the expert ranked ``r`` used ``seed + r * samples + j``."""
+    """Base seed of the turn; sample ``j`` of the expert ranked ``r`` used
+    ``seed + r * samples + j``."""
 
 
 def merge_samples(left: list[Sample] | None, right: list[Sample] | None) -> list[Sample]:
@@ -128,4 +129,3 @@ class AvengersState(TypedDict, total=False):
     samples: Annotated[list[Sample], merge_samples]
     failures: Annotated[dict[str, str], merge_failures]
     avengers: RoutingRecord
-

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
@@ -31,6 +33,8 @@ from langchain_core.messages import HumanMessage
 from avengers_graph import ClusterStore, LocalEmbeddings, calibrate, create_avengers_graph
 from avengers_graph.embeddings import normalise
 from avengers_graph.routing import match_clusters, score_experts, select_experts
+
+T = TypeVar("T")
 
 TOPICS = {
     "math": "What is {a} plus {b} times {c}?",
@@ -49,8 +53,12 @@ def questions(n: int, seed: int) -> list[dict[str, str]]:
         topic = list(TOPICS)[i % len(TOPICS)]
         a, b, c = (int(x) for x in rng.integers(2, 99, size=3))
         items.append(
-            {"id": f"{topic}-{i}", "question": TOPICS[topic].format(a=a, b=b, c=c),
-             "answer": str(a), "kind": "number"}
+            {
+                "id": f"{topic}-{i}",
+                "question": TOPICS[topic].format(a=a, b=b, c=c),
+                "answer": str(a),
+                "kind": "number",
+            }
         )
     return items
 
@@ -60,11 +68,12 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ms), ms[min(len(ms) - 1, int(0.95 * len(ms)))]
 
 
-def timed(fn: Callable[[], object], repeat: int) -> list[float]:
+def per_item(fn: Callable[[T], object], items: Sequence[T]) -> list[float]:
+    """Seconds of one call of ``fn`` on each item."""
     out = []
-    for _ in range(repeat):
+    for item in items:
         start = time.perf_counter()
-        fn()
+        fn(item)
         out.append(time.perf_counter() - start)
     return out
 
@@ -107,10 +116,19 @@ def main() -> None:
         calibration = questions(args.questions, seed=0)
         store = ClusterStore(path=work / "store", name="bench")
         started = time.perf_counter()
-        calibrate(experts, embeddings, calibration, store, n_clusters=args.clusters,
-                  samples=1, cache=work / "cache.sqlite")
-        print(f"calibration of {args.questions} questions x {len(experts)} instant experts: "
-              f"{time.perf_counter() - started:.2f} s")
+        calibrate(
+            experts,
+            embeddings,
+            calibration,
+            store,
+            n_clusters=args.clusters,
+            samples=1,
+            cache=work / "cache.sqlite",
+        )
+        print(
+            f"calibration of {args.questions} questions x {len(experts)} instant experts: "
+            f"{time.perf_counter() - started:.2f} s"
+        )
 
         probe = [q["question"] for q in questions(args.questions, seed=1)]
         stores = {"chroma on disk": store}
@@ -119,33 +137,68 @@ def main() -> None:
             server = start_chroma(work / "server", 8765)
             remote = ClusterStore(host="127.0.0.1", port=8765, name="bench")
             info = store.info()
-            remote.write(info, store.centroids(), [store.sizes()[c] for c in range(info.n_clusters)],
-                         store.stats(), store.questions(), store.question_vectors())
+            remote.write(
+                info,
+                store.centroids(),
+                [store.sizes()[c] for c in range(info.n_clusters)],
+                store.stats(),
+                store.questions(),
+                store.question_vectors(),
+            )
             stores["chroma server"] = remote
 
         embeddings.embed_query("warm up")
         vectors = [normalise(embeddings.embed_query(text)) for text in probe]
         rows: list[tuple[str, float, float]] = []
-        rows.append(("embed (MiniLM, 1 question)",
-                     *percentiles([t for text in probe for t in timed(lambda: normalise(embeddings.embed_query(text)), 1)])))
+        rows.append(
+            (
+                "embed (MiniLM, 1 question)",
+                *percentiles(per_item(lambda text: normalise(embeddings.embed_query(text)), probe)),
+            )
+        )
         centroids = store.centroids()
         for label, s in stores.items():
             s.nearest(vectors[0], 1)
-            rows.append((f"locate_cluster ({label}, top_k=1)", *percentiles(
-                [t for v in vectors for t in timed(lambda: match_clusters(s.nearest(v, 1), 3.0), 1)])))
-        rows.append(("locate_cluster (numpy baseline)", *percentiles(
-            [t for v in vectors for t in timed(lambda: np.argsort(1 - centroids @ np.asarray(v))[:1], 1)])))
+            locate = functools.partial(
+                lambda v, store_: match_clusters(store_.nearest(v, 1), 3.0), store_=s
+            )
+            rows.append(
+                (f"locate_cluster ({label}, top_k=1)", *percentiles(per_item(locate, vectors)))
+            )
+        rows.append(
+            (
+                "locate_cluster (numpy baseline)",
+                *percentiles(
+                    per_item(lambda v: np.argsort(1 - centroids @ np.asarray(v))[:1], vectors)
+                ),
+            )
+        )
         stats = store.stats()
+        names = list(experts)
         clusters = [match_clusters(store.nearest(v, 1), 3.0) for v in vectors]
-        rows.append(("select_experts", *percentiles(
-            [t for c in clusters for t in timed(lambda: select_experts(score_experts(c, stats, list(experts)), args.top_n), 1)])))
+        rows.append(
+            (
+                "select_experts",
+                *percentiles(
+                    per_item(
+                        lambda c: select_experts(score_experts(c, stats, names), args.top_n),
+                        clusters,
+                    )
+                ),
+            )
+        )
 
-        graph = create_avengers_graph(experts, embeddings, store, top_n=args.top_n,
-                                      samples=args.samples, seed=0)
+        graph = create_avengers_graph(
+            experts, embeddings, store, top_n=args.top_n, samples=args.samples, seed=0
+        )
         inputs = [{"messages": [HumanMessage(text)]} for text in probe]
         graph.invoke(inputs[0])
-        rows.append((f"whole graph, sync ({args.top_n * args.samples} instant calls)", *percentiles(
-            [t for x in inputs for t in timed(lambda: graph.invoke(x), 1)])))
+        rows.append(
+            (
+                f"whole graph, sync ({args.top_n * args.samples} instant calls)",
+                *percentiles(per_item(graph.invoke, inputs)),
+            )
+        )
 
         async def run_async() -> list[float]:
             out = []
@@ -155,22 +208,35 @@ def main() -> None:
                 out.append(time.perf_counter() - start)
             return out
 
-        rows.append((f"whole graph, async ({args.top_n * args.samples} instant calls)",
-                     *percentiles(asyncio.run(run_async()))))
+        rows.append(
+            (
+                f"whole graph, async ({args.top_n * args.samples} instant calls)",
+                *percentiles(asyncio.run(run_async())),
+            )
+        )
 
-        print(f"\n{len(probe)} questions, K={args.clusters}, top_n={args.top_n}, samples={args.samples}")
+        shape = f"K={args.clusters}, top_n={args.top_n}, samples={args.samples}"
+        print(f"\n{len(probe)} questions, {shape}")
         print(f"{'step':<52} {'p50 ms':>9} {'p95 ms':>9}")
         for name, p50, p95 in rows:
             print(f"{name:<52} {p50:>9.2f} {p95:>9.2f}")
         by_name = {name: p50 for name, p50, _ in rows}
-        routing = (by_name["embed (MiniLM, 1 question)"]
-                   + by_name["locate_cluster (chroma on disk, top_k=1)"] + by_name["select_experts"])
+        routing = (
+            by_name["embed (MiniLM, 1 question)"]
+            + by_name["locate_cluster (chroma on disk, top_k=1)"]
+            + by_name["select_experts"]
+        )
         sync = next(p50 for name, p50, _ in rows if name.startswith("whole graph, sync"))
         print(f"\nrouting steps (embed + locate + select), p50 sum: {routing:.2f} ms")
         print(f"whole graph / routing steps (p50): {sync / routing:.2f}x")
-        print(f"embed share of routing (p50): {by_name['embed (MiniLM, 1 question)'] / routing:.0%}")
-        print(f"chroma on disk / numpy for locate (p50): "
-              f"{by_name['locate_cluster (chroma on disk, top_k=1)'] / by_name['locate_cluster (numpy baseline)']:.0f}x")
+        print(
+            f"embed share of routing (p50): {by_name['embed (MiniLM, 1 question)'] / routing:.0%}"
+        )
+        chroma_vs_numpy = (
+            by_name["locate_cluster (chroma on disk, top_k=1)"]
+            / by_name["locate_cluster (numpy baseline)"]
+        )
+        print(f"chroma on disk / numpy for locate (p50): {chroma_vs_numpy:.0f}x")
         if server is not None:
             server.terminate()
             server.wait(timeout=10)

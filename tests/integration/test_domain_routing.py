@@ -15,13 +15,26 @@ from typing import Any
 import pytest
 from langchain_core.messages import HumanMessage
 
-from avengers_graph import ChatAvengers, ClusterStore, LocalEmbeddings, calibrate, create_avengers_graph
+from avengers_graph import (
+    ChatAvengers,
+    ClusterStore,
+    LocalEmbeddings,
+    calibrate,
+    create_avengers_graph,
+)
 from tests.fakes import ScriptedExpert
 
 MATH = [
-    "What is 12 plus 30?", "Compute 7 times 8.", "What is 100 minus 58?",
-    "How much is 9 multiplied by 9?", "What is 144 divided by 12?", "Add 25 and 17.",
-    "What is 15 times 3?", "Subtract 19 from 60.", "What is 6 squared?", "What is 81 divided by 9?",
+    "What is 12 plus 30?",
+    "Compute 7 times 8.",
+    "What is 100 minus 58?",
+    "How much is 9 multiplied by 9?",
+    "What is 144 divided by 12?",
+    "Add 25 and 17.",
+    "What is 15 times 3?",
+    "Subtract 19 from 60.",
+    "What is 6 squared?",
+    "What is 81 divided by 9?",
 ]
 MEDICINE = [
     "Which organ produces insulin? A) liver B) pancreas C) kidney D) spleen",
@@ -110,7 +123,10 @@ def critic(question: str, seed: int | None) -> str:
 
 def dataset() -> list[dict[str, Any]]:
     items = [{"question": q, "answer": _math(q), "kind": "number"} for q in MATH]
-    items += [{"question": q, "answer": k, "kind": "choice"} for q, k in zip(MEDICINE, MED_KEY, strict=True)]
+    items += [
+        {"question": q, "answer": k, "kind": "choice"}
+        for q, k in zip(MEDICINE, MED_KEY, strict=True)
+    ]
     items += [{"question": q, "answer": _sentiment(q), "kind": "text"} for q in REVIEWS]
     return items
 
@@ -132,9 +148,13 @@ def minilm() -> LocalEmbeddings:
 def disk_store(tmp_path_factory: pytest.TempPathFactory, minilm: LocalEmbeddings) -> ClusterStore:
     tmp = tmp_path_factory.mktemp("domains")
     store = ClusterStore(path=tmp / "store", name="domains")
-    report = calibrate(experts(), minilm, dataset(), store, n_clusters=3, samples=1, cache=tmp / "c.sqlite")
+    report = calibrate(
+        experts(), minilm, dataset(), store, n_clusters=3, samples=1, cache=tmp / "c.sqlite"
+    )
     # every expert is right on exactly its own domain
-    assert report.experts == pytest.approx({"mathematician": 1 / 3, "doctor": 1 / 3, "critic": 1 / 3})
+    assert report.experts == pytest.approx(
+        {"mathematician": 1 / 3, "doctor": 1 / 3, "critic": 1 / 3}
+    )
     return store
 
 
@@ -183,14 +203,18 @@ def test_calibrating_straight_into_a_chroma_server(
 ) -> None:
     host, port = chroma_server
     store = ClusterStore(host=host, port=port, name="domains-direct")
-    calibrate(experts(), minilm, dataset(), store, n_clusters=3, samples=1, cache=tmp_path / "c.sqlite")
+    calibrate(
+        experts(), minilm, dataset(), store, n_clusters=3, samples=1, cache=tmp_path / "c.sqlite"
+    )
     assert store.info().embedding_model == "sentence-transformers/all-MiniLM-L6-v2"
     assert store.info().embedding_dim == 384
     _assert_routes_by_domain(store, minilm)
 
 
 def test_chat_model_answers_with_the_domain_expert(disk_store, minilm) -> None:
-    llm = ChatAvengers(experts=experts(), embeddings=minilm, store=disk_store, top_n=2, samples=2, seed=1)
+    llm = ChatAvengers(
+        experts=experts(), embeddings=minilm, store=disk_store, top_n=2, samples=2, seed=1
+    )
     message = llm.invoke("What is 13 times 3?")
     assert message.text == "The result is \\boxed{39}."
     assert message.response_metadata["avengers"]["winner"] == "mathematician"

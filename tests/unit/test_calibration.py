@@ -13,8 +13,14 @@ from tests.fakes import KeywordEmbeddings, ScriptedExpert
 
 KEYWORDS = {"math": 0, "code": 1}
 DATASET = [
-    *({"id": f"m{i}", "question": f"math item {i}: add", "answer": str(i), "kind": "number"} for i in range(6)),
-    *({"id": f"c{i}", "question": f"code item {i}: pick", "answer": "B", "kind": "choice"} for i in range(6)),
+    *(
+        {"id": f"m{i}", "question": f"math item {i}: add", "answer": str(i), "kind": "number"}
+        for i in range(6)
+    ),
+    *(
+        {"id": f"c{i}", "question": f"code item {i}: pick", "answer": "B", "kind": "choice"}
+        for i in range(6)
+    ),
 ]
 
 
@@ -22,7 +28,7 @@ def solver(math_ok: bool, code_ok: bool):
     """Answers math items with their number and code items with B, when it is good at them."""
 
     def respond(question: str, seed: int | None) -> str:
-        number = question.split("item ")[1].split(":")[0]
+        number = question.split("item ")[1].split(":", maxsplit=1)[0]
         if "math" in question:
             return f"\\boxed{{{number if math_ok else 999}}}"
         return "Answer: B" if code_ok else "Answer: D"
@@ -95,7 +101,13 @@ def test_killed_run_resumes_without_redoing_work(tmp_path: Path) -> None:
             raise Killed
 
     with pytest.raises(Killed):
-        run(experts, ClusterStore(path=tmp_path / "s"), cache, max_concurrency=2, progress=kill_after_ten)
+        run(
+            experts,
+            ClusterStore(path=tmp_path / "s"),
+            cache,
+            max_concurrency=2,
+            progress=kill_after_ten,
+        )
     first = sum(e.calls for e in experts.values())
     assert 10 <= first < 48
     assert len(AnswerCache(cache)) == first  # every call that ran is cached
@@ -154,7 +166,9 @@ def test_adding_with_a_different_dataset_is_refused(tmp_path: Path) -> None:
 def test_replace_starts_over(tmp_path: Path) -> None:
     store = ClusterStore(path=tmp_path / "s")
     run(pool(), store, tmp_path / "c.sqlite")
-    report = run({"mathy": pool()["mathy"]}, store, tmp_path / "c.sqlite", replace=True, n_clusters=1)
+    report = run(
+        {"mathy": pool()["mathy"]}, store, tmp_path / "c.sqlite", replace=True, n_clusters=1
+    )
     assert store.info().experts == ("mathy",)
     assert report.n_clusters == 1
 

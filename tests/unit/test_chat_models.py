@@ -42,7 +42,8 @@ def test_usage_sums_every_expert_call(experts, embeddings, store) -> None:
     six = ChatAvengers(experts=experts, embeddings=embeddings, store=store, top_n=2, samples=3)
     used_one = one.invoke(QUESTION).usage_metadata
     used_six = six.invoke(QUESTION).usage_metadata
-    assert used_one is not None and used_six is not None
+    assert used_one is not None
+    assert used_six is not None
     assert used_six["input_tokens"] == 6 * used_one["input_tokens"]
 
 
