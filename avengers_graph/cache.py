@@ -94,9 +94,7 @@ class AnswerCache:
             return None
         return CachedAnswer(message=message, seconds=float(row[1]))
 
-    def put(
-        self, key: str, expert: str, params: Mapping[str, Any], answer: CachedAnswer
-    ) -> None:
+    def put(self, key: str, expert: str, params: Mapping[str, Any], answer: CachedAnswer) -> None:
         """Store one answer (replacing any previous one for ``key``)."""
         (message,) = messages_to_dict([answer.message])
         with self._lock:

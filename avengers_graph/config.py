@@ -132,7 +132,9 @@ def load_pool_config(path: str | os.PathLike[str]) -> PoolConfig:
     try:
         data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise InvalidInputError(f"Pool config {file} is not valid {file.suffix[1:]}: {exc}") from exc
+        raise InvalidInputError(
+            f"Pool config {file} is not valid {file.suffix[1:]}: {exc}"
+        ) from exc
     try:
         return PoolConfig.model_validate(data)
     except ValidationError as exc:

@@ -191,9 +191,7 @@ def score_experts(
     prior = global_accuracy(stats) if prior_strength > 0 else {}
     scores = dict.fromkeys(available, 0.0)
     for match in clusters:
-        cluster = {
-            name: s for name, s in stats.get(match.id, {}).items() if name in scores
-        }
+        cluster = {name: s for name, s in stats.get(match.id, {}).items() if name in scores}
         ranks = rank_experts(
             cluster,
             prior=prior,

@@ -69,7 +69,9 @@ class ScriptedExpert(BaseChatModel):
         params["ls_model_name"] = self.model
         return params
 
-    def _reply(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Any) -> ChatResult:
+    def _reply(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Any
+    ) -> ChatResult:
         with self._lock:
             self._calls += 1
             call = self._calls
@@ -128,8 +130,12 @@ class KeywordEmbeddings(Embeddings):
     are close in cosine distance.
     """
 
-    def __init__(self, keywords: Mapping[str, int], dim: int | None = None,
-                 model_name: str = "keyword-embeddings") -> None:
+    def __init__(
+        self,
+        keywords: Mapping[str, int],
+        dim: int | None = None,
+        model_name: str = "keyword-embeddings",
+    ) -> None:
         self.keywords = dict(keywords)
         self.dim = dim or (max(self.keywords.values()) + 2)
         self.model_name = model_name

@@ -38,8 +38,16 @@ def write_two_domain_store(path: Path, embeddings: KeywordEmbeddings) -> Cluster
         centroids=vectors,
         sizes=[1, 1],
         stats={
-            0: {"mathy": ExpertStats(9, 10), "coder": ExpertStats(3, 10), "bard": ExpertStats(5, 10)},
-            1: {"mathy": ExpertStats(2, 10), "coder": ExpertStats(9, 10), "bard": ExpertStats(5, 10)},
+            0: {
+                "mathy": ExpertStats(9, 10),
+                "coder": ExpertStats(3, 10),
+                "bard": ExpertStats(5, 10),
+            },
+            1: {
+                "mathy": ExpertStats(2, 10),
+                "coder": ExpertStats(9, 10),
+                "bard": ExpertStats(5, 10),
+            },
         },
         questions=questions,
         question_vectors=vectors,
@@ -55,7 +63,9 @@ def store(tmp_path: Path, embeddings: KeywordEmbeddings) -> ClusterStore:
 @pytest.fixture
 def experts() -> dict[str, ScriptedExpert]:
     return {
-        "mathy": ScriptedExpert(model="mathy-7b", respond=constant("So the result is \\boxed{42}.")),
+        "mathy": ScriptedExpert(
+            model="mathy-7b", respond=constant("So the result is \\boxed{42}.")
+        ),
         "coder": ScriptedExpert(model="coder-7b", respond=constant("I get \\boxed{41}.")),
         "bard": ScriptedExpert(model="bard-7b", respond=constant("Clearly \\boxed{42}")),
     }

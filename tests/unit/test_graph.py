@@ -173,7 +173,9 @@ def test_transient_errors_give_up_after_max_retries(embeddings, store) -> None:
         "mathy": ScriptedExpert(always_fail=True),  # ConnectionError: transient
         "bard": ScriptedExpert(respond=constant("\\boxed{42}")),
     }
-    no_wait = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=False, retry_on=is_transient_error)
+    no_wait = RetryPolicy(
+        max_attempts=2, initial_interval=0.0, jitter=False, retry_on=is_transient_error
+    )
     builder = build_avengers_graph(
         experts, embeddings, store, top_n=2, samples=1, seed=1, retry_policy=no_wait
     )
@@ -224,9 +226,15 @@ def test_is_transient_error_classification() -> None:
 
 def test_free_text_is_voted_by_embedding_similarity(embeddings, store) -> None:
     experts = {
-        "mathy": ScriptedExpert(respond=constant("math math math is lovely and long enough to be prose today")),
-        "coder": ScriptedExpert(respond=constant("code code code is what I would write about here instead of math")),
-        "bard": ScriptedExpert(respond=constant("math math math is lovely, long enough to be prose, today!")),
+        "mathy": ScriptedExpert(
+            respond=constant("math math math is lovely and long enough to be prose today")
+        ),
+        "coder": ScriptedExpert(
+            respond=constant("code code code is what I would write about here instead of math")
+        ),
+        "bard": ScriptedExpert(
+            respond=constant("math math math is lovely, long enough to be prose, today!")
+        ),
     }
     out = graph(experts, embeddings, store, top_n=3, samples=1).invoke(MATH)
     record = out["avengers"]
