@@ -44,8 +44,8 @@ from avengers_graph.errors import InvalidInputError
 from avengers_graph.graph import (
     AvengersContext,
     AvengersSettings,
-    validate_experts,
     create_avengers_graph,
+    validate_experts,
 )
 from avengers_graph.store import ClusterStore
 
@@ -304,7 +304,7 @@ class ChatAvengers(BaseChatModel):
         self,
         messages: list[BaseMessage],
         stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,  # type: ignore[override]
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
         context = self._run_context(stop, kwargs)
@@ -342,7 +342,7 @@ class ChatAvengers(BaseChatModel):
         self,
         messages: list[BaseMessage],
         stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,  # type: ignore[override]
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         result = await self._agenerate(messages, stop, run_manager, **kwargs)
@@ -350,4 +350,3 @@ class ChatAvengers(BaseChatModel):
         if run_manager is not None:
             await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         yield chunk
-

@@ -445,8 +445,8 @@ class ClusterStore:
             return self._client
 
     def _make_client(self) -> ClientAPI:
-        import chromadb  # noqa: PLC0415 - chromadb costs ~1 s to import
-        from chromadb.config import Settings  # noqa: PLC0415
+        import chromadb
+        from chromadb.config import Settings
 
         settings = Settings(anonymized_telemetry=False)
         if self._path is not None:
@@ -482,7 +482,7 @@ class ClusterStore:
         Raises:
             EmptyStoreError: The collection does not exist.
         """
-        from chromadb.errors import NotFoundError  # noqa: PLC0415
+        from chromadb.errors import NotFoundError
 
         cached = self._collections.get(collection_name)
         if cached is not None:
@@ -504,7 +504,7 @@ class ClusterStore:
         return collection
 
     def _delete_collections(self) -> None:
-        from chromadb.errors import NotFoundError  # noqa: PLC0415
+        from chromadb.errors import NotFoundError
 
         client = self._get_client()
         # Centroids (with the info) first: a store caught half-deleted reads as empty.
@@ -518,7 +518,7 @@ class ClusterStore:
 
         A collection handle goes stale when another client deleted or rewrote the pool.
         """
-        from chromadb.errors import NotFoundError  # noqa: PLC0415
+        from chromadb.errors import NotFoundError
 
         try:
             return read()
@@ -871,7 +871,7 @@ class ClusterStore:
         for start in range(0, n, batch):
             yield slice(start, min(start + batch, n))
 
-    def write(  # noqa: PLR0917 - the public signature takes the six parts positionally
+    def write(
         self,
         info: StoreInfo,
         centroids: npt.NDArray[Any],

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,15 +43,25 @@ def _chroma_executable() -> Path:
 
 
 def _heartbeat(host: str, port: int) -> bool:
+    """Return whether a Chroma server answers its heartbeat on ``host:port``.
+
+    Chroma's HTTP client has no timeout: if something else grabbed the port and
+    accepts without answering, ``heartbeat()`` would block forever. A plain HTTP probe
+    with a timeout goes first.
+    """
     import chromadb
     from chromadb.config import Settings
 
+    url = f"http://{host}:{port}/api/v2/heartbeat"
     try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            if response.status != 200:
+                return False
         client = chromadb.HttpClient(
             host=host, port=port, settings=Settings(anonymized_telemetry=False)
         )
         client.heartbeat()
-    except (ValueError, OSError):
+    except (ValueError, OSError):  # OSError covers URLError and socket timeouts
         return False
     return True
 
@@ -81,7 +92,7 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
         )
     try:
         deadline = time.monotonic() + _STARTUP_TIMEOUT_S
-        while not _heartbeat(host, port):
+        while process.poll() is not None or not _heartbeat(host, port):
             if process.poll() is not None:
                 pytest.fail(
                     f"`chroma run` exited with code {process.returncode} at start:\n"

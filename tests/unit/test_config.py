@@ -1,0 +1,123 @@
+"""Pool config files and environment settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from langchain_openai import ChatOpenAI
+
+from avengers_graph import ClusterStore, InvalidInputError
+from avengers_graph.config import KEYLESS_API_KEY, graph_from_settings, load_pool_config
+from avengers_graph.settings import Settings, default_cache_path
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pool.yaml"
+
+
+def test_example_pool_builds_openai_compatible_experts_without_io() -> None:
+    pool = load_pool_config(EXAMPLE)
+    experts = pool.build_experts()
+    assert list(experts) == ["qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "smollm2-135m"]
+    first = experts["qwen2.5-coder-1.5b"]
+    assert isinstance(first, ChatOpenAI)
+    assert first.openai_api_base == "http://127.0.0.1:8081/v1"
+    assert first.extra_body == {"max_tokens": 384}  # llama.cpp ignores max_completion_tokens
+    assert pool.routing == {"top_k": 1, "top_n": 2, "samples": 3, "timeout": 120}
+
+
+def test_api_key_comes_from_the_named_variable_and_never_shows(tmp_path, monkeypatch) -> None:
+    config = tmp_path / "pool.json"
+    config.write_text(
+        '{"experts": [{"name": "a", "base_url": "http://h/v1", "model": "m",'
+        ' "api_key_env": "POOL_KEY"}]}'
+    )
+    monkeypatch.delenv("POOL_KEY", raising=False)
+    with pytest.raises(InvalidInputError, match=r"\$POOL_KEY"):
+        load_pool_config(config).build_experts()
+    monkeypatch.setenv("POOL_KEY", "sk-very-secret")
+    expert = load_pool_config(config).build_experts()["a"]
+    assert "sk-very-secret" not in repr(expert)
+    assert expert.openai_api_key is not None
+    assert expert.openai_api_key.get_secret_value() == "sk-very-secret"
+
+
+def test_keyless_servers_get_the_documented_placeholder(tmp_path) -> None:
+    config = tmp_path / "pool.yaml"
+    config.write_text("experts:\n  - {name: a, base_url: 'http://h/v1', model: m}\n")
+    expert = load_pool_config(config).build_experts()["a"]
+    assert expert.openai_api_key.get_secret_value() == KEYLESS_API_KEY  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("experts: [", "not valid yaml"),
+        ("experts: []", "invalid"),
+        ("experts:\n  - {name: a, base_url: u, model: m, colour: red}\n", "colour"),
+        ("routing: {}\n", "experts"),
+    ],
+)
+def test_malformed_pool_files_are_explicit_errors(tmp_path, text: str, match: str) -> None:
+    config = tmp_path / "pool.yaml"
+    config.write_text(text)
+    with pytest.raises(InvalidInputError, match=match):
+        load_pool_config(config)
+
+
+def test_duplicate_expert_names_are_refused(tmp_path) -> None:
+    config = tmp_path / "pool.yaml"
+    config.write_text(
+        "experts:\n  - {name: a, base_url: u, model: m}\n  - {name: a, base_url: v, model: n}\n"
+    )
+    with pytest.raises(InvalidInputError, match="unique"):
+        load_pool_config(config).build_experts()
+
+
+def test_missing_pool_file(tmp_path) -> None:
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        load_pool_config(tmp_path / "nope.yaml")
+
+
+def test_settings_from_env(tmp_path) -> None:
+    settings = Settings.from_env(
+        {
+            "AVENGERS_STORE_PATH": str(tmp_path / "s"),
+            "AVENGERS_POOL": "team",
+            "AVENGERS_CACHE_DIR": str(tmp_path / "c"),
+        }
+    )
+    store = settings.cluster_store()
+    assert isinstance(store, ClusterStore)
+    assert store.name == "team"
+    assert settings.cache_dir == tmp_path / "c"
+    assert (
+        default_cache_path({"AVENGERS_CACHE_DIR": str(tmp_path / "c")})
+        == tmp_path / "c" / "answers.sqlite"
+    )
+    assert (
+        default_cache_path({"XDG_CACHE_HOME": str(tmp_path)})
+        == tmp_path / "avengers-graph" / "answers.sqlite"
+    )
+    remote = Settings.from_env(
+        {"AVENGERS_CHROMA_HOST": "chroma.internal", "AVENGERS_CHROMA_PORT": "9000"}
+    )
+    assert "chroma.internal" in repr(remote.cluster_store())
+    with pytest.raises(InvalidInputError, match="AVENGERS_CHROMA_PORT"):
+        Settings.from_env({"AVENGERS_CHROMA_PORT": "eighty"})
+
+
+def test_graph_from_settings_needs_a_pool_file(tmp_path) -> None:
+    with pytest.raises(InvalidInputError, match="AVENGERS_CONFIG"):
+        graph_from_settings(Settings.from_env({"AVENGERS_STORE_PATH": str(tmp_path)}))
+
+
+def test_graph_from_settings_builds_the_studio_graph(tmp_path) -> None:
+    env = {"AVENGERS_STORE_PATH": str(tmp_path / "s"), "AVENGERS_CONFIG": str(EXAMPLE)}
+    graph = graph_from_settings(Settings.from_env(env))
+    assert set(graph.get_graph().nodes) >= {
+        "embed",
+        "locate_cluster",
+        "select_experts",
+        "sample",
+        "vote",
+    }
