@@ -20,6 +20,7 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from avengers_graph import ChatAvengers, ClusterStore, LocalEmbeddings, calibrate
 from tests.fakes import Responder, ScriptedExpert
+from tests.standard import ChatAvengersCapabilities
 
 _CHOICES = "\n(A) {}\n(B) {}\n(C) {}\n(D) {}"
 
@@ -136,7 +137,7 @@ def _store() -> ClusterStore:
     return store
 
 
-class TestChatAvengersIntegration(ChatModelIntegrationTests):
+class TestChatAvengersIntegration(ChatAvengersCapabilities, ChatModelIntegrationTests):
     @property
     def chat_model_class(self) -> type[ChatAvengers]:
         return ChatAvengers
@@ -152,32 +153,3 @@ class TestChatAvengersIntegration(ChatModelIntegrationTests):
             "samples": 2,
             "seed": 0,
         }
-
-    # Capability flags, each as ChatAvengers is today (see ChatModelTests for their meaning).
-    @property
-    def has_tool_calling(self) -> bool:
-        return False  # no bind_tools of its own yet
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False  # no with_structured_output of its own yet
-
-    @property
-    def supports_image_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_pdf_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_audio_inputs(self) -> bool:
-        return False
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True  # summed over every expert call
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False  # a per-call `model` only renames the ensemble in metadata and traces

@@ -19,6 +19,7 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from avengers_graph import ChatAvengers, ClusterStore, ExpertStats, StoreInfo
 from avengers_graph.store import StoredQuestion
 from tests.fakes import KeywordEmbeddings, ScriptedExpert, constant
+from tests.standard import ChatAvengersCapabilities
 
 KEYWORDS = {"hello": 0, "math": 1}
 """Axis 0: greetings and chat; axis 1: arithmetic."""
@@ -78,7 +79,7 @@ def _experts() -> dict[str, ScriptedExpert]:
     }
 
 
-class TestChatAvengersStandard(ChatModelUnitTests):
+class TestChatAvengersStandard(ChatAvengersCapabilities, ChatModelUnitTests):
     @property
     def chat_model_class(self) -> type[ChatAvengers]:
         return ChatAvengers
@@ -94,32 +95,3 @@ class TestChatAvengersStandard(ChatModelUnitTests):
             "samples": 1,
             "seed": 0,
         }
-
-    # Capability flags, each as ChatAvengers is today (see ChatModelTests for their meaning).
-    @property
-    def has_tool_calling(self) -> bool:
-        return False  # no bind_tools of its own yet
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False  # no with_structured_output of its own yet
-
-    @property
-    def supports_image_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_pdf_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_audio_inputs(self) -> bool:
-        return False
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True  # summed over every expert call
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False  # a per-call `model` only renames the ensemble in metadata and traces
