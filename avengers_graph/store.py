@@ -541,7 +541,12 @@ class ClusterStore:
         self._collections = {}
 
     def _read_info_metadata(self) -> dict[str, Any] | None:
-        """Return the centroids collection's metadata, ``None`` if nothing was written."""
+        """Return the centroids collection's metadata, ``None`` if nothing was written.
+
+        A collection handle carries the metadata of the moment it was fetched, so the
+        handle is always fetched anew here.
+        """
+        self._collections.pop(self.centroids_collection_name, None)
         try:
             collection = self._collection(self.centroids_collection_name)
         except EmptyStoreError:
@@ -553,7 +558,6 @@ class ClusterStore:
         """Return whether this pool holds no (complete) calibration."""
         if self._info is not None:
             return False
-        self._collections.pop(self.centroids_collection_name, None)
         return self._read_info_metadata() is None
 
     def info(self) -> StoreInfo:
@@ -565,7 +569,7 @@ class ClusterStore:
             StoreError: The stored metadata is corrupt.
         """
         if self._info is None:
-            metadata = self._retrying(self._read_info_metadata)
+            metadata = self._read_info_metadata()
             if metadata is None:
                 raise self._empty_error()
             self._info = self._parse_info(metadata)
@@ -644,13 +648,13 @@ class ClusterStore:
 
     def _cluster_records(self) -> tuple[dict[int, dict[str, ExpertStats]], dict[int, int]]:
         if self._clusters is None:
-            info = self.info()
 
-            def read() -> dict[str, Any]:
+            def read() -> tuple[StoreInfo, dict[str, Any]]:
+                info = self.info()
                 collection = self._collection(self.centroids_collection_name)
-                return dict(collection.get(include=["metadatas"]))
+                return info, dict(collection.get(include=["metadatas"]))
 
-            records = self._retrying(read)
+            info, records = self._retrying(read)
             stats: dict[int, dict[str, ExpertStats]] = {}
             sizes: dict[int, int] = {}
             for metadata in records["metadatas"] or []:
@@ -708,13 +712,13 @@ class ClusterStore:
         Raises:
             EmptyStoreError: Nothing was written to this pool.
         """
-        info = self.info()
 
-        def read() -> dict[str, Any]:
+        def read() -> tuple[StoreInfo, dict[str, Any]]:
+            info = self.info()
             collection = self._collection(self.centroids_collection_name)
-            return dict(collection.get(include=["embeddings"]))
+            return info, dict(collection.get(include=["embeddings"]))
 
-        records = self._retrying(read)
+        info, records = self._retrying(read)
         ids = [int(record_id) for record_id in records["ids"]]
         if sorted(ids) != list(range(info.n_clusters)):
             raise StoreError(
@@ -751,24 +755,23 @@ class ClusterStore:
             raise InvalidInputError(f"The query vector must be numeric: {exc}") from None
         if query.ndim != 1:
             raise InvalidInputError(f"The query vector must be 1-D, got shape {query.shape}.")
-        info = self.info()
-        if query.shape[0] != info.embedding_dim:
-            raise EmbeddingMismatchError(
-                f"The query vector has dimension {query.shape[0]}, but the store of "
-                f"{self._where} was calibrated with {info.embedding_model!r} "
-                f"(dim {info.embedding_dim}). Embed questions with the calibration's "
-                "model, or re-run calibrate with the model in use."
-            )
         if not np.all(np.isfinite(query)) or not np.any(query):
             raise InvalidInputError("The query vector must be finite and not all zeros.")
-        n_results = min(k, info.n_clusters)
 
         def read() -> dict[str, Any]:
+            info = self.info()
+            if query.shape[0] != info.embedding_dim:
+                raise EmbeddingMismatchError(
+                    f"The query vector has dimension {query.shape[0]}, but the store of "
+                    f"{self._where} was calibrated with {info.embedding_model!r} "
+                    f"(dim {info.embedding_dim}). Embed questions with the calibration's "
+                    "model, or re-run calibrate with the model in use."
+                )
             collection = self._collection(self.centroids_collection_name)
             return dict(
                 collection.query(
                     query_embeddings=query.astype(np.float32)[np.newaxis, :],
-                    n_results=n_results,
+                    n_results=min(k, info.n_clusters),
                     include=["distances"],
                 )
             )
@@ -783,12 +786,12 @@ class ClusterStore:
 
     def _question_records(self, include_vectors: bool) -> list[tuple[int, str, Any, Any, Any]]:
         """Read every question record, ordered as written: ``(pos, id, doc, meta, vec)``."""
-        self.info()
         include: Include = ["metadatas", "documents"]
         if include_vectors:
             include.append("embeddings")
 
         def read() -> list[tuple[int, str, Any, Any, Any]]:
+            self.info()  # the empty and schema checks
             collection = self._collection(self.questions_collection_name)
             rows: list[tuple[int, str, Any, Any, Any]] = []
             batch = self._max_batch()

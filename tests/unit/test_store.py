@@ -572,14 +572,26 @@ def test_returned_dicts_do_not_alias_the_cache(written: ClusterStore) -> None:
     assert written.sizes()[0] == 2
 
 
-def test_a_pool_rewritten_elsewhere_is_picked_up_after_refresh(
+def test_a_pool_rewritten_elsewhere_is_picked_up_by_a_cached_store(
     written: ClusterStore, tmp_path: Path
 ) -> None:
     written.nearest([1.0, 0.0, 0.0, 0.0], 1)  # caches the collection handle
+    assert written.stats() == STATS  # and the statistics
     other = ClusterStore(path=tmp_path, name="pool-a")
-    write_default(other, centroids=CENTROIDS[[1, 0, 2]])
-    # The stale handle is detected and replaced without an explicit refresh.
-    assert written.nearest([1.0, 0.0, 0.0, 0.0], 1)[0][0] == 1
+    write_default(
+        other,
+        info=make_info(n_clusters=2, experts=("gamma",)),
+        centroids=CENTROIDS[[1, 0]],
+        sizes=[1, 1],
+        stats={0: {"gamma": ExpertStats(1, 1)}},
+        questions=QUESTIONS[:2],
+        question_vectors=QUESTION_VECTORS[:2],
+    )
+    # The stale handle is detected; info, handles and statistics are all read anew.
+    result = written.nearest([1.0, 0.0, 0.0, 0.0], 5)
+    assert [cluster for cluster, _ in result] == [1, 0]
+    assert written.info().n_clusters == 2
+    assert written.stats() == {0: {"gamma": ExpertStats(1, 1)}, 1: {}}
 
 
 # --------------------------------------------------------------------------- add_expert_stats
