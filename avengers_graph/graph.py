@@ -370,35 +370,34 @@ class _Nodes:
             return self._failed(task, exc)
 
     # vote ---------------------------------------------------------------------------
-    def _prepare_vote(
-        self, state: AvengersState
-    ) -> tuple[AvengersSettings, list[Sample], list[str], voting.Extractor | None]:
-        settings = self.settings()
+    def _plan_vote(self, state: AvengersState) -> _VotePlan:
         samples = sorted(state.get("samples", []), key=lambda s: (s["rank"], s["index"]))
         if not samples:
             failures = dict(state.get("failures", {}))
             for expert in state.get("experts", []):
                 failures.setdefault(expert["name"], "returned no sample")
             raise AllExpertsFailedError(failures)
+        settings = self.settings()
         texts = [str(s["message"].text) for s in samples]
-        return settings, samples, texts, voting.resolve_extractor(texts, settings.answer_format)
-
-    def _keys(
-        self, texts: Sequence[str], extractor: voting.Extractor | None
-    ) -> list[str | None] | None:
-        if extractor is None:
-            return None
-        keys = [extractor(text) for text in texts]
-        return keys if any(key is not None for key in keys) else None
+        extractor = voting.resolve_extractor(texts, settings.answer_format)
+        keys = [extractor(text) for text in texts] if extractor is not None else []
+        if not any(key is not None for key in keys):
+            extractor = None  # nothing extractable: vote on meaning instead
+        return _VotePlan(settings, samples, texts, extractor, keys)
 
     def _finish(
-        self,
-        state: AvengersState,
-        settings: AvengersSettings,
-        samples: list[Sample],
-        result: voting.VoteResult,
-        answer_format: str,
+        self, state: AvengersState, plan: _VotePlan, vectors: list[list[float]] | None
     ) -> dict[str, Any]:
+        ranks = [s["rank"] for s in plan.samples]
+        if plan.extractor is not None:
+            result = voting.majority_vote(plan.keys, ranks)
+            answer_format = _extractor_name(plan.extractor)
+        else:
+            result = voting.semantic_vote(
+                vectors or [], plan.texts, ranks, threshold=plan.settings.similarity_threshold
+            )
+            answer_format = "semantic"
+        samples = plan.samples
         winner = samples[result.winner]
         usage: UsageMetadata | None = None
         for sample in samples:
@@ -418,8 +417,8 @@ class _Nodes:
             clusters=list(state["clusters"]),
             experts=list(state["experts"]),
             samples=[
-                SampleRecord(expert=s["expert"], text=s["message"].text, answer=key)
-                for s, key in zip(samples, result.keys, strict=True)
+                SampleRecord(expert=s["expert"], text=text, answer=key)
+                for s, text, key in zip(samples, plan.texts, result.keys, strict=True)
             ],
             votes=dict(result.votes),
             confidence=result.confidence,
@@ -431,30 +430,25 @@ class _Nodes:
         return {"messages": [message], "avengers": record}
 
     def vote(self, state: AvengersState) -> dict[str, Any]:
-        settings, samples, texts, extractor = self._prepare_vote(state)
-        ranks = [s["rank"] for s in samples]
-        keys = self._keys(texts, extractor)
-        if extractor is not None and keys is not None:
-            result = voting.majority_vote(keys, ranks)
-            return self._finish(state, settings, samples, result, _extractor_name(extractor))
-        vectors = self.embeddings.embed_documents(texts)
-        result = voting.semantic_vote(
-            vectors, texts, ranks, threshold=settings.similarity_threshold
-        )
-        return self._finish(state, settings, samples, result, "semantic")
+        plan = self._plan_vote(state)
+        vectors = None if plan.extractor else self.embeddings.embed_documents(plan.texts)
+        return self._finish(state, plan, vectors)
 
     async def avote(self, state: AvengersState) -> dict[str, Any]:
-        settings, samples, texts, extractor = self._prepare_vote(state)
-        ranks = [s["rank"] for s in samples]
-        keys = self._keys(texts, extractor)
-        if extractor is not None and keys is not None:
-            result = voting.majority_vote(keys, ranks)
-            return self._finish(state, settings, samples, result, _extractor_name(extractor))
-        vectors = await self.embeddings.aembed_documents(texts)
-        result = voting.semantic_vote(
-            vectors, texts, ranks, threshold=settings.similarity_threshold
-        )
-        return self._finish(state, settings, samples, result, "semantic")
+        plan = self._plan_vote(state)
+        vectors = None if plan.extractor else await self.embeddings.aembed_documents(plan.texts)
+        return self._finish(state, plan, vectors)
+
+
+@dataclass(frozen=True)
+class _VotePlan:
+    """What the vote node decided before any embedding call."""
+
+    settings: AvengersSettings
+    samples: list[Sample]
+    texts: list[str]
+    extractor: voting.Extractor | None
+    keys: list[str | None]
 
 
 def validate_experts(experts: Mapping[str, BaseChatModel]) -> None:
