@@ -1,0 +1,282 @@
+"""LocalPool without servers: the state file, ownership checks, start failures, clients."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from avengers_graph import local_pool
+from avengers_graph.errors import MissingExtraError
+from avengers_graph.local_pool import LocalPool, ServerError, ServerInfo
+
+Spawn = Callable[..., subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Start harmless long-lived processes; kill the survivors after the test."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(  # noqa: S603 - fixed test commands
+            list(args), stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _info(name: str, pid: int, port: int = 8123) -> ServerInfo:
+    return ServerInfo(
+        model=name,
+        port=port,
+        pid=pid,
+        host="127.0.0.1",
+        model_path=f"/models/{name}.gguf",
+        started_at="2026-01-01T00:00:00+00:00",
+    )
+
+
+def _fake_server(pool: LocalPool, spawn: Spawn, name: str) -> subprocess.Popen[bytes]:
+    """A sleeping process whose command line looks like the pool's server of ``name``."""
+    return spawn(
+        sys.executable,
+        "-c",
+        "import time; time.sleep(120)",
+        "-m",
+        "llama_cpp.server",
+        "--config_file",
+        str(pool.config_path(name)),
+    )
+
+
+def test_state_file_round_trip(tmp_path: Path) -> None:
+    pool = LocalPool(tmp_path)
+    servers = {"b-model": _info("b-model", 12, 9001), "a-model": _info("a-model", 34, 9002)}
+    pool._write_state(servers)
+    assert pool._read_state() == servers
+    record = json.loads((tmp_path / "servers.json").read_text())
+    assert record["version"] == 1
+    assert list(record["servers"]) == ["a-model", "b-model"]
+    assert record["servers"]["a-model"] == {
+        "model": "a-model",
+        "port": 9002,
+        "pid": 34,
+        "host": "127.0.0.1",
+        "model_path": "/models/a-model.gguf",
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "config_path": str(tmp_path / "servers" / "a-model.json"),
+        "log_path": str(tmp_path / "logs" / "a-model.log"),
+    }
+    assert servers["a-model"].base_url == "http://127.0.0.1:9002/v1"
+
+
+def test_an_unreadable_state_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "servers.json").write_text("{not json")
+    with pytest.raises(ServerError, match=r"servers\.json is unreadable"):
+        LocalPool(tmp_path).status()
+
+
+def test_no_state_file_means_no_servers(tmp_path: Path) -> None:
+    pool = LocalPool(tmp_path / "absent")
+    assert pool.status() == []
+    assert pool.servers() == {}
+    assert pool.down() == []
+
+
+def test_down_never_kills_a_process_that_is_not_our_server(tmp_path: Path, spawn: Spawn) -> None:
+    sleeper = spawn("sleep", "60")
+    pool = LocalPool(tmp_path)
+    pool._write_state({"smollm2-135m": _info("smollm2-135m", sleeper.pid)})
+    assert pool.status() == [(_info("smollm2-135m", sleeper.pid), "dead")]
+    assert pool.servers() == {}
+    assert pool.down() == []
+    assert sleeper.poll() is None  # still running
+    assert pool._read_state() == {}  # the stale entry is forgotten
+
+
+def test_down_stops_our_server_and_only_the_ones_named(
+    tmp_path: Path, spawn: Spawn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local_pool, "_probe", lambda info, timeout=2.0: False)
+    pool = LocalPool(tmp_path)
+    first = _fake_server(pool, spawn, "first")
+    second = _fake_server(pool, spawn, "second")
+    pool._write_state(
+        {"first": _info("first", first.pid), "second": _info("second", second.pid, 8124)}
+    )
+    assert set(pool.servers()) == {"first", "second"}
+    # Alive, but not answering: unhealthy.
+    assert {info.model: state for info, state in pool.status()} == {
+        "first": "unhealthy",
+        "second": "unhealthy",
+    }
+
+    assert pool.down(["first"]) == ["first"]
+    assert first.wait(timeout=15) is not None
+    assert second.poll() is None
+    assert set(pool._read_state()) == {"second"}
+    assert pool.down() == ["second"]
+    assert second.wait(timeout=15) is not None
+    assert pool.status() == []
+
+
+def test_a_server_of_another_config_is_not_ours(tmp_path: Path, spawn: Spawn) -> None:
+    other = LocalPool(tmp_path / "other")
+    process = _fake_server(other, spawn, "smollm2-135m")
+    pool = LocalPool(tmp_path / "mine")
+    pool._write_state({"smollm2-135m": _info("smollm2-135m", process.pid)})
+    assert pool.down() == []
+    assert process.poll() is None
+
+
+def test_a_recorded_running_server_makes_up_a_no_op(
+    tmp_path: Path, spawn: Spawn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local_pool, "_require_server", lambda: None)
+
+    def no_start(*args: object, **kwargs: object) -> ServerInfo:
+        raise AssertionError("started a second server")
+
+    monkeypatch.setattr(LocalPool, "_start", no_start)
+    pool = LocalPool(tmp_path)
+    process = _fake_server(pool, spawn, "smollm2-135m")
+    info = _info("smollm2-135m", process.pid)
+    pool._write_state({"smollm2-135m": info})
+    assert pool.up(["smollm2-135m", "smollm2-135m"]) == [info]
+
+
+def test_up_without_llama_cpp_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        local_pool, "find_spec", lambda name: None if name == "llama_cpp" else object()
+    )
+    with pytest.raises(MissingExtraError, match=r"pip install 'avengers-graph\[local\]'"):
+        LocalPool(tmp_path).up(["smollm2-135m"])
+
+
+@pytest.fixture
+def fake_server_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Replace ``llama_cpp.server`` by a module whose body is given; no sockets needed."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setattr(local_pool, "_SERVER_MODULE", "avengers_fake_server")
+    monkeypatch.setattr(local_pool, "_require_server", lambda: None)
+    monkeypatch.setattr(local_pool, "_free_port", lambda host: 1)
+    monkeypatch.setattr(local_pool, "_probe", lambda info, timeout=2.0: False)
+
+    def write(body: str) -> None:
+        (site / "avengers_fake_server.py").write_text(body)
+
+    return write
+
+
+def test_a_server_that_exits_at_start_reports_its_log(
+    tmp_path: Path, fake_server_module: Callable[[str], None]
+) -> None:
+    fake_server_module(
+        "import json, sys\n"
+        "config = json.load(open(sys.argv[2]))\n"
+        "print('loading', config['models'][0]['model_alias'])\n"
+        "sys.exit('llama_model_load: error loading model: bad magic')\n"
+    )
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(b"GGUF")
+    pool = LocalPool(tmp_path / "cache")
+    with pytest.raises(ServerError) as raised:
+        pool.up([str(model)], timeout=30)
+    message = str(raised.value)
+    assert "exited with code 1" in message
+    assert "loading tiny" in message
+    assert message.endswith("bad magic")
+    assert pool.status() == []
+    config = json.loads(pool.config_path("tiny").read_text())
+    assert config == {
+        "host": "127.0.0.1",
+        "port": 1,
+        "interrupt_requests": False,
+        "models": [
+            {
+                "model": str(model.resolve()),
+                "model_alias": "tiny",
+                "n_ctx": 2048,
+                "n_threads": config["models"][0]["n_threads"],
+                "n_threads_batch": config["models"][0]["n_threads"],
+                "logits_all": False,
+                "verbose": False,
+            }
+        ],
+    }
+    assert config["models"][0]["n_threads"] >= 1
+
+
+def test_a_server_that_never_answers_is_stopped(
+    tmp_path: Path, fake_server_module: Callable[[str], None]
+) -> None:
+    fake_server_module("import time\nprint('stuck', flush=True)\ntime.sleep(120)\n")
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(b"GGUF")
+    pool = LocalPool(tmp_path / "cache")
+    with pytest.raises(ServerError, match=r"did not answer .* within 1 s \(stopped it\)"):
+        pool.up([str(model)], timeout=1.0, threads=3)
+    assert pool._children == {}
+    assert json.loads(pool.config_path("tiny").read_text())["models"][0]["n_threads"] == 3
+    assert pool.status() == []
+
+
+def test_the_environment_cannot_override_the_config(
+    tmp_path: Path, fake_server_module: Callable[[str], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_server_module(
+        "import os, sys\n"
+        "print(sorted(k for k in ('CONFIG_FILE', 'HOST', 'PORT') if k in os.environ))\n"
+        "sys.exit(3)\n"
+    )
+    for key in ("CONFIG_FILE", "HOST", "PORT"):
+        monkeypatch.setenv(key, "elsewhere")
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(b"GGUF")
+    with pytest.raises(ServerError, match=r"exited with code 3") as raised:
+        LocalPool(tmp_path / "cache").up([str(model)], timeout=30)
+    assert str(raised.value).endswith("[]")
+
+
+def test_gemma_gets_its_chat_format(tmp_path: Path) -> None:
+    config = LocalPool(tmp_path)._server_config("gemma3-270m", tmp_path / "g.gguf", 9000, 1)
+    assert config["models"][0]["chat_format"] == "gemma"
+    config = LocalPool(tmp_path)._server_config("smollm2-135m", tmp_path / "s.gguf", 9000, 1)
+    assert "chat_format" not in config["models"][0]
+
+
+# langchain-openai probes which socket options the platform supports when it builds
+# its HTTP client (no connection); pytest-socket refuses the probe and warns.
+@pytest.mark.filterwarnings("ignore:A test tried to use socket.socket:UserWarning")
+def test_experts_point_at_the_running_servers(tmp_path: Path, spawn: Spawn) -> None:
+    from langchain_openai import ChatOpenAI
+
+    pool = LocalPool(tmp_path)
+    process = _fake_server(pool, spawn, "smollm2-135m")
+    pool._write_state({"smollm2-135m": _info("smollm2-135m", process.pid, 8555)})
+    experts = pool.experts(max_tokens=32, timeout=12.0)
+    assert list(experts) == ["smollm2-135m"]
+    expert = experts["smollm2-135m"]
+    assert isinstance(expert, ChatOpenAI)
+    assert expert.model_name == "smollm2-135m"
+    assert expert.openai_api_base == "http://127.0.0.1:8555/v1"
+    assert expert.extra_body == {"max_tokens": 32}
+    assert expert.request_timeout == 12.0
+    assert expert.max_retries == 1
+    with pytest.raises(ServerError, match=r"No running server for gemma3-270m"):
+        pool.experts(["gemma3-270m"])
