@@ -51,7 +51,7 @@ DEFAULT_INSTRUCTIONS: Mapping[str, str] = {
     "math": "Solve the problem step by step, then give the final answer in \\boxed{}.",
     "choice": "Answer with the letter of the correct option, as 'Answer: X'.",
     "code": "Write the complete Python solution in one ```python code block.",
-    "text": "Answer briefly.",
+    "text": "Reply with the answer only, in as few words as possible.",
 }
 """System message sent before each validation question, by kind (override or pass ``{}``)."""
 

