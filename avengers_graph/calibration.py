@@ -199,20 +199,21 @@ def _plan_calls(
     max_tokens: int | None,
     instructions: Mapping[str, str],
 ) -> list[_Call]:
+    # interleaved (question, sample, expert) so that concurrent calls spread over the
+    # experts: a local server answers one request at a time
+    models = {name: _model_identity(expert) for name, expert in experts.items()}
     calls: list[_Call] = []
-    for name, expert in experts.items():
-        model = _model_identity(expert)
-        for item in items:
-            messages = build_prompt(item, instructions)
-            for index in range(samples):
-                params: dict[str, Any] = {"seed": seed + index}
-                if temperature is not None:
-                    params["temperature"] = temperature
-                if max_tokens is not None:
-                    params["max_tokens"] = max_tokens
+    for item in items:
+        messages = build_prompt(item, instructions)
+        for index in range(samples):
+            params: dict[str, Any] = {"seed": seed + index}
+            if temperature is not None:
+                params["temperature"] = temperature
+            if max_tokens is not None:
+                params["max_tokens"] = max_tokens
+            for name, model in models.items():
                 key = cache_key(name, model, messages, params)
                 calls.append(_Call(name, item, index, messages, params, key))
-
     return calls
 
 
