@@ -182,7 +182,7 @@ class LocalPool:
     Args:
         cache_dir: Folder of the model files, server configs, logs and the state
             file ``servers.json``.
-        host: Address the servers listen on (keep the loopback unless you mean it).
+        host: IPv4 address the servers listen on (keep the loopback unless you mean it).
     """
 
     def __init__(self, cache_dir: Path, *, host: str = "127.0.0.1") -> None:
