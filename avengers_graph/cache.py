@@ -14,12 +14,14 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, messages_from_dict, messages_to_dict
+
+from avengers_graph.errors import InvalidInputError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -109,6 +111,62 @@ class AnswerCache:
                     answer.seconds,
                 ),
             )
+
+    def export_jsonl(
+        self, path: str | os.PathLike[str], experts: Iterable[str] | None = None
+    ) -> int:
+        """Write the cached answers (of some experts) as JSON lines; returns the count.
+
+        The file is reviewable and can seed another cache with :meth:`import_jsonl`, so a
+        calibration elsewhere replays these answers instead of calling the experts.
+        """
+        wanted = set(experts) if experts is not None else None
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT key, expert, params, message, seconds FROM answers ORDER BY expert, key"
+            ).fetchall()
+        count = 0
+        with Path(path).open("w", encoding="utf-8") as out:
+            for key, expert, params, message, seconds in rows:
+                if wanted is not None and expert not in wanted:
+                    continue
+                record = {
+                    "key": key,
+                    "expert": expert,
+                    "params": json.loads(params),
+                    "message": json.loads(message),
+                    "seconds": seconds,
+                }
+                out.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+                count += 1
+        return count
+
+    def import_jsonl(self, path: str | os.PathLike[str]) -> int:
+        """Add the answers of a file written by :meth:`export_jsonl`; returns how many were new.
+
+        Answers already in the cache are kept as they are.
+
+        Raises:
+            InvalidInputError: A line is not a valid record; the message names the line.
+        """
+        added = 0
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                key, expert, params = record["key"], record["expert"], record["params"]
+                (message,) = messages_from_dict([record["message"]])
+                seconds = float(record["seconds"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InvalidInputError(f"{path}:{number} is not a cached answer: {exc}") from exc
+            if not isinstance(message, AIMessage):
+                raise InvalidInputError(f"{path}:{number} holds a {message.type} message.")
+            if self.get(key) is None:
+                self.put(key, expert, params, CachedAnswer(message=message, seconds=seconds))
+                added += 1
+        return added
 
     def __len__(self) -> int:
         with self._lock:

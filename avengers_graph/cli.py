@@ -51,6 +51,8 @@ R = TypeVar("R")
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="Pool file (YAML or JSON).")
 ]
+RECORDED_ANSWERS = "local_answers.jsonl"
+"""Answers of the bundled local pool to the bundled validation set, recorded once."""
 DEMO_QUESTIONS = (
     "A baker makes 48 muffins and packs them in boxes of 6. She sells 5 boxes. "
     "How many muffins are left?",
@@ -140,16 +142,27 @@ def run_calibration(
     pool: PoolConfig,
     *,
     dataset: Path | None = None,
+    answers: Path | None = None,
     replace: bool = False,
     overrides: Mapping[str, Any] | None = None,
 ) -> None:
-    """Calibrate the pool with a progress bar and print the report."""
+    """Calibrate the pool with a progress bar and print the report.
+
+    Recorded answers (``answers``, or the ones bundled with the bundled dataset) seed
+    the cache first, so calibration replays them instead of calling the experts.
+    """
+    from avengers_graph.cache import AnswerCache
     from avengers_graph.calibration import calibrate
 
     experts = pool.build_experts(local_urls(settings, pool))
     rows = read_jsonl(dataset or bundled("validation.jsonl"))
     options = {**pool.calibration, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    options.setdefault("cache", settings.cache_dir / "answers.sqlite")
+    cache = AnswerCache(options.pop("cache", settings.cache_dir / "answers.sqlite"))
+    recorded = answers or (None if dataset else bundled(RECORDED_ANSWERS))
+    if recorded is not None and recorded.is_file():
+        added = cache.import_jsonl(recorded)
+        console.print(f"{added} recorded answers added to the cache from {recorded.name}.")
+    options["cache"] = cache
     with progress_bar() as bar:
         task = bar.add_task("expert calls", total=None)
         report = calibrate(
@@ -228,11 +241,16 @@ def calibrate(
     max_tokens: Annotated[int | None, typer.Option(help="Generation cap per answer.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of K-means and sampling.")] = None,
     replace: Annotated[bool, typer.Option(help="Discard the stored calibration.")] = False,
+    answers: Annotated[
+        Path | None, typer.Option(help="Recorded answers (JSONL) to replay from the cache.")
+    ] = None,
 ) -> None:
     """Calibrate the pool on validation data (resumable: answers are cached)."""
     settings, pool = load(config)
     overrides = {"n_clusters": clusters, "samples": samples, "max_tokens": max_tokens, "seed": seed}
-    run_calibration(settings, pool, dataset=dataset, replace=replace, overrides=overrides)
+    run_calibration(
+        settings, pool, dataset=dataset, answers=answers, replace=replace, overrides=overrides
+    )
 
 
 @app.command()

@@ -1,0 +1,62 @@
+"""The SQLite answer cache: keys, round trip, export and import of recorded answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+from avengers_graph.cache import AnswerCache, CachedAnswer, cache_key
+from avengers_graph.errors import InvalidInputError
+
+PROMPT = [SystemMessage("be brief"), HumanMessage("2+2?")]
+
+
+def answer(text: str) -> CachedAnswer:
+    usage = {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4}
+    return CachedAnswer(message=AIMessage(text, usage_metadata=usage), seconds=0.5)
+
+
+def test_key_depends_on_expert_model_prompt_and_params() -> None:
+    base = cache_key("a", "m", PROMPT, {"seed": 0, "temperature": 0.7})
+    assert base == cache_key("a", "m", list(PROMPT), {"temperature": 0.7, "seed": 0})
+    assert base != cache_key("b", "m", PROMPT, {"seed": 0, "temperature": 0.7})
+    assert base != cache_key("a", "m2", PROMPT, {"seed": 0, "temperature": 0.7})
+    assert base != cache_key("a", "m", PROMPT[1:], {"seed": 0, "temperature": 0.7})
+    assert base != cache_key("a", "m", PROMPT, {"seed": 1, "temperature": 0.7})
+
+
+def test_round_trip_survives_reopening(tmp_path: Path) -> None:
+    cache = AnswerCache(tmp_path / "c.sqlite")
+    cache.put("k", "a", {"seed": 0}, answer("4"))
+    cache.close()
+    again = AnswerCache(tmp_path / "c.sqlite")
+    hit = again.get("k")
+    assert hit is not None
+    assert hit.message.text == "4"
+    assert hit.message.usage_metadata == {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4}
+    assert hit.seconds == 0.5
+    assert again.get("other") is None
+    assert len(again) == 1
+
+
+def test_export_then_import_replays_answers(tmp_path: Path) -> None:
+    source = AnswerCache(tmp_path / "a.sqlite")
+    source.put("k1", "a", {"seed": 0}, answer("4"))
+    source.put("k2", "b", {"seed": 0}, answer("5"))
+    assert source.export_jsonl(tmp_path / "all.jsonl") == 2
+    assert source.export_jsonl(tmp_path / "a.jsonl", experts=["a"]) == 1
+    target = AnswerCache(tmp_path / "b.sqlite")
+    target.put("k1", "a", {"seed": 0}, answer("kept"))
+    assert target.import_jsonl(tmp_path / "all.jsonl") == 1  # k1 was there already
+    assert target.get("k1").message.text == "kept"  # type: ignore[union-attr]
+    assert target.get("k2").message.text == "5"  # type: ignore[union-attr]
+    assert target.import_jsonl(tmp_path / "all.jsonl") == 0
+
+
+def test_import_names_a_bad_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"key": "k"}\n')
+    with pytest.raises(InvalidInputError, match=r"bad.jsonl:1"):
+        AnswerCache(tmp_path / "c.sqlite").import_jsonl(bad)
