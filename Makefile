@@ -6,7 +6,10 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: install test unit integration lint format bench clean
+# llama.cpp is compiled from source once (pip caches the wheel); a portable build
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF
+
+.PHONY: install install-local demo test unit integration lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +25,23 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-test: install
+$(VENV)/.installed-local: $(VENV)/.installed
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[local]'
+	touch $@
+
+install-local: $(VENV)/.installed-local
+
+demo: install-local
+	$(BIN)/avengers demo
+
+test: install-local
+	$(BIN)/avengers local fetch smollm2-135m
 	$(BIN)/python -m pytest
 
 unit: install
 	$(BIN)/python -m pytest tests/unit
 
-integration: install
+integration: install-local
 	$(BIN)/python -m pytest tests/integration
 
 lint: install
