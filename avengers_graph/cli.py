@@ -185,6 +185,12 @@ def run_calibration(
     console.print(f"{report.calls} expert calls made, {report.cached} answers from the cache.")
 
 
+def _short(text: str, width: int) -> str:
+    """One line of at most ``width`` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "\u2026"
+
+
 def explain(question: str, answer: str, record: RoutingRecord) -> Iterator[Any]:
     """Readable routing explanation of one answer, as rich renderables."""
     yield f"[bold]Q:[/] {escape(question)}"
@@ -195,14 +201,17 @@ def explain(question: str, answer: str, record: RoutingRecord) -> Iterator[Any]:
     yield f"[bold]clusters:[/] {clusters}"
     experts = ", ".join(f"{e['name']} ({e['score']:.2f})" for e in record["experts"])
     yield f"[bold]experts:[/] {experts}"
-    samples = Table("expert", "extracted", "sample", show_header=True, box=None)
+    samples = Table("expert", "answer", "sample", show_header=True, box=None)
     for sample in record["samples"]:
-        text = " ".join(sample["text"].split())
-        samples.add_row(escape(sample["expert"]), escape(str(sample["answer"])), escape(text[:90]))
+        samples.add_row(
+            escape(sample["expert"]),
+            escape(_short(str(sample["answer"]), 24)),
+            escape(_short(sample["text"], 70)),
+        )
     yield samples
-    votes = escape(", ".join(f"{key!r}: {count}" for key, count in record["votes"].items()))
+    votes = ", ".join(f"{_short(key, 24)!r}: {n}" for key, n in record["votes"].items())
     yield (
-        f"[bold]votes:[/] {votes or '-'}  [bold]confidence:[/] {record['confidence']:.0%}  "
+        f"[bold]votes:[/] {escape(votes) or '-'}  [bold]confidence:[/] {record['confidence']:.0%}  "
         f"[bold]format:[/] {record['answer_format']}  [bold]winner:[/] {record['winner']}"
     )
     for expert, error in record["failures"].items():

@@ -1,0 +1,31 @@
+"""The recorded answers shipped with the bundled set cover the demo's calibration exactly."""
+
+from __future__ import annotations
+
+import json
+
+from avengers_graph.calibration import DEFAULT_INSTRUCTIONS, _plan_calls, load_dataset
+from avengers_graph.cli import RECORDED_ANSWERS, bundled, read_jsonl
+from avengers_graph.config import load_pool_config
+
+
+def test_recorded_answers_hit_every_call_of_the_bundled_calibration() -> None:
+    pool = load_pool_config(bundled("local_pool.yaml"))
+    urls = {name: f"http://127.0.0.1:{9000 + i}/v1" for i, name in enumerate(pool.local_models())}
+    experts = pool.build_experts(urls)
+    options = pool.calibration
+    calls = _plan_calls(
+        experts,
+        load_dataset(read_jsonl(bundled("validation.jsonl"))),
+        options["samples"],
+        options.get("seed", 0),
+        options.get("temperature", 0.7),
+        options.get("max_tokens"),
+        DEFAULT_INSTRUCTIONS,
+    )
+    recorded = [json.loads(line) for line in bundled(RECORDED_ANSWERS).read_text().splitlines()]
+    keys = {row["key"] for row in recorded}
+    assert len(calls) == 40 * 3
+    assert {call.key for call in calls} == keys
+    assert all(row["message"]["type"] == "ai" for row in recorded)
+    assert {row["expert"] for row in recorded} == set(experts)
