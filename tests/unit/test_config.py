@@ -121,3 +121,34 @@ def test_graph_from_settings_builds_the_studio_graph(tmp_path) -> None:
         "sample",
         "vote",
     }
+
+
+def test_production_example_points_at_servers_and_a_chroma_server(monkeypatch) -> None:
+    pool = load_pool_config(EXAMPLE.with_name("pool-production.yaml"))
+    monkeypatch.setenv("VLLM_API_KEY", "k1")
+    monkeypatch.setenv("SGLANG_API_KEY", "k2")
+    experts = pool.build_experts()
+    assert [e.openai_api_base for e in experts.values()] == [  # type: ignore[attr-defined]
+        "http://vllm-qwen.internal:8000/v1",
+        "http://ollama.internal:11434/v1",
+        "http://sglang-mistral.internal:30000/v1",
+    ]
+    store = pool.build_store(Settings.from_env({}))
+    assert "chroma.internal" in repr(store)
+    assert store.name == "production"
+    assert pool.local_models() == []
+
+
+def test_local_experts_need_their_server_and_exactly_one_endpoint(tmp_path) -> None:
+    config = tmp_path / "pool.yaml"
+    config.write_text("experts:\n  - {name: a, local: smollm2-135m, base_url: 'http://h/v1'}\n")
+    with pytest.raises(InvalidInputError, match="exactly one of base_url or local"):
+        load_pool_config(config)
+    config.write_text("experts:\n  - {name: a, local: smollm2-135m, max_tokens: 8}\n")
+    pool = load_pool_config(config)
+    assert pool.local_models() == ["smollm2-135m"]
+    with pytest.raises(InvalidInputError, match="avengers local up smollm2-135m"):
+        pool.build_experts({})
+    expert = pool.build_experts({"smollm2-135m": "http://127.0.0.1:8123/v1"})["a"]
+    assert expert.openai_api_base == "http://127.0.0.1:8123/v1"  # type: ignore[attr-defined]
+    assert expert.model_name == "smollm2-135m"  # type: ignore[attr-defined]
