@@ -286,7 +286,7 @@ def ask(
         )
         message = llm.invoke(question)
         record = {"answer": message.text, **message.response_metadata["avengers"]}
-        console.print_json(json.dumps(record))
+        typer.echo(json.dumps(record, ensure_ascii=False))
         return
     ask_pool(settings, pool, [question], {"top_n": top_n, "samples": samples})
 
