@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import fields
 from typing import Any
 
 from langchain_core.callbacks import (
@@ -197,19 +198,7 @@ class ChatAvengers(BaseChatModel):
                 self.store,
                 name=self.model,
                 max_retries=self.max_retries,
-                top_k=settings.top_k,
-                top_n=settings.top_n,
-                samples=settings.samples,
-                beta=settings.beta,
-                temperature=settings.temperature,
-                max_tokens=settings.max_tokens,
-                stop=settings.stop,
-                seed=settings.seed,
-                timeout=settings.timeout,
-                answer_format=settings.answer_format,
-                similarity_threshold=settings.similarity_threshold,
-                prior_strength=settings.prior_strength,
-                quality_weight=settings.quality_weight,
+                **{f.name: getattr(settings, f.name) for f in fields(settings)},
             )
         return self._graph
 

@@ -23,7 +23,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -35,6 +35,9 @@ from avengers_graph.config import PoolConfig, load_pool_config
 from avengers_graph.errors import AvengersError, InvalidInputError
 from avengers_graph.settings import Settings
 from avengers_graph.state import RoutingRecord
+
+if TYPE_CHECKING:
+    from avengers_graph.chat_models import ChatAvengers
 
 app = typer.Typer(
     help="An ensemble of small local models that answers better than any one of them.",
@@ -219,19 +222,24 @@ def explain(question: str, answer: str, record: RoutingRecord) -> Iterator[Any]:
     yield f"[bold green]A:[/] {escape(answer.strip())}\n"
 
 
-def ask_pool(
-    settings: Settings, pool: PoolConfig, questions: Sequence[str], overrides: Mapping[str, Any]
-) -> None:
-    """Answer questions with ChatAvengers and explain each answer."""
+def chat_model(settings: Settings, pool: PoolConfig, overrides: Mapping[str, Any]) -> ChatAvengers:
+    """The pool's ChatAvengers, with the routing options of the pool file and the command line."""
     from avengers_graph.chat_models import ChatAvengers
 
     options = {**pool.routing, **{k: v for k, v in overrides.items() if v is not None}}
-    llm = ChatAvengers(
+    return ChatAvengers(
         experts=pool.build_experts(local_urls(settings, pool)),
         embeddings=pool.embeddings.build(),
         store=pool.build_store(settings),
         **options,
     )
+
+
+def ask_pool(
+    settings: Settings, pool: PoolConfig, questions: Sequence[str], overrides: Mapping[str, Any]
+) -> None:
+    """Answer questions with ChatAvengers and explain each answer."""
+    llm = chat_model(settings, pool, overrides)
     for question in questions:
         message = llm.invoke(question)
         for renderable in explain(question, message.text, message.response_metadata["avengers"]):
@@ -273,22 +281,13 @@ def ask(
 ) -> None:
     """Answer one question and explain how the ensemble reached it."""
     settings, pool = load(config)
+    overrides = {"top_n": top_n, "samples": samples}
     if as_json:
-        from avengers_graph.chat_models import ChatAvengers
-
-        options = {**pool.routing, **({"top_n": top_n} if top_n else {})}
-        options.update({"samples": samples} if samples else {})
-        llm = ChatAvengers(
-            experts=pool.build_experts(local_urls(settings, pool)),
-            embeddings=pool.embeddings.build(),
-            store=pool.build_store(settings),
-            **options,
-        )
-        message = llm.invoke(question)
+        message = chat_model(settings, pool, overrides).invoke(question)
         record = {"answer": message.text, **message.response_metadata["avengers"]}
         typer.echo(json.dumps(record, ensure_ascii=False))
         return
-    ask_pool(settings, pool, [question], {"top_n": top_n, "samples": samples})
+    ask_pool(settings, pool, [question], overrides)
 
 
 @app.command()
