@@ -75,7 +75,7 @@ class ExpertConfig(BaseModel):
     timeout: float | None = Field(default=None, gt=0)
     max_retries: int = Field(default=2, ge=0)
     extra_body: dict[str, Any] | None = None
-    """Extra JSON fields of every request (llama.cpp needs ``{"max_tokens": N}``)."""
+    """Extra JSON fields of every request (they override the fields of the same name)."""
 
     @model_validator(mode="after")
     def _one_endpoint(self) -> ExpertConfig:
@@ -95,7 +95,7 @@ class ExpertConfig(BaseModel):
             InvalidInputError: A missing API key variable, or a local model that is not
                 running.
         """
-        from langchain_openai import ChatOpenAI
+        from avengers_graph.openai_compatible import ChatOpenAICompatible
 
         base_url = self.base_url
         if self.local is not None:
@@ -115,10 +115,7 @@ class ExpertConfig(BaseModel):
                 )
         else:
             key = KEYLESS_API_KEY
-        extra_body = dict(self.extra_body or {})
-        if self.max_tokens is not None:
-            extra_body.setdefault("max_tokens", self.max_tokens)
-        return ChatOpenAI(
+        return ChatOpenAICompatible(
             model=self.model or self.local or self.name,
             base_url=base_url,
             api_key=SecretStr(key),
@@ -126,7 +123,7 @@ class ExpertConfig(BaseModel):
             max_completion_tokens=self.max_tokens,
             timeout=self.timeout,
             max_retries=self.max_retries,
-            extra_body=extra_body or None,
+            extra_body=self.extra_body,
         )
 
 

@@ -18,10 +18,11 @@ the ``ChatOpenAI`` clients; :meth:`LocalPool.down` stops only processes whose
 so a reused pid is never killed. Process checks read ``/proc``: Linux only.
 
 llama.cpp quirks handled here: the server ignores ``max_completion_tokens`` (what
-``ChatOpenAI`` sends for ``max_tokens``), so the cap goes in ``extra_body``; its
-``/v1/models`` waits while a request is generating, so a busy server can probe as
-``"unhealthy"``; the ``CONFIG_FILE``, ``HOST`` and ``PORT`` environment variables
-override its config, so they are removed from the server's environment.
+``ChatOpenAI`` sends for ``max_tokens``), so the clients are
+:class:`~avengers_graph.openai_compatible.ChatOpenAICompatible`; its ``/v1/models``
+waits while a request is generating, so a busy server can probe as ``"unhealthy"``; the
+``CONFIG_FILE``, ``HOST`` and ``PORT`` environment variables override its config, so
+they are removed from the server's environment.
 """
 
 from __future__ import annotations
@@ -504,15 +505,15 @@ class LocalPool:
 
         Args:
             models: Names of the servers to use; each must be running.
-            max_tokens: Generation cap, sent as ``extra_body`` (llama.cpp ignores the
-                ``max_completion_tokens`` field ``ChatOpenAI`` uses).
+            max_tokens: Default generation cap (a call's ``max_tokens=`` overrides it).
             timeout: Seconds to wait for one answer.
 
         Raises:
             ServerError: A named model has no running server.
         """
-        from langchain_openai import ChatOpenAI
         from pydantic import SecretStr
+
+        from avengers_graph.openai_compatible import ChatOpenAICompatible
 
         running = self.servers()
         names = list(running) if models is None else [server_name(m) for m in models]
@@ -523,11 +524,11 @@ class LocalPool:
                 "them with `avengers local up` (LocalPool.up)."
             )
         return {
-            name: ChatOpenAI(
+            name: ChatOpenAICompatible(
                 model=name,
                 base_url=running[name].base_url,
                 api_key=SecretStr(KEYLESS_API_KEY),
-                extra_body={"max_tokens": max_tokens},
+                max_completion_tokens=max_tokens,
                 timeout=timeout,
                 max_retries=1,
             )

@@ -46,6 +46,7 @@ __all__ = [
     "extract_code",
     "extract_number",
     "extract_text",
+    "last_boxed",
     "last_code_block",
     "majority_answer",
     "majority_vote",
@@ -272,6 +273,21 @@ def _box_spans(text: str) -> list[tuple[int, int]]:
             closing = _closing_braces(text)
         spans.append((position + 1, closing.get(position, len(text))))
     return spans
+
+
+def last_boxed(text: str) -> str | None:
+    r"""The content of the last non-empty ``\boxed{...}`` / ``\fbox{...}``, braces balanced.
+
+    Args:
+        text: A reply or a reference solution (MATH's ``solution`` field).
+
+    Returns:
+        The box's content, stripped, or None when the text has no non-empty box.
+    """
+    for start, end in reversed(_box_spans(text)):
+        if content := text[start:end].strip():
+            return content
+    return None
 
 
 def _boxed_key(text: str) -> str | None:

@@ -21,7 +21,8 @@ def test_example_pool_builds_openai_compatible_experts_without_io() -> None:
     first = experts["qwen2.5-coder-1.5b"]
     assert isinstance(first, ChatOpenAI)
     assert first.openai_api_base == "http://127.0.0.1:8081/v1"
-    assert first.extra_body == {"max_tokens": 384}  # llama.cpp ignores max_completion_tokens
+    assert first.max_tokens == 384
+    assert first.extra_body is None
     assert pool.routing == {"top_k": 1, "top_n": 2, "samples": 3, "timeout": 120}
 
 

@@ -275,7 +275,7 @@ def test_experts_point_at_the_running_servers(tmp_path: Path, spawn: Spawn) -> N
     assert isinstance(expert, ChatOpenAI)
     assert expert.model_name == "smollm2-135m"
     assert expert.openai_api_base == "http://127.0.0.1:8555/v1"
-    assert expert.extra_body == {"max_tokens": 32}
+    assert expert.max_tokens == 32
     assert expert.request_timeout == 12.0
     assert expert.max_retries == 1
     with pytest.raises(ServerError, match=r"No running server for gemma3-270m"):
