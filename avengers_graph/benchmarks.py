@@ -10,7 +10,7 @@ benchmark  kind       reference answer                          graded as
 ========== ========== ========================================= =======================
 gsm8k      number     the number after ``####``                 numeric equivalence
 math500    math       the last ``\boxed{}`` of the solution      math equivalence
-humaneval  code       ``check`` harness + ``check(entry_point)`` run in the sandbox
+humaneval  code       imports, ``check``, ``check(entry_point)``  run in the sandbox
 mbpp       code       the three ``assert`` lines                 run in the sandbox
 arc        choice     the option letter                         letter match
 mmlu       choice     the option letter                         letter match
@@ -166,20 +166,26 @@ def math500_items(root: Path) -> list[Row]:
 
 
 def humaneval_items(root: Path) -> list[Row]:
-    """HumanEval: the prompt; the ``check`` harness followed by ``check(entry_point)``.
+    """HumanEval: the prompt; its imports, the ``check`` harness, ``check(entry_point)``.
 
-    Prompts that define helpers besides the entry point (HumanEval/10, 32, 38, 50) are
-    left out: their tests call the helpers, which a reply may not repeat.
+    The prompt's imports lead the reference, so the grader runs them before a reply
+    that leaves them out (:func:`avengers_graph.grading.grade_code`). Prompts that
+    define helpers besides the entry point (HumanEval/10, 32, 38, 50) are left out:
+    their tests call the helpers, which a reply may not repeat.
     """
     rows = []
     for doc in read_docs(root / HUMANEVAL):
+        prompt = ast.parse(doc["prompt"])
         defined = [
-            node.name
-            for node in ast.parse(doc["prompt"]).body
-            if isinstance(node, ast.FunctionDef | ast.ClassDef)
+            node.name for node in prompt.body if isinstance(node, ast.FunctionDef | ast.ClassDef)
         ]
         if defined != [doc["entry_point"]]:
             continue
+        imports = "".join(
+            f"{ast.get_source_segment(doc['prompt'], node)}\n"
+            for node in prompt.body
+            if isinstance(node, ast.Import | ast.ImportFrom)
+        )
         number = doc["task_id"].removeprefix("HumanEval/")
         rows.append(
             {
@@ -187,7 +193,11 @@ def humaneval_items(root: Path) -> list[Row]:
                 "dataset": "humaneval",
                 "kind": "code",
                 "question": doc["prompt"].strip("\n"),
-                "answer": f"{doc['test'].strip()}\n\n\ncheck({doc['entry_point']})\n",
+                "answer": (
+                    f"{imports}\n{doc['test'].strip()}\n\n\ncheck({doc['entry_point']})\n"
+                    if imports
+                    else f"{doc['test'].strip()}\n\n\ncheck({doc['entry_point']})\n"
+                ),
                 "source": f"openai_humaneval test {doc['task_id']}",
             }
         )

@@ -128,8 +128,14 @@ def grade_text(output: str, reference: str) -> bool:
     return bool(lines) and extract_text(lines[-1]) == expected
 
 
-def _check_reference_tests(reference: str) -> None:
-    """Refuse tests that cannot fail: a ``check`` harness that is never called."""
+def _check_reference_tests(reference: str) -> str:
+    """Refuse tests that cannot fail (a ``check`` harness never called); return the prelude.
+
+    The prelude is the reference's leading import statements: they also run before
+    the program, so a reply that uses ``List`` without repeating the prompt's ``from
+    typing import List`` is judged on its behaviour, as HumanEval's harness judges
+    prompt plus completion.
+    """
     try:
         tree = ast.parse(reference)
     except SyntaxError as error:
@@ -150,6 +156,12 @@ def _check_reference_tests(reference: str) -> None:
             "program would pass; append `check(<entry_point>)` (HumanEval style)."
         )
         raise InvalidInputError(msg)
+    imports = []
+    for node in tree.body:
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            break
+        imports.append(ast.get_source_segment(reference, node) or "")
+    return "".join(f"{line}\n" for line in imports) + ("\n" if imports else "")
 
 
 def grade_code(output: str, reference: str, *, timeout: float = 10.0) -> bool:
@@ -162,7 +174,8 @@ def grade_code(output: str, reference: str, *, timeout: float = 10.0) -> bool:
         output: The model's reply.
         reference: Test code: ``assert`` lines (MBPP) or a ``check(candidate)``
             harness followed by its call (HumanEval: the ``test`` field, a newline,
-            then ``check(entry_point)``).
+            then ``check(entry_point)``). Its leading import statements also run
+            before the program (the prompt's imports, for a reply that omits them).
         timeout: Seconds of wall-clock time the program may run.
 
     Returns:
@@ -172,11 +185,11 @@ def grade_code(output: str, reference: str, *, timeout: float = 10.0) -> bool:
         InvalidInputError: If the tests are not valid Python, or define ``check``
             without calling it.
     """
-    _check_reference_tests(reference)
+    prelude = _check_reference_tests(reference)
     code = last_code_block(output)
     if code is None:
         return False
-    return run_python(f"{code}\n\n{reference}", timeout=timeout).ok
+    return run_python(f"{prelude}{code}\n\n{reference}", timeout=timeout).ok
 
 
 GRADERS: Mapping[str, Grader] = MappingProxyType(
