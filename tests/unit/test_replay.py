@@ -1,0 +1,198 @@
+"""Replay metrics on a small hand-built matrix whose every number is known.
+
+Two datasets of 10 questions each (split 7 calibration / 3 test per dataset), whose
+question vectors are two orthogonal directions, so K=2 clusters are the datasets.
+Three experts:
+
+- ``math``: on ``algebra`` its samples are [wrong, right, right] (first sample wrong,
+  majority right); on ``trivia`` always wrong. 10 tokens, 1 s per sample.
+- ``facts``: on ``trivia`` always right, on ``algebra`` always wrong. 20 tokens, 4 s.
+- ``cheap``: always wrong, 1 token, 0.1 s.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avengers_graph import InvalidInputError
+from avengers_graph.recording import Response, ResponseMatrix
+from avengers_graph.replay import (
+    AVERAGE,
+    EnsembleConfig,
+    Outcome,
+    Replay,
+    evaluate,
+)
+
+SAMPLES = 3
+EXPERTS = {"math": (10, 1.0), "facts": (20, 4.0), "cheap": (1, 0.1)}
+
+
+def _correct(expert: str, dataset: str, sample: int) -> bool:
+    if expert == "math":
+        return dataset == "algebra" and sample > 0
+    if expert == "facts":
+        return dataset == "trivia"
+    return False
+
+
+def _matrix() -> tuple[ResponseMatrix, dict[str, np.ndarray]]:
+    questions = []
+    responses = []
+    vectors = {}
+    for dataset, direction in (("algebra", [1.0, 0.0]), ("trivia", [0.0, 1.0])):
+        for i in range(10):
+            qid = f"{dataset}-{i}"
+            questions.append(
+                {
+                    "id": qid,
+                    "dataset": dataset,
+                    "kind": "number",
+                    "question": qid,
+                    "answer": "1",
+                    "source": "",
+                }
+            )
+            vectors[qid] = np.asarray(direction)
+            for expert, (tokens, seconds) in EXPERTS.items():
+                for j in range(SAMPLES):
+                    right = _correct(expert, dataset, j)
+                    responses.append(
+                        Response(
+                            question_id=qid,
+                            dataset=dataset,
+                            expert=expert,
+                            sample=j,
+                            seed=j,
+                            output="1" if right else f"wrong {expert} {j}",
+                            # wrong answers of one expert differ, so they never out-vote
+                            extracted="1" if right else f"{expert}-{j}",
+                            correct=right,
+                            tokens=tokens,
+                            seconds=seconds,
+                        )
+                    )
+    return ResponseMatrix(questions, responses), vectors
+
+
+MATRIX, VECTORS = _matrix()
+
+
+def _replay(**kwargs: object) -> Replay:
+    return Replay(MATRIX, VECTORS, n_clusters=2, **kwargs)  # type: ignore[arg-type]
+
+
+def test_split_is_seeded_and_stratified() -> None:
+    first, again, other = _replay(seed=0), _replay(seed=0), _replay(seed=1)
+    assert first.test == again.test
+    assert set(first.test) != set(other.test)
+    for replay in (first, other):
+        assert len(replay.test) == 6
+        assert len(replay.calibration) == 14
+        assert sorted(replay.dataset[q] for q in replay.test) == ["algebra"] * 3 + ["trivia"] * 3
+        assert not set(replay.test) & set(replay.calibration)
+
+
+def test_calibration_stats_grade_the_majority_answer() -> None:
+    replay = _replay()
+    by_expert: dict[str, tuple[int, int]] = {}
+    for cluster in replay.stats.values():
+        for expert, stats in cluster.items():
+            correct, total = by_expert.get(expert, (0, 0))
+            by_expert[expert] = (correct + stats.correct, total + stats.total)
+    # 7 calibration questions per dataset; math's majority is right on algebra
+    assert by_expert == {"math": (7, 14), "facts": (7, 14), "cheap": (0, 14)}
+    cluster_of_algebra = next(c for c, s in replay.stats.items() if s["math"].correct == 7)
+    assert replay.stats[cluster_of_algebra]["math"].mean_tokens == 10
+    assert replay.stats[cluster_of_algebra]["facts"].mean_seconds == 4.0
+
+
+def test_baselines() -> None:
+    replay = _replay()
+    results = {name: replay.outcomes(replay.baseline(name)) for name in ("Random", "Oracle")}
+    # Random: first samples are all wrong on algebra; on trivia only facts is right
+    assert results["Random"]["algebra"].accuracy == 0.0
+    assert results["Random"]["trivia"].accuracy == pytest.approx(1 / 3)
+    assert results["Random"]["trivia"].tokens == pytest.approx((10 + 20 + 1) / 3)
+    # Oracle: trivia has facts; algebra's first samples are all wrong
+    assert results["Oracle"]["trivia"].accuracy == 1.0
+    assert results["Oracle"]["trivia"].tokens == 20
+    assert results["Oracle"]["algebra"].accuracy == 0.0
+    assert results["Oracle"]["algebra"].tokens == 1  # cheapest when none is right
+    assert results["Oracle"][AVERAGE].accuracy == 0.5
+
+    # first samples: math 0/7 + 0/7, facts 0/7 + 7/7 -> facts is the best single
+    assert replay.best_single() == "facts"
+    assert replay.max_expert("trivia") == "facts"
+    best = replay.outcomes(replay.baseline("Best-Single"))
+    assert (best["algebra"].accuracy, best["trivia"].accuracy) == (0.0, 1.0)
+    assert best[AVERAGE].calls == 1
+
+
+def test_self_consistency_rescues_a_wrong_first_sample() -> None:
+    replay = _replay()
+    paper = EnsembleConfig("paper", samples=SAMPLES)
+    outcome = replay.outcomes(replay.ensemble(paper))
+    # algebra routes to math (majority right), trivia to facts
+    assert outcome["algebra"] == Outcome(accuracy=1.0, calls=3, tokens=30, seconds=3.0)
+    assert outcome["trivia"] == Outcome(accuracy=1.0, calls=3, tokens=60, seconds=12.0)
+    one_sample = replay.outcomes(replay.ensemble(EnsembleConfig("one", samples=1)))
+    assert one_sample["algebra"].accuracy == 0.0
+
+
+def test_routing_picks_the_cluster_expert_and_cost_weight_trades_it_away() -> None:
+    replay = _replay()
+    algebra = next(q for q in replay.test if q.startswith("algebra"))
+    trivia = next(q for q in replay.test if q.startswith("trivia"))
+    assert replay.route(algebra, EnsembleConfig("a", top_n=2)) == ["math", "facts"]
+    assert replay.route(trivia, EnsembleConfig("t", top_n=1)) == ["facts"]
+    # quality_weight 0: cost alone, and cheap is the fastest expert everywhere
+    cheapest = EnsembleConfig("c", quality_weight=0.0, cost="seconds")
+    assert replay.route(trivia, cheapest) == ["cheap"]
+    by_tokens = EnsembleConfig("t0", quality_weight=0.0, cost="tokens")
+    assert replay.route(algebra, by_tokens) == ["cheap"]
+
+
+def test_budget_splits_samples_best_ranked_first() -> None:
+    assert EnsembleConfig("b", top_n=2, budget=5).allocation(2) == [3, 2]
+    assert EnsembleConfig("b", top_n=3, budget=5).allocation(3) == [2, 2, 1]
+    assert EnsembleConfig("s", top_n=3, samples=2).allocation(3) == [2, 2, 2]
+    replay = _replay()
+    # trivia: facts (rank 0) gives 3 right answers, math 2 wrong ones that disagree
+    outcome = replay.outcomes(replay.ensemble(EnsembleConfig("b", top_n=2, budget=5)))
+    assert outcome["trivia"].calls == 5
+    assert outcome["trivia"].tokens == 3 * 20 + 2 * 10
+    assert outcome["trivia"].accuracy == 1.0
+
+
+def test_vote_ties_go_to_the_better_ranked_expert() -> None:
+    replay = _replay()
+    trivia = next(q for q in replay.test if q.startswith("trivia"))
+    # one right sample of facts against one wrong sample of cheap: rank decides
+    assert replay.vote(trivia, ["facts", "cheap"], [1, 1]).accuracy == 1.0
+    assert replay.vote(trivia, ["cheap", "facts"], [1, 1]).accuracy == 0.0
+
+
+def test_evaluate_averages_over_seeds_and_reports_gains() -> None:
+    paper = EnsembleConfig("paper", samples=SAMPLES)
+    summary = evaluate(MATRIX, VECTORS, [paper], n_clusters=2, seeds=(0, 1, 2))
+    assert summary.splits == 3
+    assert summary.datasets == ["algebra", "trivia"]
+    assert summary.accuracy("paper") == 1.0
+    assert summary.accuracy("Best-Single") == 0.5
+    assert summary.gain("paper", over="Best-Single") == 0.5
+    assert summary.accuracy("Max-Expert") == 0.5  # algebra's best first sample is wrong
+    assert summary.accuracy("Best-Single SC") == 0.5
+    assert summary.spread["paper"] == 0.0
+
+
+def test_sub_pool_and_errors() -> None:
+    replay = _replay(experts=["cheap", "facts"])
+    assert replay.best_single() == "facts"
+    with pytest.raises(InvalidInputError, match="not in the matrix"):
+        _replay(experts=["nobody"])
+    with pytest.raises(InvalidInputError, match="n_clusters"):
+        Replay(MATRIX, VECTORS, n_clusters=15)
+    with pytest.raises(InvalidInputError, match="unique"):
+        evaluate(MATRIX, VECTORS, [EnsembleConfig("Oracle")], n_clusters=2)
