@@ -524,3 +524,48 @@ def eval_record(
     if report.error:
         console.print(f"[bold red]error:[/] {escape(report.error)}")
         raise typer.Exit(1)
+
+
+@eval_app.command("replay")
+@friendly
+def eval_replay(
+    matrix: Annotated[
+        Path | None, typer.Argument(help="Matrix folder (default: the committed one).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the CSV, Markdown and PNG.")] = Path(
+        "eval-report"
+    ),
+    splits: Annotated[int, typer.Option(help="Seeded 70/30 splits to average over.")] = 5,
+    clusters: Annotated[int, typer.Option(help="K of K-means.")] = 16,
+    sweeps: Annotated[bool, typer.Option(help="Run the sweeps too.")] = True,
+) -> None:
+    """Evaluate routing and voting on a recorded matrix, with no model called."""
+    from avengers_graph.eval_report import ReportOptions, summary_rows, write_report
+    from avengers_graph.recording import DEFAULT_MATRIX, ResponseMatrix
+    from avengers_graph.replay import embed_questions
+
+    recorded = ResponseMatrix.load(matrix or DEFAULT_MATRIX)
+    complete = recorded.complete()
+    console.print(
+        f"{len(complete.questions)} of {len(recorded.questions)} questions answered by all "
+        f"{len(recorded.experts)} experts; {len(complete.responses)} samples."
+    )
+    _, pool = load(None)
+    vectors = embed_questions(complete, pool.embeddings.build())
+    options = ReportOptions(seeds=tuple(range(splits)), n_clusters=clusters, sweeps=sweeps)
+    summary, written = write_report(
+        complete, vectors, out, options, progress=lambda step: console.print(f"[dim]{step}[/]")
+    )
+    table = Table(title=f"Test accuracy (%), mean of {splits} splits, K={clusters}")
+    columns = ["strategy", *summary.datasets, "average", "gain vs Best-Single", "tokens/q"]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for row in summary_rows(summary):
+        table.add_row(
+            row["strategy"],
+            *(f"{row[c] * 100:.1f}" for c in columns[1:-1]),
+            f"{row['tokens/q']:.0f}",
+        )
+    console.print(table)
+    for path in written:
+        console.print(f"wrote {path}")

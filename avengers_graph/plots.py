@@ -1,13 +1,16 @@
-"""PNG plots of a calibrated store (``avengers inspect --plot``); needs the ``plot`` extra.
+"""PNG plots (``avengers inspect --plot``, ``avengers eval replay``); need the ``plot`` extra.
 
 - :func:`plot_store` writes ``accuracy.png``, a heatmap of every expert's accuracy in
   every cluster, and ``clusters.png``, the validation questions projected to 2-D with
   scikit-learn's PCA, coloured by cluster, with the centroids marked.
+- :func:`plot_lines` draws the sweeps of the offline replay (one line per series).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -15,8 +18,7 @@ from avengers_graph.errors import MissingExtraError
 from avengers_graph.store import ClusterStore
 
 
-def plot_store(store: ClusterStore, folder: Path) -> list[Path]:
-    """Write the heatmap and the cluster map of ``store`` into ``folder``."""
+def _pyplot() -> ModuleType:
     try:
         import matplotlib as mpl
 
@@ -26,6 +28,39 @@ def plot_store(store: ClusterStore, folder: Path) -> list[Path]:
         raise MissingExtraError(
             "Plots need matplotlib: pip install 'avengers-graph[plot]'"
         ) from exc
+    return plt
+
+
+def plot_lines(
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    path: Path,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    log_x: bool = False,
+) -> Path:
+    """One line per series over ``x``, written as a PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, values in series.items():
+        ax.plot(x, values, marker="o", label=name)
+    if log_x:
+        ax.set_xscale("log", base=2)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_store(store: ClusterStore, folder: Path) -> list[Path]:
+    """Write the heatmap and the cluster map of ``store`` into ``folder``."""
+    plt = _pyplot()
     from sklearn.decomposition import PCA
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -108,8 +108,8 @@ def default_configs(max_samples: int = 5) -> list[EnsembleConfig]:
         EnsembleConfig("top_n=2, budget 5", top_n=2, budget=max_samples),
         EnsembleConfig("top_n=3, budget 5", top_n=3, budget=max_samples),
         EnsembleConfig("top_k=3 clusters, top_n=2 x 3", top_k=3, top_n=2, samples=3),
-        EnsembleConfig("Pro a=0.7 (seconds), SC", samples=max_samples, quality_weight=0.7),
-        EnsembleConfig("Pro a=0.5 (seconds), SC", samples=max_samples, quality_weight=0.5),
+        EnsembleConfig("Pro a=0.9: top-1 by accuracy and seconds", quality_weight=0.9),
+        EnsembleConfig("Pro a=0.7: top-1 by accuracy and seconds", quality_weight=0.7),
     ]
 
 

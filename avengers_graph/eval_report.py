@@ -1,0 +1,354 @@
+"""Tables and sweeps of the offline replay (``avengers eval replay``), as CSV, Markdown, PNG.
+
+:func:`write_report` runs :func:`avengers_graph.replay.evaluate` for the baselines and
+the default configurations, then the sweeps, and writes into one folder:
+
+- ``summary.csv`` / ``summary.md``: accuracy per dataset and on average, gain over
+  Random and over Best-Single, gap to Oracle, expert calls, generated tokens and
+  expert seconds per question;
+- ``sweep_clusters``: the paper's configuration for K = 2 ... 64;
+- ``sweep_pool``: every sub-pool of 1 ... 4 experts (mean and best over sub-pools);
+- ``sweep_samples``: 1 ... 10 samples per question, on one expert or split over 2-3;
+- ``sweep_cost``: the cost-aware ranking's weight ``a`` from 1 (accuracy) to 0 (cost);
+- ``headline``: the experts of at most 0.5B parameters together against the 1.5B alone.
+
+Each sweep is a ``.csv`` and a ``.png`` (with the ``plot`` extra).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avengers_graph.errors import InvalidInputError, MissingExtraError
+from avengers_graph.recording import ResponseMatrix
+from avengers_graph.replay import (
+    AVERAGE,
+    BASELINES,
+    EnsembleConfig,
+    Summary,
+    default_configs,
+    evaluate,
+    subsets,
+)
+
+__all__ = ["ReportOptions", "summary_rows", "write_report"]
+
+Row = dict[str, Any]
+Vectors = Mapping[str, np.ndarray]
+PAPER = "Paper: top-1 cluster, top-1 expert, SC"
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What :func:`write_report` evaluates."""
+
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    n_clusters: int = 16
+    sweeps: bool = True
+    cluster_grid: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
+    sample_grid: tuple[int, ...] = tuple(range(1, 11))
+    cost_grid: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
+    small_params: float = 0.5
+    """The headline's "small" experts: a ``cost`` (billions of parameters) at most this."""
+
+
+def summary_rows(summary: Summary) -> list[Row]:
+    """One row per strategy: per-dataset and average accuracy, gains, calls, tokens."""
+    best_single = summary.accuracy("Best-Single") if "Best-Single" in summary.results else None
+    rows = []
+    for name, results in summary.results.items():
+        average = results[AVERAGE]
+        row: Row = {"strategy": name}
+        row.update({dataset: results[dataset].accuracy for dataset in summary.datasets})
+        row["average"] = average.accuracy
+        row["std over splits"] = summary.spread.get(name, 0.0)
+        if "Random" in summary.results:
+            row["gain vs Random"] = summary.gain(name, over="Random")
+        if best_single is not None:
+            row["gain vs Best-Single"] = average.accuracy - best_single
+        if "Oracle" in summary.results:
+            row["gap to Oracle"] = summary.accuracy("Oracle") - average.accuracy
+        row["calls/q"] = average.calls
+        row["tokens/q"] = average.tokens
+        row["expert s/q"] = average.seconds
+        rows.append(row)
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def markdown(rows: Sequence[Row], percent: Sequence[str] = ()) -> str:
+    """A Markdown table of rows (columns in first-row order); ``percent`` columns as %."""
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [
+            f"{row[c] * 100:.1f}" if c in percent and isinstance(row[c], float) else _cell(row[c])
+            for c in columns
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[Row], path: Path) -> Path:
+    """Rows as CSV (columns in first-row order)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _expert_params(matrix: ResponseMatrix) -> dict[str, float]:
+    described = matrix.provenance.get("experts", {})
+    return {
+        name: float(described[name]["cost"])
+        for name in matrix.experts
+        if isinstance(described.get(name), Mapping) and "cost" in described[name]
+    }
+
+
+class _Sweeps:
+    def __init__(self, matrix: ResponseMatrix, vectors: Vectors, options: ReportOptions) -> None:
+        self.matrix = matrix
+        self.vectors = vectors
+        self.options = options
+        calibration_size = round(0.7 * len(matrix.questions))
+        self.cluster_grid = [k for k in options.cluster_grid if k <= calibration_size]
+        samples = [len(v) for v in matrix.samples().values()]
+        self.max_samples = max(samples, default=1)
+
+    def _evaluate(
+        self,
+        configs: Sequence[EnsembleConfig],
+        *,
+        n_clusters: int | None = None,
+        experts: Sequence[str] | None = None,
+        baselines: Sequence[Any] = (),
+    ) -> Summary:
+        return evaluate(
+            self.matrix,
+            self.vectors,
+            configs,
+            baselines=baselines,
+            n_clusters=n_clusters or self.options.n_clusters,
+            seeds=self.options.seeds,
+            experts=experts,
+        )
+
+    def clusters(self) -> list[Row]:
+        paper = EnsembleConfig(PAPER, samples=self.max_samples)
+        top2 = EnsembleConfig("top_n=2 x 3 samples", top_n=2, samples=3)
+        rows = []
+        for k in self.cluster_grid:
+            summary = self._evaluate([paper, top2], n_clusters=k)
+            rows.append(
+                {
+                    "K": k,
+                    PAPER: summary.accuracy(PAPER),
+                    top2.name: summary.accuracy(top2.name),
+                }
+            )
+        return rows
+
+    def pool(self) -> list[Row]:
+        paper = EnsembleConfig(PAPER, samples=self.max_samples)
+        rows = []
+        for size in range(1, len(self.matrix.experts) + 1):
+            pools = subsets(self.matrix.experts, size)
+            scores = []
+            for pool in pools:
+                summary = self._evaluate([paper], experts=pool, baselines=("Best-Single",))
+                scores.append((summary.accuracy(PAPER), summary.accuracy("Best-Single"), pool))
+            best = max(scores)
+            rows.append(
+                {
+                    "pool size": size,
+                    "sub-pools": len(pools),
+                    "ensemble mean": float(np.mean([s[0] for s in scores])),
+                    "ensemble best": best[0],
+                    "best sub-pool": " + ".join(best[2]),
+                    "best single of that pool": best[1],
+                }
+            )
+        return rows
+
+    def samples(self) -> list[Row]:
+        rows = []
+        for budget in self.options.sample_grid:
+            configs = [
+                EnsembleConfig("top-1 expert", budget=budget),
+                EnsembleConfig("top_n=2, split", top_n=2, budget=budget),
+                EnsembleConfig("top_n=3, split", top_n=3, budget=budget),
+            ]
+            summary = self._evaluate(configs)
+            row: Row = {"samples/q": budget}
+            for config in configs:
+                row[config.name] = summary.accuracy(config.name)
+                row[f"{config.name} calls"] = summary.results[config.name][AVERAGE].calls
+            rows.append(row)
+        return rows
+
+    def cost(self) -> list[Row]:
+        rows = []
+        for weight in self.options.cost_grid:
+            name = f"a={weight:.1f}"
+            summary = self._evaluate([EnsembleConfig(name, quality_weight=weight)])
+            outcome = summary.results[name][AVERAGE]
+            rows.append(
+                {
+                    "a": weight,
+                    "accuracy": outcome.accuracy,
+                    "tokens/q": outcome.tokens,
+                    "expert s/q": outcome.seconds,
+                }
+            )
+        return rows
+
+    def headline(self) -> list[Row]:
+        params = _expert_params(self.matrix)
+        if len(params) < len(self.matrix.experts):
+            return []
+        small = [e for e in self.matrix.experts if params[e] <= self.options.small_params]
+        large = [e for e in self.matrix.experts if params[e] > self.options.small_params]
+        if not small or not large:
+            return []
+        big = max(large, key=lambda e: params[e])
+        rows = []
+        small_configs = [
+            EnsembleConfig(PAPER, samples=self.max_samples),
+            EnsembleConfig("top_n=2 x 3 samples", top_n=2, samples=3),
+            EnsembleConfig("top_n=3 x 2 samples", top_n=3, samples=2),
+        ]
+        small_summary = self._evaluate(small_configs, experts=small)
+        for config in small_configs:
+            outcome = small_summary.results[config.name][AVERAGE]
+            rows.append(
+                {
+                    "system": f"{len(small)} models <= {self.options.small_params}B: {config.name}",
+                    "accuracy": outcome.accuracy,
+                    "calls/q": outcome.calls,
+                    "tokens/q": outcome.tokens,
+                    "expert s/q": outcome.seconds,
+                }
+            )
+        big_summary = self._evaluate([], experts=[big], baselines=("Best-Single", "Best-Single SC"))
+        for baseline, label in (("Best-Single", "1 sample"), ("Best-Single SC", "SC")):
+            outcome = big_summary.results[baseline][AVERAGE]
+            rows.append(
+                {
+                    "system": f"{big} alone, {label}",
+                    "accuracy": outcome.accuracy,
+                    "calls/q": outcome.calls,
+                    "tokens/q": outcome.tokens,
+                    "expert s/q": outcome.seconds,
+                }
+            )
+        return rows
+
+
+def _plot(
+    rows: Sequence[Row], x: str, series: Sequence[str], path: Path, **labels: Any
+) -> Path | None:
+    from avengers_graph.plots import plot_lines
+
+    try:
+        return plot_lines(
+            [row[x] for row in rows],
+            {name: [row[name] for row in rows] for name in series},
+            path,
+            **labels,
+        )
+    except MissingExtraError:
+        return None
+
+
+def write_report(
+    matrix: ResponseMatrix,
+    vectors: Vectors,
+    out: Path,
+    options: ReportOptions = ReportOptions(),
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Summary, list[Path]]:
+    """Evaluate, sweep and write every table and plot into ``out``.
+
+    Args:
+        matrix: A matrix (partial recordings: ``matrix.complete()``).
+        vectors: Unit question vectors by id.
+        out: The folder to write.
+        options: Seeds, K and grids.
+        progress: Called with the name of each step as it starts.
+
+    Returns:
+        The main summary and the written paths.
+    """
+    if not matrix.questions:
+        raise InvalidInputError("The matrix holds no question every expert answered.")
+    say = progress or (lambda _: None)
+    sweeps = _Sweeps(matrix, vectors, options)
+    say("summary")
+    summary = evaluate(
+        matrix,
+        vectors,
+        default_configs(sweeps.max_samples),
+        baselines=BASELINES,
+        n_clusters=options.n_clusters,
+        seeds=options.seeds,
+    )
+    rows = summary_rows(summary)
+    percent = [*summary.datasets, "average", "std over splits", "gain vs Random"]
+    percent += ["gain vs Best-Single", "gap to Oracle"]
+    written = [write_csv(rows, out / "summary.csv")]
+    (out / "summary.md").write_text(markdown(rows, percent), encoding="utf-8")
+    written.append(out / "summary.md")
+    if not options.sweeps:
+        return summary, written
+    steps: list[tuple[str, Callable[[], list[Row]], str, str]] = [
+        ("sweep_clusters", sweeps.clusters, "K", "K (clusters)"),
+        ("sweep_pool", sweeps.pool, "pool size", "experts in the pool"),
+        ("sweep_samples", sweeps.samples, "samples/q", "samples per question"),
+        ("sweep_cost", sweeps.cost, "a", "quality weight a (1 = accuracy only)"),
+    ]
+    for name, run, x, xlabel in steps:
+        say(name)
+        sweep_rows = run()
+        written.append(write_csv(sweep_rows, out / f"{name}.csv"))
+        (out / f"{name}.md").write_text(markdown(sweep_rows), encoding="utf-8")
+        series = [
+            c
+            for c in sweep_rows[0]
+            if c != x and isinstance(sweep_rows[0][c], float) and "calls" not in c
+        ]
+        if name == "sweep_cost":
+            series = ["accuracy"]
+        plotted = _plot(
+            sweep_rows,
+            x,
+            series,
+            out / f"{name}.png",
+            title=name.replace("_", " "),
+            xlabel=xlabel,
+            ylabel="average accuracy",
+            log_x=name == "sweep_clusters",
+        )
+        if plotted:
+            written.append(plotted)
+    say("headline")
+    headline = sweeps.headline()
+    if headline:
+        written.append(write_csv(headline, out / "headline.csv"))
+        (out / "headline.md").write_text(markdown(headline, ["accuracy"]), encoding="utf-8")
+    return summary, written
