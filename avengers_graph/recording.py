@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
 
 from avengers_graph import grading
 from avengers_graph.cache import AnswerCache, CachedAnswer
@@ -238,6 +239,39 @@ class _Grader:
         return self._memo[key]
 
 
+def _seed_cache(
+    cache: AnswerCache,
+    plan: Sequence[Any],
+    matrix: ResponseMatrix,
+    options: Mapping[str, Any],
+) -> int:
+    """Put a matrix's samples into the cache under the keys of the planned calls."""
+    recorded_with = matrix.provenance.get("prompt", {}).get("instructions")
+    sampling = matrix.provenance.get("sampling", {})
+    caps = options["max_tokens"]
+    same = (
+        recorded_with == dict(options["instructions"])
+        and sampling.get("temperature") == options["temperature"]
+        and sampling.get("max_tokens") == (dict(caps) if isinstance(caps, Mapping) else caps)
+    )
+    if not same:
+        raise InvalidInputError(
+            "The matrix to resume from was recorded with other instructions, temperature "
+            "or caps; record into another folder or use the same settings."
+        )
+    by_sample = {(r.question_id, r.expert, r.sample, r.seed): r for r in matrix.responses}
+    added = 0
+    for call in plan:
+        found = by_sample.get((call.item.id, call.expert, call.index, call.params["seed"]))
+        if found is None or cache.get(call.key) is not None:
+            continue
+        usage = {"input_tokens": 0, "output_tokens": found.tokens, "total_tokens": found.tokens}
+        message = AIMessage(content=found.output, usage_metadata=usage)
+        cache.put(call.key, call.expert, call.params, CachedAnswer(message, found.seconds))
+        added += 1
+    return added
+
+
 def _response(
     item: ValidationItem,
     dataset: str,
@@ -275,6 +309,7 @@ def record(
     instructions: Mapping[str, str] = DEFAULT_INSTRUCTIONS,
     max_concurrency: int = 2,
     call_experts: bool = True,
+    resume_from: ResponseMatrix | None = None,
     provenance: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
 ) -> RecordReport:
@@ -293,6 +328,10 @@ def record(
         instructions: System message by kind (the prompt template).
         max_concurrency: Expert calls in flight at once.
         call_experts: False to only export what the cache holds (no call is made).
+        resume_from: A matrix an earlier run of the same recording wrote (e.g. the
+            committed one, on a machine whose cache is gone): its samples go into the
+            cache first, so they are not asked again. It must have been recorded with
+            the same instructions, temperature and caps.
         provenance: Extra provenance (model files, benchmark draw), merged in.
         progress: Called with ``(finished, total)`` calls.
 
@@ -315,6 +354,8 @@ def record(
         "max_tokens": max_tokens,
         "instructions": instructions,
     }
+    if resume_from is not None:
+        _seed_cache(cache, _plan_calls(experts, validation, **options), resume_from, options)
     made = 0
     error: str | None = None
     if call_experts:

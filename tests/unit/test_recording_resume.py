@@ -1,0 +1,68 @@
+"""A recording resumes from a matrix it wrote earlier, on a machine whose cache is gone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from avengers_graph import InvalidInputError
+from avengers_graph.cache import AnswerCache
+from avengers_graph.recording import ResponseMatrix, record
+from tests.fakes import ScriptedExpert
+
+ITEMS = [
+    {
+        "id": f"q{i}",
+        "dataset": "toy",
+        "kind": "number",
+        "question": f"{i} + 1?",
+        "answer": str(i + 1),
+    }
+    for i in range(4)
+]
+
+
+def _expert() -> ScriptedExpert:
+    return ScriptedExpert(model="toy", respond=lambda q, seed: f"The answer is {q.split()[0]}")
+
+
+def test_a_saved_matrix_seeds_a_fresh_cache(tmp_path: Path) -> None:
+    first = _expert()
+    report = record({"a": first}, ITEMS, AnswerCache(tmp_path / "one.sqlite"), samples=2)
+    assert first.calls == 8
+    folder = report.matrix.save(tmp_path / "matrix")
+
+    again = _expert()
+    resumed = record(
+        {"a": again},
+        ITEMS,
+        AnswerCache(tmp_path / "fresh.sqlite"),
+        samples=3,
+        resume_from=ResponseMatrix.load(folder),
+    )
+    assert again.calls == 4  # only the third sample of each question is new
+    assert len(resumed.matrix.responses) == 12
+    old = {(r.question_id, r.sample): r for r in report.matrix.responses}
+    for response in resumed.matrix.responses:
+        if response.sample < 2:
+            kept = old[(response.question_id, response.sample)]
+            assert (response.output, response.tokens, response.seconds) == (
+                kept.output,
+                kept.tokens,
+                kept.seconds,
+            )
+            assert response.correct is False  # "The answer is i" is one short
+
+
+def test_a_matrix_recorded_with_other_settings_is_refused(tmp_path: Path) -> None:
+    report = record({"a": _expert()}, ITEMS, AnswerCache(tmp_path / "one.sqlite"), samples=1)
+    with pytest.raises(InvalidInputError, match="other instructions, temperature or caps"):
+        record(
+            {"a": _expert()},
+            ITEMS,
+            AnswerCache(tmp_path / "two.sqlite"),
+            samples=1,
+            temperature=0.2,
+            resume_from=report.matrix,
+        )
