@@ -9,7 +9,7 @@ export ANONYMIZED_TELEMETRY := False
 # llama.cpp is compiled from source once (pip caches the wheel); a portable build
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF
 
-.PHONY: install install-local demo test unit integration lint format bench clean
+.PHONY: install install-local demo test unit integration lint format bench bench-perf clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ format: install
 
 bench: install
 	$(BIN)/python tools/bench_routing.py --chroma-server
+
+# routing, orchestration, a real llama.cpp ensemble against one call, calibration, cache
+bench-perf: install-local
+	$(BIN)/avengers local fetch smollm2-135m
+	$(BIN)/python tools/bench_perf.py --chroma-server
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis

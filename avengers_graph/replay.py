@@ -17,7 +17,9 @@ Side by side on the same test questions:
 - **Best-Single**: the expert with the best calibration accuracy, one sample;
   **Best-Single SC**: the same expert, its samples majority-voted.
 - **Max-Expert**: the best expert of each dataset (it knows the dataset label), one sample.
-- **Oracle**: correct when any expert's first sample is.
+- **Oracle**: correct when any recorded sample of any expert is (an upper bound for
+  every strategy that answers with one of the recorded samples), at the cost of one
+  call to the cheapest right sample.
 - **Ensemble configurations** (:class:`EnsembleConfig`): the paper's (nearest
   cluster, top-1 expert, self-consistency), ours (top_n 2-3, samples split across
   experts) and the cost-aware Avengers-Pro ranking (``quality_weight < 1``).
@@ -298,9 +300,12 @@ class Replay:
         raise InvalidInputError(f"Unknown baseline {name!r}; choose from {BASELINES}.")
 
     def _oracle(self, qid: str) -> Outcome:
-        firsts = [self.vote(qid, [e], [1]) for e in self.experts]
-        right = [o for o in firsts if o.accuracy == 1.0]
-        return min(right or firsts, key=lambda o: o.tokens)
+        every = [r for e in self.experts for r in self.responses(qid, e)]
+        right = [r for r in every if r.correct]
+        if not every:
+            return Outcome(0.0, 0.0, 0.0, 0.0)
+        cheapest = min(right or every, key=lambda r: r.tokens)
+        return _used([cheapest], float(bool(right)))
 
     def route(self, qid: str, config: EnsembleConfig) -> list[str]:
         """The experts the graph would select for a test question, best first."""

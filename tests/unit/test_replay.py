@@ -115,12 +115,13 @@ def test_baselines() -> None:
     assert results["Random"]["algebra"].accuracy == 0.0
     assert results["Random"]["trivia"].accuracy == pytest.approx(1 / 3)
     assert results["Random"]["trivia"].tokens == pytest.approx((10 + 20 + 1) / 3)
-    # Oracle: trivia has facts; algebra's first samples are all wrong
-    assert results["Oracle"]["trivia"].accuracy == 1.0
-    assert results["Oracle"]["trivia"].tokens == 20
-    assert results["Oracle"]["algebra"].accuracy == 0.0
-    assert results["Oracle"]["algebra"].tokens == 1  # cheapest when none is right
-    assert results["Oracle"][AVERAGE].accuracy == 0.5
+    # Oracle: any right sample; trivia has facts, algebra math's later samples
+    assert results["Oracle"]["trivia"] == Outcome(accuracy=1.0, calls=1, tokens=20, seconds=4.0)
+    assert results["Oracle"]["algebra"] == Outcome(accuracy=1.0, calls=1, tokens=10, seconds=1.0)
+    assert results["Oracle"][AVERAGE].accuracy == 1.0
+    lost = next(q for q in replay.test if q.startswith("trivia"))
+    no_facts = _replay(experts=["math", "cheap"])
+    assert no_facts._oracle(lost) == Outcome(accuracy=0.0, calls=1, tokens=1, seconds=0.1)
 
     # first samples: math 0/7 + 0/7, facts 0/7 + 7/7 -> facts is the best single
     assert replay.best_single() == "facts"

