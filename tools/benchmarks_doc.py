@@ -152,8 +152,8 @@ Test accuracy (%) on the held-out 30 % of each benchmark, mean of the seeded spl
 `calls/q`, `tokens/q` and `expert s/q` are per question. Random is the expected
 accuracy of one sample of a uniformly drawn expert; Best-Single is the expert with the
 best calibration accuracy; Max-Expert knows each question's benchmark and picks its
-best expert; Oracle is right when any recorded sample of any expert is (an upper bound); SC is self-consistency
-(a majority vote over the expert's samples).
+best expert; Oracle is right when any recorded sample of any expert is (an upper
+bound); SC is self-consistency (a majority vote over the expert's samples).
 
 {_table("summary")}
 ## Clusters (K)
