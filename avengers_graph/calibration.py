@@ -295,7 +295,8 @@ def run_experts(
         )
         raise CalibrationError(
             f"Calibration stopped: {detail}. The {len(calls) - sum(map(len, failures.values()))} "
-            "finished answers are cached; fix the experts and run calibrate again to resume."
+            "finished answers are cached; fix the experts and run the same command again: "
+            "only the failed calls are made."
         )
     ordered = {key: [by_index[i] for i in sorted(by_index)] for key, by_index in answers.items()}
     return ordered, len(missing), len(calls) - len(missing)

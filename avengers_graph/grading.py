@@ -12,6 +12,7 @@ reference's tests in :func:`avengers_graph.sandbox.run_python`.
 from __future__ import annotations
 
 import ast
+import secrets
 import string
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -164,8 +165,37 @@ def _check_reference_tests(reference: str) -> str:
     return "".join(f"{line}\n" for line in imports) + ("\n" if imports else "")
 
 
+_HARNESS = """\
+import sys
+
+
+def _run(source):
+    token = sys.stdin.readline().strip()
+    namespace = {{"__name__": "__candidate__"}}
+    try:
+        exec(compile(source, "<candidate>", "exec"), namespace)
+    except BaseException:  # a failed assert, an error, or SystemExit: all fail
+        sys.exit(1)
+    sys.stdout.flush()
+    sys.stdout.write("\\n" + token + "\\n")
+    sys.stdout.flush()
+
+
+_run({source!r})
+"""
+
+
 def grade_code(output: str, reference: str, *, timeout: float = 10.0) -> bool:
     """Grade code by running it against the reference tests in the sandbox.
+
+    Passing means reaching the end of the tests, as HumanEval's harness judges it: the
+    program and tests run with ``exec`` under the name ``__candidate__`` (so an
+    ``if __name__ == "__main__": unittest.main()`` block of the reply does not run),
+    any exception including ``SystemExit`` fails, and success is a random token the
+    harness prints after the tests, read from standard input before the program runs.
+    A reply that exits early with status 0 (``sys.exit(0)``, ``os._exit(0)``, an
+    ``atexit`` hook) therefore fails. This is not a defence against a program written
+    to read the harness's frames; the sandbox is what contains untrusted code.
 
     The program is the reply's code (:func:`avengers_graph.voting.last_code_block`)
     followed by the tests; it passes when it exits with status 0 in time.
@@ -189,7 +219,10 @@ def grade_code(output: str, reference: str, *, timeout: float = 10.0) -> bool:
     code = last_code_block(output)
     if code is None:
         return False
-    return run_python(f"{prelude}{code}\n\n{reference}", timeout=timeout).ok
+    token = secrets.token_hex(16)
+    harness = _HARNESS.format(source=f"{prelude}{code}\n\n{reference}")
+    result = run_python(harness, timeout=timeout, stdin=f"{token}\n")
+    return result.ok and result.stdout.rstrip("\n").endswith(f"\n{token}")
 
 
 GRADERS: Mapping[str, Grader] = MappingProxyType(

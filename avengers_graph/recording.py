@@ -354,13 +354,14 @@ def record(
         "max_tokens": max_tokens,
         "instructions": instructions,
     }
+    plan = _plan_calls(experts, validation, **options)
     if resume_from is not None:
-        _seed_cache(cache, _plan_calls(experts, validation, **options), resume_from, options)
-    made = 0
+        _seed_cache(cache, plan, resume_from, options)
+    before = sum(cache.get(call.key) is not None for call in plan)
     error: str | None = None
     if call_experts:
         try:
-            _, made, _ = run_experts(
+            run_experts(
                 experts,
                 validation,
                 cache,
@@ -370,7 +371,6 @@ def record(
             )
         except CalibrationError as exc:
             error = str(exc)  # the finished answers are cached and exported below
-    plan = _plan_calls(experts, validation, **options)
     grade = _Grader()
     responses = []
     for call in plan:
@@ -416,7 +416,7 @@ def record(
                 "temperature": temperature,
                 "seed": seed,
                 "seeds": "sample j of every expert is requested with seed + j",
-                "max_tokens": max_tokens,
+                "max_tokens": dict(max_tokens) if isinstance(max_tokens, Mapping) else max_tokens,
             },
             "prompt": {
                 "template": "system: instructions[kind] (when set); user: question",
@@ -428,8 +428,8 @@ def record(
     )
     return RecordReport(
         matrix,
-        calls=made,
-        cached=len(responses) - made,
+        calls=len(responses) - before,
+        cached=before,
         missing=len(plan) - len(responses),
         error=error,
     )
