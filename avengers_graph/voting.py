@@ -113,7 +113,14 @@ _NUMBER_WITH_UNITS_RE = re.compile(
 )
 
 _THOUSANDS_COMMA_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-_LATEX_UNIT_RE = re.compile(r"\\(?:text|textrm|mathrm|mbox)\s*\{[^{}]*\}")
+# a unit in text mode, with an optional power (``\text{ cm}^2``)
+_LATEX_UNIT_RE = re.compile(r"\\(?:text|textrm|mathrm|mbox)\s*\{[^{}]*\}(?:\^\{?\d\}?)?")
+# ``\frac{270}7`` and ``\frac7{2}``: one argument braced, the other a single digit
+_HALF_BRACED_FRACTION_RES = (
+    (re.compile(r"\\frac\{([^{}]+)\}(\d)"), r"\\frac{\1}{\2}"),
+    (re.compile(r"\\frac(\d)\{"), r"\\frac{\1}{"),
+)
+_LONE_PARENTHESISED_LETTER_RE = re.compile(r"\(([A-Za-z])\)")
 _DEGREES_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\u00b0")
 _LATEX_SPACING_RE = re.compile(r"\\[!,;: ]|\\(?:left|right)(?![A-Za-z])|\\displaystyle")
 _LATEX_TEXT_WRAPPER_RE = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
@@ -150,6 +157,8 @@ def _number_value(text: str) -> Fraction | None:
     s = re.sub(r"\s+", "", s)
     s = s.replace("{,}", "").replace("\\$", "").replace("$", "").replace("\\%", "")
     s = s.replace("%", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    for pattern, replacement in _HALF_BRACED_FRACTION_RES:
+        s = pattern.sub(replacement, s)
     s = _THOUSANDS_COMMA_RE.sub("", s).rstrip(".")
     while s.startswith("{") and s.endswith("}") and len(s) > 2:
         s = s[1:-1]
@@ -196,7 +205,10 @@ def _normalise_latex(text: str) -> str:
     s = _SINGLE_BRACED_SCRIPT_RE.sub(r"\1\2", s)
     s = _SHORT_FRACTION_ARGS_RE.sub(r"\\frac{\1}{\2}", s)
     s = _SHORT_SQRT_ARG_RE.sub(r"\\sqrt{\1}", s)
-    return s.rstrip(".").strip("$")
+    s = s.rstrip(".").strip("$")
+    if letter := _LONE_PARENTHESISED_LETTER_RE.fullmatch(s):
+        return letter.group(1)  # an option label: "(C)" answers as "C"
+    return s
 
 
 def canonical_math(answer: str) -> str | None:

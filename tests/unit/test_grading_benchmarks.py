@@ -5,7 +5,7 @@ The math references below are written as MATH-500 writes them (``\left( 3,
 is a model's boxed answer. Where formats could be argued either way, the expected
 value is what the MATH and Minerva graders decide (Hendrycks et al.'s
 ``is_equiv``/``strip_string``; Lewkowycz et al.'s ``normalize_final_answer`` and
-sympy check), and what this grader does differently is a strict ``xfail``.
+sympy check).
 """
 
 from __future__ import annotations
@@ -84,60 +84,21 @@ def test_bare_interval_against_interval_with_variable() -> None:
 @pytest.mark.parametrize(
     ("output", "reference"),
     [
-        pytest.param(
-            r"\boxed{C}",
-            r"\text{(C)}",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    r"canonical_math keeps the parentheses of \text{(C)} (key '(C)') while "
-                    r"the bare letter's key is 'C'; Minerva's sympy check (parse_latex('(C)') "
-                    "== parse_latex('C')) and PRM800K's grader (a one-element tuple) accept it"
-                ),
-            ),
-        ),
-        pytest.param(
-            r"\boxed{\text{C}}",
-            r"\text{(C)}",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=r"\text{C} gives key 'C', \text{(C)} gives '(C)' (as for the bare C)",
-            ),
-        ),
-        pytest.param(
-            r"\boxed{5\text{ cm}^2}",
-            "5",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    r"units are stripped from '5\text{ cm}' but not '5\text{ cm}^2' (key "
-                    "'5cm^2'); MATH's _remove_right_units and Minerva's removed expressions "
-                    r"('cm', '\text{}^2') both reduce it to 5"
-                ),
-            ),
-        ),
-        pytest.param(
-            r"\boxed{\frac{270}{7}}",
-            r"\frac{270}7\text{ degrees}",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    r"MATH-500 #166's reference: units are stripped only after a plain number, "
-                    r"and the shorthand \frac{270}7 is not expanded (only one-character "
-                    r"arguments are), so its key is '\frac{270}7degrees' and only a verbatim "
-                    r"copy matches; PRM800K's grader (MATH-500's source) reads both as 270/7 "
-                    "and Minerva removes 'degrees'"
-                ),
-            ),
-        ),
+        # an option label: Minerva's sympy check and PRM800K's grader accept the letter
+        (r"\boxed{C}", r"\text{(C)}"),
+        (r"\boxed{\text{C}}", r"\text{(C)}"),
+        # a unit with a power: MATH's _remove_right_units and Minerva reduce it to 5
+        (r"\boxed{5\text{ cm}^2}", "5"),
+        # MATH-500 #166's reference: shorthand \frac{270}7 and a unit; PRM800K reads 270/7
+        (r"\boxed{\frac{270}{7}}", r"\frac{270}7\text{ degrees}"),
     ],
 )
-def test_math500_formats_the_grader_misses(output: str, reference: str) -> None:
+def test_math500_formats_benchmark_graders_accept(output: str, reference: str) -> None:
     assert grade_number(output, reference) is True
 
 
 def test_math500_reference_with_shorthand_fraction_matches_verbatim_copy() -> None:
-    # control for the xfail above: the reference itself grades as correct
+    # control: the reference itself grades as correct
     reference = r"\frac{270}7\text{ degrees}"
     assert grade_number(r"The angle is \boxed{\frac{270}7\text{ degrees}}.", reference)
 
