@@ -374,6 +374,11 @@ class LocalPool:
             info = self._launch(name, model_path, chosen, threads)
             try:
                 self._wait_healthy(info, timeout)
+            except (KeyboardInterrupt, SystemExit):
+                # not recorded in the state file yet: stop it, or nothing ever would
+                if info.pid in self._children:
+                    self._stop(info, grace=2.0)
+                raise
             except ServerError:
                 # A free port picked by us can be taken before the server binds it.
                 raced = _PORT_RACE_MARKER in _tail(self.log_path(name)).lower()

@@ -236,6 +236,28 @@ def test_a_server_that_never_answers_is_stopped(
     assert pool.status() == []
 
 
+def test_an_interrupt_while_a_server_starts_stops_it(
+    tmp_path: Path, fake_server_module: Callable[[str], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_server_module("import time\nprint('loading', flush=True)\ntime.sleep(120)\n")
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(b"GGUF")
+    pool = LocalPool(tmp_path / "cache")
+    started: list[int] = []
+
+    def interrupted(info: ServerInfo, timeout: float = 2.0) -> bool:
+        started.append(info.pid)
+        raise KeyboardInterrupt  # Ctrl-C while the model loads
+
+    monkeypatch.setattr(local_pool, "_probe", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pool.up([str(model)], timeout=30)
+    assert len(started) == 1
+    assert local_pool._proc_cmdline(started[0]) is None  # the server process is gone
+    assert pool._children == {}
+    assert pool.status() == []
+
+
 def test_the_environment_cannot_override_the_config(
     tmp_path: Path, fake_server_module: Callable[[str], None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
