@@ -118,9 +118,17 @@ def _headline_numbers() -> str:
     return text
 
 
+def _perf() -> str:
+    perf = TABLES / "perf.md"
+    if not perf.is_file():
+        return "_(not generated: run the command above)_\n"
+    lines = perf.read_text(encoding="utf-8").splitlines()
+    body = [line for line in lines if not line.startswith("# ")]  # the page has the title
+    return "\n".join(body).strip() + "\n"
+
+
 def render(matrix: ResponseMatrix) -> str:
     """The page."""
-    perf = TABLES / "perf.md"
     return f"""# Benchmarks
 
 The ensemble against its members on eight real benchmarks, measured offline on a
@@ -185,8 +193,13 @@ seconds per answer in the cluster (both normalised), one sample.
 {_table("headline")}
 ## Performance
 
-{perf.read_text(encoding="utf-8") if perf.is_file() else "_(run tools/bench_perf.py)_"}
-"""
+`make bench-perf` (`python tools/bench_perf.py --chroma-server --out
+docs/benchmarks/perf.md`) measures, in one run: the routing steps with instant
+experts (a), the ensemble against one single call on real llama.cpp servers (b, two
+SmolLM2 servers, 10 bundled questions, 128-token cap), calibration throughput (c) and a
+fully cached re-run (d). Compare ratios, not absolute times, across machines.
+
+{_perf()}"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
