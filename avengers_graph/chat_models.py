@@ -21,7 +21,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+import json
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -32,10 +33,13 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
 )
 from langchain_core.embeddings import Embeddings
-from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -64,6 +68,9 @@ _CALL_OPTIONS = frozenset(
         "similarity_threshold",
         "prior_strength",
         "quality_weight",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
     }
 )
 
@@ -236,8 +243,42 @@ class ChatAvengers(BaseChatModel):
             params["ls_stop"] = stop
         return params
 
+    # tools ----------------------------------------------------------------------------
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        parallel_tool_calls: bool | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools: every sampled expert gets them, and the samples vote on tool calls.
+
+        Each sample votes for its tool calls (name plus canonical JSON arguments; a set
+        when it calls several in parallel) or for its text answer; the winning
+        sample's message, with its ``tool_calls`` and their ids, is the answer.
+
+        Args:
+            tools: Tools as ChatOpenAI takes them (dicts, pydantic models, functions,
+                ``BaseTool``), converted to the OpenAI format once.
+            tool_choice: Passed as is to every expert's ``bind_tools`` (``"auto"``,
+                ``"any"``/``"required"``, ``"none"`` or a tool name).
+            parallel_tool_calls: Passed to every expert's ``bind_tools`` when set.
+            strict: Passed to ``convert_to_openai_tool``.
+            **kwargs: Further call options (``top_n=3``...), bound with the tools.
+        """
+        formatted = [convert_to_openai_tool(tool, strict=strict) for tool in tools]
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        if parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = parallel_tool_calls
+        return super().bind(tools=formatted, **kwargs)
+
     # graph call ---------------------------------------------------------------------
     def _run_context(self, stop: list[str] | None, kwargs: Mapping[str, Any]) -> AvengersContext:
+        # ls_* keys are LangSmith tracing hints (with_structured_output sets one)
+        kwargs = {key: value for key, value in kwargs.items() if not key.startswith("ls_")}
         unknown = set(kwargs) - _CALL_OPTIONS - {"model"}
         if unknown:
             raise InvalidInputError(
@@ -266,6 +307,8 @@ class ChatAvengers(BaseChatModel):
         }
         message = AIMessage(
             content=answer.content,
+            tool_calls=answer.tool_calls,
+            invalid_tool_calls=answer.invalid_tool_calls,
             additional_kwargs=answer.additional_kwargs,
             response_metadata=metadata,
             usage_metadata=answer.usage_metadata,
@@ -305,8 +348,15 @@ class ChatAvengers(BaseChatModel):
     @staticmethod
     def _as_chunk(result: ChatResult) -> ChatGenerationChunk:
         message = result.generations[0].message
+        calls = message.tool_calls if isinstance(message, AIMessage) else []
         chunk = AIMessageChunk(
             content=message.content,
+            tool_call_chunks=[
+                tool_call_chunk(
+                    name=call["name"], args=json.dumps(call["args"]), id=call["id"], index=index
+                )
+                for index, call in enumerate(calls)
+            ],
             additional_kwargs=message.additional_kwargs,
             response_metadata=message.response_metadata,
             usage_metadata=getattr(message, "usage_metadata", None),

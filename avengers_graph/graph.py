@@ -45,7 +45,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
-from langchain_core.runnables import RunnableConfig, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langgraph.cache.base import BaseCache
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -120,6 +120,12 @@ class AvengersSettings:
     """Beta-prior pseudo-counts toward each expert's global accuracy (0 = raw accuracy)."""
     quality_weight: float = 1.0
     """Avengers-Pro's trade-off: 1 ranks by accuracy, lower values favour cheaper experts."""
+    tools: tuple[dict[str, Any], ...] | None = None
+    """Tools (OpenAI format) bound to every expert; samples then vote on tool calls."""
+    tool_choice: str | dict[str, Any] | bool | None = None
+    """Passed to every expert's ``bind_tools`` as is (``"auto"``, ``"any"``, a name...)."""
+    parallel_tool_calls: bool | None = None
+    """Passed to every expert's ``bind_tools`` when set."""
 
     def __post_init__(self) -> None:
         for name in ("top_k", "top_n", "samples"):
@@ -169,6 +175,9 @@ class AvengersContext:
     similarity_threshold: float | None = None
     prior_strength: float | None = None
     quality_weight: float | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | bool | None = None
+    parallel_tool_calls: bool | None = None
 
 
 def resolve_settings(defaults: AvengersSettings, context: Any) -> AvengersSettings:
@@ -186,8 +195,9 @@ def resolve_settings(defaults: AvengersSettings, context: Any) -> AvengersSettin
             f"Unknown context keys {sorted(unknown)}; valid keys are {sorted(known)}."
         )
     overrides = {key: value for key, value in values.items() if value is not None}
-    if "stop" in overrides:
-        overrides["stop"] = tuple(overrides["stop"])
+    for key in ("stop", "tools"):
+        if key in overrides:
+            overrides[key] = tuple(overrides[key])
     return replace(defaults, **overrides) if overrides else defaults
 
 
@@ -328,12 +338,23 @@ class _Nodes:
             raise exc  # LangGraph's RetryPolicy runs the task again
         return {"failures": {task["expert"]: f"{type(exc).__name__}: {exc}"}}
 
+    def _expert(self, settings: AvengersSettings, name: str) -> Runnable[Any, Any]:
+        expert = self.experts[name]
+        if not settings.tools:
+            return expert
+        options: dict[str, Any] = {}
+        if settings.tool_choice is not None:
+            options["tool_choice"] = settings.tool_choice
+        if settings.parallel_tool_calls is not None:
+            options["parallel_tool_calls"] = settings.parallel_tool_calls
+        return expert.bind_tools(list(settings.tools), **options)
+
     def sample(self, task: SampleTask, config: RunnableConfig) -> dict[str, Any]:
         settings = self.settings()
-        expert = self.experts[task["expert"]]
         kwargs = self._call_kwargs(settings, task)
         started = time.perf_counter()
         try:
+            expert = self._expert(settings, task["expert"])
             if settings.timeout is None:
                 message = expert.invoke(task["messages"], config, **kwargs)
             else:
@@ -353,10 +374,10 @@ class _Nodes:
 
     async def asample(self, task: SampleTask, config: RunnableConfig) -> dict[str, Any]:
         settings = self.settings()
-        expert = self.experts[task["expert"]]
         kwargs = self._call_kwargs(settings, task)
         started = time.perf_counter()
         try:
+            expert = self._expert(settings, task["expert"])
             call = expert.ainvoke(task["messages"], config, **kwargs)
             if settings.timeout is None:
                 message = await call
@@ -379,24 +400,31 @@ class _Nodes:
             raise AllExpertsFailedError(failures)
         settings = self.settings()
         texts = [str(s["message"].text) for s in samples]
+        if any(s["message"].tool_calls for s in samples):
+            # each sample votes for its set of tool calls, or for its text answer
+            tool_keys: list[str | None] = [
+                voting.tool_call_key(s["message"].tool_calls)
+                or f"text:{voting.extract_text(text) or text.strip()}"
+                for s, text in zip(samples, texts, strict=True)
+            ]
+            return _VotePlan(settings, samples, texts, None, tool_keys, "tool_calls")
         extractor = voting.resolve_extractor(texts, settings.answer_format)
         keys = [extractor(text) for text in texts] if extractor is not None else []
         if not any(key is not None for key in keys):
             extractor = None  # nothing extractable: vote on meaning instead
-        return _VotePlan(settings, samples, texts, extractor, keys)
+        name = _extractor_name(extractor) if extractor is not None else "semantic"
+        return _VotePlan(settings, samples, texts, extractor, keys, name)
 
     def _finish(
         self, state: AvengersState, plan: _VotePlan, vectors: list[list[float]] | None
     ) -> dict[str, Any]:
         ranks = [s["rank"] for s in plan.samples]
-        if plan.extractor is not None:
+        if plan.answer_format != "semantic":
             result = voting.majority_vote(plan.keys, ranks)
-            answer_format = _extractor_name(plan.extractor)
         else:
             result = voting.semantic_vote(
                 vectors or [], plan.texts, ranks, threshold=plan.settings.similarity_threshold
             )
-            answer_format = "semantic"
         samples = plan.samples
         winner = samples[result.winner]
         usage: UsageMetadata | None = None
@@ -405,6 +433,8 @@ class _Nodes:
                 usage = add_usage(usage, sample["message"].usage_metadata)
         message = AIMessage(
             content=winner["message"].content,
+            tool_calls=list(winner["message"].tool_calls),
+            invalid_tool_calls=list(winner["message"].invalid_tool_calls),
             additional_kwargs=dict(winner["message"].additional_kwargs),
             response_metadata={
                 "model_name": self.model_name,
@@ -424,19 +454,21 @@ class _Nodes:
             confidence=result.confidence,
             failures=dict(state.get("failures", {})),
             winner=winner["expert"],
-            answer_format=answer_format,
+            answer_format=plan.answer_format,
             seed=state["seed"],
         )
         return {"messages": [message], "avengers": record}
 
     def vote(self, state: AvengersState) -> dict[str, Any]:
         plan = self._plan_vote(state)
-        vectors = None if plan.extractor else self.embeddings.embed_documents(plan.texts)
+        semantic = plan.answer_format == "semantic"
+        vectors = self.embeddings.embed_documents(plan.texts) if semantic else None
         return self._finish(state, plan, vectors)
 
     async def avote(self, state: AvengersState) -> dict[str, Any]:
         plan = self._plan_vote(state)
-        vectors = None if plan.extractor else await self.embeddings.aembed_documents(plan.texts)
+        semantic = plan.answer_format == "semantic"
+        vectors = await self.embeddings.aembed_documents(plan.texts) if semantic else None
         return self._finish(state, plan, vectors)
 
 
@@ -449,6 +481,8 @@ class _VotePlan:
     texts: list[str]
     extractor: voting.Extractor | None
     keys: list[str | None]
+    answer_format: str
+    """What the samples vote on: an extractor's name, ``tool_calls`` or ``semantic``."""
 
 
 def validate_experts(experts: Mapping[str, BaseChatModel]) -> None:
@@ -491,6 +525,9 @@ def build_avengers_graph(
     similarity_threshold: float = 0.85,
     prior_strength: float = 0.0,
     quality_weight: float = 1.0,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    tool_choice: str | dict[str, Any] | bool | None = None,
+    parallel_tool_calls: bool | None = None,
     retry_policy: RetryPolicy | None = None,
     model_name: str = "avengers",
 ) -> StateGraph[AvengersState, AvengersContext, InputState, OutputState]:
@@ -515,6 +552,11 @@ def build_avengers_graph(
         similarity_threshold: Cosine similarity for free-text answers to agree.
         prior_strength: Beta-prior smoothing of small clusters' accuracies.
         quality_weight: Avengers-Pro accuracy/cost trade-off (1 = accuracy only).
+        tools: Tools in OpenAI format, bound to every expert (``bind_tools``); the
+            samples then vote on their tool calls (name and canonical arguments, a set
+            for parallel calls) or their text, and the answer keeps the winner's calls.
+        tool_choice: Passed to every expert's ``bind_tools`` as is.
+        parallel_tool_calls: Passed to every expert's ``bind_tools`` when set.
         retry_policy: LangGraph retry policy of the ``embed``, ``locate_cluster`` and
             ``sample`` nodes (backoff, attempts); default: ``max_retries + 1`` attempts
             on :func:`is_transient_error`.
@@ -541,6 +583,9 @@ def build_avengers_graph(
         similarity_threshold=similarity_threshold,
         prior_strength=prior_strength,
         quality_weight=quality_weight,
+        tools=tuple(dict(tool) for tool in tools) if tools else None,
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel_tool_calls,
     )
     retry = retry_policy or RetryPolicy(max_attempts=max_retries + 1, retry_on=is_transient_error)
     nodes = _Nodes(

@@ -20,6 +20,8 @@ integers and arrays: no model, graph or database is involved.
 from __future__ import annotations
 
 import ast
+import json
+import math
 import re
 import string
 import textwrap
@@ -52,6 +54,7 @@ __all__ = [
     "majority_vote",
     "resolve_extractor",
     "semantic_vote",
+    "tool_call_key",
     "vote",
 ]
 
@@ -894,3 +897,46 @@ def majority_answer(texts: Sequence[str], extractor: Extractor) -> tuple[str | N
     if not result.votes:
         return None, 0
     return result.answer, result.winner
+
+
+# ---------------------------------------------------------------------------
+# Tool calls
+# ---------------------------------------------------------------------------
+
+
+def _canonical_json(value: object) -> object:
+    """Arguments with integral floats as ints, so ``2`` and ``2.0`` vote together."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical_json(v) for v in value]
+    return value
+
+
+def tool_call_key(calls: Sequence[Mapping[str, object]]) -> str | None:
+    """Canonical key of a reply's tool calls: the set of (name, arguments), ids ignored.
+
+    Two replies vote together when they call the same tools with the same arguments,
+    in any order (parallel calls are a set); arguments compare as canonical JSON
+    (sorted keys, ``2.0 == 2``).
+
+    Args:
+        calls: The reply's ``tool_calls`` (LangChain ``ToolCall`` dicts).
+
+    Returns:
+        The key, or None when there is no call.
+    """
+    if not calls:
+        return None
+    canonical = {
+        json.dumps(
+            {"name": call.get("name"), "args": _canonical_json(call.get("args") or {})},
+            sort_keys=True,
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        for call in calls
+    }
+    return "tool_calls:" + "|".join(sorted(canonical))

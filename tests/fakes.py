@@ -18,10 +18,15 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr
 
 Responder = Callable[[str, int | None], str]
 """(last human message text, seed) -> reply text."""
+ToolCaller = Callable[[list[BaseMessage], list[dict[str, Any]], int | None], list[dict[str, Any]]]
+"""(conversation, bound tools in OpenAI format, seed) -> tool calls ``{"name", "args"}``
+(none: answer with text)."""
 
 
 def _last_human(messages: Sequence[BaseMessage]) -> str:
@@ -36,7 +41,9 @@ class ScriptedExpert(BaseChatModel):
 
     ``fail_first`` calls raise ``fail_with`` (a transient ``ConnectionError`` by
     default) before the expert starts answering; ``always_fail`` makes every call
-    raise; ``delay`` sleeps before answering (for timeout tests).
+    raise; ``delay`` sleeps before answering (for timeout tests). With ``call_tools``,
+    ``bind_tools`` works like ChatOpenAI's (tools sent as call options) and the reply
+    carries the tool calls ``call_tools`` returns, each with a fresh id.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -47,6 +54,7 @@ class ScriptedExpert(BaseChatModel):
     always_fail: bool = False
     fail_with: Callable[[], Exception] = Field(default=lambda: ConnectionError("server down"))
     delay: float = 0.0
+    call_tools: ToolCaller | None = None
     _calls: int = PrivateAttr(default=0)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _seen: list[dict[str, Any]] = PrivateAttr(default_factory=list)
@@ -64,6 +72,20 @@ class ScriptedExpert(BaseChatModel):
     def _llm_type(self) -> str:
         return "scripted"
 
+    def bind_tools(
+        self,
+        tools: Sequence[Any],
+        *,
+        tool_choice: Any = None,
+        **kwargs: Any,
+    ) -> Runnable[Any, AIMessage]:
+        if self.call_tools is None:
+            return super().bind_tools(tools, tool_choice=tool_choice, **kwargs)
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        return self.bind(tools=formatted, **kwargs)
+
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_model_name"] = self.model
@@ -78,6 +100,24 @@ class ScriptedExpert(BaseChatModel):
             self._seen.append({**kwargs, "stop": stop})
         if self.always_fail or call <= self.fail_first:
             raise self.fail_with()
+        tools = kwargs.get("tools")
+        if tools and self.call_tools is not None:
+            calls = self.call_tools(messages, tools, kwargs.get("seed"))
+            if calls:
+                return ChatResult(
+                    generations=[
+                        ChatGeneration(
+                            message=AIMessage(
+                                content="",
+                                tool_calls=[
+                                    {**c, "id": f"call_{call}_{i}", "type": "tool_call"}
+                                    for i, c in enumerate(calls)
+                                ],
+                                response_metadata={"model_name": self.model},
+                            )
+                        )
+                    ]
+                )
         question = _last_human(messages)
         text = self.respond(question, kwargs.get("seed"))
         for token in stop or []:
