@@ -8,7 +8,7 @@ class ChatAvengersCapabilities:
 
     @property
     def has_tool_calling(self) -> bool:
-        return False  # no bind_tools of its own yet
+        return True  # bind_tools: experts get the tools, samples vote on tool calls
 
     @property
     def has_structured_output(self) -> bool:
