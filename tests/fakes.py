@@ -7,6 +7,7 @@ the chat model and calibration run their real code paths against them.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -196,3 +197,46 @@ class KeywordEmbeddings(Embeddings):
     def embed_query(self, text: str) -> list[float]:
         self.calls += 1
         return self._vector(text)
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_QUOTED = re.compile(r"'([^']+)'|\"([^\"]+)\"")
+_CAPITALISED = re.compile(r"\b([A-Z][\w-]+(?:\s+[A-Z][\w-]+)*)")
+
+
+def _string_argument(text: str) -> str:
+    if quoted := _QUOTED.search(text):
+        return quoted.group(1) or quoted.group(2)
+    names = [m.group(1) for m in _CAPITALISED.finditer(text) if m.start() > 0]
+    return names[0] if names else text.rsplit(maxsplit=1)[-1].strip("?.!")
+
+
+def rule_based_tool_caller(
+    messages: list[BaseMessage], tools: list[dict[str, Any]], seed: int | None
+) -> list[dict[str, Any]]:
+    """A deterministic stand-in for a model that calls tools.
+
+    Once a tool result is in the conversation it answers in text. Otherwise it calls
+    the tool named in the last human message (else the first tool), filling integer
+    and number arguments with the message's numbers in order and string arguments
+    with its first quoted text (else its first capitalised name after the first word).
+    """
+    del seed
+    last = messages[-1] if messages else None
+    if last is None or not isinstance(last, HumanMessage):
+        return []
+    text = last.text
+    chosen = next((t for t in tools if t["function"]["name"] in text), tools[0])
+    numbers = iter(_NUMBER.findall(text))
+    args: dict[str, Any] = {}
+    properties = chosen["function"].get("parameters", {}).get("properties", {})
+    for name, schema in properties.items():
+        kind = schema.get("type")
+        if kind in ("integer", "number"):
+            value = next(numbers, "1")
+            args[name] = int(float(value)) if kind == "integer" else float(value)
+        elif kind == "string":
+            args[name] = _string_argument(text)
+        elif kind == "boolean":
+            args[name] = True
+    return [{"name": chosen["function"]["name"], "args": args}]

