@@ -190,3 +190,26 @@ async def test_a_tool_loop_over_several_turns(store: ClusterStore) -> None:
         for m in messages
         if isinstance(m, AIMessage)
     )
+
+
+def test_create_agent_completes_a_multi_step_task(store: ClusterStore) -> None:
+    from langchain.agents import create_agent
+
+    def plan(messages: list[BaseMessage], tools: Any, seed: int | None) -> Any:
+        results = [m for m in messages if isinstance(m, ToolMessage)]
+        if not results:
+            return [{"name": "add", "args": {"a": 2, "b": 3}}]
+        if len(results) == 1:
+            return [{"name": "multiply", "args": {"a": int(str(results[0].content)), "b": 4}}]
+        return []
+
+    experts = {
+        name: ScriptedExpert(respond=constant("(2 + 3) * 4 = 20"), call_tools=plan)
+        for name in ("mathy", "bard", "coder")
+    }
+    agent = create_agent(_llm(experts, store, top_n=2, samples=1), tools=[add, multiply])
+    result = agent.invoke({"messages": [HumanMessage(QUESTION)]})
+    messages = result["messages"]
+    assert [m.name for m in messages if isinstance(m, ToolMessage)] == ["add", "multiply"]
+    assert [m.content for m in messages if isinstance(m, ToolMessage)] == ["5", "20"]
+    assert messages[-1].text == "(2 + 3) * 4 = 20"
