@@ -35,6 +35,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import json
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +44,7 @@ from typing import Any
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, ToolCall
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langgraph.cache.base import BaseCache
@@ -126,6 +127,11 @@ class AvengersSettings:
     """Passed to every expert's ``bind_tools`` as is (``"auto"``, ``"any"``, a name...)."""
     parallel_tool_calls: bool | None = None
     """Passed to every expert's ``bind_tools`` when set."""
+    response_format: dict[str, Any] | None = None
+    """Sent to every expert as ``response_format`` (JSON mode, JSON schema)."""
+    structured_output: bool = False
+    """The answer is one object (``with_structured_output``): when no two samples agree
+    on the whole object, vote field by field (:func:`voting.merge_fields`)."""
 
     def __post_init__(self) -> None:
         for name in ("top_k", "top_n", "samples"):
@@ -178,6 +184,8 @@ class AvengersContext:
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | bool | None = None
     parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    structured_output: bool | None = None
 
 
 def resolve_settings(defaults: AvengersSettings, context: Any) -> AvengersSettings:
@@ -314,6 +322,8 @@ class _Nodes:
             kwargs["max_tokens"] = settings.max_tokens
         if settings.stop:
             kwargs["stop"] = list(settings.stop)
+        if settings.response_format is not None:
+            kwargs["response_format"] = settings.response_format
         return kwargs
 
     def _sampled(self, task: SampleTask, message: Any, started: float) -> dict[str, Any]:
@@ -427,13 +437,20 @@ class _Nodes:
             )
         samples = plan.samples
         winner = samples[result.winner]
+        content, tool_calls = winner["message"].content, list(winner["message"].tool_calls)
+        answer_format = plan.answer_format
+        if plan.settings.structured_output and result.votes and max(result.votes.values()) == 1:
+            merged = _merge_structured(samples, plan.answer_format, ranks)
+            if merged is not None:
+                content, tool_calls = merged
+                answer_format += "+fields"
         usage: UsageMetadata | None = None
         for sample in samples:
             if sample["message"].usage_metadata is not None:
                 usage = add_usage(usage, sample["message"].usage_metadata)
         message = AIMessage(
-            content=winner["message"].content,
-            tool_calls=list(winner["message"].tool_calls),
+            content=content,
+            tool_calls=tool_calls,
             invalid_tool_calls=list(winner["message"].invalid_tool_calls),
             additional_kwargs=dict(winner["message"].additional_kwargs),
             response_metadata={
@@ -454,7 +471,7 @@ class _Nodes:
             confidence=result.confidence,
             failures=dict(state.get("failures", {})),
             winner=winner["expert"],
-            answer_format=plan.answer_format,
+            answer_format=answer_format,
             seed=state["seed"],
         )
         return {"messages": [message], "avengers": record}
@@ -470,6 +487,34 @@ class _Nodes:
         semantic = plan.answer_format == "semantic"
         vectors = await self.embeddings.aembed_documents(plan.texts) if semantic else None
         return self._finish(state, plan, vectors)
+
+
+def _merge_structured(
+    samples: Sequence[Sample], answer_format: str, ranks: Sequence[int]
+) -> tuple[str, list[ToolCall]] | None:
+    """Field-by-field vote over structured answers that disagree as wholes.
+
+    Tool calls merge when every sample made exactly one call to the same tool (the
+    structured-output tool); JSON answers merge over the samples that hold an object.
+    Returns the answer's content and tool calls, or None when nothing can merge.
+    """
+    if answer_format == "tool_calls":
+        calls = [s["message"].tool_calls for s in samples]
+        if not all(len(c) == 1 for c in calls) or len({c[0]["name"] for c in calls}) != 1:
+            return None
+        merged = voting.merge_fields([c[0]["args"] for c in calls], ranks)
+        return "", [{**calls[0][0], "args": merged}]
+    if answer_format == "json":
+        parsed = [
+            (voting.parse_json_object(s["message"].text), rank)
+            for s, rank in zip(samples, ranks, strict=True)
+        ]
+        objects = [(obj, rank) for obj, rank in parsed if obj is not None]
+        if len(objects) < 2:
+            return None
+        merged = voting.merge_fields([o for o, _ in objects], [r for _, r in objects])
+        return json.dumps(merged, ensure_ascii=False), []
+    return None
 
 
 @dataclass(frozen=True)
@@ -528,6 +573,8 @@ def build_avengers_graph(
     tools: Sequence[Mapping[str, Any]] | None = None,
     tool_choice: str | dict[str, Any] | bool | None = None,
     parallel_tool_calls: bool | None = None,
+    response_format: dict[str, Any] | None = None,
+    structured_output: bool = False,
     retry_policy: RetryPolicy | None = None,
     model_name: str = "avengers",
 ) -> StateGraph[AvengersState, AvengersContext, InputState, OutputState]:
@@ -557,6 +604,10 @@ def build_avengers_graph(
             for parallel calls) or their text, and the answer keeps the winner's calls.
         tool_choice: Passed to every expert's ``bind_tools`` as is.
         parallel_tool_calls: Passed to every expert's ``bind_tools`` when set.
+        response_format: Sent to every expert (``{"type": "json_object"}``, a JSON
+            schema); JSON answers then vote as canonical objects (``answer_format="json"``).
+        structured_output: The answer is one object: when no two samples agree on
+            the whole object (tool-call arguments or JSON), vote field by field.
         retry_policy: LangGraph retry policy of the ``embed``, ``locate_cluster`` and
             ``sample`` nodes (backoff, attempts); default: ``max_retries + 1`` attempts
             on :func:`is_transient_error`.
@@ -586,6 +637,8 @@ def build_avengers_graph(
         tools=tuple(dict(tool) for tool in tools) if tools else None,
         tool_choice=tool_choice,
         parallel_tool_calls=parallel_tool_calls,
+        response_format=response_format,
+        structured_output=structured_output,
     )
     retry = retry_policy or RetryPolicy(max_attempts=max_retries + 1, retry_on=is_transient_error)
     nodes = _Nodes(

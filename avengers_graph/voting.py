@@ -43,15 +43,19 @@ __all__ = [
     "AnswerFormat",
     "Extractor",
     "VoteResult",
+    "canonical_json",
     "canonical_math",
     "extract_choice",
     "extract_code",
+    "extract_json",
     "extract_number",
     "extract_text",
     "last_boxed",
     "last_code_block",
     "majority_answer",
     "majority_vote",
+    "merge_fields",
+    "parse_json_object",
     "resolve_extractor",
     "semantic_vote",
     "tool_call_key",
@@ -61,7 +65,7 @@ __all__ = [
 Extractor = Callable[[str], str | None]
 """Maps a sample text to a comparable key, or ``None`` when nothing can be extracted."""
 
-AnswerFormat = Literal["auto", "number", "math", "choice", "text", "code", "semantic"]
+AnswerFormat = Literal["auto", "number", "math", "choice", "text", "code", "json", "semantic"]
 """The answer formats :func:`resolve_extractor` knows by name."""
 
 _MAX_SEMANTIC_ANSWER_CHARS = 200
@@ -579,6 +583,78 @@ def extract_code(text: str) -> str | None:
     return normalised.strip() or code.strip() or None
 
 
+_JSON_FENCE_RE = re.compile(r"```(?:json)?\s*\n(.*?)```", re.DOTALL)
+
+
+def parse_json_object(text: str) -> dict[str, object] | None:
+    """The JSON object a reply holds: the whole reply, a fenced block, or its outer braces.
+
+    Args:
+        text: A model reply.
+
+    Returns:
+        The object, or None when the reply holds no valid JSON object.
+    """
+    candidates = [text.strip()]
+    candidates += [block.strip() for block in _JSON_FENCE_RE.findall(text)]
+    start, end = text.find("{"), text.rfind("}")
+    if 0 <= start < end:
+        candidates.append(text[start : end + 1])
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def canonical_json(value: object) -> str:
+    """Canonical JSON text: sorted keys, compact, integral floats as ints."""
+    return json.dumps(
+        _canonical_json(value), sort_keys=True, ensure_ascii=False, separators=(",", ":")
+    )
+
+
+def extract_json(text: str) -> str | None:
+    """Key of a JSON-object reply: its canonical JSON (None when it holds no object)."""
+    value = parse_json_object(text)
+    return None if value is None else canonical_json(value)
+
+
+def merge_fields(
+    objects: Sequence[Mapping[str, object]], ranks: Sequence[int]
+) -> dict[str, object]:
+    """Vote field by field over objects that disagree as wholes.
+
+    Each field takes the value most objects holding that field agree on (compared as
+    canonical JSON); ties go to the best-ranked object, then the earliest. Fields keep
+    the order of their first appearance.
+
+    Args:
+        objects: Parsed objects (e.g. the arguments of a structured-output tool call).
+        ranks: The routing rank of the expert behind each object (0 = best).
+
+    Returns:
+        The merged object.
+
+    Raises:
+        InvalidInputError: If there are no objects or not one rank per object.
+    """
+    _check_ranks(len(objects), ranks, "objects")
+    fields: dict[str, None] = {}
+    for obj in objects:
+        fields.update(dict.fromkeys(obj))
+    merged: dict[str, object] = {}
+    for name in fields:
+        holders = [(i, obj[name]) for i, obj in enumerate(objects) if name in obj]
+        keys = [canonical_json(value) for _, value in holders]
+        result = majority_vote(keys, [ranks[i] for i, _ in holders])
+        merged[name] = holders[result.winner][1]
+    return merged
+
+
 EXTRACTORS: Mapping[str, Extractor] = MappingProxyType(
     {
         "number": extract_number,
@@ -586,6 +662,7 @@ EXTRACTORS: Mapping[str, Extractor] = MappingProxyType(
         "choice": extract_choice,
         "text": extract_text,
         "code": extract_code,
+        "json": extract_json,
     }
 )
 """The built-in extractors by answer-format name."""
@@ -931,12 +1008,6 @@ def tool_call_key(calls: Sequence[Mapping[str, object]]) -> str | None:
     if not calls:
         return None
     canonical = {
-        json.dumps(
-            {"name": call.get("name"), "args": _canonical_json(call.get("args") or {})},
-            sort_keys=True,
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-        for call in calls
+        canonical_json({"name": call.get("name"), "args": call.get("args") or {}}) for call in calls
     }
     return "tool_calls:" + "|".join(sorted(canonical))
