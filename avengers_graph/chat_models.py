@@ -24,7 +24,8 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import fields
-from typing import Any
+from operator import itemgetter
+from typing import Any, Literal
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -36,10 +37,20 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.output_parsers import (
+    BaseOutputParser,
+    JsonOutputKeyToolsParser,
+    JsonOutputParser,
+    PydanticOutputParser,
+    PydanticToolsParser,
+)
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
+from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_openai_tool
+from langchain_core.tracers import BaseTracer
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
 from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -71,6 +82,8 @@ _CALL_OPTIONS = frozenset(
         "tools",
         "tool_choice",
         "parallel_tool_calls",
+        "response_format",
+        "structured_output",
     }
 )
 
@@ -81,7 +94,11 @@ def _child_callbacks(
     """A callback manager whose runs are children of the chat model's run.
 
     An LLM run manager has no ``get_child()``; this does what ``ParentRunManager``
-    does, from the run manager's inheritable handlers, tags and metadata.
+    does, from the run manager's inheritable tags and metadata and its *tracers*
+    (LangSmith and other ``BaseTracer`` handlers), so traces show the graph and every
+    expert call under the chat model's run. Other handlers are not passed on: to
+    them the ensemble is one chat model call (one ``on_chat_model_start``, its
+    summed usage counted once), as a drop-in model must be.
     """
     if run_manager is None:
         return None
@@ -91,7 +108,7 @@ def _child_callbacks(
         else CallbackManager
     )
     manager = manager_cls(handlers=[], parent_run_id=run_manager.run_id)
-    manager.set_handlers(run_manager.inheritable_handlers)
+    manager.set_handlers([h for h in run_manager.inheritable_handlers if isinstance(h, BaseTracer)])
     manager.add_tags(run_manager.inheritable_tags)
     manager.add_tags([TAG_NOSTREAM])
     manager.add_metadata(run_manager.inheritable_metadata)
@@ -275,6 +292,87 @@ class ChatAvengers(BaseChatModel):
             kwargs["parallel_tool_calls"] = parallel_tool_calls
         return super().bind(tools=formatted, **kwargs)
 
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: Literal["function_calling", "json_mode", "json_schema"] = "function_calling",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
+        """An ensemble that answers with one object of ``schema``, voted.
+
+        Samples vote on their parsed objects as canonical JSON; when no two samples
+        agree on the whole object, the answer is voted field by field
+        (:func:`avengers_graph.voting.merge_fields`). A sample whose output does not
+        parse does not vote, so one expert's invalid output does not fail the call.
+
+        Args:
+            schema: A pydantic model, a TypedDict, or a JSON schema / OpenAI tool dict.
+            method: ``"function_calling"`` (every expert is forced to call the schema
+                as a tool), ``"json_mode"`` (experts get ``response_format`` JSON
+                object; the prompt must ask for the fields) or ``"json_schema"``
+                (experts get the schema as ``response_format``).
+            include_raw: Return ``{"raw", "parsed", "parsing_error"}`` instead of
+                raising on a parsing error.
+            strict: Passed to the tool or JSON-schema conversion.
+            **kwargs: Further call options (``top_n=3``...).
+
+        Raises:
+            InvalidInputError: An unknown method.
+        """
+        pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        trace: dict[str, Any] = {
+            "ls_structured_output_format": {"kwargs": {"method": method}, "schema": schema}
+        }
+        parser: BaseOutputParser[Any]
+        if method == "function_calling":
+            tool = convert_to_openai_tool(schema, strict=strict)
+            name = tool["function"]["name"]
+            llm = self.bind_tools(
+                [tool], tool_choice=name, structured_output=True, **trace, **kwargs
+            )
+            if pydantic:
+                parser = PydanticToolsParser(tools=[schema], first_tool_only=True)
+            else:
+                parser = JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+        elif method in ("json_mode", "json_schema"):
+            response_format: dict[str, Any] = {"type": "json_object"}
+            if method == "json_schema":
+                json_schema = convert_to_json_schema(schema, strict=strict)
+                response_format = {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": json_schema.get("title", "output"),
+                        "schema": json_schema,
+                        **({"strict": strict} if strict is not None else {}),
+                    },
+                }
+            llm = self.bind(
+                response_format=response_format,
+                answer_format="json",
+                structured_output=True,
+                **trace,
+                **kwargs,
+            )
+            parser = (
+                PydanticOutputParser(pydantic_object=schema) if pydantic else JsonOutputParser()
+            )
+        else:
+            raise InvalidInputError(
+                f"Unknown structured output method {method!r}; use 'function_calling', "
+                "'json_mode' or 'json_schema'."
+            )
+        if include_raw:
+            parsed = RunnablePassthrough.assign(
+                parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+            )
+            unparsed = RunnablePassthrough.assign(parsed=lambda _: None)
+            fallback = parsed.with_fallbacks([unparsed], exception_key="parsing_error")
+            return RunnableMap(raw=llm) | fallback
+        return llm | parser
+
     # graph call ---------------------------------------------------------------------
     def _run_context(self, stop: list[str] | None, kwargs: Mapping[str, Any]) -> AvengersContext:
         # ls_* keys are LangSmith tracing hints (with_structured_output sets one)
@@ -327,9 +425,15 @@ class ChatAvengers(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         context = self._run_context(stop, kwargs)
-        state = self.graph.invoke(
-            {"messages": messages}, config=self._run_config(run_manager), context=context
-        )
+        # the caller's runnable config (a RunnableSequence's, say) sits in a context
+        # variable that the graph would merge into every expert call, handlers included
+        token = var_child_runnable_config.set(None)
+        try:
+            state = self.graph.invoke(
+                {"messages": messages}, config=self._run_config(run_manager), context=context
+            )
+        finally:
+            var_child_runnable_config.reset(token)
         return self._to_result(state, kwargs)
 
     async def _agenerate(
@@ -340,9 +444,13 @@ class ChatAvengers(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         context = self._run_context(stop, kwargs)
-        state = await self.graph.ainvoke(
-            {"messages": messages}, config=self._run_config(run_manager), context=context
-        )
+        token = var_child_runnable_config.set(None)  # see _generate
+        try:
+            state = await self.graph.ainvoke(
+                {"messages": messages}, config=self._run_config(run_manager), context=context
+            )
+        finally:
+            var_child_runnable_config.reset(token)
         return self._to_result(state, kwargs)
 
     @staticmethod

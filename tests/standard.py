@@ -12,7 +12,7 @@ class ChatAvengersCapabilities:
 
     @property
     def has_structured_output(self) -> bool:
-        return False  # no with_structured_output of its own yet
+        return True  # with_structured_output: objects voted whole, then field by field
 
     @property
     def supports_image_inputs(self) -> bool:

@@ -143,6 +143,29 @@ def test_graph_and_expert_runs_nest_under_the_chat_model_run(llm: ChatAvengers) 
     assert all("nostream" in r.tags for r in expert_runs)
 
 
+def test_other_handlers_see_one_chat_model_call_and_count_usage_once(llm: ChatAvengers) -> None:
+    from langchain_core.callbacks import BaseCallbackHandler, UsageMetadataCallbackHandler
+
+    class Starts(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.starts = 0
+
+        def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+            self.starts += 1
+
+    starts, usage = Starts(), UsageMetadataCallbackHandler()
+    message = llm.invoke(QUESTION, config={"callbacks": [starts, usage]})
+    assert starts.starts == 1
+    assert message.usage_metadata is not None
+    assert list(usage.usage_metadata.values()) == [message.usage_metadata]
+    # inside a chain, the chain's config must not leak the handler to the experts
+    from langchain_core.output_parsers import StrOutputParser
+
+    in_chain = Starts()
+    (llm | StrOutputParser()).invoke(QUESTION, config={"callbacks": [in_chain]})
+    assert in_chain.starts == 1
+
+
 def test_ls_params_honour_a_per_call_model(llm: ChatAvengers) -> None:
     params = llm._get_ls_params(model="ensemble-b")
     assert params["ls_model_name"] == "ensemble-b"
