@@ -55,6 +55,7 @@ from langgraph.store.base import BaseStore
 from langgraph.types import CachePolicy, Checkpointer, RetryPolicy, Send
 
 from avengers_graph import routing, voting
+from avengers_graph.behaviour import behaviour_keys, probe_calls
 from avengers_graph.embeddings import embedding_model_name, normalise
 from avengers_graph.errors import AllExpertsFailedError, ExpertTimeoutError, InvalidInputError
 from avengers_graph.state import (
@@ -419,6 +420,11 @@ class _Nodes:
             ]
             return _VotePlan(settings, samples, texts, None, tool_keys, "tool_calls")
         extractor = voting.resolve_extractor(texts, settings.answer_format)
+        if extractor is voting.extract_code:
+            question = routing.routing_text(state["messages"])
+            if probe_calls(question):  # run the programs on the question's examples
+                keys = behaviour_keys(texts, question)
+                return _VotePlan(settings, samples, texts, extractor, keys, "code:behaviour")
         keys = [extractor(text) for text in texts] if extractor is not None else []
         if not any(key is not None for key in keys):
             extractor = None  # nothing extractable: vote on meaning instead
@@ -483,7 +489,7 @@ class _Nodes:
         return self._finish(state, plan, vectors)
 
     async def avote(self, state: AvengersState) -> dict[str, Any]:
-        plan = self._plan_vote(state)
+        plan = await asyncio.to_thread(self._plan_vote, state)  # code votes run programs
         semantic = plan.answer_format == "semantic"
         vectors = await self.embeddings.aembed_documents(plan.texts) if semantic else None
         return self._finish(state, plan, vectors)
