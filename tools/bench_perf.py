@@ -69,7 +69,7 @@ from avengers_graph import (
     create_avengers_graph,
 )
 from avengers_graph.calibration import DEFAULT_INSTRUCTIONS, build_prompt, load_dataset
-from avengers_graph.cli import bundled, read_jsonl
+from avengers_graph.embedded import bundled, read_jsonl
 from avengers_graph.local_models import ensure_model
 from avengers_graph.local_pool import LocalPool
 

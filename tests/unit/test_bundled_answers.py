@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from avengers_graph.calibration import DEFAULT_INSTRUCTIONS, _plan_calls, load_dataset
-from avengers_graph.cli import RECORDED_ANSWERS, bundled, read_jsonl
 from avengers_graph.config import load_pool_config
+from avengers_graph.embedded import RECORDED_ANSWERS, bundled, read_jsonl
 
 
 def test_recorded_answers_hit_every_call_of_the_bundled_calibration() -> None:
