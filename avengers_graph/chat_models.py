@@ -16,7 +16,9 @@
    ``response_metadata["model_name"]``, ``response_metadata["avengers"]`` (the
    routing record) and ``usage_metadata`` summed over every expert call.
 
-``stream``/``astream`` emit the voted answer as one chunk once the vote is decided.
+``stream``/``astream`` emit the voted answer as one chunk once the vote is decided;
+they stop waiting for (and, async, cancel) the samples that can no longer change the
+winner (``early_stop``, on by default when streaming).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ _CALL_OPTIONS = frozenset(
         "parallel_tool_calls",
         "response_format",
         "structured_output",
+        "early_stop",
     }
 )
 
@@ -178,6 +181,10 @@ class ChatAvengers(BaseChatModel):
     """Avengers-Pro trade-off: 1 ranks experts by accuracy, lower favours cheaper ones."""
     max_concurrency: int | None = None
     """Most expert calls in flight at once (``None``: all samples in parallel)."""
+    early_stop: bool | None = None
+    """Stop waiting for (and cancel) the samples still running once they can no longer
+    change the winning answer. ``None``: on for ``stream``/``astream``, off for
+    ``invoke``/``batch`` (whose routing records then count every sample)."""
 
     _graph: CompiledStateGraph[Any, Any, Any, Any] | None = PrivateAttr(default=None)
 
@@ -209,6 +216,7 @@ class ChatAvengers(BaseChatModel):
             similarity_threshold=self.similarity_threshold,
             prior_strength=self.prior_strength,
             quality_weight=self.quality_weight,
+            early_stop=bool(self.early_stop),
         )
 
     @property
@@ -453,6 +461,12 @@ class ChatAvengers(BaseChatModel):
             var_child_runnable_config.reset(token)
         return self._to_result(state, kwargs)
 
+    def _streaming_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Streaming waits for no sample that cannot change the answer, unless told to."""
+        if self.early_stop is None and kwargs.get("early_stop") is None:
+            return {**kwargs, "early_stop": True}
+        return kwargs
+
     @staticmethod
     def _as_chunk(result: ChatResult) -> ChatGenerationChunk:
         message = result.generations[0].message
@@ -480,6 +494,7 @@ class ChatAvengers(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        kwargs = self._streaming_options(kwargs)
         chunk = self._as_chunk(self._generate(messages, stop, run_manager, **kwargs))
         if run_manager is not None:
             run_manager.on_llm_new_token(chunk.text, chunk=chunk)
@@ -492,6 +507,7 @@ class ChatAvengers(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        kwargs = self._streaming_options(kwargs)
         result = await self._agenerate(messages, stop, run_manager, **kwargs)
         chunk = self._as_chunk(result)
         if run_manager is not None:

@@ -37,7 +37,10 @@ import contextvars
 import functools
 import json
 import random
+import threading
 import time
+import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -48,6 +51,7 @@ from langchain_core.messages import AIMessage, ToolCall
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langgraph.cache.base import BaseCache
+from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import get_runtime
@@ -133,6 +137,9 @@ class AvengersSettings:
     structured_output: bool = False
     """The answer is one object (``with_structured_output``): when no two samples agree
     on the whole object, vote field by field (:func:`voting.merge_fields`)."""
+    early_stop: bool = False
+    """Stop waiting for (and cancel) the samples still running once they can no longer
+    change the winning answer (:func:`voting.is_decided`)."""
 
     def __post_init__(self) -> None:
         for name in ("top_k", "top_n", "samples"):
@@ -187,6 +194,7 @@ class AvengersContext:
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     structured_output: bool | None = None
+    early_stop: bool | None = None
 
 
 def resolve_settings(defaults: AvengersSettings, context: Any) -> AvengersSettings:
@@ -229,6 +237,68 @@ def _timeout_pool() -> concurrent.futures.ThreadPoolExecutor:
     return _TIMEOUT_POOL
 
 
+def _emit(event: str, **data: Any) -> None:
+    """Write ``{"avengers": event, **data}`` to the run's ``custom`` stream mode."""
+    get_stream_writer()({"avengers": event, **data})
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Turn:
+    """What the sample workers of one turn tell each other, for the early decision.
+
+    Every worker reports its outcome; after each report the samples so far are keyed
+    as the vote would key them (:func:`voting.early_keys`) and, once the samples still
+    running can no longer change the winner (:func:`voting.is_decided`), the workers
+    still waiting are woken to stop.
+    """
+
+    def __init__(self, planned: int, settings: AvengersSettings) -> None:
+        self.planned = planned
+        self.settings = settings
+        self.decided = False
+        self._lock = threading.Lock()
+        self._reported = 0
+        self._texts: list[str] = []
+        self._calls: list[list[ToolCall]] = []
+        self._wake: list[Callable[[], Any]] = []
+
+    def report(self, message: AIMessage | None) -> None:
+        """Count one finished worker (``None``: failed or cancelled, no vote)."""
+        with self._lock:
+            self._reported += 1
+            if message is not None:
+                self._texts.append(str(message.text))
+                self._calls.append(list(message.tool_calls))
+            pending = max(self.planned - self._reported, 0)
+            if self.decided or not pending or not self._texts:
+                return
+            keys = voting.early_keys(
+                self._texts,
+                self._calls,
+                self.settings.answer_format,
+                pending,
+                tools=bool(self.settings.tools),
+            )
+            if keys is None or not voting.is_decided(keys, pending):
+                return
+            self.decided = True
+            wake, self._wake = self._wake, []
+        for callback in wake:
+            callback()
+
+    def on_decided(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback`` once the vote is decided (now, if it already is)."""
+        with self._lock:
+            if not self.decided:
+                self._wake.append(callback)
+                return
+        callback()
+
+
 class _Nodes:
     """The graph's node functions, bound to the pool, the embeddings and the store."""
 
@@ -249,6 +319,9 @@ class _Nodes:
         self.defaults = settings
         self.max_attempts = max_attempts
         self.model_name = model_name
+        # a turn lives while one of its sample workers holds it
+        self._turns: weakref.WeakValueDictionary[str, _Turn] = weakref.WeakValueDictionary()
+        self._turns_lock = threading.Lock()
 
     def settings(self) -> AvengersSettings:
         runtime = get_runtime()
@@ -258,12 +331,12 @@ class _Nodes:
     def embed(self, state: AvengersState) -> dict[str, Any]:
         text = routing.routing_text(state.get("messages", []))
         vector = normalise(self.embeddings.embed_query(text))
-        return {"embedding": vector, "samples": None, "failures": None}
+        return {"embedding": vector, "samples": None, "failures": None, "cancelled": None}
 
     async def aembed(self, state: AvengersState) -> dict[str, Any]:
         text = routing.routing_text(state.get("messages", []))
         vector = normalise(await self.embeddings.aembed_query(text))
-        return {"embedding": vector, "samples": None, "failures": None}
+        return {"embedding": vector, "samples": None, "failures": None, "cancelled": None}
 
     # locate_cluster -----------------------------------------------------------------
     def locate_cluster(self, state: AvengersState) -> dict[str, Any]:
@@ -289,14 +362,15 @@ class _Nodes:
         seed = (
             settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
         )
-        return {
-            "experts": [ExpertRecord(name=s.name, score=s.score) for s in chosen],
-            "seed": seed,
-        }
+        experts = [ExpertRecord(name=s.name, score=s.score) for s in chosen]
+        _emit("routing", clusters=state["clusters"], experts=experts, seed=seed)
+        return {"experts": experts, "seed": seed}
 
     def dispatch(self, state: AvengersState) -> list[Send]:
         settings = self.settings()
         seed = state["seed"]
+        turn = uuid.uuid4().hex
+        planned = len(state["experts"]) * settings.samples
         return [
             Send(
                 "sample",
@@ -306,6 +380,8 @@ class _Nodes:
                     index=index,
                     seed=_sample_seed(seed, rank, index, settings.samples),
                     messages=list(state["messages"]),
+                    turn=turn,
+                    planned=planned,
                 ),
             )
             for rank, expert in enumerate(state["experts"])
@@ -327,27 +403,62 @@ class _Nodes:
             kwargs["response_format"] = settings.response_format
         return kwargs
 
-    def _sampled(self, task: SampleTask, message: Any, started: float) -> dict[str, Any]:
+    def _turn(self, settings: AvengersSettings, task: SampleTask) -> _Turn | None:
+        """The turn's shared tally when ``early_stop`` is on (created by its first worker)."""
+        if not settings.early_stop:
+            return None
+        with self._turns_lock:
+            turn = self._turns.get(task["turn"])
+            if turn is None:
+                turn = _Turn(task["planned"], settings)
+                self._turns[task["turn"]] = turn
+            return turn
+
+    def _sampled(
+        self, task: SampleTask, message: Any, started: float, turn: _Turn | None
+    ) -> dict[str, Any]:
         if not isinstance(message, AIMessage):
             raise InvalidInputError(
                 f"Expert {task['expert']!r} returned {type(message).__name__}, not an AIMessage."
             )
+        seconds = time.perf_counter() - started
         sample = Sample(
             expert=task["expert"],
             rank=task["rank"],
             index=task["index"],
             seed=task["seed"],
             message=message,
-            seconds=time.perf_counter() - started,
+            seconds=seconds,
+        )
+        if turn is not None:
+            turn.report(message)
+        _emit(
+            "sample",
+            expert=task["expert"],
+            index=task["index"],
+            status="ok",
+            seconds=seconds,
+            text=str(message.text),
+            tool_calls=list(message.tool_calls),
         )
         return {"samples": [sample]}
 
-    def _failed(self, task: SampleTask, exc: Exception) -> dict[str, Any]:
+    def _failed(self, task: SampleTask, exc: Exception, turn: _Turn | None) -> dict[str, Any]:
         runtime = get_runtime()
         attempt = runtime.execution_info.node_attempt if runtime.execution_info else 1
         if is_transient_error(exc) and attempt < self.max_attempts:
             raise exc  # LangGraph's RetryPolicy runs the task again
-        return {"failures": {task["expert"]: f"{type(exc).__name__}: {exc}"}}
+        error = f"{type(exc).__name__}: {exc}"
+        if turn is not None:
+            turn.report(None)
+        _emit("sample", expert=task["expert"], index=task["index"], status="failed", error=error)
+        return {"failures": {task["expert"]: error}}
+
+    @staticmethod
+    def _cancelled(task: SampleTask, turn: _Turn) -> dict[str, Any]:
+        turn.report(None)
+        _emit("sample", expert=task["expert"], index=task["index"], status="cancelled")
+        return {"cancelled": 1}
 
     def _expert(self, settings: AvengersSettings, name: str) -> Runnable[Any, Any]:
         expert = self.experts[name]
@@ -362,44 +473,69 @@ class _Nodes:
 
     def sample(self, task: SampleTask, config: RunnableConfig) -> dict[str, Any]:
         settings = self.settings()
-        kwargs = self._call_kwargs(settings, task)
+        turn = self._turn(settings, task)
+        if turn is not None and turn.decided:
+            return self._cancelled(task, turn)
         started = time.perf_counter()
         try:
             expert = self._expert(settings, task["expert"])
-            if settings.timeout is None:
-                message = expert.invoke(task["messages"], config, **kwargs)
-            else:
-                context = contextvars.copy_context()
-                future = _timeout_pool().submit(
-                    context.run,
-                    functools.partial(expert.invoke, task["messages"], config, **kwargs),
-                )
-                try:
-                    message = future.result(timeout=settings.timeout)
-                except concurrent.futures.TimeoutError as exc:
-                    future.cancel()
-                    raise ExpertTimeoutError(f"no answer within {settings.timeout} s") from exc
-            return self._sampled(task, message, started)
+            call = functools.partial(
+                expert.invoke, task["messages"], config, **self._call_kwargs(settings, task)
+            )
+            if settings.timeout is None and turn is None:
+                return self._sampled(task, call(), started, turn)
+            # in a worker thread, so the wait can end on a timeout or an early decision
+            future = _timeout_pool().submit(contextvars.copy_context().run, call)
+            ended = threading.Event()
+            future.add_done_callback(lambda _: ended.set())
+            if turn is not None:
+                turn.on_decided(ended.set)
+            ended.wait(settings.timeout)
+            if future.done():
+                return self._sampled(task, future.result(), started, turn)
+            future.cancel()  # a running call cannot be interrupted: it is only abandoned
+            if turn is not None and turn.decided:
+                return self._cancelled(task, turn)
+            raise ExpertTimeoutError(f"no answer within {settings.timeout} s")
         except Exception as exc:  # noqa: BLE001 - recorded as the expert's failure or retried
-            return self._failed(task, exc)
+            return self._failed(task, exc, turn)
 
     async def asample(self, task: SampleTask, config: RunnableConfig) -> dict[str, Any]:
         settings = self.settings()
-        kwargs = self._call_kwargs(settings, task)
+        turn = self._turn(settings, task)
+        if turn is not None and turn.decided:
+            return self._cancelled(task, turn)
         started = time.perf_counter()
         try:
             expert = self._expert(settings, task["expert"])
-            call = expert.ainvoke(task["messages"], config, **kwargs)
-            if settings.timeout is None:
-                message = await call
-            else:
-                try:
-                    message = await asyncio.wait_for(call, settings.timeout)
-                except TimeoutError as exc:
-                    raise ExpertTimeoutError(f"no answer within {settings.timeout} s") from exc
-            return self._sampled(task, message, started)
+            coroutine = expert.ainvoke(
+                task["messages"], config, **self._call_kwargs(settings, task)
+            )
+            if settings.timeout is None and turn is None:
+                return self._sampled(task, await coroutine, started, turn)
+            call = asyncio.ensure_future(coroutine)
+            waiters: set[asyncio.Future[Any]] = {call}
+            if turn is not None:
+                loop = asyncio.get_running_loop()
+                decided: asyncio.Future[None] = loop.create_future()
+                turn.on_decided(functools.partial(loop.call_soon_threadsafe, _resolve, decided))
+                waiters.add(decided)
+            try:
+                await asyncio.wait(
+                    waiters, timeout=settings.timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for waiter in waiters - {call}:
+                    waiter.cancel()
+                if not call.done():  # decided, timed out, or this task was cancelled
+                    call.cancel()
+            if call.done() and not call.cancelled():
+                return self._sampled(task, call.result(), started, turn)
+            if turn is not None and turn.decided:
+                return self._cancelled(task, turn)
+            raise ExpertTimeoutError(f"no answer within {settings.timeout} s")
         except Exception as exc:  # noqa: BLE001 - recorded as the expert's failure or retried
-            return self._failed(task, exc)
+            return self._failed(task, exc, turn)
 
     # vote ---------------------------------------------------------------------------
     def _plan_vote(self, state: AvengersState) -> _VotePlan:
@@ -414,8 +550,7 @@ class _Nodes:
         if any(s["message"].tool_calls for s in samples):
             # each sample votes for its set of tool calls, or for its text answer
             tool_keys: list[str | None] = [
-                voting.tool_call_key(s["message"].tool_calls)
-                or f"text:{voting.extract_text(text) or text.strip()}"
+                voting.tool_vote_key(s["message"].tool_calls, text)
                 for s, text in zip(samples, texts, strict=True)
             ]
             return _VotePlan(settings, samples, texts, None, tool_keys, "tool_calls")
@@ -476,9 +611,19 @@ class _Nodes:
             votes=dict(result.votes),
             confidence=result.confidence,
             failures=dict(state.get("failures", {})),
+            cancelled=state.get("cancelled", 0),
             winner=winner["expert"],
             answer_format=answer_format,
             seed=state["seed"],
+        )
+        _emit(
+            "vote",
+            winner=record["winner"],
+            answer=result.answer,
+            votes=record["votes"],
+            confidence=record["confidence"],
+            answer_format=answer_format,
+            cancelled=record["cancelled"],
         )
         return {"messages": [message], "avengers": record}
 
@@ -581,6 +726,7 @@ def build_avengers_graph(
     parallel_tool_calls: bool | None = None,
     response_format: dict[str, Any] | None = None,
     structured_output: bool = False,
+    early_stop: bool = False,
     retry_policy: RetryPolicy | None = None,
     model_name: str = "avengers",
 ) -> StateGraph[AvengersState, AvengersContext, InputState, OutputState]:
@@ -614,6 +760,10 @@ def build_avengers_graph(
             schema); JSON answers then vote as canonical objects (``answer_format="json"``).
         structured_output: The answer is one object: when no two samples agree on
             the whole object (tool-call arguments or JSON), vote field by field.
+        early_stop: Stop waiting for the samples still running (cancel them, in async
+            runs) once they can no longer change the winning answer; the routing
+            record counts them in ``cancelled``. Free text and code are never decided
+            early.
         retry_policy: LangGraph retry policy of the ``embed``, ``locate_cluster`` and
             ``sample`` nodes (backoff, attempts); default: ``max_retries + 1`` attempts
             on :func:`is_transient_error`.
@@ -645,6 +795,7 @@ def build_avengers_graph(
         parallel_tool_calls=parallel_tool_calls,
         response_format=response_format,
         structured_output=structured_output,
+        early_stop=early_stop,
     )
     retry = retry_policy or RetryPolicy(max_attempts=max_retries + 1, retry_on=is_transient_error)
     nodes = _Nodes(

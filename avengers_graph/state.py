@@ -3,8 +3,8 @@
 The graph's input is :class:`InputState` (``{"messages": [...]}``); its output is
 :class:`OutputState`: the conversation with the winning ``AIMessage`` appended and the
 :class:`RoutingRecord` under ``"avengers"``. Parallel ``sample`` workers append to
-``samples`` and ``failures`` through reducers; the ``embed`` node resets both at the
-start of every turn, so a graph with a checkpointer starts each question clean.
+``samples``, ``failures`` and ``cancelled`` through reducers; the ``embed`` node resets
+them at the start of every turn, so a graph with a checkpointer starts each question clean.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ class SampleTask(TypedDict):
     index: int
     seed: int | None
     messages: list[AnyMessage]
+    turn: str
+    """Id shared by the turn's sample workers (their early decision)."""
+    planned: int
+    """How many samples the turn planned."""
 
 
 class ClusterRecord(TypedDict):
@@ -81,6 +85,8 @@ class RoutingRecord(TypedDict):
     """The winning answer's share of the samples that voted."""
     failures: dict[str, str]
     """Expert to the error that cost it its samples."""
+    cancelled: int
+    """Planned samples not waited for: the vote was decided without them (``early_stop``)."""
     winner: str
     """The expert whose sample was returned."""
     answer_format: str
@@ -102,6 +108,13 @@ def merge_failures(left: dict[str, str] | None, right: dict[str, str] | None) ->
     if right is None:
         return {}
     return {**(left or {}), **right}
+
+
+def merge_counts(left: int | None, right: int | None) -> int:
+    """Reducer for ``cancelled``: add, or reset when a node writes ``None``."""
+    if right is None:
+        return 0
+    return (left or 0) + right
 
 
 class InputState(TypedDict):
@@ -128,4 +141,5 @@ class AvengersState(TypedDict, total=False):
     seed: int
     samples: Annotated[list[Sample], merge_samples]
     failures: Annotated[dict[str, str], merge_failures]
+    cancelled: Annotated[int, merge_counts]
     avengers: RoutingRecord

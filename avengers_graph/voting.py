@@ -40,16 +40,19 @@ from avengers_graph.errors import InvalidInputError
 
 __all__ = [
     "EXTRACTORS",
+    "UNSETTLED",
     "AnswerFormat",
     "Extractor",
     "VoteResult",
     "canonical_json",
     "canonical_math",
+    "early_keys",
     "extract_choice",
     "extract_code",
     "extract_json",
     "extract_number",
     "extract_text",
+    "is_decided",
     "last_boxed",
     "last_code_block",
     "majority_answer",
@@ -58,7 +61,9 @@ __all__ = [
     "parse_json_object",
     "resolve_extractor",
     "semantic_vote",
+    "settled_extractor",
     "tool_call_key",
+    "tool_vote_key",
     "vote",
 ]
 
@@ -698,21 +703,51 @@ def _is_short(text: str) -> bool:
     return normalised is None or len(normalised.split()) <= _SHORT_TEXT_WORDS
 
 
-def _auto_extractor(texts: Sequence[str]) -> Extractor | None:
-    def at_least_half(predicate: Callable[[str], bool]) -> bool:
-        return 2 * sum(1 for text in texts if predicate(text)) >= len(texts)
+class _Unsettled:
+    """The type of :data:`UNSETTLED`."""
 
-    if at_least_half(lambda text: _BOX_START_RE.search(text) is not None):
-        return extract_choice if at_least_half(_boxes_a_letter) else extract_number
-    if at_least_half(_states_choice_strictly):
-        return extract_choice
-    if at_least_half(lambda text: _FENCED_BLOCK_RE.search(text) is not None):
-        return extract_code
-    if at_least_half(_states_number_strictly):
-        return extract_number
-    if all(_is_short(text) for text in texts):
-        return extract_text
-    return None
+    def __repr__(self) -> str:
+        return "UNSETTLED"
+
+
+UNSETTLED = _Unsettled()
+"""What :func:`settled_extractor` returns when the samples still to come could change
+how answers are compared."""
+
+
+def _auto_extractor(  # noqa: PLR0911 - one return per rule, in the documented order
+    texts: Sequence[str], pending: int = 0
+) -> Extractor | _Unsettled | None:
+    total = len(texts) + pending
+
+    def at_least_half(predicate: Callable[[str], bool]) -> bool | None:
+        # None: the ``pending`` samples still to come could tip it either way
+        count = sum(1 for text in texts if predicate(text))
+        if 2 * count >= total:
+            return True
+        return None if 2 * (count + pending) >= total else False
+
+    boxed = at_least_half(lambda text: _BOX_START_RE.search(text) is not None)
+    if boxed is None:
+        return UNSETTLED
+    if boxed:
+        letters = at_least_half(_boxes_a_letter)
+        if letters is None:
+            return UNSETTLED
+        return extract_choice if letters else extract_number
+    for predicate, extractor in (
+        (_states_choice_strictly, extract_choice),
+        (lambda text: _FENCED_BLOCK_RE.search(text) is not None, extract_code),
+        (_states_number_strictly, extract_number),
+    ):
+        verdict = at_least_half(predicate)
+        if verdict is None:
+            return UNSETTLED
+        if verdict:
+            return extractor
+    if not all(_is_short(text) for text in texts):
+        return None
+    return extract_text if pending == 0 else UNSETTLED
 
 
 def resolve_extractor(
@@ -745,7 +780,8 @@ def resolve_extractor(
     if answer_format == "semantic":
         return None
     if answer_format == "auto":
-        return _auto_extractor(texts) if texts else None
+        extractor = _auto_extractor(texts) if texts else None
+        return None if isinstance(extractor, _Unsettled) else extractor
     if answer_format in EXTRACTORS:
         return EXTRACTORS[answer_format]
     valid = ", ".join(repr(name) for name in ("auto", *EXTRACTORS, "semantic"))
@@ -821,6 +857,82 @@ def majority_vote(keys: Sequence[str | None], ranks: Sequence[int]) -> VoteResul
         confidence=counts[answer] / sum(counts.values()),
         keys=list(keys),
     )
+
+
+def is_decided(keys: Sequence[str | None], pending: int) -> bool:
+    """Whether ``pending`` more samples can no longer change the majority's answer.
+
+    True when the leading key has more votes than any other key, or any new key,
+    could reach even if every pending sample voted for it. Strictly more: a tie could
+    go to a better-ranked expert still to answer.
+
+    Args:
+        keys: The keys of the samples so far (None does not vote).
+        pending: Samples still to come.
+    """
+    counts = sorted(
+        (sum(1 for k in keys if k == key) for key in {k for k in keys if k is not None}),
+        reverse=True,
+    )
+    if not counts:
+        return False
+    runner_up = counts[1] if len(counts) > 1 else 0
+    return counts[0] > runner_up + pending
+
+
+def settled_extractor(
+    texts: Sequence[str], answer_format: str | Extractor, pending: int
+) -> Extractor | _Unsettled | None:
+    """:func:`resolve_extractor` when ``pending`` more samples may still come.
+
+    Returns the extractor that every completion of the samples would resolve to, or
+    :data:`UNSETTLED` when the samples to come could change it (``"auto"`` near one of
+    its at-least-half thresholds, or all short so far).
+    """
+    if answer_format == "auto":
+        return _auto_extractor(texts, pending) if texts else UNSETTLED
+    return resolve_extractor(texts, answer_format)
+
+
+def tool_vote_key(calls: Sequence[Mapping[str, object]], text: str) -> str:
+    """A sample's key when tools are in play: its tool calls, else its text answer."""
+    return tool_call_key(calls) or f"text:{extract_text(text) or text.strip()}"
+
+
+def early_keys(
+    texts: Sequence[str],
+    calls: Sequence[Sequence[Mapping[str, object]]],
+    answer_format: str | Extractor,
+    pending: int,
+    *,
+    tools: bool = False,
+) -> list[str | None] | None:
+    """The samples' keys if the vote on every completion would key them the same way.
+
+    The vote compares tool calls when any sample has some; otherwise it resolves an
+    extractor over all the texts. With samples still to come, the keys are only
+    final when that choice cannot change: a tool call already came, or no tool is
+    bound and the extractor is settled. Code answers (voted by running them) and
+    free text (voted by embedding similarity) are never keyed early.
+
+    Args:
+        texts: Texts of the samples so far.
+        calls: Tool calls of the samples so far, one list per sample.
+        answer_format: As :func:`resolve_extractor`.
+        pending: Samples still to come.
+        tools: Whether the experts were given tools (a later sample may call one).
+
+    Returns:
+        One key per sample, or None when they cannot be final yet.
+    """
+    if any(calls):
+        return [tool_vote_key(c, t) for c, t in zip(calls, texts, strict=True)]
+    if tools and pending:
+        return None
+    extractor = settled_extractor(texts, answer_format, pending)
+    if isinstance(extractor, _Unsettled) or extractor is None or extractor is extract_code:
+        return None
+    return [extractor(text) for text in texts]
 
 
 def _unit_rows(vectors: np.ndarray | Sequence[Sequence[float]], count: int) -> np.ndarray:
