@@ -1,25 +1,47 @@
 """``ChatOpenAI`` for OpenAI-compatible servers (vLLM, Ollama, llama.cpp, SGLang).
 
-``ChatOpenAI`` sends the generation cap as ``max_completion_tokens``, the field that
-replaced ``max_tokens`` in OpenAI's own API. Servers that implement the older
-Chat Completions schema read only ``max_tokens``: llama.cpp's Python server ignores
-the new field and generates up to the context limit. :class:`ChatOpenAICompatible`
-is ``ChatOpenAI`` with that one field renamed back, so both the constructor's
-``max_tokens`` and a per-call ``max_tokens=`` cap every server the same way.
+Two differences from ``ChatOpenAI``, each for servers that implement OpenAI's API
+only in part:
+
+1. **The generation cap.** ``ChatOpenAI`` sends it as ``max_completion_tokens``, the
+   field that replaced ``max_tokens`` in OpenAI's own API. Servers that implement the
+   older Chat Completions schema read only ``max_tokens``: llama.cpp's Python server
+   ignores the new field and generates up to the context limit.
+   :meth:`ChatOpenAICompatible._get_request_payload` renames the field back, so both
+   the constructor's ``max_tokens`` and a per-call ``max_tokens=`` cap every server the
+   same way.
+2. **Tool calls written as text** (opt-in, ``tool_call_parser="hermes"``).
+   llama-cpp-python's server renders the bound tools into the prompt of a model whose
+   GGUF template supports them (Qwen2.5) but, with ``tool_choice="auto"``, returns
+   the model's call as ``content``. When tools were bound for the call and the answer
+   has no ``tool_calls``, :meth:`ChatOpenAICompatible._generate` (and ``_agenerate``)
+   parse the content with :func:`avengers_graph.tool_parsers.parse_tool_calls` into
+   proper ``tool_calls`` (bound tool names only, new ``call_<uuid>`` ids); answers
+   that hold no call are left as they are. With tools bound and the parser on,
+   ``stream``/``astream`` yield one chunk, the parsed answer, since a call can only be
+   recognised once the whole text is there.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
+
+from avengers_graph.tool_parsers import ToolCallParser, bound_tool_names, parse_tool_calls
 
 __all__ = ["ChatOpenAICompatible"]
 
 
 class ChatOpenAICompatible(ChatOpenAI):
-    """``ChatOpenAI`` that sends the generation cap as ``max_tokens``.
+    """``ChatOpenAI`` that sends the generation cap as ``max_tokens`` and can parse text calls.
 
     Example:
         .. code-block:: python
@@ -28,10 +50,18 @@ class ChatOpenAICompatible(ChatOpenAI):
 
             expert = ChatOpenAICompatible(
                 model="qwen2.5-coder-0.5b", base_url="http://127.0.0.1:8081/v1",
-                api_key="EMPTY", max_tokens=384,
+                api_key="EMPTY", max_tokens=384, tool_call_parser="hermes",
             )
             expert.invoke("2 + 2?", max_tokens=16)  # the server sees "max_tokens": 16
+            expert.bind_tools([calculator]).invoke("234 * 17?").tool_calls
+            # [{'name': 'calculator', 'args': {'expression': '234 * 17'}, 'id': 'call_...'}]
     """
+
+    tool_call_parser: ToolCallParser | None = None
+    """Parse tool calls the server returned as text (``"hermes"``: ``{"name": ...,
+    "arguments": ...}`` objects, bare, fenced or in ``<tool_call>`` tags), when tools
+    are bound and the answer has no ``tool_calls``. ``None`` (default) trusts the
+    server's own parsing."""
 
     def _get_request_payload(
         self,
@@ -44,3 +74,135 @@ class ChatOpenAICompatible(ChatOpenAI):
         if "max_completion_tokens" in payload and "messages" in payload:
             payload["max_tokens"] = payload.pop("max_completion_tokens")
         return payload
+
+    # client-side tool-call parsing ----------------------------------------------------
+    def _parses_tool_calls(self, kwargs: Mapping[str, Any]) -> bool:
+        """Whether this call's answer goes through the tool-call parser."""
+        return (
+            self.tool_call_parser is not None
+            and bool(bound_tool_names(kwargs.get("tools")))
+            and kwargs.get("tool_choice") != "none"
+        )
+
+    def _parse_message(self, message: BaseMessage, names: frozenset[str]) -> BaseMessage:
+        """``message`` with the tool calls its text holds made into ``tool_calls``."""
+        if (
+            self.tool_call_parser is None
+            or not isinstance(message, AIMessage)
+            or message.tool_calls
+            or message.invalid_tool_calls
+            or not isinstance(message.content, str)
+        ):
+            return message
+        parsed = parse_tool_calls(self.tool_call_parser, message.content, names)
+        if parsed is None:
+            return message
+        return message.model_copy(
+            update={
+                "content": parsed.content,
+                "tool_calls": parsed.tool_calls,
+                "response_metadata": {
+                    **message.response_metadata,
+                    "tool_call_parser": self.tool_call_parser,
+                },
+            }
+        )
+
+    def _parse_result(self, result: ChatResult, kwargs: Mapping[str, Any]) -> ChatResult:
+        """``result`` with its messages' text calls parsed, when this call parses them."""
+        if not self._parses_tool_calls(kwargs):
+            return result
+        names = bound_tool_names(kwargs.get("tools"))
+        return ChatResult(
+            generations=[
+                ChatGeneration(
+                    message=self._parse_message(generation.message, names),
+                    generation_info=generation.generation_info,
+                )
+                for generation in result.generations
+            ],
+            llm_output=result.llm_output,
+        )
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        result = super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+        return self._parse_result(result, kwargs)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        result = await super()._agenerate(messages, stop=stop, run_manager=run_manager, **kwargs)
+        return self._parse_result(result, kwargs)
+
+    @staticmethod
+    def _as_chunk(result: ChatResult) -> ChatGenerationChunk:
+        """The whole (parsed) answer as one streaming chunk, its calls as call chunks."""
+        generation = result.generations[0]
+        message = generation.message
+        calls = message.tool_calls if isinstance(message, AIMessage) else []
+        chunk = AIMessageChunk(
+            content=message.content,
+            tool_call_chunks=[
+                tool_call_chunk(
+                    name=call["name"],
+                    args=json.dumps(call["args"]),
+                    id=call["id"],
+                    index=index,
+                )
+                for index, call in enumerate(calls)
+            ],
+            additional_kwargs=message.additional_kwargs,
+            response_metadata=message.response_metadata,
+            usage_metadata=getattr(message, "usage_metadata", None),
+            id=message.id,
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(message=chunk, generation_info=generation.generation_info)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        if not self._parses_tool_calls(kwargs):
+            yield from super()._stream(messages, stop=stop, run_manager=run_manager, **kwargs)
+            return
+        for option in ("stream", "stream_usage"):  # streaming-only options
+            kwargs.pop(option, None)
+        chunk = self._as_chunk(self._generate(messages, stop, run_manager, **kwargs))
+        if run_manager is not None:
+            run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        if not self._parses_tool_calls(kwargs):
+            async for chunk in super()._astream(
+                messages, stop=stop, run_manager=run_manager, **kwargs
+            ):
+                yield chunk
+            return
+        for option in ("stream", "stream_usage"):
+            kwargs.pop(option, None)
+        result = await self._agenerate(messages, stop, run_manager, **kwargs)
+        chunk = self._as_chunk(result)
+        if run_manager is not None:
+            await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        yield chunk

@@ -1,8 +1,13 @@
-"""ChatOpenAICompatible sends the generation cap under the field llama.cpp reads."""
+"""ChatOpenAICompatible: the generation cap llama.cpp reads, and tool calls written as text."""
 
 from __future__ import annotations
 
-from langchain_core.messages import HumanMessage
+import json
+from typing import Any, Literal
+
+import httpx
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.tools import tool
 from pydantic import SecretStr
 
 from avengers_graph.openai_compatible import ChatOpenAICompatible
@@ -31,3 +36,149 @@ def test_no_cap_sends_none() -> None:
     assert "max_tokens" not in payload
     assert "max_completion_tokens" not in payload
     assert payload["seed"] == 3
+
+
+# -- client-side tool-call parsing ---------------------------------------------------
+
+
+@tool
+def calculator(expression: str) -> str:
+    """Evaluate an arithmetic expression."""
+    return expression
+
+
+CALL_TEXT = '```json\n{"name": "calculator", "arguments": {"expression": "234 * 17"}}\n```'
+
+
+def _completion(content: str, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "qwen",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+
+
+class FakeServer:
+    """An OpenAI-compatible server in an httpx transport: no socket is opened."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.requests: list[dict[str, Any]] = []
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(json.loads(request.content))
+        return httpx.Response(200, json=self.body)
+
+
+def _served(
+    server: FakeServer, parser: Literal["hermes"] | None = "hermes"
+) -> ChatOpenAICompatible:
+    transport = httpx.MockTransport(server.handle)
+
+    async def handle_async(request: httpx.Request) -> httpx.Response:
+        return server.handle(request)
+
+    return _client(
+        tool_call_parser=parser,
+        http_client=httpx.Client(transport=transport),
+        http_async_client=httpx.AsyncClient(transport=httpx.MockTransport(handle_async)),
+        max_retries=0,
+    )
+
+
+def test_text_calls_become_tool_calls_when_tools_are_bound() -> None:
+    server = FakeServer(_completion(CALL_TEXT))
+    message = _served(server).bind_tools([calculator]).invoke("234 * 17?")
+    assert isinstance(message, AIMessage)
+    assert message.content == ""
+    [call] = message.tool_calls
+    assert call["name"] == "calculator"
+    assert call["args"] == {"expression": "234 * 17"}
+    assert call["id"] is not None
+    assert call["id"].startswith("call_")
+    assert message.response_metadata["tool_call_parser"] == "hermes"
+    assert message.usage_metadata is not None
+    assert message.usage_metadata["total_tokens"] == 15
+    assert server.requests[0]["tools"][0]["function"]["name"] == "calculator"
+
+
+async def test_async_calls_are_parsed_too() -> None:
+    message = await _served(FakeServer(_completion(CALL_TEXT))).bind_tools([calculator]).ainvoke(
+        "234 * 17?"
+    )
+    assert [call["name"] for call in message.tool_calls] == ["calculator"]
+
+
+def test_without_tools_the_text_stays_text() -> None:
+    message = _served(FakeServer(_completion(CALL_TEXT))).invoke("234 * 17?")
+    assert message.content == CALL_TEXT
+    assert message.tool_calls == []
+
+
+def test_the_parser_is_opt_in() -> None:
+    server = FakeServer(_completion(CALL_TEXT))
+    message = _served(server, parser=None).bind_tools([calculator]).invoke("234 * 17?")
+    assert message.content == CALL_TEXT
+    assert message.tool_calls == []
+
+
+def test_tool_choice_none_leaves_the_text() -> None:
+    server = FakeServer(_completion(CALL_TEXT))
+    message = _served(server).bind_tools([calculator], tool_choice="none").invoke("234 * 17?")
+    assert message.tool_calls == []
+
+
+def test_prose_is_left_untouched() -> None:
+    text = "234 * 17 is 3978."
+    message = _served(FakeServer(_completion(text))).bind_tools([calculator]).invoke("234 * 17?")
+    assert message.content == text
+    assert message.tool_calls == []
+    assert "tool_call_parser" not in message.response_metadata
+
+
+def test_server_parsed_calls_are_kept_as_they_are() -> None:
+    server_call = {
+        "id": "call_server",
+        "type": "function",
+        "function": {"name": "calculator", "arguments": '{"expression": "1 + 1"}'},
+    }
+    server = FakeServer(_completion(CALL_TEXT, tool_calls=[server_call]))
+    message = _served(server).bind_tools([calculator]).invoke("1 + 1?")
+    assert [(c["id"], c["args"]) for c in message.tool_calls] == [
+        ("call_server", {"expression": "1 + 1"})
+    ]
+
+
+def test_streaming_with_tools_yields_the_parsed_answer_as_one_chunk() -> None:
+    server = FakeServer(_completion(CALL_TEXT))
+    chunks = list(_served(server).bind_tools([calculator]).stream("234 * 17?"))
+    assert len(chunks) == 1
+    assert chunks[0].tool_calls[0]["args"] == {"expression": "234 * 17"}
+    assert chunks[0].usage_metadata is not None
+    assert "stream" not in server.requests[0] or server.requests[0]["stream"] is False
+
+
+async def test_async_streaming_with_tools_yields_one_chunk() -> None:
+    server = FakeServer(_completion(CALL_TEXT))
+    chunks = [c async for c in _served(server).bind_tools([calculator]).astream("234 * 17?")]
+    assert [[call["name"] for call in chunk.tool_calls] for chunk in chunks] == [["calculator"]]
+
+
+def test_a_streamed_tool_loop_sees_the_same_message_as_invoke() -> None:
+    server = FakeServer(_completion(CALL_TEXT))
+    llm = _served(server).bind_tools([calculator])
+    merged = None
+    for chunk in llm.stream("234 * 17?"):
+        merged = chunk if merged is None else merged + chunk
+    invoked = llm.invoke("234 * 17?")
+    assert merged is not None
+    assert [(c["name"], c["args"]) for c in merged.tool_calls] == [
+        (c["name"], c["args"]) for c in invoked.tool_calls
+    ]
+    assert merged.content == invoked.content == ""

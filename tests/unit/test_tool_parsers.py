@@ -1,0 +1,176 @@
+"""The Hermes tool-call parser on the shapes small local models write calls in."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from avengers_graph.tool_parsers import (
+    bound_tool_names,
+    new_call_id,
+    parse_hermes_tool_calls,
+    parse_tool_calls,
+)
+
+TOOLS = frozenset({"calculator", "convert_units"})
+CALC = '{"name": "calculator", "arguments": {"expression": "234 * 17"}}'
+CONVERT = (
+    '{"name": "convert_units", "arguments": '
+    '{"value": 5, "from_unit": "miles", "to_unit": "km"}}'
+)
+
+
+def _ids() -> itertools.count[int]:
+    return itertools.count()
+
+
+def parse(text: str, tools: frozenset[str] = TOOLS) -> tuple[str, list[tuple[str, dict]]] | None:
+    counter = _ids()
+    parsed = parse_hermes_tool_calls(text, tools, make_id=lambda: f"call_{next(counter)}")
+    if parsed is None:
+        return None
+    assert [call["id"] for call in parsed.tool_calls] == [
+        f"call_{index}" for index in range(len(parsed.tool_calls))
+    ]
+    return parsed.content, [(call["name"], call["args"]) for call in parsed.tool_calls]
+
+
+CALC_CALL = ("calculator", {"expression": "234 * 17"})
+CONVERT_CALL = ("convert_units", {"value": 5, "from_unit": "miles", "to_unit": "km"})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        CALC,
+        f"  {CALC}\n",
+        f"```json\n{CALC}\n```",
+        f"```\n{CALC}\n```",
+        f"<tool_call>\n{CALC}\n</tool_call>",
+        f"<tool_call>{CALC}",  # cut off before the closing tag
+        f"<tools>\n    {CALC}\n</tools>",
+        '{\n  "name": "calculator",\n  "arguments": {\n    "expression": "234 * 17"\n  }\n}',
+        '{"name": "calculator", "arguments": "{\\"expression\\": \\"234 * 17\\"}"}',
+        '{"name": "calculator", "parameters": {"expression": "234 * 17"}}',
+        f"[{CALC}]",
+    ],
+    ids=[
+        "bare",
+        "whitespace",
+        "json-fence",
+        "plain-fence",
+        "tagged",
+        "tag-unclosed",
+        "tools-wrapper",
+        "pretty-printed",
+        "arguments-as-json-string",
+        "parameters-synonym",
+        "json-list",
+    ],
+)
+def test_one_call_in_every_shape(text: str) -> None:
+    assert parse(text) == ("", [CALC_CALL])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"{CALC}\n{CONVERT}",
+        f"{CALC}, {CONVERT}",
+        f"[{CALC}, {CONVERT}]",
+        f"```json\n{CALC}\n{CONVERT}\n```",
+        f"```json\n{CALC}\n```\n```json\n{CONVERT}\n```",
+        f"<tool_call>\n{CALC}\n</tool_call>\n<tool_call>\n{CONVERT}\n</tool_call>",
+        f"<tools>\n{CALC}\n{CONVERT}\n</tools>",
+    ],
+    ids=["lines", "commas", "list", "one-fence", "two-fences", "two-tags", "tools-wrapper"],
+)
+def test_parallel_calls_keep_their_order(text: str) -> None:
+    assert parse(text) == ("", [CALC_CALL, CONVERT_CALL])
+
+
+def test_tagged_calls_keep_the_text_around_them() -> None:
+    text = f"I will compute it.\n<tool_call>\n{CALC}\n</tool_call>"
+    assert parse(text) == ("I will compute it.", [CALC_CALL])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The answer is 3978.",
+        "",
+        "   ",
+        '{"name": "search", "arguments": {"query": "x"}}',  # not a bound tool
+        f'{CALC}\n{{"name": "search", "arguments": {{}}}}',  # one of them unknown
+        f"<tool_call>\n{CALC}\n</tool_call>\n<tool_call>\n{{broken\n</tool_call>",
+        '{"name": "calculator", "arguments": {"expression": "234 * 17"}',  # cut off
+        '{"name": "calculator", "arguments": "not json"}',
+        '{"name": "calculator", "arguments": [1, 2]}',
+        '{"name": "calculator"}',  # no arguments
+        '{"name": "calculator", "arguments": {}, "age": 3}',  # some other object
+        '{"name": "Alice", "age": 30}',
+        "[1, 2, 3]",
+        "42",
+        f"Here is how you would call it:\n```json\n{CALC}\n```\nThis returns the product.",
+        f"Sure! {CALC}",
+        "```python\nprint(234 * 17)\n```",
+        "<tool_call>\n</tool_call>",
+    ],
+    ids=[
+        "prose",
+        "empty",
+        "blank",
+        "unknown-tool",
+        "one-unknown-tool",
+        "one-tagged-block-broken",
+        "broken-json",
+        "arguments-not-json",
+        "arguments-not-an-object",
+        "no-arguments",
+        "extra-keys",
+        "json-not-a-call",
+        "json-list-of-numbers",
+        "json-number",
+        "prose-around-a-fenced-call",
+        "prose-before-a-call",
+        "code-fence",
+        "empty-tags",
+    ],
+)
+def test_anything_else_is_no_call(text: str) -> None:
+    assert parse(text) is None
+
+
+def test_no_bound_tools_means_no_call() -> None:
+    assert parse(CALC, frozenset()) is None
+
+
+def test_default_ids_look_like_openai_ids() -> None:
+    parsed = parse_hermes_tool_calls(f"{CALC}\n{CALC}", TOOLS)
+    assert parsed is not None
+    first, second = (call["id"] for call in parsed.tool_calls)
+    assert first != second
+    for call_id in (first, second, new_call_id()):
+        assert call_id is not None
+        assert call_id.startswith("call_")
+        assert len(call_id) == len("call_") + 32
+    assert parsed.tool_calls[0]["type"] == "tool_call"
+
+
+def test_bound_tool_names_reads_function_tools_only() -> None:
+    tools = [
+        {"type": "function", "function": {"name": "calculator", "parameters": {}}},
+        {"type": "web_search"},
+        {"type": "function", "function": {"description": "no name"}},
+    ]
+    assert bound_tool_names(tools) == {"calculator"}
+    assert bound_tool_names(None) == frozenset()
+
+
+def test_parse_tool_calls_dispatches_and_rejects_unknown_parsers() -> None:
+    parsed = parse_tool_calls("hermes", CALC, TOOLS)
+    assert parsed is not None
+    assert parsed.tool_calls[0]["name"] == "calculator"
+    with pytest.raises(ValueError, match="Unknown tool-call parser 'mistral'; known parsers: hermes"):
+        parse_tool_calls("mistral", CALC, TOOLS)  # type: ignore[arg-type]
