@@ -10,6 +10,7 @@ A pool file (YAML or JSON) names the experts, each an OpenAI-compatible server
         api_key_env: QWEN_API_KEY      # optional: the variable holding the key
         max_tokens: 384
         cost: 1.5                      # optional cost hint (e.g. billions of parameters)
+        tool_call_parser: hermes       # optional: parse tool calls the server returns as text
       - name: smollm2
         local: smollm2-135m            # served by `avengers local up` (llama.cpp)
         max_tokens: 256
@@ -49,6 +50,7 @@ from avengers_graph.embeddings import LocalEmbeddings
 from avengers_graph.errors import InvalidInputError
 from avengers_graph.settings import Settings
 from avengers_graph.store import ClusterStore
+from avengers_graph.tool_parsers import ToolCallParser
 
 KEYLESS_API_KEY = "EMPTY"
 """Sent to servers that need no key (vLLM's documented convention); never a secret."""
@@ -76,6 +78,12 @@ class ExpertConfig(BaseModel):
     max_retries: int = Field(default=2, ge=0)
     extra_body: dict[str, Any] | None = None
     """Extra JSON fields of every request (they override the fields of the same name)."""
+    tool_call_parser: ToolCallParser | None = None
+    """Parse the tool calls the server returns as text (``hermes``: Qwen2.5 and Hermes
+    style, for servers that render tools but do not parse the answer, like
+    llama-cpp-python's; vLLM does it server-side with ``--tool-call-parser``). Unset:
+    the local model's registry default (``hermes`` for the Qwen models), else none;
+    ``null`` turns it off."""
 
     @model_validator(mode="after")
     def _one_endpoint(self) -> ExpertConfig:
@@ -84,6 +92,15 @@ class ExpertConfig(BaseModel):
         if self.base_url is not None and self.model is None:
             raise ValueError(f"expert {self.name!r} needs a model name for its server")
         return self
+
+    def resolved_tool_call_parser(self) -> ToolCallParser | None:
+        """The parser this expert uses: the one set here, else its local model's default."""
+        if "tool_call_parser" in self.model_fields_set or self.local is None:
+            return self.tool_call_parser
+        from avengers_graph.local_models import MODELS
+
+        spec = MODELS.get(self.local)
+        return spec.tool_call_parser if spec is not None else None
 
     def build(self, local_urls: Mapping[str, str] | None = None) -> BaseChatModel:
         """The ``ChatOpenAI`` client of this expert.
@@ -124,6 +141,7 @@ class ExpertConfig(BaseModel):
             timeout=self.timeout,
             max_retries=self.max_retries,
             extra_body=self.extra_body,
+            tool_call_parser=self.resolved_tool_call_parser(),
         )
 
 

