@@ -40,7 +40,6 @@ import random
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -228,6 +227,8 @@ def _extractor_name(extractor: voting.Extractor) -> str:
 
 
 _TIMEOUT_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_MAX_OPEN_TURNS = 1024
+"""Tallies kept for turns whose vote has not run (runs that died are evicted)."""
 
 
 def _timeout_pool() -> concurrent.futures.ThreadPoolExecutor:
@@ -319,8 +320,8 @@ class _Nodes:
         self.defaults = settings
         self.max_attempts = max_attempts
         self.model_name = model_name
-        # a turn lives while one of its sample workers holds it
-        self._turns: weakref.WeakValueDictionary[str, _Turn] = weakref.WeakValueDictionary()
+        # turn id -> tally, dropped by the vote (or, for a run that died, by the cap)
+        self._turns: dict[str, _Turn] = {}
         self._turns_lock = threading.Lock()
 
     def settings(self) -> AvengersSettings:
@@ -364,12 +365,12 @@ class _Nodes:
         )
         experts = [ExpertRecord(name=s.name, score=s.score) for s in chosen]
         _emit("routing", clusters=state["clusters"], experts=experts, seed=seed)
-        return {"experts": experts, "seed": seed}
+        return {"experts": experts, "seed": seed, "turn": uuid.uuid4().hex}
 
     def dispatch(self, state: AvengersState) -> list[Send]:
         settings = self.settings()
         seed = state["seed"]
-        turn = uuid.uuid4().hex
+        turn = state["turn"]
         planned = len(state["experts"]) * settings.samples
         return [
             Send(
@@ -410,9 +411,15 @@ class _Nodes:
         with self._turns_lock:
             turn = self._turns.get(task["turn"])
             if turn is None:
+                while len(self._turns) >= _MAX_OPEN_TURNS:
+                    del self._turns[next(iter(self._turns))]  # the oldest
                 turn = _Turn(task["planned"], settings)
                 self._turns[task["turn"]] = turn
             return turn
+
+    def _close_turn(self, turn: str) -> None:
+        with self._turns_lock:
+            self._turns.pop(turn, None)
 
     def _sampled(
         self, task: SampleTask, message: Any, started: float, turn: _Turn | None
@@ -539,6 +546,8 @@ class _Nodes:
 
     # vote ---------------------------------------------------------------------------
     def _plan_vote(self, state: AvengersState) -> _VotePlan:
+        if "turn" in state:
+            self._close_turn(state["turn"])
         samples = sorted(state.get("samples", []), key=lambda s: (s["rank"], s["index"]))
         if not samples:
             failures = dict(state.get("failures", {}))

@@ -139,6 +139,8 @@ class AvengersState(TypedDict, total=False):
     clusters: list[ClusterRecord]
     experts: list[ExpertRecord]
     seed: int
+    turn: str
+    """Id of this turn's sample workers (they share an early-decision tally)."""
     samples: Annotated[list[Sample], merge_samples]
     failures: Annotated[dict[str, str], merge_failures]
     cancelled: Annotated[int, merge_counts]
