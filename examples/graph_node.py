@@ -99,7 +99,7 @@ def main() -> None:
         state = assistant.get_state(config).values
     print("State of thread 'example':")
     for message in state["messages"]:
-        print(f"  {message.type}: {message.text.strip()}")
+        print(f"  {message.type}: {' '.join(message.text.split())}")
     print(f"  kind: {state['kind']}")
     print(f"  experts: {[e['name'] for e in state['avengers']['experts']]}")
     print(f"  votes: {state['avengers']['votes']}")
