@@ -73,6 +73,7 @@ _CALL_OPTIONS = frozenset(
         "top_n",
         "samples",
         "beta",
+        "context_weight",
         "temperature",
         "max_tokens",
         "seed",
@@ -158,6 +159,8 @@ class ChatAvengers(BaseChatModel):
     """Samples per selected expert, each a separate request with its own seed."""
     beta: float = 3.0
     """Softmax sharpness over cluster distances."""
+    context_weight: float = 0.25
+    """Weight of the previous human message when routing a conversation (0: ignore it)."""
     temperature: float | None = 0.7
     """Sampling temperature sent to experts; ``None`` keeps each expert's own."""
     max_tokens: int | None = None
@@ -207,6 +210,7 @@ class ChatAvengers(BaseChatModel):
             top_n=self.top_n,
             samples=self.samples,
             beta=self.beta,
+            context_weight=self.context_weight,
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             stop=tuple(self.stop) if self.stop else None,

@@ -106,6 +106,9 @@ class AvengersSettings:
     """Samples per selected expert."""
     beta: float = 3.0
     """Softmax sharpness over the matched clusters' distances."""
+    context_weight: float = 0.25
+    """Weight of the previous human message's embedding blended into the question's
+    (:func:`routing.blend`); 0 routes on the last human message alone."""
     temperature: float | None = 0.7
     """Sampling temperature sent to the experts; ``None`` keeps each expert's own."""
     max_tokens: int | None = None
@@ -147,6 +150,8 @@ class AvengersSettings:
                 raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}.")
         if self.beta < 0:
             raise InvalidInputError(f"beta must be >= 0, got {self.beta!r}.")
+        if not 0 <= self.context_weight < float("inf"):
+            raise InvalidInputError(f"context_weight must be >= 0, got {self.context_weight!r}.")
         if self.temperature is not None and self.temperature < 0:
             raise InvalidInputError(f"temperature must be >= 0, got {self.temperature!r}.")
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -179,6 +184,7 @@ class AvengersContext:
     top_n: int | None = None
     samples: int | None = None
     beta: float | None = None
+    context_weight: float | None = None
     temperature: float | None = None
     max_tokens: int | None = None
     stop: list[str] | None = None
@@ -330,19 +336,28 @@ class _Nodes:
 
     # embed ------------------------------------------------------------------------
     def embed(self, state: AvengersState) -> dict[str, Any]:
-        text = routing.routing_text(state.get("messages", []))
-        vector = normalise(self.embeddings.embed_query(text))
-        return {"embedding": vector, "samples": None, "failures": None, "cancelled": None}
+        messages = state.get("messages", [])
+        text, context = routing.routing_text(messages), routing.routing_context(messages)
+        return _embedded(
+            self.embeddings.embed_query(text),
+            self.embeddings.embed_query(context) if context else None,
+        )
 
     async def aembed(self, state: AvengersState) -> dict[str, Any]:
-        text = routing.routing_text(state.get("messages", []))
-        vector = normalise(await self.embeddings.aembed_query(text))
-        return {"embedding": vector, "samples": None, "failures": None, "cancelled": None}
+        messages = state.get("messages", [])
+        text, context = routing.routing_text(messages), routing.routing_context(messages)
+        return _embedded(
+            await self.embeddings.aembed_query(text),
+            await self.embeddings.aembed_query(context) if context else None,
+        )
 
     # locate_cluster -----------------------------------------------------------------
     def locate_cluster(self, state: AvengersState) -> dict[str, Any]:
         settings = self.settings()
         vector = state["embedding"]
+        context = state.get("context_embedding")
+        if context is not None and settings.context_weight > 0:
+            vector = routing.blend(vector, context, settings.context_weight)
         self.store.check_compatible(self.embedding_name, len(vector))
         matches = routing.match_clusters(self.store.nearest(vector, settings.top_k), settings.beta)
         clusters = [ClusterRecord(id=m.id, distance=m.distance, weight=m.weight) for m in matches]
@@ -565,7 +580,7 @@ class _Nodes:
             return _VotePlan(settings, samples, texts, None, tool_keys, "tool_calls")
         extractor = voting.resolve_extractor(texts, settings.answer_format)
         if extractor is voting.extract_code:
-            question = routing.routing_text(state["messages"])
+            question = routing.question_text(state["messages"])
             if probe_calls(question):  # run the programs on the question's examples
                 keys = behaviour_keys(texts, question)
                 return _VotePlan(settings, samples, texts, extractor, keys, "code:behaviour")
@@ -703,10 +718,22 @@ def validate_experts(experts: Mapping[str, BaseChatModel]) -> None:
             )
 
 
+def _embedded(question: list[float], context: list[float] | None) -> dict[str, Any]:
+    """The ``embed`` node's update: the vectors, and last turn's samples cleared."""
+    return {
+        "embedding": normalise(question),
+        "context_embedding": normalise(context) if context is not None else None,
+        "samples": None,
+        "failures": None,
+        "cancelled": None,
+    }
+
+
 def _embed_cache_key(state: AvengersState) -> str:
-    """The ``embed`` node's cache key: the routed text (invalid input fails in the node)."""
+    """The ``embed`` node's cache key: the routed texts (invalid input fails in the node)."""
+    messages = state.get("messages", [])
     try:
-        return routing.routing_text(state.get("messages", []))
+        return json.dumps([routing.routing_text(messages), routing.routing_context(messages)])
     except InvalidInputError:
         return ""
 
@@ -720,6 +747,7 @@ def build_avengers_graph(
     top_n: int = 2,
     samples: int = 3,
     beta: float = 3.0,
+    context_weight: float = 0.25,
     temperature: float | None = 0.7,
     max_tokens: int | None = None,
     stop: Sequence[str] | None = None,
@@ -749,6 +777,8 @@ def build_avengers_graph(
         top_n: Experts to sample.
         samples: Samples per selected expert; each is its own request with its own seed.
         beta: Softmax sharpness over cluster distances.
+        context_weight: Weight of the previous human message's embedding blended into
+            the question's when routing a conversation (0: the last message alone).
         temperature: Sampling temperature sent to experts (``None``: the expert's own).
         max_tokens: Generation cap sent to experts (``None``: the expert's own).
         stop: Stop sequences sent to experts.
@@ -790,6 +820,7 @@ def build_avengers_graph(
         top_n=top_n,
         samples=samples,
         beta=beta,
+        context_weight=context_weight,
         temperature=temperature,
         max_tokens=max_tokens,
         stop=tuple(stop) if stop else None,

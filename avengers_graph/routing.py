@@ -14,6 +14,12 @@ some, and never stops the others from being scored. Ranks use competition rankin
 on accuracy, so equally accurate experts share a rank; equal scores are broken by
 the order of the pool, which makes routing deterministic.
 
+Conversations are routed on the question being asked now: :func:`routing_text` is the
+last human message (system prompts, assistant turns and tool results never count),
+with a long message :func:`compact`-ed to its head and tail; :func:`routing_context`
+(the human message before it) is blended into the question's embedding by
+:func:`blend` with a small weight, so a short follow-up keeps its topic.
+
 Avengers-Pro's cost-aware ranking (``quality_weight < 1``) ranks experts by
 ``a * normalised accuracy + (1 - a) * (1 - cost / max cost)`` instead of accuracy.
 """
@@ -223,32 +229,97 @@ def match_clusters(nearest: Sequence[tuple[int, float]], beta: float) -> list[Cl
     ]
 
 
-def routing_text(messages: Sequence[BaseMessage]) -> str:
-    """The text a conversation is routed on: its last human message.
+ROUTING_HEAD_WORDS = 32
+"""Words kept from the start of a long question (its instruction)."""
+ROUTING_TAIL_WORDS = 128
+"""Words kept from the end of a long question (where prompts put the question). With
+the head, this fits MiniLM's 256-token window, which would otherwise cut the end off."""
 
-    Args:
-        messages: The conversation.
 
-    Returns:
-        The text of the last ``HumanMessage``, stripped.
-
-    Raises:
-        InvalidInputError: No messages, no human message, or an empty last question.
-    """
+def _human_texts(messages: Sequence[BaseMessage]) -> list[str]:
+    """The conversation's human messages, stripped, oldest first (validated)."""
     if not isinstance(messages, Sequence) or isinstance(messages, str):
         raise InvalidInputError(
             f"messages must be a list of LangChain messages, got {type(messages).__name__}."
         )
     if not messages:
         raise InvalidInputError("messages is empty: send at least one human message.")
-    for message in reversed(messages):
+    for message in messages:
         if not isinstance(message, BaseMessage):
             raise InvalidInputError(
                 f"messages must hold LangChain messages, got {type(message).__name__}."
             )
-        if isinstance(message, HumanMessage):
-            text = message.text.strip()
-            if not text:
-                raise InvalidInputError("The last human message has no text to answer.")
-            return text
-    raise InvalidInputError("messages holds no human message: there is no question to route.")
+    humans = [m.text.strip() for m in messages if isinstance(m, HumanMessage)]
+    if not humans:
+        raise InvalidInputError("messages holds no human message: there is no question to route.")
+    if not humans[-1]:
+        raise InvalidInputError("The last human message has no text to answer.")
+    return humans
+
+
+def question_text(messages: Sequence[BaseMessage]) -> str:
+    """The question being asked now: the last human message, whole and stripped.
+
+    System prompts, the assistant's turns and tool results are not the question:
+    in a tool-calling loop the question stays the human message that started it.
+
+    Raises:
+        InvalidInputError: No messages, something that is not a message, no human
+            message, or an empty last question.
+    """
+    return _human_texts(messages)[-1]
+
+
+def compact(text: str, head: int = ROUTING_HEAD_WORDS, tail: int = ROUTING_TAIL_WORDS) -> str:
+    """Shorten a long question to its first ``head`` and last ``tail`` words.
+
+    A text of at most ``head + tail`` words is returned as is; otherwise the middle
+    (a retrieved context, pasted documents) is replaced by an ellipsis.
+    """
+    words = text.split()
+    if len(words) <= head + tail:
+        return text
+    return " ".join([*words[:head], "...", *words[len(words) - tail :]])
+
+
+def routing_text(messages: Sequence[BaseMessage]) -> str:
+    """The text a conversation is routed on: its question, compacted.
+
+    The last human message (:func:`question_text`), with only its first
+    :data:`ROUTING_HEAD_WORDS` and last :data:`ROUTING_TAIL_WORDS` words when longer:
+    a RAG prompt's documents or a harness's boilerplate in the middle do not drive
+    the embedding, and the question at the end is not cut off by the embedding
+    model's window.
+
+    Raises:
+        InvalidInputError: As :func:`question_text`.
+    """
+    return compact(question_text(messages))
+
+
+def routing_context(messages: Sequence[BaseMessage]) -> str | None:
+    """The compact context of the question: the human message before it, if any.
+
+    A follow-up (``"and in miles?"``) says little by itself; the embed node blends
+    the embedding of this context into the question's (``context_weight``).
+    """
+    humans = _human_texts(messages)
+    previous = [text for text in humans[:-1] if text]
+    return compact(previous[-1]) if previous else None
+
+
+def blend(question: Sequence[float], context: Sequence[float], weight: float) -> list[float]:
+    """``question + weight * context``, L2-normalised (both inputs unit vectors).
+
+    Raises:
+        InvalidInputError: A negative weight or vectors of different sizes.
+    """
+    if weight < 0 or not math.isfinite(weight):
+        raise InvalidInputError(f"context_weight must be a finite number >= 0, got {weight!r}.")
+    if len(question) != len(context):
+        raise InvalidInputError(
+            f"Cannot blend vectors of sizes {len(question)} and {len(context)}."
+        )
+    mixed = [q + weight * c for q, c in zip(question, context, strict=True)]
+    norm = math.sqrt(sum(v * v for v in mixed))
+    return [v / norm for v in mixed] if norm > 0 else list(question)

@@ -136,6 +136,8 @@ class AvengersState(TypedDict, total=False):
     messages: Annotated[list[AnyMessage], add_messages]
     embedding: list[float]
     """The question's L2-normalised embedding."""
+    context_embedding: list[float] | None
+    """The previous human message's, when there is one (blended in by ``locate_cluster``)."""
     clusters: list[ClusterRecord]
     experts: list[ExpertRecord]
     seed: int

@@ -297,3 +297,30 @@ def test_mermaid_snapshot(experts, embeddings, store, snapshot: SnapshotAssertio
     for node in ("embed", "locate_cluster", "select_experts", "sample", "vote"):
         assert node in mermaid
     assert mermaid == snapshot
+
+
+@pytest.mark.parametrize(
+    ("first", "follow_up", "cluster"),
+    [
+        ("a math problem: 6 * 7?", "and the next one?", 0),
+        ("a code question about code", "and the next one?", 1),
+        ("a math problem: 6 * 7?", "now some code", 1),  # the question itself dominates
+    ],
+)
+def test_a_follow_up_is_routed_with_its_context(
+    experts, embeddings, store, first, follow_up, cluster
+) -> None:
+    chat = {"messages": [HumanMessage(first), AIMessage("done"), HumanMessage(follow_up)]}
+    record = graph(experts, embeddings, store, top_n=1, samples=1).invoke(chat)["avengers"]
+    assert record["clusters"][0]["id"] == cluster
+
+
+def test_context_weight_zero_routes_on_the_last_message_alone(experts, embeddings, store) -> None:
+    chat = {
+        "messages": [HumanMessage("a code question about code"), HumanMessage("a math problem")]
+    }
+    g = graph(experts, embeddings, store, top_n=1, samples=1)
+    alone = g.invoke(chat, context={"context_weight": 0})["avengers"]["clusters"][0]
+    blended = g.invoke(chat)["avengers"]["clusters"][0]
+    assert alone["id"] == blended["id"] == 0
+    assert alone["distance"] < blended["distance"]  # the code context pulls it away a little

@@ -9,10 +9,16 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 
 from avengers_graph.errors import InvalidInputError
 from avengers_graph.routing import (
+    ROUTING_HEAD_WORDS,
+    ROUTING_TAIL_WORDS,
     ClusterMatch,
+    blend,
     cluster_weights,
+    compact,
     match_clusters,
+    question_text,
     rank_experts,
+    routing_context,
     routing_text,
     score_experts,
     select_experts,
@@ -165,3 +171,50 @@ def test_routing_text_is_the_last_human_message() -> None:
 def test_routing_text_rejects_malformed_conversations(messages: object, match: str) -> None:
     with pytest.raises(InvalidInputError, match=match):
         routing_text(messages)  # type: ignore[arg-type]
+
+
+def test_tool_results_and_assistant_turns_do_not_become_the_question() -> None:
+    loop = [
+        SystemMessage("You are an agent. Use the tools. " * 20),
+        HumanMessage("Convert 5 km to miles, then double it."),
+        AIMessage("", tool_calls=[{"name": "convert", "args": {"v": 5}, "id": "c1"}]),
+        ToolMessage("3.107 miles", tool_call_id="c1"),
+        AIMessage("", tool_calls=[{"name": "calc", "args": {"e": "2*3.107"}, "id": "c2"}]),
+        ToolMessage("6.214", tool_call_id="c2"),
+    ]
+    assert routing_text(loop) == "Convert 5 km to miles, then double it."
+    assert routing_context(loop) is None  # one human message: no context
+
+
+def test_a_long_prompt_is_routed_on_its_head_and_tail() -> None:
+    documents = " ".join(f"document{i}" for i in range(1000))
+    prompt = f"Answer from the context below.\n\n{documents}\n\nQuestion: what is 6 * 7?"
+    text = routing_text([HumanMessage(prompt)])
+    assert text.startswith("Answer from the context below.")
+    assert text.endswith("Question: what is 6 * 7?")
+    assert len(text.split()) == ROUTING_HEAD_WORDS + 1 + ROUTING_TAIL_WORDS
+    assert "document500" not in text
+    assert question_text([HumanMessage(prompt)]) == prompt.strip()  # the whole question
+    assert compact("short question") == "short question"
+
+
+def test_routing_context_is_the_previous_human_message() -> None:
+    chat = [
+        HumanMessage("How far is 5 km in miles?"),
+        AIMessage("About 3.1 miles."),
+        HumanMessage("and in feet?"),
+    ]
+    assert routing_text(chat) == "and in feet?"
+    assert routing_context(chat) == "How far is 5 km in miles?"
+
+
+def test_blend_keeps_the_question_dominant() -> None:
+    question, context = [1.0, 0.0], [0.0, 1.0]
+    mixed = blend(question, context, 0.25)
+    assert mixed[0] > mixed[1] > 0
+    assert sum(v * v for v in mixed) == pytest.approx(1.0)
+    assert blend(question, context, 0.0) == question
+    with pytest.raises(InvalidInputError, match="context_weight"):
+        blend(question, context, -1.0)
+    with pytest.raises(InvalidInputError, match="sizes"):
+        blend(question, [1.0], 0.5)
