@@ -43,6 +43,7 @@ from avengers_graph.cache import AnswerCache, CachedAnswer, cache_key
 from avengers_graph.embeddings import embedding_model_name
 from avengers_graph.errors import CalibrationError, InvalidInputError
 from avengers_graph.graph import validate_experts
+from avengers_graph.routing import compact
 from avengers_graph.settings import default_cache_path
 from avengers_graph.store import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
 
@@ -448,7 +449,8 @@ def calibrate(
     if dataset is None:
         raise InvalidInputError("calibrate needs a dataset to build a new store.")
     items = load_dataset(dataset, custom_grader=grader is not None)
-    vectors = np.asarray(embeddings.embed_documents([item.question for item in items]))
+    # embedded as the graph routes them (a long question compacted to head and tail)
+    vectors = np.asarray(embeddings.embed_documents([compact(item.question) for item in items]))
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors = vectors / np.where(norms == 0, 1.0, norms)
     k = n_clusters if n_clusters is not None else default_n_clusters(len(items))

@@ -45,7 +45,7 @@ from avengers_graph.calibration import cluster_questions
 from avengers_graph.embeddings import normalise
 from avengers_graph.errors import InvalidInputError
 from avengers_graph.recording import Response, ResponseMatrix
-from avengers_graph.routing import match_clusters, score_experts, select_experts
+from avengers_graph.routing import compact, match_clusters, score_experts, select_experts
 from avengers_graph.store import ExpertStats
 from avengers_graph.voting import majority_vote
 
@@ -148,7 +148,7 @@ def _used(samples: Sequence[Response], correct: float) -> Outcome:
 
 def embed_questions(matrix: ResponseMatrix, embeddings: Embeddings) -> dict[str, np.ndarray]:
     """Unit vectors of the matrix's questions, by question id."""
-    texts = [q["question"] for q in matrix.questions]
+    texts = [compact(q["question"]) for q in matrix.questions]  # as the graph routes them
     vectors = embeddings.embed_documents(texts)
     return {
         q["id"]: np.asarray(normalise(vector))
