@@ -58,7 +58,7 @@ from langgraph.store.base import BaseStore
 from langgraph.types import CachePolicy, Checkpointer, RetryPolicy, Send
 
 from avengers_graph import routing, voting
-from avengers_graph.behaviour import behaviour_keys, probe_calls
+from avengers_graph.behaviour import behaviour_keys
 from avengers_graph.embeddings import embedding_model_name, normalise
 from avengers_graph.errors import AllExpertsFailedError, ExpertTimeoutError, InvalidInputError
 from avengers_graph.state import (
@@ -579,10 +579,9 @@ class _Nodes:
             ]
             return _VotePlan(settings, samples, texts, None, tool_keys, "tool_calls")
         extractor = voting.resolve_extractor(texts, settings.answer_format)
-        if extractor is voting.extract_code:
-            question = routing.question_text(state["messages"])
-            if probe_calls(question):  # run the programs on the question's examples
-                keys = behaviour_keys(texts, question)
+        if extractor is voting.extract_code:  # run the programs on the same calls
+            keys = behaviour_keys(texts, routing.question_text(state["messages"]))
+            if any(key is not None and key.startswith("behaviour:") for key in keys):
                 return _VotePlan(settings, samples, texts, extractor, keys, "code:behaviour")
         keys = [extractor(text) for text in texts] if extractor is not None else []
         if not any(key is not None for key in keys):

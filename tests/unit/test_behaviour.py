@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from avengers_graph.behaviour import behaviour_keys, probe_calls
+from avengers_graph.behaviour import behaviour_keys, generated_calls, probe_calls
 from avengers_graph.voting import majority_vote
 
 PROMPT = '''def add(a: int, b: int) -> int:
@@ -76,9 +76,43 @@ def test_endless_and_networked_programs_do_not_hang_or_connect() -> None:
     assert "5" not in keys[1].removeprefix("behaviour:")  # the connection was refused
 
 
-def test_without_probes_the_key_is_the_normalised_code() -> None:
-    keys = behaviour_keys([PLUS, reply("def add(a, b):  # comment\n    return a + b")], "Add.")
-    assert keys[0] == keys[1] == "def add(a, b):\n    return a + b"
+def test_without_examples_calls_are_generated_from_the_signature() -> None:
+    keys = behaviour_keys([PLUS, SUM, WRONG], "Write a function add(a, b) that adds.")
+    assert keys[0] == keys[1]
+    assert keys[0] is not None
+    assert keys[0].startswith("behaviour:")
+    assert keys[2] != keys[0]
+
+
+def test_generated_calls_follow_the_stub_annotations() -> None:
+    stub = (
+        "from typing import List\n\n"
+        "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
+        '    """Whether two numbers are closer than threshold."""\n'
+    )
+    calls = generated_calls(stub, [])
+    assert calls
+    assert all(call.startswith("has_close_elements([") for call in calls)
+    assert len(set(calls)) == len(calls)
+    assert generated_calls("def f(x: dict) -> int:\n    pass", []) == []  # no values for dict
+    assert generated_calls("def f(*args):\n    pass", []) == []
+    assert generated_calls("Nothing to call.", ["print(1)"]) == []
+
+
+def test_generated_calls_a_program_raises_on_are_not_compared() -> None:
+    strict = reply("def inv(x: int) -> int:\n    return 10 // x")
+    lenient = reply("def inv(x):\n    return 10 // x if x else 0")
+    keys = behaviour_keys([strict, lenient], "Write inv(x: int) returning 10 // x.")
+    assert keys[0] == keys[1]  # they differ only on inv(0), where one raises
+    assert keys[0] is not None
+    assert keys[0].startswith("behaviour:")
+
+
+def test_without_any_usable_call_the_key_is_the_normalised_code() -> None:
+    untyped = reply("def add(a: dict, b):  # comment\n    return a")
+    same = reply("def add(a: dict, b):\n    return a")
+    keys = behaviour_keys([untyped, same], "Add.")
+    assert keys[0] == keys[1] == "def add(a: dict, b):\n    return a"
 
 
 def test_the_graph_votes_code_by_behaviour(tmp_path) -> None:
