@@ -3,10 +3,13 @@
 One question flows through five nodes (``ALGORITHM.md``, "Inference"):
 
 1. ``embed``: :func:`~avengers_graph.routing.routing_text` picks the question from
-   ``messages``; the embeddings model embeds it and :func:`~avengers_graph.embeddings.normalise`
-   L2-normalises it. The node also resets last turn's ``samples`` and ``failures``.
-2. ``locate_cluster``: :meth:`ClusterStore.check_compatible` refuses a store built
-   with other embeddings, :meth:`ClusterStore.nearest` queries Chroma for the
+   ``messages`` (the last human message, a long one compacted) and
+   :func:`~avengers_graph.routing.routing_context` the human message before it; the
+   embeddings model embeds both and :func:`~avengers_graph.embeddings.normalise`
+   L2-normalises them. The node also resets last turn's ``samples`` and ``failures``.
+2. ``locate_cluster``: :func:`~avengers_graph.routing.blend` mixes the context into
+   the question's vector (``context_weight``), :meth:`ClusterStore.check_compatible`
+   refuses a store built with other embeddings, :meth:`ClusterStore.nearest` queries Chroma for the
    ``top_k`` nearest centroids, and :func:`~avengers_graph.routing.match_clusters`
    weighs them with ``softmax(-beta * distance)``.
 3. ``select_experts``: :func:`~avengers_graph.routing.score_experts` scores every
@@ -16,13 +19,20 @@ One question flows through five nodes (``ALGORITHM.md``, "Inference"):
 4. ``sample``: one ``Send`` per planned call runs in parallel (sync and async). A
    call that raises a transient error is retried by LangGraph's ``RetryPolicy``; any
    other error, a timeout, or a transient error on the last attempt is recorded in
-   ``failures`` and the expert loses that sample.
+   ``failures`` and the expert loses that sample. With ``early_stop``, the workers
+   of a turn share a tally (``_Turn``): once :func:`~avengers_graph.voting.early_keys`
+   and :func:`~avengers_graph.voting.is_decided` say the samples still running cannot
+   change the winner, those stop waiting (async: their requests are cancelled).
 5. ``vote``: :func:`~avengers_graph.voting.resolve_extractor` picks how to compare
    the answers, :func:`~avengers_graph.voting.majority_vote` (or
    :func:`~avengers_graph.voting.semantic_vote` for free text) picks the winner, ties
    going to the better-ranked expert. The winning ``AIMessage``, with the summed usage
    of every call, is appended to ``messages`` and the routing record written to
    ``avengers``. If every expert failed, :class:`AllExpertsFailedError` names them.
+
+Nodes write custom stream events (``stream_mode="custom"``): ``{"avengers": "routing"}``
+from ``select_experts``, one ``{"avengers": "sample"}`` per planned call (status ``ok``,
+``failed`` or ``cancelled``) and ``{"avengers": "vote"}``.
 
 :func:`build_avengers_graph` returns the uncompiled ``StateGraph`` (to extend);
 :func:`create_avengers_graph` compiles it. Per-run knobs go in the run's ``context``
