@@ -109,8 +109,10 @@ def test_text_calls_become_tool_calls_when_tools_are_bound() -> None:
 
 
 async def test_async_calls_are_parsed_too() -> None:
-    message = await _served(FakeServer(_completion(CALL_TEXT))).bind_tools([calculator]).ainvoke(
-        "234 * 17?"
+    message = (
+        await _served(FakeServer(_completion(CALL_TEXT)))
+        .bind_tools([calculator])
+        .ainvoke("234 * 17?")
     )
     assert [call["name"] for call in message.tool_calls] == ["calculator"]
 

@@ -16,8 +16,7 @@ from avengers_graph.tool_parsers import (
 TOOLS = frozenset({"calculator", "convert_units"})
 CALC = '{"name": "calculator", "arguments": {"expression": "234 * 17"}}'
 CONVERT = (
-    '{"name": "convert_units", "arguments": '
-    '{"value": 5, "from_unit": "miles", "to_unit": "km"}}'
+    '{"name": "convert_units", "arguments": {"value": 5, "from_unit": "miles", "to_unit": "km"}}'
 )
 
 
@@ -172,5 +171,7 @@ def test_parse_tool_calls_dispatches_and_rejects_unknown_parsers() -> None:
     parsed = parse_tool_calls("hermes", CALC, TOOLS)
     assert parsed is not None
     assert parsed.tool_calls[0]["name"] == "calculator"
-    with pytest.raises(ValueError, match="Unknown tool-call parser 'mistral'; known parsers: hermes"):
+    with pytest.raises(
+        ValueError, match="Unknown tool-call parser 'mistral'; known parsers: hermes"
+    ):
         parse_tool_calls("mistral", CALC, TOOLS)  # type: ignore[arg-type]
