@@ -5,11 +5,12 @@ Run it (after ``make install-local``)::
     python examples/rag_pipeline.py
 
 A few short documents about a made-up observatory are embedded with the MiniLM model
-that also routes the questions, stored in a Chroma collection on disk, and retrieved
-for each question. ``prompt | llm | StrOutputParser()`` answers from them with the
-ensemble of the bundled local pool (three small models served by llama.cpp), and the
-example prints each answer, its sources and how the ensemble reached it (experts,
-votes). It exits with status 1 when an answer lacks the fact it should contain.
+that also routes the questions, stored in a Chroma collection on disk (a temporary
+folder), and retrieved for each question. An LCEL chain (retriever, prompt,
+``ChatAvengers``, ``StrOutputParser``) answers from them with the ensemble of the
+bundled local pool (three small models served by llama.cpp), and the example prints
+each answer, its sources and how the ensemble reached it (experts, votes). It exits
+with status 1 when an answer lacks the fact it should contain.
 """
 
 # ruff: noqa: T201 - an example shows its results on stdout
