@@ -34,7 +34,7 @@ demo: install-local
 	$(BIN)/avengers demo
 
 test: install-local
-	$(BIN)/avengers local fetch smollm2-135m
+	$(BIN)/avengers local fetch smollm2-135m gemma3-270m qwen2.5-coder-0.5b qwen2.5-coder-1.5b
 	$(BIN)/python -m pytest
 
 unit: install

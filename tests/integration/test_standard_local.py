@@ -1,0 +1,94 @@
+"""LangChain's standard integration tests for ``ChatAvengers`` over real local models.
+
+The same suite as ``test_standard.py``, but the experts are the tool pool of
+``avengers_graph/data/tools_pool.yaml``: Qwen2.5-Coder 1.5B and 0.5B (Q4_K_M GGUF),
+each behind its own llama.cpp server started for the module, spoken to over HTTP
+through ``langchain-openai`` (tool calls parsed client-side, ``tool_call_parser:
+hermes``). The store is calibrated on the bundled validation set by replaying the
+recorded answers shipped with the package (no expert call). Each call samples both
+experts once (the suite's temperature is 0, so more samples of one expert would repeat
+it) and votes.
+
+A test marked ``xfail`` is one these small models fail on their own, each with the
+reason seen; the capability flags are the chat model's (``tests/standard.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from importlib.util import find_spec
+from typing import Any
+
+import pytest
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+
+from avengers_graph import ChatAvengers
+from avengers_graph.cache import AnswerCache
+from avengers_graph.config import load_pool_config
+from avengers_graph.embedded import bundled, calibrate_pool, local_urls
+from avengers_graph.local_models import MODELS, missing_packages
+from avengers_graph.local_pool import LocalPool
+from avengers_graph.settings import Settings
+from tests.standard import ChatAvengersCapabilities
+
+POOL = load_pool_config(bundled("tools_pool.yaml"))
+MODELS_NEEDED = POOL.local_models()
+
+pytestmark = [
+    pytest.mark.skipif(
+        find_spec("llama_cpp") is None,
+        reason="llama-cpp-python[server] is not installed (pip install 'avengers-graph[local]')",
+    ),
+    pytest.mark.skipif(
+        any(missing_packages(MODELS[name].packages) for name in MODELS_NEEDED),
+        reason=f"the packages of {', '.join(MODELS_NEEDED)} are not installed "
+        f"(`avengers local fetch {' '.join(MODELS_NEEDED)}`)",
+    ),
+]
+
+_RUNNING: dict[str, Any] = {}
+"""The module's experts, embeddings and store, set by the ``local_pool`` fixture."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Serve the pool's models and calibrate a store for the module; stop them after."""
+    work = tmp_path_factory.mktemp("standard-local")
+    settings = Settings.from_env(
+        {"AVENGERS_CACHE_DIR": str(work / "cache"), "AVENGERS_STORE_PATH": str(work / "store")}
+    )
+    servers = LocalPool(settings.cache_dir)
+    try:
+        servers.up(MODELS_NEEDED)
+        AnswerCache(settings.cache_dir / "answers.sqlite").import_jsonl(
+            bundled("tools_pool_answers.jsonl")
+        )
+        report = calibrate_pool(settings, POOL)
+        assert report.calls == 0, "the recorded answers should cover the whole calibration"
+        _RUNNING.update(
+            experts=POOL.build_experts(local_urls(settings, POOL)),
+            embeddings=POOL.embeddings.build(),
+            store=POOL.build_store(settings),
+        )
+        yield
+    finally:
+        _RUNNING.clear()
+        servers.down()
+
+
+class TestChatAvengersLocalPool(ChatAvengersCapabilities, ChatModelIntegrationTests):
+    @property
+    def chat_model_class(self) -> type[ChatAvengers]:
+        return ChatAvengers
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {
+            **_RUNNING,
+            "model": "avengers-local",
+            "top_n": 2,
+            "samples": 1,
+            "seed": 0,
+            # the suite's 60 s is for hosted APIs; two CPU-bound servers need longer
+            "timeout": 300,
+        }
