@@ -61,7 +61,11 @@ def test_stream_emits_the_voted_answer_as_a_last_chunk(llm: ChatAvengers) -> Non
     assert chunks[0].chunk_position == "last"
     assert chunks[0].text == "So the result is \\boxed{42}."
     assert chunks[0].usage_metadata is not None
-    assert chunks[0].response_metadata["avengers"]["votes"] == {"42": 4}
+    record = chunks[0].response_metadata["avengers"]
+    # streaming decides early: once three of four agree, the fourth may not be waited for
+    assert list(record["votes"]) == ["42"]
+    assert record["votes"]["42"] + record["cancelled"] == 4
+    assert record["votes"]["42"] >= 3
 
 
 async def test_astream(llm: ChatAvengers) -> None:
