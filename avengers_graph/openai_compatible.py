@@ -1,6 +1,6 @@
 """``ChatOpenAI`` for OpenAI-compatible servers (vLLM, Ollama, llama.cpp, SGLang).
 
-Two differences from ``ChatOpenAI``, each for servers that implement OpenAI's API
+Three differences from ``ChatOpenAI``, each for servers that implement OpenAI's API
 only in part:
 
 1. **The generation cap.** ``ChatOpenAI`` sends it as ``max_completion_tokens``, the
@@ -20,6 +20,10 @@ only in part:
    that hold no call are left as they are. With tools bound and the parser on,
    ``stream``/``astream`` yield one chunk, the parsed answer, since a call can only be
    recognised once the whole text is there.
+3. **Assistant turns that only call tools.** ``ChatOpenAI`` sends their ``content``
+   as ``null``, which OpenAI's API allows; llama-cpp-python's server rejects the whole
+   request (HTTP 500, "Input should be a valid string"), so a tool loop would fail
+   on its second turn. The payload sends ``""`` instead, which every server accepts.
 """
 
 from __future__ import annotations
@@ -71,8 +75,13 @@ class ChatOpenAICompatible(ChatOpenAI):
         **kwargs: Any,
     ) -> dict[str, Any]:
         payload: dict[str, Any] = super()._get_request_payload(input_, stop=stop, **kwargs)
-        if "max_completion_tokens" in payload and "messages" in payload:
+        if "messages" not in payload:
+            return payload
+        if "max_completion_tokens" in payload:
             payload["max_tokens"] = payload.pop("max_completion_tokens")
+        for message in payload["messages"]:
+            if message.get("role") == "assistant" and message.get("content") is None:
+                message["content"] = ""  # a tool-calling turn: see the module docstring
         return payload
 
     # client-side tool-call parsing ----------------------------------------------------

@@ -6,7 +6,7 @@ import json
 from typing import Any, Literal
 
 import httpx
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from pydantic import SecretStr
 
@@ -184,3 +184,19 @@ def test_a_streamed_tool_loop_sees_the_same_message_as_invoke() -> None:
         (c["name"], c["args"]) for c in invoked.tool_calls
     ]
     assert merged.content == invoked.content == ""
+
+
+def test_tool_calling_turns_send_empty_content_not_null() -> None:
+    history = [
+        HumanMessage("234 * 17?"),
+        AIMessage(
+            content="",
+            tool_calls=[{"name": "calculator", "args": {"expression": "234 * 17"}, "id": "c1"}],
+        ),
+        ToolMessage("3978", tool_call_id="c1"),
+    ]
+    payload = _client()._get_request_payload(history)
+    assistant = payload["messages"][1]
+    assert assistant["role"] == "assistant"
+    assert assistant["content"] == ""  # llama.cpp's server refuses null
+    assert assistant["tool_calls"][0]["function"]["name"] == "calculator"
