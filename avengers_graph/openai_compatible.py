@@ -19,7 +19,11 @@ only in part:
    proper ``tool_calls`` (bound tool names only, new ``call_<uuid>`` ids); answers
    that hold no call are left as they are. With tools bound and the parser on,
    ``stream``/``astream`` yield one chunk, the parsed answer, since a call can only be
-   recognised once the whole text is there.
+   recognised once the whole text is there. The way back is coherent too: with the
+   parser on, earlier turns' calls are sent as the same text
+   (:func:`~avengers_graph.tool_parsers.format_hermes_tool_calls`), not as
+   ``tool_calls``, which llama.cpp's template would render with the arguments
+   JSON-encoded twice (a quoted string the model then imitates).
 3. **Assistant turns that only call tools.** ``ChatOpenAI`` sends their ``content``
    as ``null``, which OpenAI's API allows; llama-cpp-python's server rejects the whole
    request (HTTP 500, "Input should be a valid string"), so a tool loop would fail
@@ -39,7 +43,12 @@ from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
 
-from avengers_graph.tool_parsers import ToolCallParser, bound_tool_names, parse_tool_calls
+from avengers_graph.tool_parsers import (
+    ToolCallParser,
+    bound_tool_names,
+    format_hermes_tool_calls,
+    parse_tool_calls,
+)
 
 __all__ = ["ChatOpenAICompatible"]
 
@@ -80,8 +89,15 @@ class ChatOpenAICompatible(ChatOpenAI):
         if "max_completion_tokens" in payload:
             payload["max_tokens"] = payload.pop("max_completion_tokens")
         for message in payload["messages"]:
-            if message.get("role") == "assistant" and message.get("content") is None:
+            if message.get("role") != "assistant":
+                continue
+            if message.get("content") is None:
                 message["content"] = ""  # a tool-calling turn: see the module docstring
+            if self.tool_call_parser == "hermes" and message.get("tool_calls"):
+                # the calls go back as the text the model wrote them in
+                message["content"] = format_hermes_tool_calls(
+                    message["content"], message.pop("tool_calls")
+                )
         return payload
 
     # client-side tool-call parsing ----------------------------------------------------

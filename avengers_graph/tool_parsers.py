@@ -22,10 +22,16 @@ synonym). The text is parsed in two ways, the first that applies wins:
 
 Anything else (no JSON, JSON that is not a call object, an unknown tool name, broken
 JSON) gives ``None``: the message stays as the server sent it.
+
+The way back, :func:`format_hermes_tool_calls`, writes the calls of earlier assistant
+turns into their text in the same format, for servers whose template would otherwise
+render them wrongly (llama-cpp-python renders OpenAI's JSON-string ``arguments``
+JSON-encoded a second time, and the model then imitates the quoted string).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
@@ -40,6 +46,7 @@ __all__ = [
     "ParsedToolCalls",
     "ToolCallParser",
     "bound_tool_names",
+    "format_hermes_tool_calls",
     "new_call_id",
     "parse_hermes_tool_calls",
     "parse_tool_calls",
@@ -180,6 +187,30 @@ def parse_hermes_tool_calls(
     bare = _WRAPPER_TAG.sub("", _FENCE.sub("", text))
     found = _calls_of(bare, tool_names)
     return None if found is None else _build("", found, make_id)
+
+
+def format_hermes_tool_calls(content: str, tool_calls: Sequence[Mapping[str, Any]]) -> str:
+    """An assistant turn's text with its calls written back in the Hermes format.
+
+    The inverse of :func:`parse_hermes_tool_calls`, for the request's history: each
+    call becomes ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, the
+    shape Qwen2.5's chat template writes and the model was trained to read.
+
+    Args:
+        content: The turn's text (kept first, when there is any).
+        tool_calls: Calls in OpenAI's request format (``{"function": {"name",
+            "arguments": "<JSON string>"}}``) or LangChain's (``{"name", "args"}``).
+    """
+    blocks = []
+    for call in tool_calls:
+        function = call.get("function", call)
+        arguments = function.get("arguments", function.get("args", {}))
+        if isinstance(arguments, str):
+            with contextlib.suppress(json.JSONDecodeError):  # else kept as the string it was
+                arguments = json.loads(arguments)
+        body = json.dumps({"name": function.get("name"), "arguments": arguments})
+        blocks.append(f"<tool_call>\n{body}\n</tool_call>")
+    return "\n".join([content, *blocks] if content else blocks)
 
 
 _PARSERS: Mapping[ToolCallParser, Callable[[str, Collection[str]], ParsedToolCalls | None]] = {

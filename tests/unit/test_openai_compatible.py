@@ -200,3 +200,22 @@ def test_tool_calling_turns_send_empty_content_not_null() -> None:
     assert assistant["role"] == "assistant"
     assert assistant["content"] == ""  # llama.cpp's server refuses null
     assert assistant["tool_calls"][0]["function"]["name"] == "calculator"
+
+
+def test_with_the_parser_earlier_calls_go_back_as_hermes_text() -> None:
+    history = [
+        HumanMessage("234 * 17?"),
+        AIMessage(
+            content="",
+            tool_calls=[{"name": "calculator", "args": {"expression": "234 * 17"}, "id": "c1"}],
+        ),
+        ToolMessage("3978", tool_call_id="c1"),
+    ]
+    payload = _client(tool_call_parser="hermes")._get_request_payload(history)
+    assistant, tool_result = payload["messages"][1:]
+    assert assistant == {
+        "role": "assistant",
+        "content": '<tool_call>\n{"name": "calculator", "arguments": {"expression": "234 * 17"}}'
+        "\n</tool_call>",
+    }
+    assert tool_result == {"role": "tool", "content": "3978", "tool_call_id": "c1"}

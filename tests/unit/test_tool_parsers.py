@@ -8,6 +8,7 @@ import pytest
 
 from avengers_graph.tool_parsers import (
     bound_tool_names,
+    format_hermes_tool_calls,
     new_call_id,
     parse_hermes_tool_calls,
     parse_tool_calls,
@@ -175,3 +176,27 @@ def test_parse_tool_calls_dispatches_and_rejects_unknown_parsers() -> None:
         ValueError, match="Unknown tool-call parser 'mistral'; known parsers: hermes"
     ):
         parse_tool_calls("mistral", CALC, TOOLS)  # type: ignore[arg-type]
+
+
+def test_calls_are_written_back_in_the_format_they_are_parsed_from() -> None:
+    openai_calls = [
+        {
+            "id": "c1",
+            "type": "function",
+            "function": {"name": "calculator", "arguments": '{"expression": "234 * 17"}'},
+        },
+        {"name": "convert_units", "args": {"value": 5, "from_unit": "miles", "to_unit": "km"}},
+    ]
+    text = format_hermes_tool_calls("", openai_calls)
+    assert text == f"<tool_call>\n{CALC}\n</tool_call>\n<tool_call>\n{CONVERT}\n</tool_call>"
+    assert parse(text) == ("", [CALC_CALL, CONVERT_CALL])
+    assert format_hermes_tool_calls("Let me compute.", openai_calls[:1]) == (
+        f"Let me compute.\n<tool_call>\n{CALC}\n</tool_call>"
+    )
+
+
+def test_unparsable_arguments_are_written_back_as_they_were() -> None:
+    call = {"function": {"name": "calculator", "arguments": "not json"}}
+    assert format_hermes_tool_calls("", [call]) == (
+        '<tool_call>\n{"name": "calculator", "arguments": "not json"}\n</tool_call>'
+    )
