@@ -36,6 +36,7 @@ from typing import Any
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
+from langgraph.errors import GraphRecursionError
 
 from avengers_graph.cache import AnswerCache
 from avengers_graph.embedded import bundled, load, local_avengers
@@ -56,6 +57,7 @@ TASK = (
 )
 EXPECTED_KM = 26.2 * 1609.344 / 1000 * 3  # 126.49443... km
 TOLERANCE = 0.05  # km: the answer may round to two decimals
+RECURSION_LIMIT = 16  # graph steps: a model turn and a tool turn each take one
 
 
 # -- tools --------------------------------------------------------------------------
@@ -201,13 +203,19 @@ def main() -> int:
         agent = create_agent(llm, tools=[calculator, convert_units], system_prompt=SYSTEM_PROMPT)
         print(f"task: {TASK}\n")
         messages: list[BaseMessage] = []
-        for update in agent.stream(
-            {"messages": [HumanMessage(TASK)]}, {"recursion_limit": 12}, stream_mode="updates"
-        ):
-            for step in update.values():
-                for message in (step or {}).get("messages", []):
-                    _print_step(message)
-                    messages.append(message)
+        try:
+            for update in agent.stream(
+                {"messages": [HumanMessage(TASK)]},
+                {"recursion_limit": RECURSION_LIMIT},
+                stream_mode="updates",
+            ):
+                for step in update.values():
+                    for message in (step or {}).get("messages", []):
+                        _print_step(message)
+                        messages.append(message)
+        except GraphRecursionError:
+            print(f"\nthe agent did not finish within {RECURSION_LIMIT} graph steps")
+            messages.append(AIMessage(content=""))
     used = [m.name for m in messages if isinstance(m, ToolMessage)]
     final = messages[-1] if messages else None
     answer = final.text if isinstance(final, AIMessage) and not final.tool_calls else ""

@@ -57,8 +57,10 @@ from langchain_core.tools import BaseTool, tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict
 
-from avengers_graph import ChatAvengers
+from avengers_graph import ChatAvengers, ClusterStore
+from avengers_graph.config import PoolConfig
 from avengers_graph.embedded import bundled
+from avengers_graph.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = bundled("tools_pool.yaml")
@@ -440,10 +442,41 @@ def _llm_options(samples: int) -> dict[str, Any]:
     }
 
 
+def calibrated_store(settings: Settings, pool: PoolConfig) -> ClusterStore:
+    """The pool's store, calibrated on the bundled set from the recorded answers if empty.
+
+    Every calibration answer of the pool is recorded (``local_answers.jsonl`` and
+    ``tools_pool_answers.jsonl``), so no expert is called: experts whose server is not
+    running get an address that cannot resolve (``.invalid``), and a missing answer
+    fails loudly with a connection error instead of calling anything.
+    """
+    from avengers_graph.cache import AnswerCache
+    from avengers_graph.calibration import calibrate
+    from avengers_graph.embedded import RECORDED_ANSWERS, local_urls, read_jsonl
+
+    store = pool.build_store(settings)
+    if not store.is_empty():
+        return store
+    cache = AnswerCache(settings.cache_dir / "answers.sqlite")
+    for name in (RECORDED_ANSWERS, "tools_pool_answers.jsonl"):
+        cache.import_jsonl(bundled(name))
+    urls = dict.fromkeys(pool.local_models(), "http://recorded-answers-only.invalid/v1")
+    urls |= local_urls(settings, pool)
+    report = calibrate(
+        pool.build_experts(urls),
+        pool.embeddings.build(),
+        read_jsonl(bundled("validation.jsonl")),
+        store,
+        cache=cache,
+        **pool.calibration,
+    )
+    print(f"calibrated {store}: {report.calls} expert calls, {report.cached} recorded answers")
+    return store
+
+
 def record(path: Path, samples: int, threads: int | None) -> None:
     """Ask the real pool every prompt not recorded yet; append each to ``path``."""
-    from avengers_graph.cache import AnswerCache
-    from avengers_graph.embedded import calibrate_pool, fetch_models, load, local_urls
+    from avengers_graph.embedded import fetch_models, load, local_urls
     from avengers_graph.local_pool import LocalPool
 
     settings, pool = load(POOL)
@@ -458,12 +491,7 @@ def record(path: Path, samples: int, threads: int | None) -> None:
     started = [name for name in local if name not in servers.servers()]
     try:
         servers.up(local, threads=threads)
-        store = pool.build_store(settings)
-        if store.is_empty():
-            AnswerCache(settings.cache_dir / "answers.sqlite").import_jsonl(
-                bundled("tools_pool_answers.jsonl")
-            )
-            calibrate_pool(settings, pool)
+        store = calibrated_store(settings, pool)
         sink: list[dict[str, Any]] = []
         experts = {
             name: Recording(expert=name, inner=expert, sink=sink)
@@ -474,7 +502,6 @@ def record(path: Path, samples: int, threads: int | None) -> None:
             experts=experts,
             embeddings=pool.embeddings.build(),
             store=store,
-            max_concurrency=1,  # one call at a time: each server serves one anyway
             **routing,
             **_llm_options(samples),
         ).bind_tools(TOOLS)
@@ -488,6 +515,7 @@ def record(path: Path, samples: int, threads: int | None) -> None:
                 "prompt": case.prompt,
                 "samples": sorted(sink, key=lambda s: (s["expert"], s["seed"])),
                 "vote": {"content": answer.text, "tool_calls": answer.tool_calls},
+                "failures": answer.response_metadata["avengers"]["failures"],
                 "seconds": round(time.perf_counter() - started_at, 1),
             }
             with path.open("a", encoding="utf-8") as out:
@@ -525,6 +553,7 @@ def _replayed_vote(
     from avengers_graph.embedded import load
 
     settings, pool = load(POOL)
+    store = calibrated_store(settings, pool)
     by_expert: dict[str, dict[tuple[str, int], Mapping[str, Any]]] = {}
     for row in rows.values():
         for sample in row["samples"]:
@@ -537,7 +566,7 @@ def _replayed_vote(
     llm = ChatAvengers(
         experts=experts,
         embeddings=pool.embeddings.build(),
-        store=pool.build_store(settings),
+        store=store,
         **routing,
         **_llm_options(samples),
     ).bind_tools(TOOLS)
