@@ -8,20 +8,24 @@ does it client-side, for :class:`~avengers_graph.openai_compatible.ChatOpenAICom
 
 A *call object* is a JSON object ``{"name": <a bound tool>, "arguments": {...}}``
 (``arguments`` may also be a JSON string holding an object; ``parameters`` is read as a
-synonym). The text is parsed in two ways, the first that applies wins:
+synonym), or a JSON list of them. :func:`parse_hermes_tool_calls` reads them in two
+ways, the first that applies wins:
 
-1. **Tagged** (Hermes): every ``<tool_call>...</tool_call>`` block holds one call
-   object (or a JSON list of them). The tags say the model meant to call, so text
-   around them is kept as the message's content. One block that does not parse, or
-   that names a tool that is not bound, makes the whole text count as no call.
-2. **Bare**: the whole text, once ```` ```json ```` fences and ``<tools>`` wrappers
-   are removed, is call objects and nothing else: one object, a JSON list of them, or
-   several one after another. The content becomes empty. Text that also holds prose
-   (an explanation around a JSON example, say) counts as no call: a model that
-   describes a call has not made it.
+1. **Tagged** (Hermes): every ``<tool_call>...</tool_call>`` block holds call objects.
+   One block that does not parse makes the whole text count as no call: tags say a
+   call was meant, and half of a planned set of calls is not run.
+2. **Untagged** (what small models write more often): call objects anywhere in the
+   text, bare, in ```` ```json ```` fences or ``<tools>`` wrappers, one after another
+   or between sentences ("To convert it, I call: ```json {...}```"). JSON that is not
+   a call object (``{"name": "Alice", "age": 3}``, a call nested inside another
+   object) and broken JSON are not calls and stay text.
 
-Anything else (no JSON, JSON that is not a call object, an unknown tool name, broken
-JSON) gives ``None``: the message stays as the server sent it.
+The calls are taken out of the text; what remains (fences, wrappers and stray braces
+dropped) is the message's content, empty when the text was calls only. An object
+shaped like a call (``name`` and ``arguments``) that names a tool that is not bound,
+or whose arguments are not an object, makes the whole text count as no call: the model
+meant a call that cannot be run. No call at all gives ``None``: the message stays as
+the server sent it.
 
 The way back, :func:`format_hermes_tool_calls`, writes the calls of earlier assistant
 turns into their text in the same format, for servers whose template would otherwise
@@ -35,7 +39,7 @@ import contextlib
 import json
 import re
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 from langchain_core.messages import ToolCall
@@ -61,6 +65,7 @@ TOOL_CALL_PARSERS: tuple[ToolCallParser, ...] = ("hermes",)
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?|```")
 _WRAPPER_TAG = re.compile(r"</?tools>|</?tool_call>")
+_STRAY_BRACES = re.compile(r"^[ \t{}\[\],]*[{}\[\]][ \t{}\[\],]*(?:\n|$)", re.MULTILINE)
 _DECODER = json.JSONDecoder()
 
 
@@ -88,58 +93,80 @@ def bound_tool_names(tools: Sequence[Mapping[str, Any]] | None) -> frozenset[str
     return frozenset(names)
 
 
+class _UnrunnableCallError(ValueError):
+    """A call-shaped object that cannot be run (unknown tool, arguments not an object)."""
+
+
 def _as_call(value: Any, tool_names: Collection[str]) -> tuple[str, dict[str, Any]] | None:
-    """``(name, args)`` when ``value`` is a call object of a bound tool, else ``None``."""
+    """``(name, args)`` when ``value`` is a call object of a bound tool, else ``None``.
+
+    Raises:
+        _UnrunnableCallError: ``value`` is shaped like a call (a string ``name`` and ``arguments``
+            or ``parameters``, no other keys but ``id``/``type``) but names a tool that
+            is not bound, or its arguments are not a JSON object.
+    """
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         return None
-    if value["name"] not in tool_names:
+    if "arguments" not in value and "parameters" not in value:
         return None
+    if set(value) - {"name", "arguments", "parameters", "id", "type"}:
+        return None  # other keys: some other object that happens to have a name
+    if value["name"] not in tool_names:
+        raise _UnrunnableCallError(f"unknown tool {value['name']!r}")
     arguments = value.get("arguments", value.get("parameters"))
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
         except json.JSONDecodeError:
-            return None
+            raise _UnrunnableCallError("arguments are not JSON") from None
     if not isinstance(arguments, dict):
-        return None
-    if set(value) - {"name", "arguments", "parameters", "id", "type"}:
-        return None  # other keys: some other object that happens to have a name
+        raise _UnrunnableCallError("arguments are not an object")
     return value["name"], arguments
 
 
-def _json_values(text: str) -> Iterator[Any] | None:
-    """The JSON values that make up ``text`` one after another, or ``None``.
+def _calls_in_value(value: Any, tool_names: Collection[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The calls a decoded JSON value is (an object, or a list of call objects only)."""
+    items = value if isinstance(value, list) else [value]
+    calls = [_as_call(item, tool_names) for item in items]
+    if not calls or any(call is None for call in calls):
+        return []
+    return [call for call in calls if call is not None]
 
-    Values may be separated by whitespace or commas; anything else (prose, broken
-    JSON) makes the text not a sequence of values.
+
+def _scan(text: str, tool_names: Collection[str]) -> tuple[list[tuple[str, dict[str, Any]]], str]:
+    """Every call object in ``text`` and the text without them.
+
+    Each ``{`` or ``[`` starts an attempt to decode a JSON value there; a value that is
+    calls is taken out, any other value is skipped whole (so a call nested in another
+    object is not taken), and text that does not decode is kept.
     """
-    values: list[Any] = []
-    position = 0
-    while True:
-        while position < len(text) and (text[position].isspace() or text[position] == ","):
-            position += 1
-        if position == len(text):
-            return iter(values)
-        try:
-            value, position = _DECODER.raw_decode(text, position)
-        except json.JSONDecodeError:
-            return None
-        values.append(value)
-
-
-def _calls_of(text: str, tool_names: Collection[str]) -> list[tuple[str, dict[str, Any]]] | None:
-    """The call objects ``text`` consists of (lists flattened), or ``None``."""
-    values = _json_values(text)
-    if values is None:
-        return None
     calls: list[tuple[str, dict[str, Any]]] = []
-    for value in values:
-        for item in value if isinstance(value, list) else [value]:
-            call = _as_call(item, tool_names)
-            if call is None:
-                return None
-            calls.append(call)
-    return calls or None
+    rest: list[str] = []
+    position = kept = 0
+    while True:
+        starts = [i for i in (text.find("{", position), text.find("[", position)) if i >= 0]
+        if not starts:
+            break
+        start = min(starts)
+        try:
+            value, end = _DECODER.raw_decode(text, start)
+        except json.JSONDecodeError:
+            position = start + 1
+            continue
+        found = _calls_in_value(value, tool_names)
+        if found:
+            calls.extend(found)
+            rest.append(text[kept:start])
+            kept = end
+        position = end
+    rest.append(text[kept:])
+    return calls, "".join(rest)
+
+
+def _leftover(text: str) -> str:
+    """The prose left once calls are taken out: fences, wrappers and stray braces dropped."""
+    text = _STRAY_BRACES.sub("", _WRAPPER_TAG.sub("", _FENCE.sub("", text)))
+    return text.strip() if re.search(r"\w", text) else ""
 
 
 def _build(
@@ -167,26 +194,24 @@ def parse_hermes_tool_calls(
         make_id: Makes each call's id (default ``call_<uuid4 hex>``).
 
     Returns:
-        The calls and the remaining content, or ``None`` when the text holds no call
-        (or anything that is not quite one): leave the message as it is.
+        The calls and the text around them, or ``None`` when the text holds no call
+        (or a call that cannot be run): leave the message as it is.
     """
     if not tool_names or not text.strip():
         return None
-    if "<tool_call>" in text:
-        calls: list[tuple[str, dict[str, Any]]] = []
-        for block in _TAGGED.findall(text):
-            found = _calls_of(_FENCE.sub("", block), tool_names)
-            if found is None:
-                return None
-            calls.extend(found)
-        if calls:
-            rest = _TAGGED.sub("", text)
-            rest = _WRAPPER_TAG.sub("", rest).strip()
-            return _build("" if not _FENCE.sub("", rest).strip() else rest, calls, make_id)
+    try:
+        if "<tool_call>" in text:
+            calls: list[tuple[str, dict[str, Any]]] = []
+            for block in _TAGGED.findall(text):
+                found, rest = _scan(block, tool_names)
+                if not found or _leftover(rest):
+                    return None  # a tagged block that is not calls only
+                calls.extend(found)
+            return _build(_leftover(_TAGGED.sub("", text)), calls, make_id) if calls else None
+        calls, rest = _scan(text, tool_names)
+    except _UnrunnableCallError:
         return None
-    bare = _WRAPPER_TAG.sub("", _FENCE.sub("", text))
-    found = _calls_of(bare, tool_names)
-    return None if found is None else _build("", found, make_id)
+    return _build(_leftover(rest), calls, make_id) if calls else None
 
 
 def format_hermes_tool_calls(content: str, tool_calls: Sequence[Mapping[str, Any]]) -> str:

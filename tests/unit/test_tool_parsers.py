@@ -112,8 +112,6 @@ def test_tagged_calls_keep_the_text_around_them() -> None:
         '{"name": "Alice", "age": 30}',
         "[1, 2, 3]",
         "42",
-        f"Here is how you would call it:\n```json\n{CALC}\n```\nThis returns the product.",
-        f"Sure! {CALC}",
         "```python\nprint(234 * 17)\n```",
         "<tool_call>\n</tool_call>",
     ],
@@ -132,14 +130,40 @@ def test_tagged_calls_keep_the_text_around_them() -> None:
         "json-not-a-call",
         "json-list-of-numbers",
         "json-number",
-        "prose-around-a-fenced-call",
-        "prose-before-a-call",
         "code-fence",
         "empty-tags",
     ],
 )
 def test_anything_else_is_no_call(text: str) -> None:
     assert parse(text) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "content"),
+    [
+        (
+            f"To multiply them, I call:\n```json\n{CALC}\n```\nThis returns the product.",
+            "To multiply them, I call:\n\nThis returns the product.",
+        ),
+        (f"Sure! {CALC}", "Sure!"),
+        (f"Let's compute:\n<tools>\n{{{CALC}}}\n</tools>", "Let's compute:"),  # {{...}}
+        (
+            f'With {{"unit": "km"}} in mind: {CALC}',
+            'With {"unit": "km"} in mind:',
+        ),
+        (
+            f'{CALC}\n{{"name": "calculator", "arguments": {{"expression": "1 +',  # cut off
+            '{"name": "calculator", "arguments": {"expression": "1 +',
+        ),
+    ],
+    ids=["prose-around-a-fence", "prose-before", "double-braces", "other-json", "then-broken"],
+)
+def test_calls_between_sentences_are_taken_out_of_the_text(text: str, content: str) -> None:
+    assert parse(text) == (content, [CALC_CALL])
+
+
+def test_a_call_nested_in_another_object_is_not_a_call() -> None:
+    assert parse(f'{{"example": {CALC}}}') is None
 
 
 def test_no_bound_tools_means_no_call() -> None:
