@@ -41,7 +41,7 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -60,7 +60,9 @@ from pydantic import ConfigDict
 from avengers_graph import ChatAvengers, ClusterStore
 from avengers_graph.config import PoolConfig
 from avengers_graph.embedded import bundled
+from avengers_graph.openai_compatible import ChatOpenAICompatible
 from avengers_graph.settings import Settings
+from avengers_graph.tool_parsers import ToolCallParser, bound_tool_names, parse_tool_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = bundled("tools_pool.yaml")
@@ -368,10 +370,32 @@ class _ToolBinding(BaseChatModel):
         return "bench-tool-calls"
 
 
-class Recording(_ToolBinding):
-    """A real expert whose every answer is appended to ``sink`` with its seed."""
+def as_answer(
+    sample: Mapping[str, Any], tool_names: Collection[str], parser: ToolCallParser | None
+) -> AIMessage:
+    """The message an expert with ``parser`` gives for a recorded raw sample.
 
-    inner: BaseChatModel
+    What ``ChatOpenAICompatible`` does with the server's answer: calls the server
+    parsed are kept, else the text is parsed (the library's own parser, so a replay
+    scores the parser as it is now).
+    """
+    content, calls = sample["raw_content"], sample["server_tool_calls"]
+    if calls or parser is None:
+        return AIMessage(content=content, tool_calls=calls)
+    parsed = parse_tool_calls(parser, content, tool_names)
+    if parsed is None:
+        return AIMessage(content=content)
+    return AIMessage(
+        content=parsed.content,
+        tool_calls=parsed.tool_calls,
+        response_metadata={"tool_call_parser": parser},
+    )
+
+
+class Recording(_ToolBinding):
+    """A real expert whose every raw answer is appended to ``sink`` with its seed."""
+
+    inner: ChatOpenAICompatible
     sink: list[dict[str, Any]]
 
     def _generate(
@@ -383,31 +407,30 @@ class Recording(_ToolBinding):
     ) -> ChatResult:
         del run_manager
         tools = kwargs.pop("tools", None)
-        inner = self.inner.bind_tools(tools) if tools else self.inner
+        raw = self.inner.model_copy(update={"tool_call_parser": None})
         started = time.perf_counter()
-        message = inner.invoke(messages, stop=stop, **kwargs)
+        message = (raw.bind_tools(tools) if tools else raw).invoke(messages, stop=stop, **kwargs)
         if not isinstance(message, AIMessage):
             raise TypeError(f"{self.expert} returned {type(message).__name__}")
-        self.sink.append(
-            {
-                "expert": self.expert,
-                "seed": kwargs.get("seed"),
-                "content": message.text,
-                "tool_calls": [
-                    {"name": c["name"], "args": c["args"], "id": c["id"]}
-                    for c in message.tool_calls
-                ],
-                "parsed_client_side": "tool_call_parser" in message.response_metadata,
-                "seconds": round(time.perf_counter() - started, 2),
-            }
-        )
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        sample = {
+            "expert": self.expert,
+            "seed": kwargs.get("seed"),
+            "raw_content": message.text,
+            "server_tool_calls": [
+                {"name": c["name"], "args": c["args"], "id": c["id"]} for c in message.tool_calls
+            ],
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        self.sink.append(sample)
+        answer = as_answer(sample, bound_tool_names(tools), self.inner.tool_call_parser)
+        return ChatResult(generations=[ChatGeneration(message=answer)])
 
 
 class Replay(_ToolBinding):
     """An expert that answers with the recorded sample of the same question and seed."""
 
     samples: Mapping[tuple[str, int], Mapping[str, Any]]
+    parser: ToolCallParser | None
 
     def _generate(
         self,
@@ -418,8 +441,8 @@ class Replay(_ToolBinding):
     ) -> ChatResult:
         del stop, run_manager
         sample = self.samples[(_question(messages), int(kwargs["seed"]))]
-        message = AIMessage(content=sample["content"], tool_calls=sample["tool_calls"])
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        answer = as_answer(sample, bound_tool_names(kwargs.get("tools")), self.parser)
+        return ChatResult(generations=[ChatGeneration(message=answer)])
 
 
 # -- the record file -----------------------------------------------------------------------
@@ -440,6 +463,17 @@ def _llm_options(samples: int) -> dict[str, Any]:
         "temperature": TEMPERATURE,
         "max_tokens": MAX_TOKENS,
     }
+
+
+def _experts(pool: PoolConfig, urls: Mapping[str, str]) -> dict[str, ChatOpenAICompatible]:
+    experts = pool.build_experts(urls)
+    if not all(isinstance(e, ChatOpenAICompatible) for e in experts.values()):
+        raise TypeError("the benchmark records OpenAI-compatible experts only")
+    return {name: e for name, e in experts.items() if isinstance(e, ChatOpenAICompatible)}
+
+
+def _parsers(pool: PoolConfig) -> dict[str, ToolCallParser | None]:
+    return {expert.name: expert.resolved_tool_call_parser() for expert in pool.experts}
 
 
 def calibrated_store(settings: Settings, pool: PoolConfig) -> ClusterStore:
@@ -495,7 +529,7 @@ def record(path: Path, samples: int, threads: int | None) -> None:
         sink: list[dict[str, Any]] = []
         experts = {
             name: Recording(expert=name, inner=expert, sink=sink)
-            for name, expert in pool.build_experts(local_urls(settings, pool)).items()
+            for name, expert in _experts(pool, local_urls(settings, pool)).items()
         }
         routing = {k: v for k, v in pool.routing.items() if k not in _llm_options(samples)}
         llm = ChatAvengers(
@@ -543,6 +577,8 @@ class Scores:
     """Samples whose calls were parsed client-side from text."""
     calls: int = 0
     """Samples with at least one tool call."""
+    server: int = 0
+    """Samples whose calls the server parsed itself."""
     total: int = 0
 
 
@@ -560,7 +596,10 @@ def _replayed_vote(
             by_expert.setdefault(sample["expert"], {})[(row["prompt"], int(sample["seed"]))] = (
                 sample
             )
-    experts = {name: Replay(expert=name, samples=s) for name, s in by_expert.items()}
+    parsers = _parsers(pool)
+    experts = {
+        name: Replay(expert=name, samples=s, parser=parsers[name]) for name, s in by_expert.items()
+    }
     routing = {k: v for k, v in pool.routing.items() if k not in _llm_options(samples)}
     routing.pop("timeout", None)
     llm = ChatAvengers(
@@ -577,20 +616,26 @@ def _replayed_vote(
 
 def score(rows: Mapping[str, Mapping[str, Any]], samples: int) -> Scores:
     """Score the recorded samples and the vote replayed over them."""
+    from avengers_graph.embedded import load
+
+    parsers = _parsers(load(POOL)[1])
+    names = {t.name for t in TOOLS}
     cases = {case.id: case for case in CASES}
     scores = Scores()
     for case_id, row in rows.items():
         case = cases[case_id]
         seen: set[str] = set()
         for sample in sorted(row["samples"], key=lambda s: (s["expert"], s["seed"])):
-            right = is_right(case, sample["tool_calls"])
+            answer = as_answer(sample, names, parsers[sample["expert"]])
+            right = is_right(case, answer.tool_calls)
             scores.every.setdefault(sample["expert"], []).append(right)
             if sample["expert"] not in seen:
                 seen.add(sample["expert"])
                 scores.first.setdefault(sample["expert"], {})[case_id] = right
             scores.total += 1
-            scores.calls += bool(sample["tool_calls"])
-            scores.parsed += bool(sample.get("parsed_client_side"))
+            scores.calls += bool(answer.tool_calls)
+            scores.parsed += "tool_call_parser" in answer.response_metadata
+            scores.server += bool(sample["server_tool_calls"])
     for case_id, answer in _replayed_vote(rows, samples):
         scores.vote[case_id] = is_right(cases[case_id], answer.tool_calls)
         recorded = rows[case_id]["vote"]["tool_calls"]
@@ -683,7 +728,7 @@ def report(scores: Scores, rows: Mapping[str, Mapping[str, Any]], args: argparse
             "",
             *every,
             f"- samples with tool calls: {scores.calls} of {scores.total}; calls parsed "
-            f"client-side from text: {scores.parsed} (llama.cpp parsed none itself)",
+            f"client-side from text: {scores.parsed}; parsed by the server: {scores.server}",
             "",
             "Per prompt (first sample of each expert, and the vote):",
             "",
