@@ -16,11 +16,12 @@ only in part:
    the model's call as ``content``. When tools were bound for the call and the answer
    has no ``tool_calls``, :meth:`ChatOpenAICompatible._generate` (and ``_agenerate``)
    parse the content with :func:`avengers_graph.tool_parsers.parse_tool_calls` into
-   proper ``tool_calls`` (bound tool names only, new ``call_<uuid>`` ids); answers
-   that hold no call are left as they are. With tools bound and the parser on,
-   ``stream``/``astream`` yield one chunk, the parsed answer, since a call can only be
-   recognised once the whole text is there. The way back is coherent too: with the
-   parser on, earlier turns' calls are sent as the same text
+   proper ``tool_calls`` (bound tool names only, new ``call_<uuid>`` ids; only the
+   first one when the request said ``parallel_tool_calls=False``, which such servers
+   cannot enforce); answers that hold no call are left as they are. With tools bound
+   and the parser on, ``stream``/``astream`` yield one chunk, the parsed answer, since
+   a call can only be recognised once the whole text is there. The way back is
+   coherent too: with the parser on, earlier turns' calls are sent as the same text
    (:func:`~avengers_graph.tool_parsers.format_hermes_tool_calls`), not as
    ``tool_calls``, which llama.cpp's template would render with the arguments
    JSON-encoded twice (a quoted string the model then imitates).
@@ -109,8 +110,14 @@ class ChatOpenAICompatible(ChatOpenAI):
             and kwargs.get("tool_choice") != "none"
         )
 
-    def _parse_message(self, message: BaseMessage, names: frozenset[str]) -> BaseMessage:
-        """``message`` with the tool calls its text holds made into ``tool_calls``."""
+    def _parse_message(
+        self, message: BaseMessage, names: frozenset[str], *, single: bool
+    ) -> BaseMessage:
+        """``message`` with the tool calls its text holds made into ``tool_calls``.
+
+        With ``single`` (the request said ``parallel_tool_calls=False``), only the first
+        call is kept: the server cannot hold the model to one call, the parser does.
+        """
         if (
             self.tool_call_parser is None
             or not isinstance(message, AIMessage)
@@ -125,7 +132,7 @@ class ChatOpenAICompatible(ChatOpenAI):
         return message.model_copy(
             update={
                 "content": parsed.content,
-                "tool_calls": parsed.tool_calls,
+                "tool_calls": parsed.tool_calls[:1] if single else parsed.tool_calls,
                 "response_metadata": {
                     **message.response_metadata,
                     "tool_call_parser": self.tool_call_parser,
@@ -138,10 +145,11 @@ class ChatOpenAICompatible(ChatOpenAI):
         if not self._parses_tool_calls(kwargs):
             return result
         names = bound_tool_names(kwargs.get("tools"))
+        single = kwargs.get("parallel_tool_calls") is False
         return ChatResult(
             generations=[
                 ChatGeneration(
-                    message=self._parse_message(generation.message, names),
+                    message=self._parse_message(generation.message, names, single=single),
                     generation_info=generation.generation_info,
                 )
                 for generation in result.generations

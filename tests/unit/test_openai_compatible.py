@@ -219,3 +219,14 @@ def test_with_the_parser_earlier_calls_go_back_as_hermes_text() -> None:
         "\n</tool_call>",
     }
     assert tool_result == {"role": "tool", "content": "3978", "tool_call_id": "c1"}
+
+
+def test_parallel_tool_calls_false_keeps_the_first_parsed_call() -> None:
+    two = (
+        '{"name": "calculator", "arguments": {"expression": "1 + 1"}}\n'
+        '{"name": "calculator", "arguments": {"expression": "2 + 2"}}'
+    )
+    llm = _served(FakeServer(_completion(two)))
+    assert len(llm.bind_tools([calculator]).invoke("?").tool_calls) == 2
+    [call] = llm.bind_tools([calculator], parallel_tool_calls=False).invoke("?").tool_calls
+    assert call["args"] == {"expression": "1 + 1"}
