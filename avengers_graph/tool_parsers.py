@@ -214,7 +214,21 @@ def parse_hermes_tool_calls(
     return _build(_leftover(rest), calls, make_id) if calls else None
 
 
-def format_hermes_tool_calls(content: str, tool_calls: Sequence[Mapping[str, Any]]) -> str:
+def _block_text(content: str | Sequence[Any]) -> str:
+    """The text of a message's content: a string, or the text of its content blocks."""
+    if isinstance(content, str):
+        return content
+    parts = [
+        block if isinstance(block, str) else str(block.get("text", ""))
+        for block in content
+        if isinstance(block, str) or (isinstance(block, Mapping) and block.get("type") == "text")
+    ]
+    return "".join(parts)
+
+
+def format_hermes_tool_calls(
+    content: str | Sequence[Any], tool_calls: Sequence[Mapping[str, Any]]
+) -> str:
     """An assistant turn's text with its calls written back in the Hermes format.
 
     The inverse of :func:`parse_hermes_tool_calls`, for the request's history: each
@@ -222,7 +236,7 @@ def format_hermes_tool_calls(content: str, tool_calls: Sequence[Mapping[str, Any
     shape Qwen2.5's chat template writes and the model was trained to read.
 
     Args:
-        content: The turn's text (kept first, when there is any).
+        content: The turn's text, or its content blocks (their text is kept first).
         tool_calls: Calls in OpenAI's request format (``{"function": {"name",
             "arguments": "<JSON string>"}}``) or LangChain's (``{"name", "args"}``).
     """
@@ -235,7 +249,8 @@ def format_hermes_tool_calls(content: str, tool_calls: Sequence[Mapping[str, Any
                 arguments = json.loads(arguments)
         body = json.dumps({"name": function.get("name"), "arguments": arguments})
         blocks.append(f"<tool_call>\n{body}\n</tool_call>")
-    return "\n".join([content, *blocks] if content else blocks)
+    text = _block_text(content)
+    return "\n".join([text, *blocks] if text else blocks)
 
 
 _PARSERS: Mapping[ToolCallParser, Callable[[str, Collection[str]], ParsedToolCalls | None]] = {

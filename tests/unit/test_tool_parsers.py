@@ -224,3 +224,11 @@ def test_unparsable_arguments_are_written_back_as_they_were() -> None:
     assert format_hermes_tool_calls("", [call]) == (
         '<tool_call>\n{"name": "calculator", "arguments": "not json"}\n</tool_call>'
     )
+
+
+def test_formatting_calls_back_keeps_the_text_of_content_blocks() -> None:
+    calls = [{"name": "add", "args": {"a": 1}}]
+    blocks = [{"type": "text", "text": "Let me add."}, {"type": "image_url", "image_url": "x"}]
+    assert format_hermes_tool_calls(blocks, calls) == (
+        'Let me add.\n<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call>'
+    )
