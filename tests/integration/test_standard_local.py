@@ -35,6 +35,9 @@ POOL = load_pool_config(bundled("tools_pool.yaml"))
 MODELS_NEEDED = POOL.local_models()
 
 pytestmark = [
+    # langchain-openai caches one async HTTP client per endpoint: its pooled connections
+    # belong to the loop that opened them, so the suite's async tests share one loop
+    pytest.mark.asyncio(loop_scope="module"),
     pytest.mark.skipif(
         find_spec("llama_cpp") is None,
         reason="llama-cpp-python[server] is not installed (pip install 'avengers-graph[local]')",
@@ -92,3 +95,19 @@ class TestChatAvengersLocalPool(ChatAvengersCapabilities, ChatModelIntegrationTe
             # the suite's 60 s is for hosted APIs; two CPU-bound servers need longer
             "timeout": 300,
         }
+
+    @pytest.mark.xfail(
+        reason="Qwen2.5-Coder 1.5B and 0.5B called get_weather with the tool's JSON schema "
+        "as its arguments ({'properties': ...}) instead of a location",
+        strict=False,
+    )
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_agent_loop(self, model: Any) -> None:
+        super().test_agent_loop(model)
+
+    @pytest.mark.xfail(
+        reason="Qwen2.5-Coder 1.5B and 0.5B answered the Unicode request in text, no call",
+        strict=False,
+    )
+    def test_unicode_tool_call_integration(self, model: Any) -> None:
+        super().test_unicode_tool_call_integration(model)
