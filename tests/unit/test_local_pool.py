@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def _info(name: str, pid: int, port: int = 8123) -> ServerInfo:
 
 def _fake_server(pool: LocalPool, spawn: Spawn, name: str) -> subprocess.Popen[bytes]:
     """A sleeping process whose command line looks like the pool's server of ``name``."""
-    return spawn(
+    process = spawn(
         sys.executable,
         "-c",
         "import time; time.sleep(120)",
@@ -58,6 +59,14 @@ def _fake_server(pool: LocalPool, spawn: Spawn, name: str) -> subprocess.Popen[b
         "--config_file",
         str(pool.config_path(name)),
     )
+    # until exec, /proc shows the parent's command line: wait for the child's own
+    cmdline = Path(f"/proc/{process.pid}/cmdline")
+    deadline = time.monotonic() + 30
+    while str(pool.config_path(name)).encode() not in cmdline.read_bytes():
+        if time.monotonic() > deadline:
+            pytest.fail(f"the fake server {name} did not start")
+        time.sleep(0.01)
+    return process
 
 
 def test_state_file_round_trip(tmp_path: Path) -> None:
