@@ -76,6 +76,9 @@ SYSTEM_PROMPT = (
 SEED = 0
 TEMPERATURE = 0.7
 MAX_TOKENS = 192
+TIMEOUT = 1200.0
+"""Seconds per expert call: accuracy is measured here, not speed, and a sample that
+waits behind the others on a busy CPU must not be lost."""
 
 
 # -- the tools (schemas only: the benchmark checks calls, it never runs them) ----------
@@ -392,11 +395,18 @@ def as_answer(
     )
 
 
+class Sink:
+    """Where the recording experts put their samples (one object, shared, never copied)."""
+
+    def __init__(self) -> None:
+        self.samples: list[dict[str, Any]] = []
+
+
 class Recording(_ToolBinding):
     """A real expert whose every raw answer is appended to ``sink`` with its seed."""
 
     inner: ChatOpenAICompatible
-    sink: list[dict[str, Any]]
+    sink: Sink
 
     def _generate(
         self,
@@ -421,7 +431,7 @@ class Recording(_ToolBinding):
             ],
             "seconds": round(time.perf_counter() - started, 2),
         }
-        self.sink.append(sample)
+        self.sink.samples.append(sample)
         answer = as_answer(sample, bound_tool_names(tools), self.inner.tool_call_parser)
         return ChatResult(generations=[ChatGeneration(message=answer)])
 
@@ -526,12 +536,13 @@ def record(path: Path, samples: int, threads: int | None) -> None:
     try:
         servers.up(local, threads=threads)
         store = calibrated_store(settings, pool)
-        sink: list[dict[str, Any]] = []
+        sink = Sink()
         experts = {
             name: Recording(expert=name, inner=expert, sink=sink)
             for name, expert in _experts(pool, local_urls(settings, pool)).items()
         }
         routing = {k: v for k, v in pool.routing.items() if k not in _llm_options(samples)}
+        routing["timeout"] = TIMEOUT
         llm = ChatAvengers(
             experts=experts,
             embeddings=pool.embeddings.build(),
@@ -541,17 +552,19 @@ def record(path: Path, samples: int, threads: int | None) -> None:
         ).bind_tools(TOOLS)
         path.parent.mkdir(parents=True, exist_ok=True)
         for number, case in enumerate(todo, start=1):
-            sink.clear()
+            sink.samples.clear()
             started_at = time.perf_counter()
             answer = llm.invoke([SystemMessage(SYSTEM_PROMPT), HumanMessage(case.prompt)])
             row = {
                 "case": case.id,
                 "prompt": case.prompt,
-                "samples": sorted(sink, key=lambda s: (s["expert"], s["seed"])),
+                "samples": sorted(sink.samples, key=lambda s: (s["expert"], s["seed"])),
                 "vote": {"content": answer.text, "tool_calls": answer.tool_calls},
                 "failures": answer.response_metadata["avengers"]["failures"],
                 "seconds": round(time.perf_counter() - started_at, 1),
             }
+            if not row["samples"]:
+                raise RuntimeError(f"{case.id}: no sample was recorded")
             with path.open("a", encoding="utf-8") as out:
                 out.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
             print(f"[{number}/{len(todo)}] {case.id}: {row['seconds']} s", flush=True)
