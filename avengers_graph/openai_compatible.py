@@ -24,7 +24,9 @@ only in part:
    coherent too: with the parser on, earlier turns' calls are sent as the same text
    (:func:`~avengers_graph.tool_parsers.format_hermes_tool_calls`), not as
    ``tool_calls``, which llama.cpp's template would render with the arguments
-   JSON-encoded twice (a quoted string the model then imitates).
+   JSON-encoded twice (a quoted string the model then imitates). Generation stops
+   at ``<tool_response>`` (:data:`HERMES_STOP`): a model that goes on to invent the
+   tool's answer after its call is cut there.
 3. **Assistant turns that only call tools.** ``ChatOpenAI`` sends their ``content``
    as ``null``, which OpenAI's API allows; llama-cpp-python's server rejects the whole
    request (HTTP 500, "Input should be a valid string"), so a tool loop would fail
@@ -51,7 +53,11 @@ from avengers_graph.tool_parsers import (
     parse_tool_calls,
 )
 
-__all__ = ["ChatOpenAICompatible"]
+__all__ = ["HERMES_STOP", "ChatOpenAICompatible"]
+
+HERMES_STOP: tuple[str, ...] = ("<tool_response>",)
+"""Stop sequences added when the hermes parser reads the answer: after a call, small
+models often write the tool's response themselves; only the tool may."""
 
 
 class ChatOpenAICompatible(ChatOpenAI):
@@ -89,6 +95,11 @@ class ChatOpenAICompatible(ChatOpenAI):
             return payload
         if "max_completion_tokens" in payload:
             payload["max_tokens"] = payload.pop("max_completion_tokens")
+        if self.tool_call_parser == "hermes" and self._parses_tool_calls(kwargs):
+            # a model that goes on to write the tool's answer itself is cut there
+            stops = payload.get("stop") or []
+            stops = [stops] if isinstance(stops, str) else list(stops)
+            payload["stop"] = [*stops, *(s for s in HERMES_STOP if s not in stops)]
         for message in payload["messages"]:
             if message.get("role") != "assistant":
                 continue

@@ -60,7 +60,7 @@ from pydantic import ConfigDict
 from avengers_graph import ChatAvengers, ClusterStore
 from avengers_graph.config import PoolConfig
 from avengers_graph.embedded import bundled
-from avengers_graph.openai_compatible import ChatOpenAICompatible
+from avengers_graph.openai_compatible import HERMES_STOP, ChatOpenAICompatible
 from avengers_graph.settings import Settings
 from avengers_graph.tool_parsers import ToolCallParser, bound_tool_names, parse_tool_calls
 
@@ -417,7 +417,10 @@ class Recording(_ToolBinding):
     ) -> ChatResult:
         del run_manager
         tools = kwargs.pop("tools", None)
+        # the raw text, from the request the parsing expert would send (its stop too)
         raw = self.inner.model_copy(update={"tool_call_parser": None})
+        if tools and self.inner.tool_call_parser == "hermes":
+            stop = [*(stop or []), *HERMES_STOP]
         started = time.perf_counter()
         message = (raw.bind_tools(tools) if tools else raw).invoke(messages, stop=stop, **kwargs)
         if not isinstance(message, AIMessage):

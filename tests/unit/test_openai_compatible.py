@@ -230,3 +230,15 @@ def test_parallel_tool_calls_false_keeps_the_first_parsed_call() -> None:
     assert len(llm.bind_tools([calculator]).invoke("?").tool_calls) == 2
     [call] = llm.bind_tools([calculator], parallel_tool_calls=False).invoke("?").tool_calls
     assert call["args"] == {"expression": "1 + 1"}
+
+
+def test_the_hermes_parser_stops_the_model_before_it_invents_a_tool_response() -> None:
+    server = FakeServer(_completion(CALL_TEXT))
+    llm = _served(server)
+    llm.bind_tools([calculator]).invoke("234 * 17?", stop=["\n\n"])
+    llm.invoke("no tools")
+    _served(server, parser=None).bind_tools([calculator]).invoke("234 * 17?")
+    with_tools, without_tools, without_parser = server.requests
+    assert with_tools["stop"] == ["\n\n", "<tool_response>"]
+    assert "<tool_response>" not in (without_tools.get("stop") or [])
+    assert "<tool_response>" not in (without_parser.get("stop") or [])
