@@ -14,12 +14,13 @@ recorded answers shipped with the package.
 
 ``langchain.agents.create_agent`` runs the loop: at each step ChatAvengers samples both
 experts, the samples vote on their tool calls (name plus arguments) or their text, and
-the winning calls run; the tool results go back to the experts. The task needs two
-steps (a unit conversion, then arithmetic on its result). The tools are real and local:
-a calculator that parses the expression with ``ast`` (never ``eval``) and a unit
-converter. Every step is printed: the votes, the tool calls, their results and the
-final answer. The example exits with status 1 unless the final answer holds the right
-number and the agent used the tools to get it.
+the winning calls run; the tool results go back to the experts. A middleware asks for
+one tool call per step (``parallel_tool_calls=False``, enforced by the experts'
+parser). The task needs two steps (a unit conversion, then arithmetic on its result).
+The tools are real and local: a calculator that parses the expression with ``ast``
+(never ``eval``) and a unit converter. Every step is printed: the votes, the tool
+calls, their results and the final answer. The example exits with status 1 unless
+the final answer holds the right number and the agent used the tools to get it.
 """
 
 # ruff: noqa: T201 - an example shows its results on stdout
@@ -34,6 +35,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from langchain.agents import create_agent
+from langchain.agents.middleware import ModelRequest, ModelResponse, wrap_model_call
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.errors import GraphRecursionError
@@ -46,14 +48,16 @@ RECORDED = bundled("tools_pool_answers.jsonl")
 """The 1.5B's answers to the bundled validation set (tools/record_pool_answers.py)."""
 
 SYSTEM_PROMPT = (
-    "You are a careful assistant with tools. Use convert_units for every unit "
-    "conversion and calculator for every arithmetic step; never compute in your head. "
-    "Call one tool at a time and wait for its result. When you have the final result, "
-    "answer in one short sentence that states the number and its unit."
+    "You are a careful assistant that solves tasks step by step with tools. Use "
+    "convert_units for every unit conversion and calculator for every arithmetic step; "
+    "never compute in your head. Make exactly one tool call per reply. After each tool "
+    "result, if a step of the task is left, call the tool for that step with the "
+    "numbers the tools gave you; when no step is left, reply with one short sentence "
+    "that states the final number and its unit, without calling a tool."
 )
 TASK = (
-    "A marathon is 26.2 miles long. Convert that distance to kilometers, then compute "
-    "how many kilometers a runner covers in 3 marathons."
+    "A marathon is 26.2 miles long. First convert 26.2 miles to kilometers. Then "
+    "multiply that number of kilometers by 3 to get how far a runner goes in 3 marathons."
 )
 EXPECTED_KM = 26.2 * 1609.344 / 1000 * 3  # 126.49443... km
 TOLERANCE = 0.05  # km: the answer may round to two decimals
@@ -96,10 +100,10 @@ def _evaluate(node: ast.AST) -> float:
 
 @tool
 def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression, e.g. '42.16 * 3' or '(5 + 7) / 2'.
+    """Evaluate an arithmetic expression and return its value.
 
     Args:
-        expression: Numbers with + - * / // % ** and parentheses.
+        expression: The expression: numbers, + - * / // % ** and parentheses.
     """
     try:
         value = _evaluate(ast.parse(expression.replace("^", "**"), mode="eval"))
@@ -171,10 +175,25 @@ def convert_units(value: float, from_unit: str, to_unit: str) -> str:
         result = {"c": celsius, "f": celsius * 9 / 5 + 32, "k": celsius + 273.15}[target]
     else:
         return f"error: cannot convert {from_unit!r} to {to_unit!r}"
-    return f"{value:g} {from_unit} = {result:.10g} {to_unit}"
+    return f"{result:.10g} {to_unit}"
 
 
 # -- the run --------------------------------------------------------------------------
+
+
+@wrap_model_call
+def one_tool_call_per_step(
+    request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
+) -> ModelResponse:
+    """Ask for one tool call per step (``parallel_tool_calls=False``).
+
+    Small models plan ahead: asked to convert and then multiply, they write both calls
+    at once, the second with a guessed number. llama.cpp cannot hold them to one call;
+    with the flag set, each expert's parser keeps the first, and the next step sees its
+    result. It also makes the samples agree, so the vote has a majority to find.
+    """
+    settings = {**request.model_settings, "parallel_tool_calls": False}
+    return handler(request.override(model_settings=settings))
 
 
 def _print_step(message: BaseMessage) -> None:
@@ -200,7 +219,12 @@ def main() -> int:
     # The 1.5B's recorded calibration answers; the 0.5B's ship in local_answers.jsonl.
     AnswerCache(settings.cache_dir / "answers.sqlite").import_jsonl(RECORDED)
     with local_avengers(POOL, seed=0) as llm:
-        agent = create_agent(llm, tools=[calculator, convert_units], system_prompt=SYSTEM_PROMPT)
+        agent = create_agent(
+            llm,
+            tools=[calculator, convert_units],
+            system_prompt=SYSTEM_PROMPT,
+            middleware=[one_tool_call_per_step],
+        )
         print(f"task: {TASK}\n")
         messages: list[BaseMessage] = []
         try:

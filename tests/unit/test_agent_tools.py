@@ -78,7 +78,7 @@ def test_the_calculator_refuses_anything_else(example: ModuleType, expression: s
     ],
 )
 def test_the_converter_converts(example: ModuleType, args: dict[str, Any], result: str) -> None:
-    assert example.convert_units.invoke(args).split(" = ")[1].split()[0] == result
+    assert example.convert_units.invoke(args).split()[0] == result
 
 
 def test_the_converter_refuses_mixed_dimensions(example: ModuleType) -> None:
