@@ -8,8 +8,8 @@ does it client-side, for :class:`~avengers_graph.openai_compatible.ChatOpenAICom
 
 A *call object* is a JSON object ``{"name": <a bound tool>, "arguments": {...}}``
 (``arguments`` may also be a JSON string holding an object; ``parameters`` is read as a
-synonym), or a JSON list of them. :func:`parse_hermes_tool_calls` reads them in two
-ways, the first that applies wins:
+synonym unless it is a JSON schema; other keys are ignored), or a JSON list of them.
+:func:`parse_hermes_tool_calls` reads them in two ways, the first that applies wins:
 
 1. **Tagged** (Hermes): every ``<tool_call>...</tool_call>`` block holds call objects.
    One block that does not parse makes the whole text count as no call: tags say a
@@ -100,20 +100,27 @@ class _UnrunnableCallError(ValueError):
 def _as_call(value: Any, tool_names: Collection[str]) -> tuple[str, dict[str, Any]] | None:
     """``(name, args)`` when ``value`` is a call object of a bound tool, else ``None``.
 
+    Other keys are ignored (small models echo bits of the tool's schema next to their
+    arguments); an object whose only ``parameters`` are a JSON schema is the tool's
+    definition echoed, not a call.
+
     Raises:
-        _UnrunnableCallError: ``value`` is shaped like a call (a string ``name`` and ``arguments``
-            or ``parameters``, no other keys but ``id``/``type``) but names a tool that
-            is not bound, or its arguments are not a JSON object.
+        _UnrunnableCallError: ``value`` is shaped like a call (a string ``name`` and
+            ``arguments`` or ``parameters``) but names a tool that is not bound, or its
+            arguments are not a JSON object.
     """
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         return None
-    if "arguments" not in value and "parameters" not in value:
+    if "arguments" in value:
+        arguments = value["arguments"]
+    elif "parameters" in value:
+        arguments = value["parameters"]
+        if isinstance(arguments, dict) and "properties" in arguments:
+            return None  # {"name", "description", "parameters": <schema>}: a definition
+    else:
         return None
-    if set(value) - {"name", "arguments", "parameters", "id", "type"}:
-        return None  # other keys: some other object that happens to have a name
     if value["name"] not in tool_names:
         raise _UnrunnableCallError(f"unknown tool {value['name']!r}")
-    arguments = value.get("arguments", value.get("parameters"))
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)

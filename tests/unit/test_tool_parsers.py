@@ -108,7 +108,8 @@ def test_tagged_calls_keep_the_text_around_them() -> None:
         '{"name": "calculator", "arguments": "not json"}',
         '{"name": "calculator", "arguments": [1, 2]}',
         '{"name": "calculator"}',  # no arguments
-        '{"name": "calculator", "arguments": {}, "age": 3}',  # some other object
+        '{"name": "calculator", "description": "Evaluate.", "parameters": '
+        '{"type": "object", "properties": {"expression": {"type": "string"}}}}',
         '{"name": "Alice", "age": 30}',
         "[1, 2, 3]",
         "42",
@@ -126,7 +127,7 @@ def test_tagged_calls_keep_the_text_around_them() -> None:
         "arguments-not-json",
         "arguments-not-an-object",
         "no-arguments",
-        "extra-keys",
+        "tool-definition-echoed",
         "json-not-a-call",
         "json-list-of-numbers",
         "json-number",
@@ -160,6 +161,15 @@ def test_anything_else_is_no_call(text: str) -> None:
 )
 def test_calls_between_sentences_are_taken_out_of_the_text(text: str, content: str) -> None:
     assert parse(text) == (content, [CALC_CALL])
+
+
+def test_schema_bits_echoed_next_to_the_arguments_are_ignored() -> None:
+    text = (
+        '{"name": "calculator", "arguments": {"expression": "234 * 17"}, '
+        '"parameters": {"properties": {"expression": {"type": "string"}}}, '
+        '"required": ["expression"], "type": "object"}}'  # and one brace too many
+    )
+    assert parse(text) == ("", [CALC_CALL])
 
 
 def test_a_call_nested_in_another_object_is_not_a_call() -> None:
