@@ -52,12 +52,13 @@ SYSTEM_PROMPT = (
     "convert_units for every unit conversion and calculator for every arithmetic step; "
     "never compute in your head. Make exactly one tool call per reply. After each tool "
     "result, if a step of the task is left, call the tool for that step with the "
-    "numbers the tools gave you; when no step is left, reply with one short sentence "
-    "that states the final number and its unit, without calling a tool."
+    "numbers the tools gave you; when no step is left, reply with only the final number "
+    "and its unit, without calling a tool."
 )
 TASK = (
-    "A marathon is 26.2 miles long. First convert 26.2 miles to kilometers. Then "
-    "multiply that number of kilometers by 3 to get how far a runner goes in 3 marathons."
+    "A marathon is 26.2 miles long. First use convert_units to convert 26.2 miles to "
+    "kilometers. Then use calculator to multiply that number of kilometers by 3, the "
+    "distance a runner covers in 3 marathons."
 )
 EXPECTED_KM = 26.2 * 1609.344 / 1000 * 3  # 126.49443... km
 TOLERANCE = 0.05  # km: the answer may round to two decimals
