@@ -27,10 +27,11 @@ only in part:
    JSON-encoded twice (a quoted string the model then imitates). Generation stops
    at ``<tool_response>`` (:data:`HERMES_STOP`): a model that goes on to invent the
    tool's answer after its call is cut there.
-3. **Assistant turns that only call tools.** ``ChatOpenAI`` sends their ``content``
-   as ``null``, which OpenAI's API allows; llama-cpp-python's server rejects the whole
-   request (HTTP 500, "Input should be a valid string"), so a tool loop would fail
-   on its second turn. The payload sends ``""`` instead, which every server accepts.
+3. **Assistant turns as strings.** ``ChatOpenAI`` sends the ``content`` of a turn that
+   only calls tools as ``null``, and a turn made of content blocks as a list; OpenAI's
+   API allows both, llama-cpp-python's server rejects the whole request (HTTP 500,
+   "Input should be a valid string"), so a tool loop would fail on its second turn.
+   The payload sends ``""`` and the blocks' text instead, which every server accepts.
 """
 
 from __future__ import annotations
@@ -58,6 +59,23 @@ __all__ = ["HERMES_STOP", "ChatOpenAICompatible"]
 HERMES_STOP: tuple[str, ...] = ("<tool_response>",)
 """Stop sequences added when the hermes parser reads the answer: after a call, small
 models often write the tool's response themselves; only the tool may."""
+
+
+def _as_text(content: Any) -> str:
+    """An assistant turn's content as the string every server reads.
+
+    ``None`` (a turn that only calls tools) becomes ``""``; a list of content blocks
+    becomes the text of its text blocks, one after another.
+    """
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        return "".join(
+            str(block.get("text", ""))
+            for block in content
+            if isinstance(block, dict) and block.get("type") == "text"
+        )
+    return str(content)
 
 
 class ChatOpenAICompatible(ChatOpenAI):
@@ -103,8 +121,7 @@ class ChatOpenAICompatible(ChatOpenAI):
         for message in payload["messages"]:
             if message.get("role") != "assistant":
                 continue
-            if message.get("content") is None:
-                message["content"] = ""  # a tool-calling turn: see the module docstring
+            message["content"] = _as_text(message.get("content"))  # see the module docstring
             if self.tool_call_parser == "hermes" and message.get("tool_calls"):
                 # the calls go back as the text the model wrote them in
                 message["content"] = format_hermes_tool_calls(

@@ -242,3 +242,22 @@ def test_the_hermes_parser_stops_the_model_before_it_invents_a_tool_response() -
     assert with_tools["stop"] == ["\n\n", "<tool_response>"]
     assert "<tool_response>" not in (without_tools.get("stop") or [])
     assert "<tool_response>" not in (without_parser.get("stop") or [])
+
+
+def test_assistant_content_blocks_go_out_as_text() -> None:
+    history = [
+        HumanMessage("234 * 17?"),
+        AIMessage(
+            content=[
+                {"type": "text", "text": "Let me compute. "},
+                {"type": "text", "text": "One moment."},
+                {"type": "tool_use", "id": "c1", "name": "calculator", "input": {}},
+            ],
+            tool_calls=[{"name": "calculator", "args": {"expression": "234 * 17"}, "id": "c1"}],
+        ),
+        ToolMessage("3978", tool_call_id="c1"),
+    ]
+    plain = _client()._get_request_payload(history)["messages"][1]
+    assert plain["content"] == "Let me compute. One moment."
+    hermes = _client(tool_call_parser="hermes")._get_request_payload(history)["messages"][1]
+    assert hermes["content"].startswith("Let me compute. One moment.\n<tool_call>\n")
