@@ -589,6 +589,8 @@ class Scores:
     """Expert -> correctness of all its samples."""
     vote: dict[str, bool] = field(default_factory=dict)
     """Case id -> whether the replayed vote is right."""
+    voted: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Case id -> the calls the replayed vote chose."""
     parsed: int = 0
     """Samples whose calls were parsed client-side from text."""
     calls: int = 0
@@ -613,8 +615,11 @@ def _replayed_vote(
                 sample
             )
     parsers = _parsers(pool)
+    # in the pool file's order, as when recording: it breaks ties between equal experts
     experts = {
-        name: Replay(expert=name, samples=s, parser=parsers[name]) for name, s in by_expert.items()
+        e.name: Replay(expert=e.name, samples=by_expert[e.name], parser=parsers[e.name])
+        for e in pool.experts
+        if e.name in by_expert
     }
     routing = {k: v for k, v in pool.routing.items() if k not in _llm_options(samples)}
     routing.pop("timeout", None)
@@ -654,6 +659,7 @@ def score(rows: Mapping[str, Mapping[str, Any]], samples: int) -> Scores:
             scores.server += bool(sample["server_tool_calls"])
     for case_id, answer in _replayed_vote(rows, samples):
         scores.vote[case_id] = is_right(cases[case_id], answer.tool_calls)
+        scores.voted[case_id] = [{"name": c["name"], "args": c["args"]} for c in answer.tool_calls]
         recorded = rows[case_id]["vote"]["tool_calls"]
         if is_right(cases[case_id], recorded) != scores.vote[case_id]:
             print(f"note: {case_id}: the replayed vote differs from the recorded run's")
@@ -701,6 +707,15 @@ def report(scores: Scores, rows: Mapping[str, Mapping[str, Any]], args: argparse
         marks = ["ok" if scores.first[name][case.id] else "wrong" for name in sorted(scores.first)]
         vote = "ok" if scores.vote[case.id] else "wrong"
         detail.append(f"| {case.id} | {expected} | " + " | ".join(marks) + f" | {vote} |")
+    wrong = [
+        f"- {case.id}: "
+        + (
+            ", ".join(f"{c['name']}({json.dumps(c['args'])})" for c in scores.voted[case.id])
+            or "no call (a text answer)"
+        )
+        for case in cases
+        if not scores.vote[case.id]
+    ] or ["- none"]
     seconds = sum(r.get("seconds", 0) for r in rows.values())
     versions = ", ".join(
         f"{p} {metadata.version(p)}" for p in ("langchain-core", "langgraph", "llama_cpp_python")
@@ -709,10 +724,13 @@ def report(scores: Scores, rows: Mapping[str, Mapping[str, Any]], args: argparse
         [
             "# Tool calling on the local pool",
             "",
-            "Produced by:",
+            "Produced by (the first records every prompt not in the record yet, on the "
+            "local servers, then scores; the second scores the committed record only, "
+            "without calling a model):",
             "",
             "```bash",
-            "python tools/bench_tool_calls.py " + " ".join(args.argv),
+            f"python tools/bench_tool_calls.py --samples {args.samples}",
+            f"python tools/bench_tool_calls.py --samples {args.samples} --replay",
             "```",
             "",
             f"{len(cases)} prompts with four tools bound (calculator, convert_units, "
@@ -750,8 +768,14 @@ def report(scores: Scores, rows: Mapping[str, Mapping[str, Any]], args: argparse
             "",
             *detail,
             "",
-            f"Recorded on {args.when} on {platform.machine()} with {_cpus()} cores, "
-            f"no GPU, {seconds / 60:.0f} min of ensemble calls in all ({versions}).",
+            "Where the vote is wrong, what it chose:",
+            "",
+            *wrong,
+            "",
+            f"Recorded on {args.recorded} on {platform.machine()} with {_cpus()} cores, "
+            f"no GPU, {seconds / 60:.0f} min of ensemble calls in all; scored on "
+            f"{args.when} ({versions}).",
+            *([f"{args.note}"] if args.note else []),
             "",
         ]
     )
@@ -770,9 +794,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "tool_calling.md")
     parser.add_argument("--replay", action="store_true", help="score the record only")
     parser.add_argument("--threads", type=int, default=None, help="threads per server")
+    parser.add_argument("--note", default="", help="a sentence for the report's end")
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
     args.when = datetime.now(UTC).strftime("%Y-%m-%d")
+    args.recorded = args.when
     try:
         args.record_shown = args.record.resolve().relative_to(ROOT)
     except ValueError:
@@ -783,6 +808,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     missing = [case.id for case in CASES if case.id not in rows]
     if missing:
         sys.exit(f"{len(missing)} prompts are not recorded yet ({', '.join(missing[:5])}...)")
+    args.recorded = datetime.fromtimestamp(args.record.stat().st_mtime, UTC).strftime("%Y-%m-%d")
     text = report(score(rows, args.samples), rows, args)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
