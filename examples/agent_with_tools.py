@@ -23,7 +23,6 @@ calls, their results and the final answer. The example exits with status 1 unles
 the final answer holds the right number and the agent used the tools to get it.
 """
 
-# ruff: noqa: T201 - an example shows its results on stdout
 from __future__ import annotations
 
 import ast
@@ -87,7 +86,11 @@ def _evaluate(node: ast.AST) -> float:
     """Value of an arithmetic syntax tree: numbers, + - * / // % ** and parentheses only."""
     if isinstance(node, ast.Expression):
         return _evaluate(node.body)
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+    if (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, int | float)
+        and not isinstance(node.value, bool)
+    ):
         return float(node.value)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _evaluate(node.left), _evaluate(node.right)

@@ -13,7 +13,6 @@ and the experts see the whole conversation. Per-run options (an ``AvengersContex
 given to the parent reach the subgraph.
 """
 
-# ruff: noqa: T201 - an example shows its results on stdout
 from __future__ import annotations
 
 import operator

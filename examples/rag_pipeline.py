@@ -13,7 +13,6 @@ each answer, its sources and how the ensemble reached it (experts, votes). It ex
 with status 1 when an answer lacks the fact it should contain.
 """
 
-# ruff: noqa: T201 - an example shows its results on stdout
 from __future__ import annotations
 
 import sys

@@ -12,7 +12,6 @@ whose ``response_metadata["avengers"]`` tells who answered and how the vote went
 The example exits with status 1 when a message's quantity is not extracted right.
 """
 
-# ruff: noqa: T201 - an example shows its results on stdout
 from __future__ import annotations
 
 import sys
