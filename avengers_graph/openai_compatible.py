@@ -16,9 +16,10 @@ only in part:
    the model's call as ``content``. When tools were bound for the call and the answer
    has no ``tool_calls``, :meth:`ChatOpenAICompatible._generate` (and ``_agenerate``)
    parse the content with :func:`avengers_graph.tool_parsers.parse_tool_calls` into
-   proper ``tool_calls`` (bound tool names only, new ``call_<uuid>`` ids; only the
-   first one when the request said ``parallel_tool_calls=False``, which such servers
-   cannot enforce); answers that hold no call are left as they are. With tools bound
+   proper ``tool_calls`` (bound tool names only, argument keys their schemas declare
+   only, new ``call_<uuid>`` ids; only the first call and the text before it when the
+   request said ``parallel_tool_calls=False``, which such servers cannot enforce);
+   answers that hold no call are left as they are. With tools bound
    and the parser on, ``stream``/``astream`` yield one chunk, the parsed answer, since
    a call can only be recognised once the whole text is there. The way back is
    coherent too: with the parser on, earlier turns' calls are sent as the same text
@@ -50,6 +51,7 @@ from langchain_openai import ChatOpenAI
 from avengers_graph.tool_parsers import (
     ToolCallParser,
     bound_tool_names,
+    bound_tool_parameters,
     format_hermes_tool_calls,
     parse_tool_calls,
 )
@@ -139,12 +141,14 @@ class ChatOpenAICompatible(ChatOpenAI):
         )
 
     def _parse_message(
-        self, message: BaseMessage, names: frozenset[str], *, single: bool
+        self, message: BaseMessage, tools: Mapping[str, Mapping[str, Any]], *, single: bool
     ) -> BaseMessage:
         """``message`` with the tool calls its text holds made into ``tool_calls``.
 
         With ``single`` (the request said ``parallel_tool_calls=False``), only the first
-        call is kept: the server cannot hold the model to one call, the parser does.
+        call and the text before it are kept: the server cannot hold the model to one
+        call, the parser does (what follows the first call is the model planning the
+        next steps, often as broken calls).
         """
         if (
             self.tool_call_parser is None
@@ -154,12 +158,12 @@ class ChatOpenAICompatible(ChatOpenAI):
             or not isinstance(message.content, str)
         ):
             return message
-        parsed = parse_tool_calls(self.tool_call_parser, message.content, names)
+        parsed = parse_tool_calls(self.tool_call_parser, message.content, tools)
         if parsed is None:
             return message
         return message.model_copy(
             update={
-                "content": parsed.content,
+                "content": parsed.lead if single else parsed.content,
                 "tool_calls": parsed.tool_calls[:1] if single else parsed.tool_calls,
                 "response_metadata": {
                     **message.response_metadata,
@@ -172,12 +176,12 @@ class ChatOpenAICompatible(ChatOpenAI):
         """``result`` with its messages' text calls parsed, when this call parses them."""
         if not self._parses_tool_calls(kwargs):
             return result
-        names = bound_tool_names(kwargs.get("tools"))
+        tools = bound_tool_parameters(kwargs.get("tools"))
         single = kwargs.get("parallel_tool_calls") is False
         return ChatResult(
             generations=[
                 ChatGeneration(
-                    message=self._parse_message(generation.message, names, single=single),
+                    message=self._parse_message(generation.message, tools, single=single),
                     generation_info=generation.generation_info,
                 )
                 for generation in result.generations

@@ -9,6 +9,9 @@ does it client-side, for :class:`~avengers_graph.openai_compatible.ChatOpenAICom
 A *call object* is a JSON object ``{"name": <a bound tool>, "arguments": {...}}``
 (``arguments`` may also be a JSON string holding an object; ``parameters`` is read as a
 synonym unless it is a JSON schema; other keys are ignored), or a JSON list of them.
+Given the tools' parameter schemas (:func:`bound_tool_parameters`), argument keys a
+tool does not declare are dropped: small models echo the schema's ``type``,
+``required`` or ``parameters`` next to their arguments, and a tool would refuse them.
 :func:`parse_hermes_tool_calls` reads them in two ways, the first that applies wins:
 
 1. **Tagged** (Hermes): every ``<tool_call>...</tool_call>`` block holds call objects.
@@ -25,7 +28,8 @@ dropped) is the message's content, empty when the text was calls only. An object
 shaped like a call (``name`` and ``arguments``) that names a tool that is not bound,
 or whose arguments are not an object, makes the whole text count as no call: the model
 meant a call that cannot be run. No call at all gives ``None``: the message stays as
-the server sent it.
+the server sent it. The text before the first call is kept apart
+(:attr:`ParsedToolCalls.lead`), for a reply held to one call.
 
 The way back, :func:`format_hermes_tool_calls`, writes the calls of earlier assistant
 turns into their text in the same format, for servers whose template would otherwise
@@ -50,6 +54,7 @@ __all__ = [
     "ParsedToolCalls",
     "ToolCallParser",
     "bound_tool_names",
+    "bound_tool_parameters",
     "format_hermes_tool_calls",
     "new_call_id",
     "parse_hermes_tool_calls",
@@ -76,6 +81,9 @@ class ParsedToolCalls(NamedTuple):
     """The text outside the calls (empty when the text was calls only)."""
     tool_calls: list[ToolCall]
     """The calls, in order, each with a new id."""
+    lead: str = ""
+    """The text before the first call: a reply held to one call (``parallel_tool_calls=
+    False``) keeps only this, the rest being the calls it is not allowed to make."""
 
 
 def new_call_id() -> str:
@@ -93,6 +101,36 @@ def bound_tool_names(tools: Sequence[Mapping[str, Any]] | None) -> frozenset[str
     return frozenset(names)
 
 
+def bound_tool_parameters(
+    tools: Sequence[Mapping[str, Any]] | None,
+) -> dict[str, Mapping[str, Any]]:
+    """Each function tool's name to its ``parameters`` JSON schema (``{}`` when absent)."""
+    schemas: dict[str, Mapping[str, Any]] = {}
+    for tool in tools or ():
+        function = tool.get("function")
+        if isinstance(function, Mapping) and isinstance(function.get("name"), str):
+            parameters = function.get("parameters")
+            schemas[function["name"]] = parameters if isinstance(parameters, Mapping) else {}
+    return schemas
+
+
+def _declared_keys(tools: Collection[str], name: str) -> frozenset[str] | None:
+    """The argument keys tool ``name`` declares, or ``None`` when any key may go through.
+
+    Only a schema given (``tools`` a mapping) that lists ``properties`` and does not
+    allow other keys (``additionalProperties`` absent or false) restricts the keys.
+    """
+    if not isinstance(tools, Mapping):
+        return None
+    schema = tools.get(name)
+    if not isinstance(schema, Mapping):
+        return None
+    properties = schema.get("properties")
+    if not isinstance(properties, Mapping) or schema.get("additionalProperties"):
+        return None
+    return frozenset(properties)
+
+
 class _UnrunnableCallError(ValueError):
     """A call-shaped object that cannot be run (unknown tool, arguments not an object)."""
 
@@ -101,8 +139,9 @@ def _as_call(value: Any, tool_names: Collection[str]) -> tuple[str, dict[str, An
     """``(name, args)`` when ``value`` is a call object of a bound tool, else ``None``.
 
     Other keys are ignored (small models echo bits of the tool's schema next to their
-    arguments); an object whose only ``parameters`` are a JSON schema is the tool's
-    definition echoed, not a call.
+    arguments), and so are argument keys the tool's schema does not declare (when
+    ``tool_names`` maps names to schemas); an object whose only ``parameters`` are a
+    JSON schema is the tool's definition echoed, not a call.
 
     Raises:
         _UnrunnableCallError: ``value`` is shaped like a call (a string ``name`` and
@@ -128,6 +167,9 @@ def _as_call(value: Any, tool_names: Collection[str]) -> tuple[str, dict[str, An
             raise _UnrunnableCallError("arguments are not JSON") from None
     if not isinstance(arguments, dict):
         raise _UnrunnableCallError("arguments are not an object")
+    declared = _declared_keys(tool_names, value["name"])
+    if declared is not None:
+        arguments = {key: item for key, item in arguments.items() if key in declared}
     return value["name"], arguments
 
 
@@ -140,8 +182,10 @@ def _calls_in_value(value: Any, tool_names: Collection[str]) -> list[tuple[str, 
     return [call for call in calls if call is not None]
 
 
-def _scan(text: str, tool_names: Collection[str]) -> tuple[list[tuple[str, dict[str, Any]]], str]:
-    """Every call object in ``text`` and the text without them.
+def _scan(
+    text: str, tool_names: Collection[str]
+) -> tuple[list[tuple[str, dict[str, Any]]], str, str]:
+    """Every call object in ``text``, the text without them, and the text before the first.
 
     Each ``{`` or ``[`` starts an attempt to decode a JSON value there; a value that is
     calls is taken out, any other value is skipped whole (so a call nested in another
@@ -149,6 +193,7 @@ def _scan(text: str, tool_names: Collection[str]) -> tuple[list[tuple[str, dict[
     """
     calls: list[tuple[str, dict[str, Any]]] = []
     rest: list[str] = []
+    lead = text
     position = kept = 0
     while True:
         starts = [i for i in (text.find("{", position), text.find("[", position)) if i >= 0]
@@ -162,12 +207,14 @@ def _scan(text: str, tool_names: Collection[str]) -> tuple[list[tuple[str, dict[
             continue
         found = _calls_in_value(value, tool_names)
         if found:
+            if not calls:
+                lead = text[:start]
             calls.extend(found)
             rest.append(text[kept:start])
             kept = end
         position = end
     rest.append(text[kept:])
-    return calls, "".join(rest)
+    return calls, "".join(rest), lead
 
 
 def _leftover(text: str) -> str:
@@ -177,11 +224,12 @@ def _leftover(text: str) -> str:
 
 
 def _build(
-    content: str, calls: list[tuple[str, dict[str, Any]]], make_id: Callable[[], str]
+    content: str, calls: list[tuple[str, dict[str, Any]]], lead: str, make_id: Callable[[], str]
 ) -> ParsedToolCalls:
     return ParsedToolCalls(
         content=content,
         tool_calls=[tool_call(name=name, args=args, id=make_id()) for name, args in calls],
+        lead=_leftover(lead),
     )
 
 
@@ -197,7 +245,9 @@ def parse_hermes_tool_calls(
 
     Args:
         text: The message content the server returned.
-        tool_names: Names of the tools bound for the call; other names are no call.
+        tool_names: Names of the tools bound for the call; other names are no call. A
+            mapping of the names to their parameter schemas
+            (:func:`bound_tool_parameters`) also drops undeclared argument keys.
         make_id: Makes each call's id (default ``call_<uuid4 hex>``).
 
     Returns:
@@ -210,15 +260,18 @@ def parse_hermes_tool_calls(
         if "<tool_call>" in text:
             calls: list[tuple[str, dict[str, Any]]] = []
             for block in _TAGGED.findall(text):
-                found, rest = _scan(block, tool_names)
+                found, rest, _ = _scan(block, tool_names)
                 if not found or _leftover(rest):
                     return None  # a tagged block that is not calls only
                 calls.extend(found)
-            return _build(_leftover(_TAGGED.sub("", text)), calls, make_id) if calls else None
-        calls, rest = _scan(text, tool_names)
+            if not calls:
+                return None
+            lead = text[: text.index("<tool_call>")]
+            return _build(_leftover(_TAGGED.sub("", text)), calls, lead, make_id)
+        calls, rest, lead = _scan(text, tool_names)
     except _UnrunnableCallError:
         return None
-    return _build(_leftover(rest), calls, make_id) if calls else None
+    return _build(_leftover(rest), calls, lead, make_id) if calls else None
 
 
 def _block_text(content: str | Sequence[Any]) -> str:

@@ -62,7 +62,7 @@ from avengers_graph.config import PoolConfig
 from avengers_graph.embedded import bundled
 from avengers_graph.openai_compatible import HERMES_STOP, ChatOpenAICompatible
 from avengers_graph.settings import Settings
-from avengers_graph.tool_parsers import ToolCallParser, bound_tool_names, parse_tool_calls
+from avengers_graph.tool_parsers import ToolCallParser, bound_tool_parameters, parse_tool_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = bundled("tools_pool.yaml")
@@ -435,7 +435,7 @@ class Recording(_ToolBinding):
             "seconds": round(time.perf_counter() - started, 2),
         }
         self.sink.samples.append(sample)
-        answer = as_answer(sample, bound_tool_names(tools), self.inner.tool_call_parser)
+        answer = as_answer(sample, bound_tool_parameters(tools), self.inner.tool_call_parser)
         return ChatResult(generations=[ChatGeneration(message=answer)])
 
 
@@ -454,7 +454,7 @@ class Replay(_ToolBinding):
     ) -> ChatResult:
         del stop, run_manager
         sample = self.samples[(_question(messages), int(kwargs["seed"]))]
-        answer = as_answer(sample, bound_tool_names(kwargs.get("tools")), self.parser)
+        answer = as_answer(sample, bound_tool_parameters(kwargs.get("tools")), self.parser)
         return ChatResult(generations=[ChatGeneration(message=answer)])
 
 

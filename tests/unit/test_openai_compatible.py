@@ -232,6 +232,31 @@ def test_parallel_tool_calls_false_keeps_the_first_parsed_call() -> None:
     assert call["args"] == {"expression": "1 + 1"}
 
 
+def test_one_call_per_reply_keeps_only_the_text_before_the_call() -> None:
+    text = (
+        "First the product.\n"
+        '{"name": "calculator", "arguments": {"expression": "1 + 1"}}\n'
+        'Then: {"name": "calculator", "arguments": {"expression": 2 * x'  # a broken plan
+    )
+    llm = _served(FakeServer(_completion(text)))
+    both = llm.bind_tools([calculator]).invoke("?")
+    assert "Then:" in both.text
+    single = llm.bind_tools([calculator], parallel_tool_calls=False).invoke("?")
+    assert single.text == "First the product."
+    assert [call["args"] for call in single.tool_calls] == [{"expression": "1 + 1"}]
+
+
+def test_argument_keys_the_tool_does_not_declare_are_dropped() -> None:
+    echoed = (
+        '{"name": "calculator", "arguments": {"expression": "1 + 1", '
+        '"parameters": {}, "type": "object"}}'
+    )
+    [call] = (
+        _served(FakeServer(_completion(echoed))).bind_tools([calculator]).invoke("?").tool_calls
+    )
+    assert call["args"] == {"expression": "1 + 1"}
+
+
 def test_the_hermes_parser_stops_the_model_before_it_invents_a_tool_response() -> None:
     server = FakeServer(_completion(CALL_TEXT))
     llm = _served(server)

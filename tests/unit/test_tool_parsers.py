@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Collection
 
 import pytest
 
 from avengers_graph.tool_parsers import (
     bound_tool_names,
+    bound_tool_parameters,
     format_hermes_tool_calls,
     new_call_id,
     parse_hermes_tool_calls,
@@ -25,7 +27,7 @@ def _ids() -> itertools.count[int]:
     return itertools.count()
 
 
-def parse(text: str, tools: frozenset[str] = TOOLS) -> tuple[str, list[tuple[str, dict]]] | None:
+def parse(text: str, tools: Collection[str] = TOOLS) -> tuple[str, list[tuple[str, dict]]] | None:
     counter = _ids()
     parsed = parse_hermes_tool_calls(text, tools, make_id=lambda: f"call_{next(counter)}")
     if parsed is None:
@@ -172,6 +174,54 @@ def test_schema_bits_echoed_next_to_the_arguments_are_ignored() -> None:
     assert parse(text) == ("", [CALC_CALL])
 
 
+SCHEMAS = {
+    "calculator": {
+        "type": "object",
+        "properties": {"expression": {"type": "string"}},
+        "required": ["expression"],
+    },
+    "lookup": {"type": "object", "properties": {}, "additionalProperties": True},
+    "free": {},
+}
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        '{"expression": "234 * 17", "type": "object", "required": ["expression"]}',
+        '{"expression": "234 * 17", "parameters": {"properties": {}}}',
+        '{"parameters": {}, "expression": "234 * 17"}',
+    ],
+    ids=["type-and-required", "parameters", "first"],
+)
+def test_argument_keys_the_schema_does_not_declare_are_dropped(arguments: str) -> None:
+    text = f'{{"name": "calculator", "arguments": {arguments}}}'
+    assert parse(text, SCHEMAS) == ("", [CALC_CALL])
+    # without the schemas, the arguments go through as written
+    assert parse(text) != ("", [CALC_CALL])
+
+
+def test_schemas_that_declare_no_keys_or_allow_others_keep_every_argument() -> None:
+    for name in ("lookup", "free"):
+        text = f'{{"name": "{name}", "arguments": {{"q": "x", "type": "object"}}}}'
+        assert parse(text, SCHEMAS) == ("", [(name, {"q": "x", "type": "object"})])
+
+
+def test_the_text_before_the_first_call_is_kept_apart() -> None:
+    text = f'I will compute it.\n{CALC}\nThen I convert it: {{"name": "convert_units", '
+    parsed = parse_hermes_tool_calls(text, TOOLS)
+    assert parsed is not None
+    assert parsed.lead == "I will compute it."
+    assert parsed.content.startswith("I will compute it.")
+    assert "Then I convert it" in parsed.content
+    tagged = parse_hermes_tool_calls(f"Computing.\n<tool_call>\n{CALC}\n</tool_call>", TOOLS)
+    assert tagged is not None
+    assert tagged.lead == "Computing."
+    only_calls = parse_hermes_tool_calls(f"```json\n{CALC}\n```\nand more", TOOLS)
+    assert only_calls is not None
+    assert only_calls.lead == ""
+
+
 def test_a_call_nested_in_another_object_is_not_a_call() -> None:
     assert parse(f'{{"example": {CALC}}}') is None
 
@@ -200,6 +250,8 @@ def test_bound_tool_names_reads_function_tools_only() -> None:
     ]
     assert bound_tool_names(tools) == {"calculator"}
     assert bound_tool_names(None) == frozenset()
+    assert bound_tool_parameters(tools) == {"calculator": {}}
+    assert bound_tool_parameters(None) == {}
 
 
 def test_parse_tool_calls_dispatches_and_rejects_unknown_parsers() -> None:
