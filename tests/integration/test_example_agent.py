@@ -39,12 +39,6 @@ pytestmark = [
 ]
 
 
-@pytest.mark.xfail(
-    reason="not reliable yet: in a fresh-clone run the 0.5B won the second step's vote with "
-    "a calculator call written as text (its arguments holding the tool's schema), the agent "
-    "repeated convert_units and ended without the final number (126.49 km)",
-    strict=False,
-)
 def test_the_agent_completes_its_two_step_task(tmp_path: Path) -> None:
     env = {
         key: value
