@@ -426,6 +426,8 @@ def record(
             **extra,
         },
     )
+    if not call_experts:  # answers another recorder cached meanwhile are not our calls
+        before = len(responses)
     return RecordReport(
         matrix,
         calls=len(responses) - before,

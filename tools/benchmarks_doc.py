@@ -127,6 +127,22 @@ def _perf() -> str:
     return "\n".join(body).strip() + "\n"
 
 
+def _interim(matrix: ResponseMatrix) -> str:
+    """A warning when the replay ran on a partial recording, else nothing."""
+    complete = len(matrix.complete().questions)
+    drawn = len(matrix.questions)
+    if complete >= drawn:
+        return ""
+    return (
+        f"\n> **Interim numbers.** The recording is still under way: the replay below "
+        f"uses the {complete} of {drawn} drawn questions that every expert has answered "
+        "so far, and tests on about 30 % of them, so each accuracy rests on few "
+        "questions and moves by whole points when one answer changes. Read the "
+        "differences between strategies as indications until the recording is complete "
+        "and this page is regenerated.\n"
+    )
+
+
 def render(matrix: ResponseMatrix) -> str:
     """The page."""
     return f"""# Benchmarks
@@ -142,14 +158,15 @@ in minutes, with no model, from the committed matrix
 {REPLAY}
 python tools/benchmarks_doc.py
 ```
-
+{_interim(matrix)}
 ## The recording
 
 {_provenance(matrix)}
 Recorded with `avengers eval record --out avengers_graph/data/benchmarks --per-dataset 60
 --samples 5 --expert-samples qwen2.5-coder-1.5b=3 --max-concurrency 1` on the servers of
 `avengers local up` (2 threads each, one call at a time, so `expert s/q` is compute
-time on a 2-core machine).
+time on a 2-core machine; the machine ran other work during parts of the recording,
+so the seconds are upper bounds, comparable between experts only roughly).
 
 ## Headline numbers
 

@@ -282,6 +282,29 @@ def test_call_experts_false_exports_only_the_cache(cache: AnswerCache) -> None:
     assert len(report.matrix.questions) == 3  # every question is listed
 
 
+class _WrittenMeanwhile(AnswerCache):
+    """A cache another recorder fills while an export reads it: each key is missing once."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.seen: set[str] = set()
+
+    def get(self, key: str) -> Any:
+        if key not in self.seen:
+            self.seen.add(key)
+            return None
+        return super().get(key)
+
+
+def test_an_export_counts_no_call_even_when_the_cache_grows_meanwhile(tmp_path: Path) -> None:
+    items = _numbers(2)
+    shared = _WrittenMeanwhile(tmp_path / "shared.sqlite")
+    record({"a": _doubler(model="a-1b")}, items, AnswerCache(tmp_path / "shared.sqlite"), samples=1)
+    report = record({"a": _doubler(model="a-1b")}, items, shared, samples=1, call_experts=False)
+    assert len(report.matrix.responses) == 2
+    assert (report.calls, report.cached, report.missing) == (0, 2, 0)
+
+
 @pytest.mark.parametrize(
     "change",
     [
