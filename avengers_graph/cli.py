@@ -41,6 +41,7 @@ from avengers_graph.embedded import (
     fetch_models,
     load,
     local_urls,
+    serving,
 )
 from avengers_graph.errors import AvengersError, InvalidInputError
 from avengers_graph.settings import Settings
@@ -310,9 +311,11 @@ def local_status() -> None:
     """List the local servers and whether they answer."""
     from avengers_graph.local_pool import LocalPool
 
-    table = Table("model", "url", "pid", "state")
+    table = Table("model", "url", "pid", "state", "runs until")
     for server, state in LocalPool(Settings.from_env().cache_dir).status():
-        table.add_row(server.model, server.base_url, str(server.pid), state)
+        holders = ", ".join(key.partition(":")[0] for key in server.holders)
+        until = f"its holders exit (pids {holders})" if server.transient else "`local down`"
+        table.add_row(server.model, server.base_url, str(server.pid), state, until)
     console.print(table)
 
 
@@ -328,10 +331,7 @@ def demo(
     settings, pool = load(config)
     local = pool.local_models()
     fetch_models(local, settings.cache_dir)
-    servers = LocalPool(settings.cache_dir)
-    started = [name for name in local if name not in servers.servers()]
-    try:
-        servers.up(local)
+    with serving(LocalPool(settings.cache_dir), local, keep=keep_servers):
         if pool.build_store(settings).is_empty():
             console.rule("Calibrating on the bundled validation set")
             run_calibration(settings, pool)
@@ -339,9 +339,6 @@ def demo(
             console.print("Store already calibrated: skipping calibration.")
         console.rule("Asking the ensemble")
         ask_pool(settings, pool, DEMO_QUESTIONS, {})
-    finally:
-        if not keep_servers and started:
-            servers.down(started)
 
 
 def _assignments(values: Sequence[str] | None, what: str) -> dict[str, int]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ from avengers_graph.settings import Settings
 if TYPE_CHECKING:
     from avengers_graph.calibration import CalibrationReport
     from avengers_graph.chat_models import ChatAvengers
+    from avengers_graph.local_pool import LocalPool, ServerInfo
 
 RECORDED_ANSWERS = "local_answers.jsonl"
 """Answers of the bundled local pool to the bundled validation set, recorded once."""
@@ -151,12 +152,15 @@ def local_avengers(
 
     Fetches the pool's local models (sha256-checked), starts a llama.cpp server for
     each one not already running, calibrates when the store is empty (replaying the
-    bundled recorded answers for the bundled set), and yields the chat model. On exit
-    it stops the servers it started, unless ``keep_servers``.
+    bundled recorded answers for the bundled set), and yields the chat model. The
+    servers are held (:meth:`~avengers_graph.local_pool.LocalPool.hold`): on exit,
+    the ones a ``local_avengers`` started stop unless another process still holds
+    them, and the ones ``avengers local up`` started keep running.
 
     Args:
         config: Pool file; default ``AVENGERS_CONFIG``, else the bundled local pool.
-        keep_servers: Leave the servers this call started running.
+        keep_servers: Start the servers as ``avengers local up`` does: they keep
+            running after the block.
         threads: Threads per llama.cpp server (default: spread over the cores).
         **overrides: ChatAvengers options over the pool file's ``routing``
             (``top_n=3``, ``samples=2``...).
@@ -166,14 +170,16 @@ def local_avengers(
     settings, pool = load(config)
     local = pool.local_models()
     fetch_models(local, settings.cache_dir)
-    servers = LocalPool(settings.cache_dir)
-    started = [name for name in local if name not in servers.servers()]
-    try:
-        if local:
-            servers.up(local, threads=threads)
+    with serving(LocalPool(settings.cache_dir), local, keep=keep_servers, threads=threads):
         if pool.build_store(settings).is_empty():
             calibrate_pool(settings, pool)
         yield chat_model(settings, pool, overrides)
-    finally:
-        if not keep_servers and started:
-            servers.down(started)
+
+
+def serving(
+    servers: LocalPool, models: list[str], *, keep: bool, threads: int | None = None
+) -> AbstractContextManager[list[ServerInfo]]:
+    """The servers of ``models``, held for the block, or started to keep (``keep``)."""
+    if keep:
+        return nullcontext(servers.up(models, threads=threads))
+    return servers.hold(models, threads=threads)

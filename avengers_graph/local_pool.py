@@ -6,8 +6,8 @@
 - ``servers/<name>.json``: the llama.cpp server config of each model;
 - ``logs/<name>.log``: each server's output;
 - ``servers.json``: the state file, a reviewable JSON record of the running servers
-  (model, port, pid, host, file, start time), so another process (the CLI) can
-  find and stop them later.
+  (model, port, pid, host, file, start time, holders), so another process (the CLI)
+  can find and stop them later.
 
 :meth:`LocalPool.up` joins the model file if needed, writes the config (one model
 per server, ``logits_all`` off, ``interrupt_requests`` off, a share of the cores),
@@ -16,6 +16,12 @@ polls ``GET /v1/models`` until the server answers. :meth:`LocalPool.experts` mak
 the ``ChatOpenAI`` clients; :meth:`LocalPool.down` stops only processes whose
 ``/proc/<pid>/cmdline`` still names the server module and this pool's config file,
 so a reused pid is never killed. Process checks read ``/proc``: Linux only.
+
+Servers started by :meth:`LocalPool.up` run until :meth:`LocalPool.down`. The ones
+started by :meth:`LocalPool.hold` (what :func:`~avengers_graph.embedded.local_avengers`
+uses) are shared: every process that holds a server is recorded with it, and the
+server stops when the last live holder lets go. Two scripts on one cache folder share
+one set of servers, and the first to finish does not stop the other's.
 
 llama.cpp quirks handled here: the server ignores ``max_completion_tokens`` (what
 ``ChatOpenAI`` sends for ``max_tokens``), so the clients are
@@ -38,8 +44,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib.util import find_spec
 from pathlib import Path
@@ -96,6 +103,10 @@ class ServerInfo:
     model_path: str
     started_at: str
     """UTC start time, ISO 8601."""
+    transient: bool = False
+    """Started by :meth:`LocalPool.hold`: stops when its last holder lets go."""
+    holders: tuple[str, ...] = ()
+    """The processes holding it, as ``pid:start-ticks`` (a reused pid is another key)."""
 
     @property
     def base_url(self) -> str:
@@ -151,6 +162,26 @@ def _proc_cmdline(pid: int) -> list[str] | None:
     if stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] in {"Z", "X"}:
         return None
     return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+
+
+def _process_key(pid: int) -> str | None:
+    """``pid:start-ticks`` of a live process (``None`` if gone or a zombie).
+
+    The start time tells a process from a later one that got its pid back.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # fields 3 (state) onwards
+    if len(fields) < 20 or fields[0] in {"Z", "X"}:
+        return None
+    return f"{pid}:{fields[19]}"  # field 22: start time, in clock ticks since boot
+
+
+def _holder_alive(key: str) -> bool:
+    pid, _, _ = key.partition(":")
+    return pid.isdigit() and _process_key(int(pid)) == key
 
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
@@ -217,6 +248,8 @@ class LocalPool:
                     host=str(entry["host"]),
                     model_path=str(entry["model_path"]),
                     started_at=str(entry["started_at"]),
+                    transient=bool(entry.get("transient", False)),
+                    holders=tuple(str(key) for key in entry.get("holders", ())),
                 )
                 for name, entry in record["servers"].items()
             }
@@ -404,8 +437,10 @@ class LocalPool:
     ) -> list[ServerInfo]:
         """Start a server for each model not running yet; return every model's server.
 
-        Servers already running for a model are left alone (a no-op). The servers
-        started before a failure keep running and are recorded; :meth:`down` stops them.
+        The servers run until :meth:`down`. A server already running for a model is
+        left alone, except that one a :meth:`hold` started now runs until
+        :meth:`down` too. The servers started before a failure keep running and are
+        recorded; :meth:`down` stops them.
 
         Args:
             models: Registry names (see :data:`avengers_graph.local_models.MODELS`) or
@@ -421,6 +456,42 @@ class LocalPool:
             ServerError: A server exited or did not answer in time; the message ends
                 with its log.
         """
+        return self._up(models, threads=threads, ports=ports, timeout=timeout, holder=None)
+
+    @contextmanager
+    def hold(
+        self, models: Sequence[str], *, threads: int | None = None, timeout: float = 120.0
+    ) -> Iterator[list[ServerInfo]]:
+        """Servers for ``models`` while the block runs, shared with other processes.
+
+        Starts the servers not running yet, as :meth:`up` does, and records this
+        process as a holder of each one. On exit (or if starting fails) it lets go:
+        a server that a ``hold`` started stops once no live process holds it, while
+        the ones :meth:`up` started keep running. Holders that died without letting
+        go are forgotten then, so a crashed script does not keep servers up forever
+        once another holder leaves.
+
+        Raises:
+            The errors of :meth:`up`.
+        """
+        holder = _process_key(os.getpid())
+        if holder is None:  # pragma: no cover - /proc is unreadable: not Linux
+            raise ServerError("Holding servers needs /proc (Linux).")
+        names = [server_name(model) for model in dict.fromkeys(models)]
+        try:
+            yield self._up(models, threads=threads, ports=None, timeout=timeout, holder=holder)
+        finally:
+            self._let_go(names, holder)
+
+    def _up(
+        self,
+        models: Sequence[str],
+        *,
+        threads: int | None,
+        ports: Mapping[str, int] | None,
+        timeout: float,
+        holder: str | None,
+    ) -> list[ServerInfo]:
         names = list(dict.fromkeys(models))
         if not names:
             return []
@@ -437,20 +508,52 @@ class LocalPool:
                 name = server_name(model)
                 running = state.get(name)
                 if running is not None and self._is_ours(running):
-                    started.append(running)
+                    info = (
+                        replace(running, transient=False)
+                        if holder is None
+                        else replace(running, holders=(*running.holders, holder))
+                    )
+                    state[name] = info
+                    started.append(info)
                     continue
                 state.pop(name, None)
                 model_path = ensure_model(model, self.cache_dir)
                 port = given_ports.get(model, given_ports.get(name))
                 info = self._start(name, model_path, port, per_server, timeout)
+                if holder is not None:
+                    info = replace(info, transient=True, holders=(holder,))
                 state[name] = info
                 self._write_state(state)
                 started.append(info)
             self._write_state(state)
         return started
 
+    def _let_go(self, names: Sequence[str], holder: str) -> None:
+        """Drop ``holder`` (and dead holders) from the servers; stop idle transient ones."""
+        if not names or not self.state_path.exists():
+            return
+        with _exclusive(self.cache_dir / ".servers.lock"):
+            state = self._read_state()
+            for name in names:
+                info = state.get(name)
+                if info is None:
+                    continue
+                holders = list(info.holders)
+                if holder in holders:
+                    holders.remove(holder)  # one hold: the same process may hold twice
+                holders = [key for key in holders if _holder_alive(key)]
+                if info.transient and not holders:
+                    if self._is_ours(info):
+                        self._stop(info)
+                    del state[name]
+                else:
+                    state[name] = replace(info, holders=tuple(holders))
+            self._write_state(state)
+
     def down(self, models: Sequence[str] | None = None) -> list[str]:
         """Stop servers this pool started (all by default); return the names stopped.
+
+        Held servers stop too: the processes holding them lose them.
 
         A recorded pid whose process is gone, or is now another program (a reused
         pid), is not signalled: its entry is only removed from the state file.

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from importlib.util import find_spec
@@ -18,7 +20,13 @@ import pytest
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
 
-from avengers_graph import ClusterStore, LocalEmbeddings, calibrate, create_avengers_graph
+from avengers_graph import (
+    ClusterStore,
+    LocalEmbeddings,
+    calibrate,
+    create_avengers_graph,
+    local_pool,
+)
 from avengers_graph.local_models import MODELS, missing_packages
 from avengers_graph.local_pool import LocalPool, PortInUseError, ServerInfo
 from tests.fakes import ScriptedExpert, constant
@@ -172,3 +180,39 @@ def test_down_stops_the_server(pool: LocalPool) -> None:
     assert pool.down() == [MODEL]
     assert pool.status() == []
     assert not Path(f"/proc/{info.pid}").exists()
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+from avengers_graph.local_pool import LocalPool
+with LocalPool(Path(sys.argv[1])).hold([sys.argv[2]]) as [info]:
+    print(info.pid, flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_server_two_processes_hold_stops_with_the_last(pool: LocalPool, tmp_path: Path) -> None:
+    model = str(pool.cache_dir / "models" / MODELS[MODEL].filename)
+    shared = LocalPool(tmp_path / "shared")
+    first = subprocess.Popen(  # noqa: S603 - our interpreter, a fixed script
+        [sys.executable, "-c", HOLDER, str(shared.cache_dir), model],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert first.stdout is not None
+        server_pid = int(first.stdout.readline())
+        with shared.hold([model]) as [info]:
+            assert info.pid == server_pid  # the first script's server, shared
+            first.communicate("\n", timeout=60)  # the first script finishes
+            assert first.returncode == 0
+            answer = shared.experts(max_tokens=8)[info.model].invoke("Say hello.")
+            assert isinstance(answer, AIMessage)
+            assert [state for _, state in shared.status()] == ["healthy"]
+        assert local_pool._proc_cmdline(server_pid) is None  # the last holder stopped it
+        assert shared.status() == []
+    finally:
+        if first.poll() is None:
+            first.kill()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -84,10 +86,15 @@ def test_state_file_round_trip(tmp_path: Path) -> None:
         "host": "127.0.0.1",
         "model_path": "/models/a-model.gguf",
         "started_at": "2026-01-01T00:00:00+00:00",
+        "transient": False,
+        "holders": [],
         "config_path": str(tmp_path / "servers" / "a-model.json"),
         "log_path": str(tmp_path / "logs" / "a-model.log"),
     }
     assert servers["a-model"].base_url == "http://127.0.0.1:9002/v1"
+    held = {"a-model": replace(servers["a-model"], transient=True, holders=("12:345", "67:8"))}
+    pool._write_state(held)
+    assert pool._read_state() == held
 
 
 def test_an_unreadable_state_file_is_an_error(tmp_path: Path) -> None:
@@ -324,3 +331,128 @@ def test_qwen_experts_parse_tool_calls_and_smollm2_does_not(tmp_path: Path, spaw
     experts = pool.experts()
     assert experts["qwen2.5-coder-0.5b"].tool_call_parser == "hermes"  # type: ignore[attr-defined]
     assert experts["smollm2-135m"].tool_call_parser is None  # type: ignore[attr-defined]
+
+
+# -- servers held by several processes ----------------------------------------------
+
+
+@pytest.fixture
+def fake_start(
+    tmp_path: Path, spawn: Spawn, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[str], subprocess.Popen[bytes]]:
+    """``LocalPool._start`` spawns a fake server (``ServerError`` for names in ``failing``).
+
+    Returns the fake server process of a name, once started.
+    """
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    failing = {"broken"}
+    monkeypatch.setattr(local_pool, "_require_server", lambda: None)
+    monkeypatch.setattr(local_pool, "ensure_model", lambda name, cache: cache / f"{name}.gguf")
+
+    def start(
+        pool: LocalPool, name: str, path: Path, port: int | None, threads: int, timeout: float
+    ) -> ServerInfo:
+        if name in failing:
+            raise ServerError(f"{name} exited while starting")
+        processes[name] = _fake_server(pool, spawn, name)
+        return _info(name, processes[name].pid)
+
+    monkeypatch.setattr(LocalPool, "_start", start)
+    return processes.__getitem__
+
+
+def _holder(process: subprocess.Popen[bytes]) -> str:
+    key = local_pool._process_key(process.pid)
+    assert key is not None
+    return key
+
+
+def test_a_held_server_outlives_its_first_holder_and_stops_with_the_last(
+    tmp_path: Path, spawn: Spawn, fake_start: Callable[[str], subprocess.Popen[bytes]]
+) -> None:
+    pool = LocalPool(tmp_path)
+    other = spawn("sleep", "60")  # another process on the same cache folder
+    with pool.hold(["smollm2-135m"]) as [info]:
+        server = fake_start("smollm2-135m")
+        assert info.pid == server.pid
+        assert info.transient
+        assert info.holders == (local_pool._process_key(os.getpid()),)
+        # the other process holds it too (what its own hold() records)
+        pool._up(["smollm2-135m"], threads=None, ports=None, timeout=1, holder=_holder(other))
+    assert server.poll() is None  # we let go, the other still holds it
+    assert pool.servers()["smollm2-135m"].holders == (_holder(other),)
+
+    other.kill()  # dies without letting go
+    other.wait(timeout=10)
+    with pool.hold(["smollm2-135m"]) as [again]:
+        assert again.pid == server.pid  # shared, not restarted
+    assert server.wait(timeout=15) is not None  # last live holder gone: stopped
+    assert pool._read_state() == {}
+
+
+def test_the_same_process_may_hold_a_server_twice(
+    tmp_path: Path, fake_start: Callable[[str], subprocess.Popen[bytes]]
+) -> None:
+    pool = LocalPool(tmp_path)
+    with pool.hold(["smollm2-135m"]):
+        with pool.hold(["smollm2-135m"]) as [inner]:
+            assert len(inner.holders) == 2
+        server = fake_start("smollm2-135m")
+        assert server.poll() is None
+    assert server.wait(timeout=15) is not None
+    assert pool.status() == []
+
+
+def test_up_makes_a_held_server_run_until_down(
+    tmp_path: Path, fake_start: Callable[[str], subprocess.Popen[bytes]]
+) -> None:
+    pool = LocalPool(tmp_path)
+    with pool.hold(["smollm2-135m"]):
+        [kept] = pool.up(["smollm2-135m"])
+        assert not kept.transient
+    server = fake_start("smollm2-135m")
+    assert server.poll() is None
+    assert pool.servers()["smollm2-135m"].holders == ()
+    assert pool.down() == ["smollm2-135m"]
+    assert server.wait(timeout=15) is not None
+
+
+def test_a_server_started_by_up_survives_its_holders(
+    tmp_path: Path, fake_start: Callable[[str], subprocess.Popen[bytes]]
+) -> None:
+    pool = LocalPool(tmp_path)
+    [info] = pool.up(["smollm2-135m"])
+    with pool.hold(["smollm2-135m"]) as [held]:
+        assert held.pid == info.pid
+        assert not held.transient
+    assert set(pool.servers()) == {"smollm2-135m"}
+    assert pool.down() == ["smollm2-135m"]
+
+
+def test_a_failed_start_lets_go_of_the_servers_already_held(
+    tmp_path: Path, fake_start: Callable[[str], subprocess.Popen[bytes]]
+) -> None:
+    pool = LocalPool(tmp_path)
+    entered = []
+    with (
+        pytest.raises(ServerError, match="broken exited while starting"),
+        pool.hold(["smollm2-135m", "broken"]),
+    ):
+        entered.append(True)
+    assert entered == []
+    server = fake_start("smollm2-135m")
+    assert server.wait(timeout=15) is not None
+    assert pool._read_state() == {}
+
+
+def test_a_holder_key_names_one_process_not_a_pid(spawn: Spawn) -> None:
+    me = local_pool._process_key(os.getpid())
+    assert me is not None
+    assert me.startswith(f"{os.getpid()}:")
+    assert local_pool._holder_alive(me)
+    pid, _, ticks = me.partition(":")
+    assert not local_pool._holder_alive(f"{pid}:{int(ticks) + 1}")  # the pid, reused later
+    gone = spawn("true")
+    gone.wait(timeout=10)
+    assert local_pool._process_key(gone.pid) is None
+    assert not local_pool._holder_alive("not-a-pid:1")
