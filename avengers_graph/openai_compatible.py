@@ -15,7 +15,7 @@ only in part:
    GGUF template supports them (Qwen2.5) but, with ``tool_choice="auto"``, returns
    the model's call as ``content``. When tools were bound for the call and the answer
    has no ``tool_calls``, :meth:`ChatOpenAICompatible._generate` (and ``_agenerate``)
-   parse the content with :func:`avengers_graph.tool_parsers.parse_tool_calls` into
+   parse the content with :func:`avengers_graph.tool_parsers.parse_message_tool_calls` into
    proper ``tool_calls`` (bound tool names only, argument keys their schemas declare
    only, new ``call_<uuid>`` ids; only the first call and the text before it when the
    request said ``parallel_tool_calls=False``, which such servers cannot enforce);
@@ -53,7 +53,7 @@ from avengers_graph.tool_parsers import (
     bound_tool_names,
     bound_tool_parameters,
     format_hermes_tool_calls,
-    parse_tool_calls,
+    parse_message_tool_calls,
 )
 
 __all__ = ["HERMES_STOP", "ChatOpenAICompatible"]
@@ -140,38 +140,6 @@ class ChatOpenAICompatible(ChatOpenAI):
             and kwargs.get("tool_choice") != "none"
         )
 
-    def _parse_message(
-        self, message: BaseMessage, tools: Mapping[str, Mapping[str, Any]], *, single: bool
-    ) -> BaseMessage:
-        """``message`` with the tool calls its text holds made into ``tool_calls``.
-
-        With ``single`` (the request said ``parallel_tool_calls=False``), only the first
-        call and the text before it are kept: the server cannot hold the model to one
-        call, the parser does (what follows the first call is the model planning the
-        next steps, often as broken calls).
-        """
-        if (
-            self.tool_call_parser is None
-            or not isinstance(message, AIMessage)
-            or message.tool_calls
-            or message.invalid_tool_calls
-            or not isinstance(message.content, str)
-        ):
-            return message
-        parsed = parse_tool_calls(self.tool_call_parser, message.content, tools)
-        if parsed is None:
-            return message
-        return message.model_copy(
-            update={
-                "content": parsed.lead if single else parsed.content,
-                "tool_calls": parsed.tool_calls[:1] if single else parsed.tool_calls,
-                "response_metadata": {
-                    **message.response_metadata,
-                    "tool_call_parser": self.tool_call_parser,
-                },
-            }
-        )
-
     def _parse_result(self, result: ChatResult, kwargs: Mapping[str, Any]) -> ChatResult:
         """``result`` with its messages' text calls parsed, when this call parses them."""
         if not self._parses_tool_calls(kwargs):
@@ -181,7 +149,9 @@ class ChatOpenAICompatible(ChatOpenAI):
         return ChatResult(
             generations=[
                 ChatGeneration(
-                    message=self._parse_message(generation.message, tools, single=single),
+                    message=parse_message_tool_calls(
+                        generation.message, self.tool_call_parser, tools, single=single
+                    ),
                     generation_info=generation.generation_info,
                 )
                 for generation in result.generations

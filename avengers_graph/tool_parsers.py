@@ -44,9 +44,9 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
-from langchain_core.messages import ToolCall
+from langchain_core.messages import AIMessage, BaseMessage, ToolCall
 from langchain_core.messages.tool import tool_call
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "format_hermes_tool_calls",
     "new_call_id",
     "parse_hermes_tool_calls",
+    "parse_message_tool_calls",
     "parse_tool_calls",
 ]
 
@@ -333,3 +334,49 @@ def parse_tool_calls(
             f"Unknown tool-call parser {parser!r}; known parsers: {', '.join(TOOL_CALL_PARSERS)}."
         ) from None
     return function(text, tool_names)
+
+
+_Message = TypeVar("_Message", bound=BaseMessage)
+
+
+def parse_message_tool_calls(
+    message: _Message,
+    parser: ToolCallParser | None,
+    tools: Collection[str],
+    *,
+    single: bool = False,
+) -> _Message:
+    """``message`` with the tool calls its text holds made into ``tool_calls``.
+
+    A message that already has calls (the server parsed them), or no string content,
+    is returned as is, and so is one without calls in its text. With ``single`` (the
+    request said ``parallel_tool_calls=False``), only the first call and the text
+    before it are kept: the server cannot hold the model to one call, the parser does
+    (what follows the first call is the model planning the next steps, often as
+    broken calls).
+
+    Args:
+        message: An answer of the server.
+        parser: The parser's name; ``None`` parses nothing.
+        tools: The bound tools' names, or their parameter schemas by name
+            (:func:`bound_tool_parameters`).
+        single: Keep one call.
+    """
+    if (
+        parser is None
+        or not isinstance(message, AIMessage)
+        or message.tool_calls
+        or message.invalid_tool_calls
+        or not isinstance(message.content, str)
+    ):
+        return message
+    parsed = parse_tool_calls(parser, message.content, tools)
+    if parsed is None:
+        return message
+    return message.model_copy(
+        update={
+            "content": parsed.lead if single else parsed.content,
+            "tool_calls": parsed.tool_calls[:1] if single else parsed.tool_calls,
+            "response_metadata": {**message.response_metadata, "tool_call_parser": parser},
+        }
+    )

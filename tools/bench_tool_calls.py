@@ -62,7 +62,11 @@ from avengers_graph.config import PoolConfig
 from avengers_graph.embedded import bundled
 from avengers_graph.openai_compatible import HERMES_STOP, ChatOpenAICompatible
 from avengers_graph.settings import Settings
-from avengers_graph.tool_parsers import ToolCallParser, bound_tool_parameters, parse_tool_calls
+from avengers_graph.tool_parsers import (
+    ToolCallParser,
+    bound_tool_parameters,
+    parse_message_tool_calls,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = bundled("tools_pool.yaml")
@@ -382,17 +386,8 @@ def as_answer(
     parsed are kept, else the text is parsed (the library's own parser, so a replay
     scores the parser as it is now).
     """
-    content, calls = sample["raw_content"], sample["server_tool_calls"]
-    if calls or parser is None:
-        return AIMessage(content=content, tool_calls=calls)
-    parsed = parse_tool_calls(parser, content, tool_names)
-    if parsed is None:
-        return AIMessage(content=content)
-    return AIMessage(
-        content=parsed.content,
-        tool_calls=parsed.tool_calls,
-        response_metadata={"tool_call_parser": parser},
-    )
+    message = AIMessage(content=sample["raw_content"], tool_calls=sample["server_tool_calls"])
+    return parse_message_tool_calls(message, parser, tool_names)
 
 
 class Sink:
