@@ -62,9 +62,11 @@ from avengers_graph.errors import InvalidInputError
 from avengers_graph.graph import (
     AvengersContext,
     AvengersSettings,
+    check_expert_costs,
     create_avengers_graph,
     validate_experts,
 )
+from avengers_graph.routing import Cost
 from avengers_graph.store import ClusterStore
 
 _CALL_OPTIONS = frozenset(
@@ -82,6 +84,7 @@ _CALL_OPTIONS = frozenset(
         "similarity_threshold",
         "prior_strength",
         "quality_weight",
+        "cost",
         "tools",
         "tool_choice",
         "parallel_tool_calls",
@@ -137,7 +140,7 @@ class ChatAvengers(BaseChatModel):
 
     Per-call options: ``stop``, ``temperature``, ``max_tokens``, ``top_k``,
     ``top_n``, ``samples``, ``beta``, ``seed``, ``timeout``, ``answer_format``,
-    ``similarity_threshold``, ``prior_strength`` and ``quality_weight`` may be passed
+    ``similarity_threshold``, ``prior_strength``, ``quality_weight`` and ``cost`` may be passed
     to ``invoke``/``stream``/``batch`` (or ``bind``) to override the fields below.
     """
 
@@ -182,6 +185,12 @@ class ChatAvengers(BaseChatModel):
     """Beta-prior smoothing of small clusters' accuracies (0 = raw accuracy)."""
     quality_weight: float = 1.0
     """Avengers-Pro trade-off: 1 ranks experts by accuracy, lower favours cheaper ones."""
+    cost: Cost = "seconds"
+    """What counts as cost when ``quality_weight < 1``: ``seconds`` or ``tokens`` per
+    answer as calibrated, or ``compute``, the tokens times ``expert_costs``."""
+    expert_costs: dict[str, float] | None = None
+    """Expert name to its cost per generated token, one unit for the pool (billions of
+    parameters for local models, a price for paid ones); ``cost="compute"`` needs all."""
     max_concurrency: int | None = None
     """Most expert calls in flight at once (``None``: all samples in parallel)."""
     early_stop: bool | None = None
@@ -199,7 +208,7 @@ class ChatAvengers(BaseChatModel):
 
     @model_validator(mode="after")
     def _check_settings(self) -> ChatAvengers:
-        self._settings()
+        check_expert_costs(self.experts, self.expert_costs, self._settings().cost)
         if self.max_retries < 0:
             raise InvalidInputError(f"max_retries must be >= 0, got {self.max_retries!r}.")
         return self
@@ -220,6 +229,7 @@ class ChatAvengers(BaseChatModel):
             similarity_threshold=self.similarity_threshold,
             prior_strength=self.prior_strength,
             quality_weight=self.quality_weight,
+            cost=self.cost,
             early_stop=bool(self.early_stop),
         )
 
@@ -234,6 +244,7 @@ class ChatAvengers(BaseChatModel):
                 self.store,
                 name=self.model,
                 max_retries=self.max_retries,
+                expert_costs=self.expert_costs,
                 **{f.name: getattr(settings, f.name) for f in fields(settings)},
             )
         return self._graph

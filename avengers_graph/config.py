@@ -9,7 +9,7 @@ A pool file (YAML or JSON) names the experts, each an OpenAI-compatible server
         model: qwen2.5-coder-1.5b
         api_key_env: QWEN_API_KEY      # optional: the variable holding the key
         max_tokens: 384
-        cost: 1.5                      # optional cost hint (e.g. billions of parameters)
+        cost: 1.5                      # optional cost per token (e.g. billions of parameters)
         tool_call_parser: hermes       # optional: parse tool calls the server returns as text
       - name: smollm2
         local: smollm2-135m            # served by `avengers local up` (llama.cpp)
@@ -69,7 +69,9 @@ class ExpertConfig(BaseModel):
     model: str | None = Field(default=None, min_length=1)
     """Model name sent to the server (default: the local model's name)."""
     cost: float | None = Field(default=None, ge=0)
-    """Cost hint for cost-aware routing (e.g. billions of parameters)."""
+    """Cost of one generated token, in one unit for the whole pool (billions of parameters
+    for local models, a price per token for paid endpoints). Routing's ``cost: compute``
+    (with ``quality_weight < 1``) ranks experts by their calibrated tokens times this."""
     api_key_env: str | None = None
     """Environment variable holding the API key; unset for keyless local servers."""
     temperature: float | None = None
@@ -201,6 +203,10 @@ class PoolConfig(BaseModel):
             raise InvalidInputError(f"Expert names must be unique, got {names}.")
         return {expert.name: expert.build(local_urls) for expert in self.experts}
 
+    def expert_costs(self) -> dict[str, float]:
+        """Expert name to its ``cost`` per token, for the experts that set one."""
+        return {expert.name: expert.cost for expert in self.experts if expert.cost is not None}
+
     def build_store(self, settings: Settings) -> ClusterStore:
         """The configured store, or the one the settings point at."""
         return self.store.build(settings) if self.store else settings.cluster_store()
@@ -249,5 +255,6 @@ def graph_from_settings(settings: Settings | None = None) -> CompiledStateGraph[
         pool.build_experts(local_urls),
         pool.embeddings.build(),
         pool.build_store(settings),
+        expert_costs=pool.expert_costs(),
         **pool.routing,
     )

@@ -136,6 +136,7 @@ def chat_model(
         experts=pool.build_experts(local_urls(settings, pool)),
         embeddings=pool.embeddings.build(),
         store=pool.build_store(settings),
+        expert_costs=pool.expert_costs(),
         **options,
     )
 

@@ -4,12 +4,12 @@
 the default configurations, then the sweeps, and writes into one folder:
 
 - ``summary.csv`` / ``summary.md``: accuracy per dataset and on average, gain over
-  Random and over Best-Single, gap to Oracle, expert calls, generated tokens and
-  expert seconds per question;
+  Random and over Best-Single, gap to Oracle, expert calls, generated tokens, compute
+  (tokens times the expert's cost per token) and expert seconds per question;
 - ``sweep_clusters``: the paper's configuration for K = 2 ... 64;
 - ``sweep_pool``: every sub-pool of 1 ... 4 experts (mean and best over sub-pools);
 - ``sweep_samples``: 1 ... 10 samples per question, on one expert or split over 2-3;
-- ``sweep_cost``: the cost-aware ranking's weight ``a`` from 1 (accuracy) to 0 (cost);
+- ``sweep_cost``: the cost-aware ranking's weight ``a`` from 1 (accuracy) to 0 (compute);
 - ``headline``: the experts of at most 0.5B parameters together against the 1.5B alone.
 
 Each sweep is a ``.csv`` and a ``.png`` (with the ``plot`` extra).
@@ -76,6 +76,7 @@ def summary_rows(summary: Summary) -> list[Row]:
             row["gap to Oracle"] = summary.accuracy("Oracle") - average.accuracy
         row["calls/q"] = average.calls
         row["tokens/q"] = average.tokens
+        row["compute/q"] = average.compute
         row["expert s/q"] = average.seconds
         rows.append(row)
     return rows
@@ -110,15 +111,6 @@ def write_csv(rows: Sequence[Row], path: Path) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
-
-
-def _expert_params(matrix: ResponseMatrix) -> dict[str, float]:
-    described = matrix.provenance.get("experts", {})
-    return {
-        name: float(described[name]["cost"])
-        for name in matrix.experts
-        if isinstance(described.get(name), Mapping) and "cost" in described[name]
-    }
 
 
 class _Sweeps:
@@ -213,13 +205,14 @@ class _Sweeps:
                     "a": weight,
                     "accuracy": outcome.accuracy,
                     "tokens/q": outcome.tokens,
+                    "compute/q": outcome.compute,
                     "expert s/q": outcome.seconds,
                 }
             )
         return rows
 
     def headline(self) -> list[Row]:
-        params = _expert_params(self.matrix)
+        params = self.matrix.expert_costs()
         if len(params) < len(self.matrix.experts):
             return []
         small = [e for e in self.matrix.experts if params[e] <= self.options.small_params]
@@ -242,6 +235,7 @@ class _Sweeps:
                     "accuracy": outcome.accuracy,
                     "calls/q": outcome.calls,
                     "tokens/q": outcome.tokens,
+                    "compute/q": outcome.compute,
                     "expert s/q": outcome.seconds,
                 }
             )
@@ -254,6 +248,7 @@ class _Sweeps:
                     "accuracy": outcome.accuracy,
                     "calls/q": outcome.calls,
                     "tokens/q": outcome.tokens,
+                    "compute/q": outcome.compute,
                     "expert s/q": outcome.seconds,
                 }
             )

@@ -138,6 +138,9 @@ class AvengersSettings:
     """Beta-prior pseudo-counts toward each expert's global accuracy (0 = raw accuracy)."""
     quality_weight: float = 1.0
     """Avengers-Pro's trade-off: 1 ranks by accuracy, lower values favour cheaper experts."""
+    cost: routing.Cost = "seconds"
+    """What the cost-aware ranking counts as cost (:func:`routing.expert_cost`):
+    ``"seconds"``, ``"tokens"`` or ``"compute"`` (tokens times the expert's cost)."""
     tools: tuple[dict[str, Any], ...] | None = None
     """Tools (OpenAI format) bound to every expert; samples then vote on tool calls."""
     tool_choice: str | dict[str, Any] | bool | None = None
@@ -178,6 +181,7 @@ class AvengersSettings:
             )
         if self.prior_strength < 0:
             raise InvalidInputError(f"prior_strength must be >= 0, got {self.prior_strength!r}.")
+        routing.check_cost(self.cost, [])
         if isinstance(self.answer_format, str):
             voting.resolve_extractor([], self.answer_format)  # validates the name
 
@@ -204,12 +208,29 @@ class AvengersContext:
     similarity_threshold: float | None = None
     prior_strength: float | None = None
     quality_weight: float | None = None
+    cost: routing.Cost | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | bool | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     structured_output: bool | None = None
     early_stop: bool | None = None
+
+
+def check_expert_costs(
+    experts: Mapping[str, Any], expert_costs: Mapping[str, float] | None, cost: str
+) -> dict[str, float]:
+    """The pool's costs per token, checked: known experts, and all of them for ``"compute"``.
+
+    Raises:
+        InvalidInputError: A cost for an expert not in the pool, a negative cost, or
+            ``cost="compute"`` with an expert that has none.
+    """
+    costs = dict(expert_costs or {})
+    if unknown := sorted(set(costs) - set(experts)):
+        raise InvalidInputError(f"expert_costs names experts not in the pool: {unknown}.")
+    routing.check_cost(cost, list(experts), costs)
+    return costs
 
 
 def resolve_settings(defaults: AvengersSettings, context: Any) -> AvengersSettings:
@@ -326,10 +347,12 @@ class _Nodes:
         store: ClusterStore,
         settings: AvengersSettings,
         *,
+        expert_costs: Mapping[str, float],
         max_attempts: int,
         model_name: str,
     ) -> None:
         self.experts = dict(experts)
+        self.expert_costs = dict(expert_costs)
         self.embeddings = embeddings
         self.embedding_name = embedding_model_name(embeddings)
         self.store = store
@@ -383,6 +406,8 @@ class _Nodes:
             list(self.experts),
             prior_strength=settings.prior_strength,
             quality_weight=settings.quality_weight,
+            cost=settings.cost,
+            unit_costs=self.expert_costs,
         )
         chosen = routing.select_experts(scores, settings.top_n)
         seed = (
@@ -767,6 +792,8 @@ def build_avengers_graph(
     similarity_threshold: float = 0.85,
     prior_strength: float = 0.0,
     quality_weight: float = 1.0,
+    cost: routing.Cost = "seconds",
+    expert_costs: Mapping[str, float] | None = None,
     tools: Sequence[Mapping[str, Any]] | None = None,
     tool_choice: str | dict[str, Any] | bool | None = None,
     parallel_tool_calls: bool | None = None,
@@ -799,6 +826,11 @@ def build_avengers_graph(
         similarity_threshold: Cosine similarity for free-text answers to agree.
         prior_strength: Beta-prior smoothing of small clusters' accuracies.
         quality_weight: Avengers-Pro accuracy/cost trade-off (1 = accuracy only).
+        cost: What the cost-aware ranking counts: ``"seconds"`` or ``"tokens"`` per
+            answer as calibrated, or ``"compute"``, the tokens times ``expert_costs``.
+        expert_costs: Expert name to its cost per generated token, in one unit for the
+            pool (billions of parameters for local models, a price for paid ones);
+            ``cost="compute"`` needs one for every expert.
         tools: Tools in OpenAI format, bound to every expert (``bind_tools``); the
             samples then vote on their tool calls (name and canonical arguments, a set
             for parallel calls) or their text, and the answer keeps the winner's calls.
@@ -822,6 +854,7 @@ def build_avengers_graph(
         ``sample`` and ``vote``.
     """
     validate_experts(experts)
+    costs = check_expert_costs(experts, expert_costs, cost)
     if max_retries < 0:
         raise InvalidInputError(f"max_retries must be >= 0, got {max_retries!r}.")
     settings = AvengersSettings(
@@ -839,6 +872,7 @@ def build_avengers_graph(
         similarity_threshold=similarity_threshold,
         prior_strength=prior_strength,
         quality_weight=quality_weight,
+        cost=cost,
         tools=tuple(dict(tool) for tool in tools) if tools else None,
         tool_choice=tool_choice,
         parallel_tool_calls=parallel_tool_calls,
@@ -852,6 +886,7 @@ def build_avengers_graph(
         embeddings,
         store,
         settings,
+        expert_costs=costs,
         max_attempts=retry.max_attempts,
         model_name=model_name,
     )

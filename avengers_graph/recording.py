@@ -119,6 +119,15 @@ class ResponseMatrix:
         """Dataset names, in order of first appearance."""
         return list(dict.fromkeys(q["dataset"] for q in self.questions))
 
+    def expert_costs(self) -> dict[str, float]:
+        """Expert name to the ``cost`` per token its provenance records (if any)."""
+        described = self.provenance.get("experts", {})
+        return {
+            name: float(described[name]["cost"])
+            for name in self.experts
+            if isinstance(described.get(name), Mapping) and "cost" in described[name]
+        }
+
     def samples(self) -> dict[tuple[str, str], list[Response]]:
         """Samples by ``(question id, expert)``, in sample order."""
         table: dict[tuple[str, str], list[Response]] = defaultdict(list)

@@ -19,12 +19,14 @@ Side by side on the same test questions:
 - **Max-Expert**: the best expert of each dataset (it knows the dataset label), one sample.
 - **Oracle**: correct when any recorded sample of any expert is (an upper bound for
   every strategy that answers with one of the recorded samples), at the cost of one
-  call to the cheapest right sample.
+  call to the right sample of least compute.
 - **Ensemble configurations** (:class:`EnsembleConfig`): the paper's (nearest
   cluster, top-1 expert, self-consistency), ours (top_n 2-3, samples split across
   experts) and the cost-aware Avengers-Pro ranking (``quality_weight < 1``).
 
-Every outcome carries accuracy, expert calls, generated tokens and expert seconds per
+Every outcome carries accuracy, expert calls, generated tokens, compute (generated
+tokens times the expert's ``cost`` per token from the matrix's provenance, billions of
+parameters for the local pool; 1 for an expert without one) and expert seconds per
 question; :func:`evaluate` averages them over several seeded splits.
 """
 
@@ -45,7 +47,7 @@ from avengers_graph.calibration import cluster_questions
 from avengers_graph.embeddings import normalise
 from avengers_graph.errors import InvalidInputError
 from avengers_graph.recording import Response, ResponseMatrix
-from avengers_graph.routing import compact, match_clusters, score_experts, select_experts
+from avengers_graph.routing import Cost, compact, match_clusters, score_experts, select_experts
 from avengers_graph.store import ExpertStats
 from avengers_graph.voting import majority_vote
 
@@ -90,7 +92,8 @@ class EnsembleConfig:
     """Total samples per question, split as evenly as possible over the top_n experts."""
     beta: float = 3.0
     quality_weight: float = 1.0
-    cost: Literal["seconds", "tokens"] = "seconds"
+    cost: Cost = "compute"
+    """What the cost-aware ranking counts (seconds depend on the recording machine's load)."""
     prior_strength: float = 0.0
 
     def allocation(self, selected: int) -> list[int]:
@@ -110,8 +113,8 @@ def default_configs(max_samples: int = 5) -> list[EnsembleConfig]:
         EnsembleConfig("top_n=2, budget 5", top_n=2, budget=max_samples),
         EnsembleConfig("top_n=3, budget 5", top_n=3, budget=max_samples),
         EnsembleConfig("top_k=3 clusters, top_n=2 x 3", top_k=3, top_n=2, samples=3),
-        EnsembleConfig("Pro a=0.9: top-1 by accuracy and seconds", quality_weight=0.9),
-        EnsembleConfig("Pro a=0.7: top-1 by accuracy and seconds", quality_weight=0.7),
+        EnsembleConfig("Pro a=0.9: top-1 by accuracy and compute", quality_weight=0.9),
+        EnsembleConfig("Pro a=0.7: top-1 by accuracy and compute", quality_weight=0.7),
     ]
 
 
@@ -123,27 +126,25 @@ class Outcome:
     calls: float
     tokens: float
     seconds: float
+    compute: float
+    """Generated tokens times each expert's cost per token."""
 
     @staticmethod
     def mean(outcomes: Sequence[Outcome]) -> Outcome:
         """The mean of several outcomes (all zero for none)."""
         if not outcomes:
-            return Outcome(0.0, 0.0, 0.0, 0.0)
+            return NOTHING
         return Outcome(
             accuracy=statistics.fmean(o.accuracy for o in outcomes),
             calls=statistics.fmean(o.calls for o in outcomes),
             tokens=statistics.fmean(o.tokens for o in outcomes),
             seconds=statistics.fmean(o.seconds for o in outcomes),
+            compute=statistics.fmean(o.compute for o in outcomes),
         )
 
 
-def _used(samples: Sequence[Response], correct: float) -> Outcome:
-    return Outcome(
-        accuracy=correct,
-        calls=len(samples),
-        tokens=sum(s.tokens for s in samples),
-        seconds=sum(s.seconds for s in samples),
-    )
+NOTHING = Outcome(0.0, 0.0, 0.0, 0.0, 0.0)
+"""The outcome of no call (a question no selected expert answered)."""
 
 
 def embed_questions(matrix: ResponseMatrix, embeddings: Embeddings) -> dict[str, np.ndarray]:
@@ -166,6 +167,8 @@ class Replay:
         seed: Seeds the split and K-means.
         test_fraction: Share of each dataset's questions held out for testing.
         experts: The pool to use (default: every expert of the matrix), in order.
+        unit_costs: Expert name to its cost per generated token (default: the ``cost``
+            of each expert in the matrix's provenance; 1 for an expert without one).
 
     Raises:
         InvalidInputError: Unknown experts, a dataset too small to split, or K larger
@@ -181,8 +184,11 @@ class Replay:
         seed: int = 0,
         test_fraction: float = 0.3,
         experts: Sequence[str] | None = None,
+        unit_costs: Mapping[str, float] | None = None,
     ) -> None:
         self.experts = list(experts or matrix.experts)
+        known = matrix.expert_costs() if unit_costs is None else unit_costs
+        self.unit_costs = {expert: float(known.get(expert, 1.0)) for expert in self.experts}
         if unknown := set(self.experts) - set(matrix.experts):
             raise InvalidInputError(f"Experts not in the matrix: {sorted(unknown)}.")
         if not self.experts:
@@ -224,6 +230,19 @@ class Replay:
         """The expert's first ``n`` samples (all by default) for a question."""
         return self.samples.get((qid, expert), [])[:n]
 
+    def compute(self, response: Response) -> float:
+        """Generated tokens times the expert's cost per token."""
+        return response.tokens * self.unit_costs.get(response.expert, 1.0)
+
+    def _used(self, samples: Sequence[Response], correct: float) -> Outcome:
+        return Outcome(
+            accuracy=correct,
+            calls=len(samples),
+            tokens=sum(s.tokens for s in samples),
+            seconds=sum(s.seconds for s in samples),
+            compute=sum(self.compute(s) for s in samples),
+        )
+
     def vote(self, qid: str, experts: Sequence[str], counts: Sequence[int]) -> Outcome:
         """Majority vote over the first ``counts[r]`` samples of ``experts[r]`` (rank r)."""
         used: list[Response] = []
@@ -233,9 +252,9 @@ class Replay:
             used += picked
             ranks += [rank] * len(picked)
         if not used:
-            return Outcome(0.0, 0.0, 0.0, 0.0)
+            return NOTHING
         result = majority_vote([r.extracted for r in used], ranks)
-        return _used(used, float(used[result.winner].correct))
+        return self._used(used, float(used[result.winner].correct))
 
     def _majority_correct(self, qid: str, expert: str) -> bool:
         return self.vote(qid, [expert], [len(self.responses(qid, expert))]).accuracy == 1.0
@@ -303,9 +322,9 @@ class Replay:
         every = [r for e in self.experts for r in self.responses(qid, e)]
         right = [r for r in every if r.correct]
         if not every:
-            return Outcome(0.0, 0.0, 0.0, 0.0)
-        cheapest = min(right or every, key=lambda r: r.tokens)
-        return _used([cheapest], float(bool(right)))
+            return NOTHING
+        cheapest = min(right or every, key=self.compute)
+        return self._used([cheapest], float(bool(right)))
 
     def route(self, qid: str, config: EnsembleConfig) -> list[str]:
         """The experts the graph would select for a test question, best first."""
@@ -319,6 +338,7 @@ class Replay:
             prior_strength=config.prior_strength,
             quality_weight=config.quality_weight,
             cost=config.cost,
+            unit_costs=self.unit_costs,
         )
         return [s.name for s in select_experts(scores, config.top_n)]
 

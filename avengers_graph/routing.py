@@ -22,6 +22,11 @@ with a long message :func:`compact`-ed to its head and tail; :func:`routing_cont
 
 Avengers-Pro's cost-aware ranking (``quality_weight < 1``) ranks experts by
 ``a * normalised accuracy + (1 - a) * (1 - cost / max cost)`` instead of accuracy.
+The cost of an expert in a cluster (:func:`expert_cost`) is its mean seconds or mean
+generated tokens per answer there, or ``"compute"``: its mean tokens times its cost
+per token (``unit_costs``: billions of parameters for local models, so the product is
+proportional to decoding FLOPs; a price per token for paid endpoints, as in the
+Avengers-Pro paper). Seconds depend on the machine and its load; compute does not.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from langchain_core.messages import BaseMessage, HumanMessage
 
@@ -37,6 +43,10 @@ from avengers_graph.store import ExpertStats
 
 RANK_OFFSET = 0.1
 """Added to the 0-based rank so the best expert scores ``1 / 0.1 = 10`` per unit weight."""
+
+Cost = Literal["seconds", "tokens", "compute"]
+"""What the cost-aware ranking counts as an expert's cost (see :func:`expert_cost`)."""
+COSTS: tuple[Cost, ...] = get_args(Cost)
 
 
 @dataclass(frozen=True)
@@ -107,13 +117,53 @@ def global_accuracy(stats: Mapping[int, Mapping[str, ExpertStats]]) -> dict[str,
     return {name: (correct[name] / total[name] if total[name] else 0.0) for name in correct}
 
 
+def check_cost(
+    cost: str, experts: Sequence[str], unit_costs: Mapping[str, float] | None = None
+) -> None:
+    """Check a cost kind and the experts' costs per token (all of them for ``"compute"``).
+
+    Raises:
+        InvalidInputError: An unknown cost, a negative (or NaN) unit cost, or
+            ``"compute"`` with experts that have no cost per token in ``unit_costs``.
+    """
+    if cost not in COSTS:
+        raise InvalidInputError(f"cost must be one of {', '.join(COSTS)}; got {cost!r}.")
+    known = unit_costs or {}
+    if negative := {name: value for name, value in known.items() if not value >= 0}:
+        raise InvalidInputError(f"Expert costs must be numbers >= 0, got {negative}.")
+    if cost == "compute" and (missing := [name for name in experts if name not in known]):
+        raise InvalidInputError(
+            f"cost='compute' needs a cost per generated token for every expert "
+            f"(expert_costs, or `cost:` in the pool file); missing for {missing}."
+        )
+
+
+def expert_cost(stats: ExpertStats, cost: Cost, unit_cost: float | None = None) -> float:
+    """An expert's cost per answer in one cluster.
+
+    Args:
+        stats: The expert's statistics in the cluster.
+        cost: ``"seconds"`` (mean seconds per answer), ``"tokens"`` (mean generated
+            tokens) or ``"compute"`` (mean generated tokens times ``unit_cost``).
+        unit_cost: The expert's cost per generated token (``"compute"`` only).
+    """
+    if cost == "seconds":
+        return stats.mean_seconds
+    if cost == "tokens":
+        return stats.mean_tokens
+    if unit_cost is None:
+        raise InvalidInputError("cost='compute' needs the expert's cost per token.")
+    return stats.mean_tokens * unit_cost
+
+
 def _quality(
     cluster: Mapping[str, ExpertStats],
     *,
     prior: Mapping[str, float],
     prior_strength: float,
     quality_weight: float,
-    cost: str,
+    cost: Cost,
+    unit_costs: Mapping[str, float],
 ) -> dict[str, float]:
     accuracy = {
         name: smoothed_accuracy(s, prior.get(name, 0.0), prior_strength)
@@ -122,10 +172,7 @@ def _quality(
     if quality_weight >= 1.0 or not accuracy:
         return accuracy
     low, high = min(accuracy.values()), max(accuracy.values())
-    costs = {
-        name: (s.mean_seconds if cost == "seconds" else s.mean_tokens)
-        for name, s in cluster.items()
-    }
+    costs = {name: expert_cost(s, cost, unit_costs.get(name)) for name, s in cluster.items()}
     max_cost = max(costs.values())
     quality = {}
     for name, acc in accuracy.items():
@@ -141,7 +188,8 @@ def rank_experts(
     prior: Mapping[str, float] | None = None,
     prior_strength: float = 0.0,
     quality_weight: float = 1.0,
-    cost: str = "seconds",
+    cost: Cost = "seconds",
+    unit_costs: Mapping[str, float] | None = None,
 ) -> dict[str, int]:
     """0-based competition ranks of the experts that have statistics in one cluster.
 
@@ -151,21 +199,22 @@ def rank_experts(
         prior_strength: Pseudo-counts of the Beta prior; 0 ranks by raw accuracy.
         quality_weight: Avengers-Pro's ``a``: 1 ranks by accuracy alone, lower values
             trade accuracy for lower cost.
-        cost: Which cost to use when ``quality_weight < 1``: ``"seconds"`` or ``"tokens"``.
+        cost: What counts as cost when ``quality_weight < 1`` (:func:`expert_cost`).
+        unit_costs: Expert name to its cost per generated token (``"compute"`` only).
 
     Returns:
         Expert name to rank; experts with equal quality share the better rank.
     """
     if not 0.0 <= quality_weight <= 1.0:
         raise InvalidInputError(f"quality_weight must be in [0, 1], got {quality_weight!r}.")
-    if cost not in ("seconds", "tokens"):
-        raise InvalidInputError(f"cost must be 'seconds' or 'tokens', got {cost!r}.")
+    check_cost(cost, list(cluster), unit_costs)
     quality = _quality(
         cluster,
         prior=prior or {},
         prior_strength=prior_strength,
         quality_weight=quality_weight,
         cost=cost,
+        unit_costs=unit_costs or {},
     )
     return {name: sum(1 for other in quality.values() if other > q) for name, q in quality.items()}
 
@@ -177,7 +226,8 @@ def score_experts(
     *,
     prior_strength: float = 0.0,
     quality_weight: float = 1.0,
-    cost: str = "seconds",
+    cost: Cost = "seconds",
+    unit_costs: Mapping[str, float] | None = None,
 ) -> list[ExpertScore]:
     """Score every available expert over the matched clusters, best first.
 
@@ -187,13 +237,15 @@ def score_experts(
         available: The experts that can be called, in pool order (the tie-break).
         prior_strength: Beta-prior pseudo-counts toward each expert's global accuracy.
         quality_weight: Avengers-Pro trade-off; 1 ranks by accuracy only.
-        cost: ``"seconds"`` or ``"tokens"`` for the cost-aware ranking.
+        cost: What counts as cost in the cost-aware ranking (:func:`expert_cost`).
+        unit_costs: Expert name to its cost per generated token (``"compute"`` only).
 
     Returns:
         One score per available expert, sorted by score (descending), then pool order.
     """
     if not available:
         raise InvalidInputError("No experts are available to route to.")
+    check_cost(cost, available, unit_costs)
     prior = global_accuracy(stats) if prior_strength > 0 else {}
     scores = dict.fromkeys(available, 0.0)
     for match in clusters:
@@ -204,6 +256,7 @@ def score_experts(
             prior_strength=prior_strength,
             quality_weight=quality_weight,
             cost=cost,
+            unit_costs=unit_costs,
         )
         last = len(ranks)
         for name in scores:

@@ -94,8 +94,9 @@ def _headline_numbers() -> str:
         f"**{float(ours['gain vs Best-Single']) * 100:+.1f} points**; gap to Oracle: "
         f"**{float(ours['gap to Oracle']) * 100:.1f} points**; it makes "
         f"{float(ours['calls/q']):.1f} expert calls and generates "
-        f"{float(ours['tokens/q']):.0f} tokens per question (Best-Single: 1 call, "
-        f"{float(best['tokens/q']):.0f} tokens).\n"
+        f"{float(ours['tokens/q']):.0f} tokens ({float(ours['compute/q']):.0f} compute) per "
+        f"question (Best-Single: 1 call, {float(best['tokens/q']):.0f} tokens, "
+        f"{float(best['compute/q']):.0f} compute).\n"
     )
     headline_path = TABLES / "headline.csv"
     if headline_path.is_file():
@@ -106,11 +107,11 @@ def _headline_numbers() -> str:
         big = [r for r in rows if "alone" in r["system"]]
         text += (
             f"- Small models together ({small['system']}): **{_pct(small['accuracy'])}** at "
-            f"{float(small['tokens/q']):.0f} tokens and {float(small['expert s/q']):.1f} expert "
-            "seconds per question; "
+            f"{float(small['compute/q']):.0f} compute ({float(small['tokens/q']):.0f} tokens, "
+            f"{float(small['expert s/q']):.1f} expert seconds) per question; "
             + "; ".join(
-                f"{r['system']}: **{_pct(r['accuracy'])}** at {float(r['tokens/q']):.0f} tokens "
-                f"and {float(r['expert s/q']):.1f} s"
+                f"{r['system']}: **{_pct(r['accuracy'])}** at {float(r['compute/q']):.0f} "
+                f"compute ({float(r['tokens/q']):.0f} tokens, {float(r['expert s/q']):.1f} s)"
                 for r in big
             )
             + ".\n"
@@ -174,7 +175,11 @@ so the seconds are upper bounds, comparable between experts only roughly).
 ## Ensemble against its members
 
 Test accuracy (%) on the held-out 30 % of each benchmark, mean of the seeded splits;
-`calls/q`, `tokens/q` and `expert s/q` are per question. Random is the expected
+`calls/q`, `tokens/q`, `compute/q` and `expert s/q` are per question. `compute` is
+generated tokens times the expert's size in billions of parameters (its `cost` in the
+pool file), so it is proportional to decoding FLOPs (about 2 GFLOP per unit) and,
+unlike seconds, does not depend on the machine's load; it leaves out the prompt's
+prefill. Random is the expected
 accuracy of one sample of a uniformly drawn expert; Best-Single is the expert with the
 best calibration accuracy; Max-Expert knows each question's benchmark and picks its
 best expert; Oracle is right when any recorded sample of any expert is (an upper
@@ -201,7 +206,9 @@ A budget of samples per question on the top-1 expert, or split over the top 2-3
 ## Cost-aware routing (Avengers-Pro)
 
 Top-1 expert by `a * accuracy + (1 - a) * (1 - cost)` with cost the expert's mean
-seconds per answer in the cluster (both normalised), one sample.
+compute per answer in the cluster (generated tokens times billions of parameters; both
+normalised), one sample. The graph does the same with `quality_weight=a,
+cost="compute"` and the pool's `cost` per expert.
 
 {_table("sweep_cost")}
 {_image("sweep_cost")}

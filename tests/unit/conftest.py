@@ -18,8 +18,13 @@ def embeddings() -> KeywordEmbeddings:
     return KeywordEmbeddings(KEYWORDS)
 
 
-def write_two_domain_store(path: Path, embeddings: KeywordEmbeddings) -> ClusterStore:
-    """Cluster 0 is math (mathy is best), cluster 1 is code (coder is best)."""
+def write_two_domain_store(
+    path: Path, embeddings: KeywordEmbeddings, *, mean_tokens: float = 0.0
+) -> ClusterStore:
+    """Cluster 0 is math (mathy is best), cluster 1 is code (coder is best).
+
+    Every expert writes ``mean_tokens`` tokens per answer in every cluster.
+    """
     store = ClusterStore(path=path, name="unit")
     questions = [
         StoredQuestion("q-math", "math question", "42", "number", 0),
@@ -38,16 +43,13 @@ def write_two_domain_store(path: Path, embeddings: KeywordEmbeddings) -> Cluster
         centroids=vectors,
         sizes=[1, 1],
         stats={
-            0: {
-                "mathy": ExpertStats(9, 10),
-                "coder": ExpertStats(3, 10),
-                "bard": ExpertStats(5, 10),
-            },
-            1: {
-                "mathy": ExpertStats(2, 10),
-                "coder": ExpertStats(9, 10),
-                "bard": ExpertStats(5, 10),
-            },
+            cluster: {
+                name: ExpertStats(correct, 10, mean_tokens=mean_tokens)
+                for name, correct in scores.items()
+            }
+            for cluster, scores in enumerate(
+                [{"mathy": 9, "coder": 3, "bard": 5}, {"mathy": 2, "coder": 9, "bard": 5}]
+            )
         },
         questions=questions,
         question_vectors=vectors,

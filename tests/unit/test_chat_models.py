@@ -10,6 +10,7 @@ from langchain_core.tracers.run_collector import RunCollectorCallbackHandler
 
 from avengers_graph import ChatAvengers, InvalidInputError
 from tests.fakes import ScriptedExpert, constant
+from tests.unit.conftest import write_two_domain_store
 
 QUESTION = "a math problem: what is 6 * 7?"
 
@@ -115,6 +116,33 @@ def test_invalid_fields_fail_at_construction(experts, embeddings, store) -> None
         ChatAvengers(experts={}, embeddings=embeddings, store=store)
     with pytest.raises(ValueError, match="Unknown answer format"):
         ChatAvengers(experts=experts, embeddings=embeddings, store=store, answer_format="x")
+
+
+def test_compute_cost_needs_every_expert_cost_and_routes_with_them(
+    tmp_path, experts, embeddings
+) -> None:
+    store = write_two_domain_store(tmp_path / "costs", embeddings, mean_tokens=100)
+    with pytest.raises(ValueError, match=r"missing for \['coder', 'bard'\]"):
+        ChatAvengers(
+            experts=experts,
+            embeddings=embeddings,
+            store=store,
+            cost="compute",
+            expert_costs={"mathy": 1.0},
+        )
+    llm = ChatAvengers(
+        experts=experts,
+        embeddings=embeddings,
+        store=store,
+        top_n=1,
+        quality_weight=0.3,
+        expert_costs={"mathy": 7.0, "coder": 1.0, "bard": 0.5},
+    )
+    question = "a math problem: what is 6 * 7?"
+    by_tokens = llm.invoke(question).response_metadata["avengers"]["experts"]
+    by_compute = llm.invoke(question, cost="compute").response_metadata["avengers"]["experts"]
+    assert [e["name"] for e in by_tokens] == ["mathy"]
+    assert [e["name"] for e in by_compute] == ["bard"]  # as in test_graph, by hand
 
 
 def test_empty_input_is_an_explicit_error(llm: ChatAvengers, experts) -> None:

@@ -124,6 +124,23 @@ def test_graph_from_settings_builds_the_studio_graph(tmp_path) -> None:
     }
 
 
+def test_pool_costs_reach_the_graph_for_compute_routing(tmp_path) -> None:
+    config = tmp_path / "pool.yaml"
+    experts = (
+        "experts:\n"
+        "  - {name: big, base_url: 'http://127.0.0.1:9/v1', model: b, cost: 7}\n"
+        "  - {name: small, base_url: 'http://127.0.0.1:9/v1', model: s%s}\n"
+        "routing: {cost: compute, quality_weight: 0.8}\n"
+    )
+    config.write_text(experts % ", cost: 0.5")
+    assert load_pool_config(config).expert_costs() == {"big": 7.0, "small": 0.5}
+    env = {"AVENGERS_STORE_PATH": str(tmp_path / "s"), "AVENGERS_CONFIG": str(config)}
+    assert "select_experts" in graph_from_settings(Settings.from_env(env)).get_graph().nodes
+    config.write_text(experts % "")
+    with pytest.raises(InvalidInputError, match=r"missing for \['small'\]"):
+        graph_from_settings(Settings.from_env(env))
+
+
 def test_production_example_points_at_servers_and_a_chroma_server(monkeypatch) -> None:
     pool = load_pool_config(EXAMPLE.with_name("pool-production.yaml"))
     monkeypatch.setenv("VLLM_API_KEY", "k1")

@@ -24,6 +24,7 @@ from avengers_graph import (
 )
 from avengers_graph.graph import is_transient_error
 from tests.fakes import KeywordEmbeddings, ScriptedExpert, constant
+from tests.unit.conftest import write_two_domain_store
 
 MATH = {"messages": [HumanMessage("a math problem: what is 6 * 7?")]}
 CODE = {"messages": [HumanMessage("a code question about code")]}
@@ -142,6 +143,40 @@ def test_bad_context_values_are_explicit_errors(experts, embeddings, store) -> N
     g = graph(experts, embeddings, store)
     with pytest.raises(InvalidInputError, match="top_n"):
         g.invoke(MATH, context={"top_n": 0})
+
+
+def test_compute_cost_routes_by_tokens_times_the_expert_cost(tmp_path, embeddings) -> None:
+    store = write_two_domain_store(tmp_path / "costs", embeddings, mean_tokens=100)
+    experts = {
+        name: ScriptedExpert(respond=constant(f"\\boxed{{{n}}}"))
+        for n, name in enumerate(["mathy", "coder", "bard"])
+    }
+    costs = {"mathy": 7.0, "coder": 1.0, "bard": 0.5}
+    g = graph(experts, embeddings, store, top_n=1, quality_weight=0.3, expert_costs=costs)
+    # every expert writes 100 tokens: by tokens (or seconds, all 0) accuracy decides
+    assert [e["name"] for e in g.invoke(MATH)["avengers"]["experts"]] == ["mathy"]
+    assert g.invoke(MATH, context={"cost": "tokens"})["avengers"]["experts"][0]["name"] == "mathy"
+    # compute 700 / 100 / 50: mathy 0.3*1 + 0.7*0 = 0.3, coder 0 + 0.7*6/7 = 0.6,
+    # bard 0.3/3 + 0.7*13/14 = 0.75
+    routed = g.invoke(MATH, context={"cost": "compute"})["avengers"]["experts"]
+    assert [e["name"] for e in routed] == ["bard"]
+    built = graph(
+        experts, embeddings, store, top_n=1, quality_weight=0.3, cost="compute", expert_costs=costs
+    )
+    assert built.invoke(MATH)["avengers"]["experts"][0]["name"] == "bard"
+
+
+def test_missing_or_unknown_expert_costs_are_explicit_errors(experts, embeddings, store) -> None:
+    with pytest.raises(InvalidInputError, match=r"missing for \['coder', 'bard'\]"):
+        graph(experts, embeddings, store, cost="compute", expert_costs={"mathy": 1.0})
+    with pytest.raises(InvalidInputError, match=r"not in the pool: \['gpt'\]"):
+        graph(experts, embeddings, store, expert_costs={"gpt": 1.0})
+    with pytest.raises(InvalidInputError, match="cost must be one of"):
+        graph(experts, embeddings, store, cost="dollars")
+    g = graph(experts, embeddings, store, quality_weight=0.5)
+    with pytest.raises(InvalidInputError, match="missing for"):
+        g.invoke(MATH, context={"cost": "compute"})
+    assert sum(e.calls for e in experts.values()) == 0
 
 
 def test_failing_expert_loses_its_samples_and_the_vote_goes_on(embeddings, store) -> None:

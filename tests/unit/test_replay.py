@@ -116,12 +116,12 @@ def test_baselines() -> None:
     assert results["Random"]["trivia"].accuracy == pytest.approx(1 / 3)
     assert results["Random"]["trivia"].tokens == pytest.approx((10 + 20 + 1) / 3)
     # Oracle: any right sample; trivia has facts, algebra math's later samples
-    assert results["Oracle"]["trivia"] == Outcome(accuracy=1.0, calls=1, tokens=20, seconds=4.0)
-    assert results["Oracle"]["algebra"] == Outcome(accuracy=1.0, calls=1, tokens=10, seconds=1.0)
+    assert results["Oracle"]["trivia"] == Outcome(1.0, calls=1, tokens=20, seconds=4.0, compute=20)
+    assert results["Oracle"]["algebra"] == Outcome(1.0, calls=1, tokens=10, seconds=1.0, compute=10)
     assert results["Oracle"][AVERAGE].accuracy == 1.0
     lost = next(q for q in replay.test if q.startswith("trivia"))
     no_facts = _replay(experts=["math", "cheap"])
-    assert no_facts._oracle(lost) == Outcome(accuracy=0.0, calls=1, tokens=1, seconds=0.1)
+    assert no_facts._oracle(lost) == Outcome(0.0, calls=1, tokens=1, seconds=0.1, compute=1)
 
     # first samples: math 0/7 + 0/7, facts 0/7 + 7/7 -> facts is the best single
     assert replay.best_single() == "facts"
@@ -136,8 +136,8 @@ def test_self_consistency_rescues_a_wrong_first_sample() -> None:
     paper = EnsembleConfig("paper", samples=SAMPLES)
     outcome = replay.outcomes(replay.ensemble(paper))
     # algebra routes to math (majority right), trivia to facts
-    assert outcome["algebra"] == Outcome(accuracy=1.0, calls=3, tokens=30, seconds=3.0)
-    assert outcome["trivia"] == Outcome(accuracy=1.0, calls=3, tokens=60, seconds=12.0)
+    assert outcome["algebra"] == Outcome(1.0, calls=3, tokens=30, seconds=3.0, compute=30)
+    assert outcome["trivia"] == Outcome(1.0, calls=3, tokens=60, seconds=12.0, compute=60)
     one_sample = replay.outcomes(replay.ensemble(EnsembleConfig("one", samples=1)))
     assert one_sample["algebra"].accuracy == 0.0
 
@@ -153,6 +153,32 @@ def test_routing_picks_the_cluster_expert_and_cost_weight_trades_it_away() -> No
     assert replay.route(trivia, cheapest) == ["cheap"]
     by_tokens = EnsembleConfig("t0", quality_weight=0.0, cost="tokens")
     assert replay.route(algebra, by_tokens) == ["cheap"]
+
+
+def test_compute_is_tokens_times_the_expert_cost_per_token() -> None:
+    # without costs in the provenance every expert counts 1 per token
+    assert _replay().unit_costs == {"math": 1.0, "facts": 1.0, "cheap": 1.0}
+    # cheap writes 1 token but costs 100 per token; facts 20 tokens at 0.01
+    costs = {"math": 1.0, "facts": 0.01, "cheap": 100.0}
+    described = ResponseMatrix(
+        MATRIX.questions,
+        MATRIX.responses,
+        {"experts": {name: {"cost": cost} for name, cost in costs.items()}},
+    )
+    replay = Replay(described, VECTORS, n_clusters=2)
+    assert replay.unit_costs == costs
+    assert Replay(MATRIX, VECTORS, n_clusters=2, unit_costs=costs).unit_costs == costs
+    algebra = next(q for q in replay.test if q.startswith("algebra"))
+    by_compute = EnsembleConfig("c0", quality_weight=0.0, cost="compute")
+    assert replay.route(algebra, by_compute) == ["facts"]  # 0.2 < 10 < 100
+    by_tokens = EnsembleConfig("t0", quality_weight=0.0, cost="tokens")
+    assert replay.route(algebra, by_tokens) == ["cheap"]
+    outcome = replay.outcomes(replay.ensemble(EnsembleConfig("paper", samples=SAMPLES)))
+    assert outcome["algebra"].compute == pytest.approx(3 * 10 * 1.0)
+    assert outcome["trivia"].compute == pytest.approx(3 * 20 * 0.01)
+    # Oracle answers with the right sample of least compute
+    oracle = replay.outcomes(replay.baseline("Oracle"))
+    assert oracle["trivia"].compute == pytest.approx(0.2)
 
 
 def test_budget_splits_samples_best_ranked_first() -> None:

@@ -13,8 +13,10 @@ from avengers_graph.routing import (
     ROUTING_TAIL_WORDS,
     ClusterMatch,
     blend,
+    check_cost,
     cluster_weights,
     compact,
+    expert_cost,
     match_clusters,
     question_text,
     rank_experts,
@@ -145,6 +147,49 @@ def test_cost_aware_ranking_prefers_cheap_experts_when_quality_weight_is_low() -
     assert rank_experts(stats, quality_weight=0.3) == {"small": 0, "big": 1}
     with pytest.raises(InvalidInputError):
         rank_experts(stats, quality_weight=1.5)
+
+
+def test_compute_cost_is_tokens_times_the_cost_per_token() -> None:
+    # small writes 10x the tokens of big, but a token of big costs 20x one of small
+    stats = {"big": s(9, 10, seconds=1.0, tokens=10), "small": s(8, 10, seconds=9.0, tokens=100)}
+    assert expert_cost(stats["big"], "compute", 20.0) == 200.0
+    assert expert_cost(stats["small"], "tokens") == 100.0
+    costs = {"big": 20.0, "small": 1.0}
+    # a=0.3, compute 200 vs 100: big = 0.3 + 0.7*0 = 0.3 ; small = 0 + 0.7*0.5 = 0.35
+    assert rank_experts(stats, quality_weight=0.3, cost="compute", unit_costs=costs) == {
+        "small": 0,
+        "big": 1,
+    }
+    # by tokens small is the expensive one, by seconds too
+    assert rank_experts(stats, quality_weight=0.3, cost="tokens") == {"big": 0, "small": 1}
+    assert rank_experts(stats, quality_weight=0.3, cost="seconds") == {"big": 0, "small": 1}
+
+
+@pytest.mark.parametrize(
+    ("cost", "unit_costs", "match"),
+    [
+        ("dollars", None, "cost must be one of seconds, tokens, compute"),
+        ("compute", {"big": 1.0}, r"missing for \['small'\]"),
+        ("compute", None, r"missing for \['big', 'small'\]"),
+        ("tokens", {"big": -1.0}, "costs must be numbers >= 0"),
+        ("compute", {"big": float("nan"), "small": 1.0}, "costs must be numbers >= 0"),
+    ],
+)
+def test_bad_costs_are_explicit_errors(
+    cost: str, unit_costs: dict[str, float] | None, match: str
+) -> None:
+    stats = {"big": s(9, 10, tokens=10), "small": s(8, 10, tokens=100)}
+    with pytest.raises(InvalidInputError, match=match):
+        check_cost(cost, ["big", "small"], unit_costs)
+    with pytest.raises(InvalidInputError, match=match):
+        score_experts(
+            [ClusterMatch(0, 0.1, 1.0)],
+            {0: stats},
+            ["big", "small"],
+            quality_weight=0.5,
+            cost=cost,  # type: ignore[arg-type]
+            unit_costs=unit_costs,
+        )
 
 
 def test_routing_text_is_the_last_human_message() -> None:
