@@ -83,6 +83,7 @@ from avengers_graph.state import (
     SampleTask,
 )
 from avengers_graph.store import ClusterStore
+from avengers_graph.tool_parsers import bound_tool_parameters
 
 _DEFAULT_RETRY_ON = RetryPolicy().retry_on
 
@@ -254,6 +255,12 @@ def resolve_settings(defaults: AvengersSettings, context: Any) -> AvengersSettin
     return replace(defaults, **overrides) if overrides else defaults
 
 
+def _tool_schemas(settings: AvengersSettings) -> voting.ToolSchemas | None:
+    """The bound tools' parameter schemas (None: no tools, or built-ins we cannot check)."""
+    schemas = bound_tool_parameters(settings.tools)
+    return schemas if settings.tools and len(schemas) == len(settings.tools) else None
+
+
 def _sample_seed(base: int, rank: int, index: int, samples: int) -> int:
     return base + rank * samples + index
 
@@ -320,6 +327,7 @@ class _Turn:
                 self.settings.answer_format,
                 pending,
                 tools=bool(self.settings.tools),
+                schemas=_tool_schemas(self.settings),
             )
             if keys is None or not voting.is_decided(keys, pending):
                 return
@@ -607,9 +615,11 @@ class _Nodes:
         settings = self.settings()
         texts = [str(s["message"].text) for s in samples]
         if any(s["message"].tool_calls for s in samples):
-            # each sample votes for its set of tool calls, or for its text answer
+            # each sample votes for its set of tool calls, or for its text answer;
+            # calls that the bound tools would refuse abstain
+            schemas = _tool_schemas(settings)
             tool_keys: list[str | None] = [
-                voting.tool_vote_key(s["message"].tool_calls, text)
+                voting.tool_vote_key(s["message"].tool_calls, text, schemas)
                 for s, text in zip(samples, texts, strict=True)
             ]
             return _VotePlan(settings, samples, texts, None, tool_keys, "tool_calls")
@@ -638,7 +648,8 @@ class _Nodes:
         winner = samples[result.winner]
         content, tool_calls = winner["message"].content, list(winner["message"].tool_calls)
         answer_format = plan.answer_format
-        if plan.settings.structured_output and result.votes and max(result.votes.values()) == 1:
+        # no two samples agree, or none is complete: vote field by field
+        if plan.settings.structured_output and max(result.votes.values(), default=1) == 1:
             merged = _merge_structured(samples, plan.answer_format, ranks)
             if merged is not None:
                 content, tool_calls = merged

@@ -63,6 +63,7 @@ __all__ = [
     "semantic_vote",
     "settled_extractor",
     "tool_call_key",
+    "tool_calls_fit",
     "tool_vote_key",
     "vote",
 ]
@@ -894,8 +895,37 @@ def settled_extractor(
     return resolve_extractor(texts, answer_format)
 
 
-def tool_vote_key(calls: Sequence[Mapping[str, object]], text: str) -> str:
-    """A sample's key when tools are in play: its tool calls, else its text answer."""
+ToolSchemas = Mapping[str, Mapping[str, object]]
+"""Tool name to its ``parameters`` JSON schema (``tool_parsers.bound_tool_parameters``)."""
+
+
+def tool_calls_fit(calls: Sequence[Mapping[str, object]], schemas: ToolSchemas) -> bool:
+    """Whether every call names a bound tool and gives every argument its schema requires.
+
+    A call that fails this cannot run (the tool would refuse it), so it does not vote.
+    """
+    for call in calls:
+        schema = schemas.get(str(call.get("name")))
+        if schema is None:
+            return False
+        args = call.get("args")
+        given = args if isinstance(args, Mapping) else {}
+        required = schema.get("required")
+        if isinstance(required, list) and any(key not in given for key in required):
+            return False
+    return True
+
+
+def tool_vote_key(
+    calls: Sequence[Mapping[str, object]], text: str, schemas: ToolSchemas | None = None
+) -> str | None:
+    """A sample's key when tools are in play: its tool calls, else its text answer.
+
+    With the bound tools' ``schemas``, a sample whose calls do not fit them
+    (:func:`tool_calls_fit`) has no key: it abstains rather than out-vote calls that run.
+    """
+    if calls and schemas is not None and not tool_calls_fit(calls, schemas):
+        return None
     return tool_call_key(calls) or f"text:{extract_text(text) or text.strip()}"
 
 
@@ -906,6 +936,7 @@ def early_keys(
     pending: int,
     *,
     tools: bool = False,
+    schemas: ToolSchemas | None = None,
 ) -> list[str | None] | None:
     """The samples' keys if the vote on every completion would key them the same way.
 
@@ -921,12 +952,13 @@ def early_keys(
         answer_format: As :func:`resolve_extractor`.
         pending: Samples still to come.
         tools: Whether the experts were given tools (a later sample may call one).
+        schemas: The bound tools' parameter schemas, as :func:`tool_vote_key` takes them.
 
     Returns:
         One key per sample, or None when they cannot be final yet.
     """
     if any(calls):
-        return [tool_vote_key(c, t) for c, t in zip(calls, texts, strict=True)]
+        return [tool_vote_key(c, t, schemas) for c, t in zip(calls, texts, strict=True)]
     if tools and pending:
         return None
     extractor = settled_extractor(texts, answer_format, pending)

@@ -91,6 +91,22 @@ def test_objects_that_all_differ_are_voted_field_by_field(store: ClusterStore) -
     assert set(record["votes"].values()) == {1}
 
 
+def test_incomplete_objects_do_not_win_and_complete_each_other(store: ClusterStore) -> None:
+    halves = [_calling({"name": "Ada"}), _calling({"name": "Ada"})]
+    cases = (({"name": "Bob", "year": 1900}, 1900, 2), ({"year": 1815}, 1815, 3))
+    for last, expected, incomplete in cases:
+        experts = dict(zip(EXPERTS, [*halves, _calling(last)], strict=True))
+        structured = _llm(experts, store).with_structured_output(Person, include_raw=True)
+        out = structured.invoke(QUESTION)
+        # the two objects without the required year abstain as wholes (they used to win
+        # 2 to 1 and fail to parse); the fields are voted over every object
+        assert out["parsing_error"] is None
+        assert out["parsed"] == Person(name="Ada", year=expected)
+        record = out["raw"].response_metadata["avengers"]
+        assert record["answer_format"] == "tool_calls+fields"
+        assert [s["answer"] for s in record["samples"]].count(None) == incomplete
+
+
 def test_typed_dict_schema_gives_a_dict(store: ClusterStore) -> None:
     experts = {name: _calling({"name": "Ada", "year": 1815}, "PersonDict") for name in EXPERTS}
     result = _llm(experts, store).with_structured_output(PersonDict).invoke(QUESTION)

@@ -12,7 +12,7 @@ from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
 from avengers_graph import ChatAvengers, ClusterStore
-from avengers_graph.voting import tool_call_key
+from avengers_graph.voting import early_keys, tool_call_key, tool_calls_fit, tool_vote_key
 from tests.fakes import KeywordEmbeddings, ScriptedExpert, constant
 from tests.unit.conftest import write_two_domain_store
 
@@ -103,6 +103,38 @@ def test_parallel_calls_vote_as_a_set(store: ClusterStore) -> None:
     message = _llm(experts, store, top_n=3, samples=1).bind_tools([add, multiply]).invoke(QUESTION)
     assert {c["name"] for c in message.tool_calls} == {"add", "multiply"}
     assert message.response_metadata["avengers"]["confidence"] == pytest.approx(2 / 3)
+
+
+def test_calls_the_tools_would_refuse_do_not_vote() -> None:
+    schemas = {"add": add.tool_call_schema.model_json_schema()}
+    assert schemas["add"]["required"] == ["a", "b"]
+    whole = [{"name": "add", "args": {"a": 2, "b": 3}}]
+    assert tool_calls_fit(whole, schemas)
+    assert not tool_calls_fit([{"name": "add", "args": {"a": 2}}], schemas)
+    assert not tool_calls_fit([*whole, {"name": "divide", "args": {"a": 2, "b": 3}}], schemas)
+    assert tool_vote_key([{"name": "add", "args": {"a": 2}}], "", schemas) is None
+    assert tool_vote_key(whole, "", schemas) == tool_call_key(whole)
+    assert tool_vote_key([], "5", schemas) == "text:5"
+    # without schemas (tools bound to the experts themselves) every call votes
+    assert tool_vote_key([{"name": "add", "args": {"a": 2}}], "") is not None
+    # early keys key them the same way
+    keys = early_keys(["", ""], [[{"name": "add", "args": {}}], whole], "auto", 1, schemas=schemas)
+    assert keys == [None, tool_call_key(whole)]
+
+
+def test_a_call_missing_a_required_argument_loses_to_a_whole_one(store: ClusterStore) -> None:
+    half = calls({"name": "add", "args": {"a": 2}})
+    experts = {
+        "mathy": ScriptedExpert(call_tools=half),
+        "bard": ScriptedExpert(call_tools=half),
+        "coder": ScriptedExpert(call_tools=calls({"name": "add", "args": {"a": 2, "b": 3}})),
+    }
+    message = _llm(experts, store, top_n=3, samples=1).bind_tools([add, multiply]).invoke(QUESTION)
+    assert message.tool_calls[0]["args"] == {"a": 2, "b": 3}  # 1 whole call against 2 halves
+    record = message.response_metadata["avengers"]
+    assert record["winner"] == "coder"
+    assert [s["answer"] for s in record["samples"]].count(None) == 2
+    assert list(record["votes"].values()) == [1]
 
 
 def test_text_answers_can_outvote_a_tool_call(store: ClusterStore) -> None:
