@@ -44,7 +44,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -468,8 +468,9 @@ class LocalPool:
         process as a holder of each one. On exit (or if starting fails) it lets go:
         a server that a ``hold`` started stops once no live process holds it, while
         the ones :meth:`up` started keep running. Holders that died without letting
-        go are forgotten then, so a crashed script does not keep servers up forever
-        once another holder leaves.
+        go are forgotten by the next hold or let-go of any process on this cache folder,
+        which stops the servers only they held: a crashed script's servers do not
+        outlive the next run.
 
         Raises:
             The errors of :meth:`up`.
@@ -504,6 +505,7 @@ class LocalPool:
         started: list[ServerInfo] = []
         with _exclusive(self.cache_dir / ".servers.lock"):
             state = self._read_state()
+            self._reap(state, keep={server_name(model) for model in names})
             for model in names:
                 name = server_name(model)
                 running = state.get(name)
@@ -529,26 +531,37 @@ class LocalPool:
         return started
 
     def _let_go(self, names: Sequence[str], holder: str) -> None:
-        """Drop ``holder`` (and dead holders) from the servers; stop idle transient ones."""
+        """Drop ``holder`` from the servers, then stop every idle transient one."""
         if not names or not self.state_path.exists():
             return
         with _exclusive(self.cache_dir / ".servers.lock"):
             state = self._read_state()
             for name in names:
                 info = state.get(name)
-                if info is None:
-                    continue
-                holders = list(info.holders)
-                if holder in holders:
+                if info is not None and holder in info.holders:
+                    holders = list(info.holders)
                     holders.remove(holder)  # one hold: the same process may hold twice
-                holders = [key for key in holders if _holder_alive(key)]
-                if info.transient and not holders:
-                    if self._is_ours(info):
-                        self._stop(info)
-                    del state[name]
-                else:
                     state[name] = replace(info, holders=tuple(holders))
+            self._reap(state, keep=set())
             self._write_state(state)
+
+    def _reap(self, state: dict[str, ServerInfo], keep: Collection[str]) -> None:
+        """Forget dead holders; stop the transient servers no live process holds.
+
+        Called under the state lock by every hold and let-go, so the servers of a
+        process that died holding them stop the next time any process on this cache
+        folder starts or leaves a hold. ``keep``: the servers about to be held again.
+        """
+        for name, info in list(state.items()):
+            if name in keep:
+                continue
+            holders = tuple(key for key in info.holders if _holder_alive(key))
+            if info.transient and not holders:
+                if self._is_ours(info):
+                    self._stop(info)
+                del state[name]
+            elif holders != info.holders:
+                state[name] = replace(info, holders=holders)
 
     def down(self, models: Sequence[str] | None = None) -> list[str]:
         """Stop servers this pool started (all by default); return the names stopped.

@@ -390,6 +390,35 @@ def test_a_held_server_outlives_its_first_holder_and_stops_with_the_last(
     assert pool._read_state() == {}
 
 
+def test_a_killed_holders_servers_stop_with_the_next_hold_of_any_model(
+    tmp_path: Path, spawn: Spawn, fake_start: Callable[[str], subprocess.Popen[bytes]]
+) -> None:
+    pool = LocalPool(tmp_path)
+    crashed = spawn("sleep", "60")
+    survivor = spawn("sleep", "60")
+
+    def hold(model: str, holder: subprocess.Popen[bytes]) -> None:  # what its hold() records
+        pool._up([model], threads=None, ports=None, timeout=1, holder=_holder(holder))
+
+    hold("smollm2-135m", crashed)
+    orphan = fake_start("smollm2-135m")
+    hold("gemma3-270m", crashed)
+    hold("gemma3-270m", survivor)
+    shared = fake_start("gemma3-270m")
+    [kept] = pool.up(["qwen2.5-coder-0.5b"])  # `local up`: runs until `local down`
+    crashed.kill()  # dies holding both, without letting go
+    crashed.wait(timeout=10)
+    assert orphan.poll() is None  # nothing has noticed yet
+
+    with pool.hold(["qwen2.5-coder-0.5b"]) as [held]:
+        assert held.pid == kept.pid
+        assert orphan.wait(timeout=15) is not None  # held by the dead process alone
+        assert shared.poll() is None  # the survivor still holds it
+        assert pool.servers()["gemma3-270m"].holders == (_holder(survivor),)
+    assert set(pool.servers()) == {"gemma3-270m", "qwen2.5-coder-0.5b"}
+    assert pool.down() == ["gemma3-270m", "qwen2.5-coder-0.5b"]
+
+
 def test_the_same_process_may_hold_a_server_twice(
     tmp_path: Path, fake_start: Callable[[str], subprocess.Popen[bytes]]
 ) -> None:
