@@ -10,7 +10,9 @@ the default configurations, then the sweeps, and writes into one folder:
 - ``sweep_pool``: every sub-pool of 1 ... 4 experts (mean and best over sub-pools);
 - ``sweep_samples``: 1 ... 10 samples per question, on one expert or split over 2-3;
 - ``sweep_cost``: the cost-aware ranking's weight ``a`` from 1 (accuracy) to 0 (compute);
-- ``headline``: the experts of at most 0.5B parameters together against the 1.5B alone.
+- ``headline``: the experts of at most 0.5B parameters together against the 1.5B alone;
+  ``headline_compute``: the same as accuracy against compute, 1 ... 10 samples per
+  question.
 
 Each sweep is a ``.csv`` and a ``.png`` (with the ``plot`` extra).
 """
@@ -31,6 +33,7 @@ from avengers_graph.replay import (
     AVERAGE,
     BASELINES,
     EnsembleConfig,
+    Outcome,
     Summary,
     default_configs,
     evaluate,
@@ -200,26 +203,30 @@ class _Sweeps:
             name = f"a={weight:.1f}"
             summary = self._evaluate([EnsembleConfig(name, quality_weight=weight)])
             outcome = summary.results[name][AVERAGE]
-            rows.append(
-                {
-                    "a": weight,
-                    "accuracy": outcome.accuracy,
-                    "tokens/q": outcome.tokens,
-                    "compute/q": outcome.compute,
-                    "expert s/q": outcome.seconds,
-                }
-            )
+            rows.append({"a": weight, **_costs(outcome, calls=False)})
         return rows
 
-    def headline(self) -> list[Row]:
+    def _by_size(self) -> tuple[list[str], str] | None:
+        """The experts of at most ``small_params`` and the largest one above (or None)."""
         params = self.matrix.expert_costs()
         if len(params) < len(self.matrix.experts):
-            return []
+            return None
         small = [e for e in self.matrix.experts if params[e] <= self.options.small_params]
         large = [e for e in self.matrix.experts if params[e] > self.options.small_params]
         if not small or not large:
+            return None
+        return small, max(large, key=lambda e: params[e])
+
+    def _most_samples(self, experts: Sequence[str]) -> int:
+        return max(
+            (len(v) for (_, e), v in self.matrix.samples().items() if e in experts), default=1
+        )
+
+    def headline(self) -> list[Row]:
+        sizes = self._by_size()
+        if sizes is None:
             return []
-        big = max(large, key=lambda e: params[e])
+        small, big = sizes
         rows = []
         small_configs = [
             EnsembleConfig(PAPER, samples=self.max_samples),
@@ -229,30 +236,45 @@ class _Sweeps:
         small_summary = self._evaluate(small_configs, experts=small)
         for config in small_configs:
             outcome = small_summary.results[config.name][AVERAGE]
-            rows.append(
-                {
-                    "system": f"{len(small)} models <= {self.options.small_params}B: {config.name}",
-                    "accuracy": outcome.accuracy,
-                    "calls/q": outcome.calls,
-                    "tokens/q": outcome.tokens,
-                    "compute/q": outcome.compute,
-                    "expert s/q": outcome.seconds,
-                }
-            )
+            system = f"{len(small)} models <= {self.options.small_params}B: {config.name}"
+            rows.append({"system": system, **_costs(outcome)})
         big_summary = self._evaluate([], experts=[big], baselines=("Best-Single", "Best-Single SC"))
         for baseline, label in (("Best-Single", "1 sample"), ("Best-Single SC", "SC")):
             outcome = big_summary.results[baseline][AVERAGE]
-            rows.append(
-                {
-                    "system": f"{big} alone, {label}",
-                    "accuracy": outcome.accuracy,
-                    "calls/q": outcome.calls,
-                    "tokens/q": outcome.tokens,
-                    "compute/q": outcome.compute,
-                    "expert s/q": outcome.seconds,
-                }
-            )
+            rows.append({"system": f"{big} alone, {label}", **_costs(outcome)})
         return rows
+
+    def compute_curve(self) -> list[Row]:
+        """Accuracy against compute as samples grow: the small models routed, the big alone."""
+        sizes = self._by_size()
+        if sizes is None:
+            return []
+        small, big = sizes
+        label = f"{len(small)} models <= {self.options.small_params}B"
+        per_expert, big_most = self._most_samples(small), self._most_samples([big])
+        curves = [
+            (f"{label}, top-1 expert", small, 1, per_expert),
+            (f"{label}, top_n=2, split", small, 2, 2 * per_expert),
+            (f"{big} alone", [big], 1, big_most),
+        ]
+        rows = []
+        for name, experts, top_n, most in curves:
+            for budget in [b for b in self.options.sample_grid if b <= most]:
+                config = EnsembleConfig(name, top_n=top_n, budget=budget)
+                outcome = self._evaluate([config], experts=experts).results[name][AVERAGE]
+                rows.append({"system": name, "samples/q": budget, **_costs(outcome)})
+        return rows
+
+
+def _costs(outcome: Outcome, *, calls: bool = True) -> Row:
+    """An outcome's accuracy and what it cost, per question."""
+    row: Row = {"accuracy": outcome.accuracy}
+    if calls:
+        row["calls/q"] = outcome.calls
+    row.update(
+        {"tokens/q": outcome.tokens, "compute/q": outcome.compute, "expert s/q": outcome.seconds}
+    )
+    return row
 
 
 def _plot(
@@ -266,6 +288,26 @@ def _plot(
             {name: [row[name] for row in rows] for name in series},
             path,
             **labels,
+        )
+    except MissingExtraError:
+        return None
+
+
+def _plot_curves(rows: Sequence[Row], path: Path) -> Path | None:
+    from avengers_graph.plots import plot_curves
+
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    for row in rows:
+        x, y = curves.setdefault(row["system"], ([], []))
+        x.append(row["compute/q"])
+        y.append(row["accuracy"])
+    try:
+        return plot_curves(
+            curves,
+            path,
+            title="accuracy against compute (samples per question grow along each line)",
+            xlabel="compute per question (generated tokens x billions of parameters)",
+            ylabel="average accuracy",
         )
     except MissingExtraError:
         return None
@@ -346,4 +388,11 @@ def write_report(
     if headline:
         written.append(write_csv(headline, out / "headline.csv"))
         (out / "headline.md").write_text(markdown(headline, ["accuracy"]), encoding="utf-8")
+        say("headline_compute")
+        curve = sweeps.compute_curve()
+        written.append(write_csv(curve, out / "headline_compute.csv"))
+        (out / "headline_compute.md").write_text(markdown(curve, ["accuracy"]), encoding="utf-8")
+        plotted = _plot_curves(curve, out / "headline_compute.png")
+        if plotted:
+            written.append(plotted)
     return summary, written

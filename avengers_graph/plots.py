@@ -3,7 +3,8 @@
 - :func:`plot_store` writes ``accuracy.png``, a heatmap of every expert's accuracy in
   every cluster, and ``clusters.png``, the validation questions projected to 2-D with
   scikit-learn's PCA, coloured by cluster, with the centroids marked.
-- :func:`plot_lines` draws the sweeps of the offline replay (one line per series).
+- :func:`plot_lines` draws the sweeps of the offline replay (one line per series);
+  :func:`plot_curves`, lines over different x values (accuracy against compute).
 """
 
 from __future__ import annotations
@@ -42,9 +43,23 @@ def plot_lines(
     log_x: bool = False,
 ) -> Path:
     """One line per series over ``x``, written as a PNG."""
+    curves = {name: (x, values) for name, values in series.items()}
+    return plot_curves(curves, path, title=title, xlabel=xlabel, ylabel=ylabel, log_x=log_x)
+
+
+def plot_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: Path,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    log_x: bool = False,
+) -> Path:
+    """One line per curve, each over its own ``x`` (``name -> (x, y)``), written as a PNG."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, values in series.items():
+    for name, (x, values) in curves.items():
         ax.plot(x, values, marker="o", label=name)
     if log_x:
         ax.set_xscale("log", base=2)

@@ -116,7 +116,31 @@ def _headline_numbers() -> str:
             )
             + ".\n"
         )
-    return text
+    return text + _equal_compute()
+
+
+def _equal_compute() -> str:
+    """For each point of the big model alone, the best small-model point within its compute."""
+    path = TABLES / "headline_compute.csv"
+    if not path.is_file():
+        return ""
+    rows = _rows(path)
+    big = [r for r in rows if r["system"].endswith(" alone")]
+    small = [r for r in rows if not r["system"].endswith(" alone")]
+    parts = []
+    for point in big:
+        budget = float(point["compute/q"])
+        within = [r for r in small if float(r["compute/q"]) <= budget]
+        if not within:
+            continue
+        best = max(within, key=lambda r: float(r["accuracy"]))
+        parts.append(
+            f"within the compute of {point['system']} with {point['samples/q']} sample(s) "
+            f"({budget:.0f}: **{_pct(point['accuracy'])}**), the small models reach "
+            f"**{_pct(best['accuracy'])}** ({best['system']}, {best['samples/q']} samples, "
+            f"{float(best['compute/q']):.0f})"
+        )
+    return f"- At equal compute: {'; '.join(parts)}.\n" if parts else ""
 
 
 def _perf() -> str:
@@ -215,6 +239,12 @@ cost="compute"` and the pool's `cost` per expert.
 ## Three models of at most 0.5B against the 1.5B alone
 
 {_table("headline")}
+The same systems with 1 to 10 samples per question, against the compute each uses
+(the small models routed to their top expert or split over the top two; the 1.5B has
+at most the samples recorded for it):
+
+{_table("headline_compute")}
+{_image("headline_compute")}
 ## Performance
 
 `make bench-perf` (`python tools/bench_perf.py --chroma-server --out

@@ -82,6 +82,24 @@ def test_headline_compares_small_models_with_the_big_one(report: Path) -> None:
     assert float(big["tokens/q"]) == 20
 
 
+def test_compute_curve_puts_both_sides_on_one_compute_axis(report: Path) -> None:
+    # small: math (0.5) and cheap (0.1), 3 samples each; big: facts (1.5), 20 tokens
+    rows = _rows(report / "headline_compute.csv")
+    curve = {(row["system"], int(row["samples/q"])): row for row in rows}
+    top1 = "2 models <= 0.5B, top-1 expert"
+    split = "2 models <= 0.5B, top_n=2, split"
+    assert sorted(k for k in curve if k[0] == top1) == [(top1, 1), (top1, 3)]  # 3 recorded
+    assert sorted(b for name, b in curve if name == split) == [1, 3, 6]
+    # math routed on both datasets (ties go to pool order): 3 samples x 10 tokens x 0.5
+    assert float(curve[(top1, 3)]["compute/q"]) == pytest.approx(15)
+    assert float(curve[(top1, 3)]["accuracy"]) == 0.5  # SC rescues algebra
+    assert float(curve[(top1, 1)]["accuracy"]) == 0.0
+    assert float(curve[(split, 6)]["compute/q"]) == pytest.approx(15 + 3 * 1 * 0.1)
+    big = curve[("facts alone", 1)]
+    assert (float(big["accuracy"]), float(big["compute/q"])) == (0.5, pytest.approx(30))
+    assert (report / "headline_compute.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_markdown_formats_percent_columns() -> None:
     table = markdown([{"name": "x", "acc": 0.5, "n": 3}], percent=["acc"])
     assert table.splitlines()[2] == "| x | 50.0 | 3 |"
