@@ -97,16 +97,6 @@ class TestChatAvengersLocalPool(ChatAvengersCapabilities, ChatModelIntegrationTe
         }
 
     @pytest.mark.xfail(
-        reason="Qwen2.5-Coder 1.5B and 0.5B called get_weather with the tool's JSON schema "
-        "as its arguments ({'properties': ...}) instead of a location; the parser drops "
-        "the undeclared keys, so the call arrives without its required location",
-        strict=False,
-    )
-    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-    def test_agent_loop(self, model: Any) -> None:
-        super().test_agent_loop(model)
-
-    @pytest.mark.xfail(
         reason="Qwen2.5-Coder 1.5B and 0.5B answered the Unicode request in text, no call",
         strict=False,
     )
