@@ -44,6 +44,7 @@ __all__ = ["ReportOptions", "summary_rows", "write_report"]
 
 Row = dict[str, Any]
 Vectors = Mapping[str, np.ndarray]
+Curves = Mapping[str, tuple[Sequence[float], Sequence[float]]]
 PAPER = "Paper: top-1 cluster, top-1 expert, SC"
 
 
@@ -123,8 +124,11 @@ class _Sweeps:
         self.options = options
         calibration_size = round(0.7 * len(matrix.questions))
         self.cluster_grid = [k for k in options.cluster_grid if k <= calibration_size]
-        samples = [len(v) for v in matrix.samples().values()]
-        self.max_samples = max(samples, default=1)
+        self.samples_of: dict[str, int] = {}
+        """Expert name to the most samples it has for one question."""
+        for (_, expert), samples in matrix.samples().items():
+            self.samples_of[expert] = max(self.samples_of.get(expert, 0), len(samples))
+        self.max_samples = max(self.samples_of.values(), default=1)
 
     def _evaluate(
         self,
@@ -217,11 +221,6 @@ class _Sweeps:
             return None
         return small, max(large, key=lambda e: params[e])
 
-    def _most_samples(self, experts: Sequence[str]) -> int:
-        return max(
-            (len(v) for (_, e), v in self.matrix.samples().items() if e in experts), default=1
-        )
-
     def headline(self) -> list[Row]:
         sizes = self._by_size()
         if sizes is None:
@@ -251,7 +250,8 @@ class _Sweeps:
             return []
         small, big = sizes
         label = f"{len(small)} models <= {self.options.small_params}B"
-        per_expert, big_most = self._most_samples(small), self._most_samples([big])
+        per_expert = max(self.samples_of.get(e, 1) for e in small)
+        big_most = self.samples_of.get(big, 1)
         curves = [
             (f"{label}, top-1 expert", small, 1, per_expert),
             (f"{label}, top_n=2, split", small, 2, 2 * per_expert),
@@ -277,40 +277,24 @@ def _costs(outcome: Outcome, *, calls: bool = True) -> Row:
     return row
 
 
-def _plot(
-    rows: Sequence[Row], x: str, series: Sequence[str], path: Path, **labels: Any
-) -> Path | None:
-    from avengers_graph.plots import plot_lines
+def _plot(curves: Curves, path: Path, **labels: Any) -> Path | None:
+    """:func:`~avengers_graph.plots.plot_curves`, or None without the ``plot`` extra."""
+    from avengers_graph.plots import plot_curves
 
     try:
-        return plot_lines(
-            [row[x] for row in rows],
-            {name: [row[name] for row in rows] for name in series},
-            path,
-            **labels,
-        )
+        return plot_curves(curves, path, **labels)
     except MissingExtraError:
         return None
 
 
-def _plot_curves(rows: Sequence[Row], path: Path) -> Path | None:
-    from avengers_graph.plots import plot_curves
-
+def _compute_curves(rows: Sequence[Row]) -> Curves:
+    """Accuracy against compute per question, one curve per system."""
     curves: dict[str, tuple[list[float], list[float]]] = {}
     for row in rows:
         x, y = curves.setdefault(row["system"], ([], []))
         x.append(row["compute/q"])
         y.append(row["accuracy"])
-    try:
-        return plot_curves(
-            curves,
-            path,
-            title="accuracy against compute (samples per question grow along each line)",
-            xlabel="compute per question (generated tokens x billions of parameters)",
-            ylabel="average accuracy",
-        )
-    except MissingExtraError:
-        return None
+    return curves
 
 
 def write_report(
@@ -371,10 +355,9 @@ def write_report(
         ]
         if name == "sweep_cost":
             series = ["accuracy"]
+        xs = [row[x] for row in sweep_rows]
         plotted = _plot(
-            sweep_rows,
-            x,
-            series,
+            {c: (xs, [row[c] for row in sweep_rows]) for c in series},
             out / f"{name}.png",
             title=name.replace("_", " "),
             xlabel=xlabel,
@@ -392,7 +375,13 @@ def write_report(
         curve = sweeps.compute_curve()
         written.append(write_csv(curve, out / "headline_compute.csv"))
         (out / "headline_compute.md").write_text(markdown(curve, ["accuracy"]), encoding="utf-8")
-        plotted = _plot_curves(curve, out / "headline_compute.png")
+        plotted = _plot(
+            _compute_curves(curve),
+            out / "headline_compute.png",
+            title="accuracy against compute (samples per question grow along each line)",
+            xlabel="compute per question (generated tokens x billions of parameters)",
+            ylabel="average accuracy",
+        )
         if plotted:
             written.append(plotted)
     return summary, written

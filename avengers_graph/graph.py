@@ -304,6 +304,7 @@ class _Turn:
     def __init__(self, planned: int, settings: AvengersSettings) -> None:
         self.planned = planned
         self.settings = settings
+        self.schemas = _tool_schemas(settings)
         self.decided = False
         self._lock = threading.Lock()
         self._reported = 0
@@ -327,7 +328,7 @@ class _Turn:
                 self.settings.answer_format,
                 pending,
                 tools=bool(self.settings.tools),
-                schemas=_tool_schemas(self.settings),
+                schemas=self.schemas,
             )
             if keys is None or not voting.is_decided(keys, pending):
                 return

@@ -3,8 +3,8 @@
 - :func:`plot_store` writes ``accuracy.png``, a heatmap of every expert's accuracy in
   every cluster, and ``clusters.png``, the validation questions projected to 2-D with
   scikit-learn's PCA, coloured by cluster, with the centroids marked.
-- :func:`plot_lines` draws the sweeps of the offline replay (one line per series);
-  :func:`plot_curves`, lines over different x values (accuracy against compute).
+- :func:`plot_curves` draws the sweeps of the offline replay: one line per curve,
+  each over its own x values (accuracy against K, samples, or compute).
 """
 
 from __future__ import annotations
@@ -30,21 +30,6 @@ def _pyplot() -> ModuleType:
             "Plots need matplotlib: pip install 'avengers-graph[plot]'"
         ) from exc
     return plt
-
-
-def plot_lines(
-    x: Sequence[float],
-    series: Mapping[str, Sequence[float]],
-    path: Path,
-    *,
-    title: str,
-    xlabel: str,
-    ylabel: str,
-    log_x: bool = False,
-) -> Path:
-    """One line per series over ``x``, written as a PNG."""
-    curves = {name: (x, values) for name, values in series.items()}
-    return plot_curves(curves, path, title=title, xlabel=xlabel, ylabel=ylabel, log_x=log_x)
 
 
 def plot_curves(

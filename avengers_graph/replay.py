@@ -232,7 +232,7 @@ class Replay:
 
     def compute(self, response: Response) -> float:
         """Generated tokens times the expert's cost per token."""
-        return response.tokens * self.unit_costs.get(response.expert, 1.0)
+        return response.tokens * self.unit_costs[response.expert]
 
     def _used(self, samples: Sequence[Response], correct: float) -> Outcome:
         return Outcome(
