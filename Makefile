@@ -9,7 +9,7 @@ export ANONYMIZED_TELEMETRY := False
 # llama.cpp is compiled from source once (pip caches the wheel); a portable build
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF
 
-.PHONY: install install-local demo test unit integration lint format bench bench-perf clean
+.PHONY: install install-local demo test unit integration lint format bench bench-perf benchmarks-doc clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ bench: install
 bench-perf: install-local
 	$(BIN)/avengers local fetch smollm2-135m
 	$(BIN)/python tools/bench_perf.py --chroma-server
+
+# docs/benchmarks.md from the committed response matrix: minutes, no model called
+benchmarks-doc: install
+	$(BIN)/avengers eval replay --out docs/benchmarks
+	$(BIN)/python tools/benchmarks_doc.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis
