@@ -58,7 +58,7 @@ bench: install
 # routing, orchestration, a real llama.cpp ensemble against one call, calibration, cache
 bench-perf: install-local
 	$(BIN)/avengers local fetch smollm2-135m
-	$(BIN)/python tools/bench_perf.py --chroma-server
+	$(BIN)/python tools/bench_perf.py --chroma-server --out docs/benchmarks/perf.md
 
 # docs/benchmarks.md from the committed response matrix: minutes, no model called
 benchmarks-doc: install
