@@ -23,7 +23,6 @@ winner (``early_stop``, on by default when streaming).
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import fields
 from operator import itemgetter
@@ -37,8 +36,7 @@ from langchain_core.callbacks import (
 )
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.output_parsers import (
     BaseOutputParser,
     JsonOutputKeyToolsParser,
@@ -68,6 +66,7 @@ from avengers_graph.graph import (
 )
 from avengers_graph.routing import Cost
 from avengers_graph.store import ClusterStore
+from avengers_graph.tool_parsers import as_generation_chunk
 
 _CALL_OPTIONS = frozenset(
     {
@@ -482,26 +481,6 @@ class ChatAvengers(BaseChatModel):
             return {**kwargs, "early_stop": True}
         return kwargs
 
-    @staticmethod
-    def _as_chunk(result: ChatResult) -> ChatGenerationChunk:
-        message = result.generations[0].message
-        calls = message.tool_calls if isinstance(message, AIMessage) else []
-        chunk = AIMessageChunk(
-            content=message.content,
-            tool_call_chunks=[
-                tool_call_chunk(
-                    name=call["name"], args=json.dumps(call["args"]), id=call["id"], index=index
-                )
-                for index, call in enumerate(calls)
-            ],
-            additional_kwargs=message.additional_kwargs,
-            response_metadata=message.response_metadata,
-            usage_metadata=getattr(message, "usage_metadata", None),
-            id=message.id,
-            chunk_position="last",
-        )
-        return ChatGenerationChunk(message=chunk)
-
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -510,7 +489,7 @@ class ChatAvengers(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         kwargs = self._streaming_options(kwargs)
-        chunk = self._as_chunk(self._generate(messages, stop, run_manager, **kwargs))
+        chunk = as_generation_chunk(self._generate(messages, stop, run_manager, **kwargs))
         if run_manager is not None:
             run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         yield chunk
@@ -524,7 +503,7 @@ class ChatAvengers(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         kwargs = self._streaming_options(kwargs)
         result = await self._agenerate(messages, stop, run_manager, **kwargs)
-        chunk = self._as_chunk(result)
+        chunk = as_generation_chunk(result)
         if run_manager is not None:
             await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         yield chunk

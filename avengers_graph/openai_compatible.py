@@ -37,19 +37,18 @@ only in part:
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LanguageModelInput
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
 
 from avengers_graph.tool_parsers import (
     ToolCallParser,
+    as_generation_chunk,
     bound_tool_names,
     bound_tool_parameters,
     format_hermes_tool_calls,
@@ -179,31 +178,6 @@ class ChatOpenAICompatible(ChatOpenAI):
         result = await super()._agenerate(messages, stop=stop, run_manager=run_manager, **kwargs)
         return self._parse_result(result, kwargs)
 
-    @staticmethod
-    def _as_chunk(result: ChatResult) -> ChatGenerationChunk:
-        """The whole (parsed) answer as one streaming chunk, its calls as call chunks."""
-        generation = result.generations[0]
-        message = generation.message
-        calls = message.tool_calls if isinstance(message, AIMessage) else []
-        chunk = AIMessageChunk(
-            content=message.content,
-            tool_call_chunks=[
-                tool_call_chunk(
-                    name=call["name"],
-                    args=json.dumps(call["args"]),
-                    id=call["id"],
-                    index=index,
-                )
-                for index, call in enumerate(calls)
-            ],
-            additional_kwargs=message.additional_kwargs,
-            response_metadata=message.response_metadata,
-            usage_metadata=getattr(message, "usage_metadata", None),
-            id=message.id,
-            chunk_position="last",
-        )
-        return ChatGenerationChunk(message=chunk, generation_info=generation.generation_info)
-
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -216,7 +190,7 @@ class ChatOpenAICompatible(ChatOpenAI):
             return
         for option in ("stream", "stream_usage"):  # streaming-only options
             kwargs.pop(option, None)
-        chunk = self._as_chunk(self._generate(messages, stop, run_manager, **kwargs))
+        chunk = as_generation_chunk(self._generate(messages, stop, run_manager, **kwargs))
         if run_manager is not None:
             run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         yield chunk
@@ -237,7 +211,7 @@ class ChatOpenAICompatible(ChatOpenAI):
         for option in ("stream", "stream_usage"):
             kwargs.pop(option, None)
         result = await self._agenerate(messages, stop, run_manager, **kwargs)
-        chunk = self._as_chunk(result)
+        chunk = as_generation_chunk(result)
         if run_manager is not None:
             await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         yield chunk

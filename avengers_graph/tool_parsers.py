@@ -46,13 +46,15 @@ import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, TypeVar
 
-from langchain_core.messages import AIMessage, BaseMessage, ToolCall
-from langchain_core.messages.tool import tool_call
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolCall
+from langchain_core.messages.tool import tool_call, tool_call_chunk
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 __all__ = [
     "TOOL_CALL_PARSERS",
     "ParsedToolCalls",
     "ToolCallParser",
+    "as_generation_chunk",
     "bound_tool_names",
     "bound_tool_parameters",
     "format_hermes_tool_calls",
@@ -380,3 +382,30 @@ def parse_message_tool_calls(
             "response_metadata": {**message.response_metadata, "tool_call_parser": parser},
         }
     )
+
+
+def as_generation_chunk(result: ChatResult) -> ChatGenerationChunk:
+    """A whole answer as one streaming chunk, its tool calls as tool-call chunks.
+
+    For models that decide an answer before they can stream it (an ensemble's vote, a
+    reply whose calls are parsed from the whole text): the chunk merges back into the
+    same message, ``tool_calls`` and ids included.
+    """
+    generation = result.generations[0]
+    message = generation.message
+    calls = message.tool_calls if isinstance(message, AIMessage) else []
+    chunk = AIMessageChunk(
+        content=message.content,
+        tool_call_chunks=[
+            tool_call_chunk(
+                name=call["name"], args=json.dumps(call["args"]), id=call["id"], index=index
+            )
+            for index, call in enumerate(calls)
+        ],
+        additional_kwargs=message.additional_kwargs,
+        response_metadata=message.response_metadata,
+        usage_metadata=getattr(message, "usage_metadata", None),
+        id=message.id,
+        chunk_position="last",
+    )
+    return ChatGenerationChunk(message=chunk, generation_info=generation.generation_info)
