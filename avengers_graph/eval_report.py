@@ -12,7 +12,11 @@ the default configurations, then the sweeps, and writes into one folder:
 - ``sweep_cost``: the cost-aware ranking's weight ``a`` from 1 (accuracy) to 0 (compute);
 - ``headline``: the experts of at most 0.5B parameters together against the 1.5B alone;
   ``headline_compute``: the same as accuracy against compute, 1 ... 10 samples per
-  question.
+  question;
+- ``paired.csv`` / ``paired.md``: every strategy against Best-Single, and the small
+  models' systems against the 1.5B alone, paired on the same test questions: the gain,
+  its 95 % bootstrap interval over questions (:func:`~avengers_graph.replay.compare`),
+  and the questions per split each side gets right where the other does not.
 
 Each sweep is a ``.csv`` and a ``.png`` (with the ``plot`` extra).
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +36,17 @@ from avengers_graph.recording import ResponseMatrix
 from avengers_graph.replay import (
     AVERAGE,
     BASELINES,
+    Comparison,
     EnsembleConfig,
     Outcome,
     Summary,
+    compare,
     default_configs,
     evaluate,
     subsets,
 )
 
-__all__ = ["ReportOptions", "summary_rows", "write_report"]
+__all__ = ["ReportOptions", "paired_rows", "summary_rows", "write_report"]
 
 Row = dict[str, Any]
 Vectors = Mapping[str, np.ndarray]
@@ -84,6 +90,22 @@ def summary_rows(summary: Summary) -> list[Row]:
         row["expert s/q"] = average.seconds
         rows.append(row)
     return rows
+
+
+def paired_rows(comparisons: Sequence[Comparison]) -> list[Row]:
+    """One row per comparison: the gain, its bootstrap interval, wins and losses."""
+    return [
+        {
+            "strategy": c.strategy,
+            "against": c.over,
+            "gain": c.gain,
+            "95 % low": c.low,
+            "95 % high": c.high,
+            "wins/split": c.wins,
+            "losses/split": c.losses,
+        }
+        for c in comparisons
+    ]
 
 
 def _cell(value: Any) -> str:
@@ -221,10 +243,11 @@ class _Sweeps:
             return None
         return small, max(large, key=lambda e: params[e])
 
-    def headline(self) -> list[Row]:
+    def headline(self) -> tuple[list[Row], list[Comparison]]:
+        """The small models' systems and the big one alone; each small one paired with it."""
         sizes = self._by_size()
         if sizes is None:
-            return []
+            return [], []
         small, big = sizes
         rows = []
         small_configs = [
@@ -238,10 +261,21 @@ class _Sweeps:
             system = f"{len(small)} models <= {self.options.small_params}B: {config.name}"
             rows.append({"system": system, **_costs(outcome)})
         big_summary = self._evaluate([], experts=[big], baselines=("Best-Single", "Best-Single SC"))
+        comparisons = []
         for baseline, label in (("Best-Single", "1 sample"), ("Best-Single SC", "SC")):
             outcome = big_summary.results[baseline][AVERAGE]
             rows.append({"system": f"{big} alone, {label}", **_costs(outcome)})
-        return rows
+            for config in small_configs:
+                comparison = compare(small_summary, config.name, baseline, against=big_summary)
+                comparisons.append(
+                    replace(
+                        comparison,
+                        strategy=f"{len(small)} models <= {self.options.small_params}B: "
+                        f"{config.name}",
+                        over=f"{big} alone, {label}",
+                    )
+                )
+        return rows, comparisons
 
     def compute_curve(self) -> list[Row]:
         """Accuracy against compute as samples grow: the small models routed, the big alone."""
@@ -297,6 +331,13 @@ def _compute_curves(rows: Sequence[Row]) -> Curves:
     return curves
 
 
+def _write_paired(comparisons: Sequence[Comparison], out: Path) -> list[Path]:
+    rows = paired_rows(comparisons)
+    percent = ["gain", "95 % low", "95 % high"]
+    (out / "paired.md").write_text(markdown(rows, percent), encoding="utf-8")
+    return [write_csv(rows, out / "paired.csv"), out / "paired.md"]
+
+
 def write_report(
     matrix: ResponseMatrix,
     vectors: Vectors,
@@ -335,7 +376,12 @@ def write_report(
     written = [write_csv(rows, out / "summary.csv")]
     (out / "summary.md").write_text(markdown(rows, percent), encoding="utf-8")
     written.append(out / "summary.md")
+    say("paired")
+    paired = [
+        compare(summary, name, "Best-Single") for name in summary.results if name != "Best-Single"
+    ]
     if not options.sweeps:
+        written += _write_paired(paired, out)
         return summary, written
     steps: list[tuple[str, Callable[[], list[Row]], str, str]] = [
         ("sweep_clusters", sweeps.clusters, "K", "K (clusters)"),
@@ -367,7 +413,8 @@ def write_report(
         if plotted:
             written.append(plotted)
     say("headline")
-    headline = sweeps.headline()
+    headline, headline_paired = sweeps.headline()
+    written += _write_paired([*paired, *headline_paired], out)
     if headline:
         written.append(write_csv(headline, out / "headline.csv"))
         (out / "headline.md").write_text(markdown(headline, ["accuracy"]), encoding="utf-8")

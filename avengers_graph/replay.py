@@ -53,10 +53,12 @@ from avengers_graph.voting import majority_vote
 
 __all__ = [
     "BASELINES",
+    "Comparison",
     "EnsembleConfig",
     "Outcome",
     "Replay",
     "Summary",
+    "compare",
     "default_configs",
     "embed_questions",
     "evaluate",
@@ -351,11 +353,19 @@ class Replay:
 
         return answer
 
+    def answers(self, strategy: Callable[[str], Outcome]) -> dict[str, Outcome]:
+        """The strategy's outcome on every test question, by question id."""
+        return {qid: strategy(qid) for qid in self.test}
+
     def outcomes(self, strategy: Callable[[str], Outcome]) -> dict[str, Outcome]:
         """Mean outcome per dataset on the test questions, plus the macro average."""
+        return self.per_dataset(self.answers(strategy))
+
+    def per_dataset(self, answers: Mapping[str, Outcome]) -> dict[str, Outcome]:
+        """Mean outcome per dataset of per-question outcomes, plus the macro average."""
         per_dataset = {
             dataset: Outcome.mean(
-                [strategy(qid) for qid in self.test if self.dataset[qid] == dataset]
+                [outcome for qid, outcome in answers.items() if self.dataset[qid] == dataset]
             )
             for dataset in self.datasets
         }
@@ -373,6 +383,11 @@ class Summary:
     spread: dict[str, float] = field(default_factory=dict)
     """Strategy name to the standard deviation of its average accuracy over splits."""
     splits: int = 1
+    questions: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    """Strategy name to, per split, the accuracy on each test question by id (what
+    :func:`compare` resamples)."""
+    dataset_of: dict[str, str] = field(default_factory=dict)
+    """Question id to its dataset."""
 
     def accuracy(self, strategy: str, dataset: str = AVERAGE) -> float:
         """Mean accuracy of a strategy on a dataset (default: the macro average)."""
@@ -404,7 +419,9 @@ def evaluate(
     if len(set(names)) != len(names):
         raise InvalidInputError(f"Strategy names must be unique, got {names}.")
     runs: dict[str, list[dict[str, Outcome]]] = defaultdict(list)
+    questions: dict[str, list[dict[str, float]]] = defaultdict(list)
     datasets: list[str] = []
+    dataset_of: dict[str, str] = {}
     for seed in seeds:
         replay = Replay(
             matrix,
@@ -414,13 +431,15 @@ def evaluate(
             test_fraction=test_fraction,
             experts=experts,
         )
-        datasets = replay.datasets
+        datasets, dataset_of = replay.datasets, replay.dataset
         strategies: list[tuple[str, Callable[[str], Outcome]]] = [
             *((b, replay.baseline(b)) for b in baselines),
             *((c.name, replay.ensemble(c)) for c in configs),
         ]
         for name, strategy in strategies:
-            runs[name].append(replay.outcomes(strategy))
+            answers = replay.answers(strategy)
+            runs[name].append(replay.per_dataset(answers))
+            questions[name].append({qid: o.accuracy for qid, o in answers.items()})
     results = {
         name: {key: Outcome.mean([run[key] for run in per_seed]) for key in per_seed[0]}
         for name, per_seed in runs.items()
@@ -429,7 +448,123 @@ def evaluate(
         name: statistics.pstdev(run[AVERAGE].accuracy for run in per_seed)
         for name, per_seed in runs.items()
     }
-    return Summary(datasets, results, spread, len(seeds))
+    tested = {qid for per_split in questions.values() for split in per_split for qid in split}
+    return Summary(
+        datasets,
+        results,
+        spread,
+        len(seeds),
+        dict(questions),
+        {qid: dataset for qid, dataset in dataset_of.items() if qid in tested},
+    )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One strategy against another on the same test questions, paired per question."""
+
+    strategy: str
+    over: str
+    gain: float
+    """Average-accuracy difference ``strategy - over`` (as :meth:`Summary.gain`)."""
+    low: float
+    """Lower end of the bootstrap interval of ``gain``."""
+    high: float
+    """Upper end of the bootstrap interval of ``gain``."""
+    wins: float
+    """Test questions per split that ``strategy`` gets right and ``over`` wrong."""
+    losses: float
+    """Test questions per split that ``over`` gets right and ``strategy`` wrong."""
+
+
+def compare(
+    summary: Summary,
+    strategy: str,
+    over: str,
+    *,
+    against: Summary | None = None,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> Comparison:
+    """``strategy`` against ``over`` with a paired bootstrap interval over questions.
+
+    The gain is the one the summaries report: per split, the macro average over
+    datasets of the per-question accuracy differences; then the mean over splits. Each
+    bootstrap replicate redraws the questions of every dataset with replacement (each
+    question keeps its result in every split that tests it) and recomputes that gain;
+    the interval holds the central ``level`` of the replicates. It measures how much the
+    gain depends on which questions were drawn, not the models' sampling randomness
+    (the recorded samples are fixed).
+
+    Args:
+        summary: Holds ``strategy``.
+        strategy: The strategy to judge.
+        over: The strategy it is compared with.
+        against: Holds ``over`` when another evaluation did (e.g. another pool, on
+            the same matrix and seeds, hence the same test questions); default
+            ``summary``.
+        level: Coverage of the interval.
+        resamples: Bootstrap replicates.
+        seed: Seeds the replicates.
+
+    Raises:
+        InvalidInputError: A strategy is unknown, or the two were not tested on the
+            same questions.
+    """
+    other = summary if against is None else against
+    for name, holder in ((strategy, summary), (over, other)):
+        if name not in holder.questions:
+            raise InvalidInputError(f"No per-question results for {name!r}.")
+    mine, theirs = summary.questions[strategy], other.questions[over]
+    if [set(split) for split in mine] != [set(split) for split in theirs]:
+        raise InvalidInputError(
+            f"{strategy!r} and {over!r} were not tested on the same questions "
+            "(evaluate both on the same matrix with the same seeds)."
+        )
+    if not 0 < level < 1 or resamples < 1:
+        raise InvalidInputError(
+            f"level must be between 0 and 1 and resamples at least 1, got {level}, {resamples}."
+        )
+    rng = np.random.default_rng(seed)
+    splits = len(mine)
+    gains = np.zeros(resamples + 1)  # replicate 0: every question once (the reported gain)
+    by_dataset: dict[str, set[str]] = defaultdict(set)
+    for split in mine:
+        for qid in split:
+            by_dataset[summary.dataset_of[qid]].add(qid)
+    for questions in by_dataset.values():
+        ids = sorted(questions)
+        tested = np.array([[qid in split for qid in ids] for split in mine], dtype=float)
+        differences = np.array(
+            [
+                [split_a.get(q, 0.0) - split_b.get(q, 0.0) for q in ids]
+                for split_a, split_b in zip(mine, theirs, strict=True)
+            ]
+        )
+        weights = np.vstack(
+            [np.ones(len(ids)), rng.multinomial(len(ids), [1 / len(ids)] * len(ids), resamples)]
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_split = (weights @ (tested * differences).T) / (weights @ tested.T)
+        # a replicate that drew none of a split's test questions of this dataset skips it
+        gains += np.nanmean(per_split, axis=1) / len(by_dataset)
+    tail = (1 - level) / 2
+    low, high = np.quantile(gains[1:], [tail, 1 - tail])
+    wins = losses = 0.0
+    for split_a, split_b in zip(mine, theirs, strict=True):
+        for qid, accuracy in split_a.items():
+            wins += max(0.0, accuracy - split_b[qid])
+            losses += max(0.0, split_b[qid] - accuracy)
+    return Comparison(
+        strategy,
+        over,
+        float(gains[0]),
+        float(low),
+        float(high),
+        wins / splits,
+        losses / splits,
+    )
 
 
 def subsets(experts: Sequence[str], size: int) -> list[tuple[str, ...]]:

@@ -91,7 +91,10 @@ def _headline_numbers() -> str:
         f"**{_pct(paper['average'])}**; our best configuration ({ours['strategy']}): "
         f"**{_pct(ours['average'])}**; Oracle: **{_pct(oracle['average'])}**.\n"
         f"- Gain of our best configuration over Best-Single: "
-        f"**{float(ours['gain vs Best-Single']) * 100:+.1f} points**; gap to Oracle: "
+        f"**{float(ours['gain vs Best-Single']) * 100:+.1f} points**"
+        f"{_interval(ours['strategy'], 'Best-Single')}; the paper's configuration: "
+        f"{float(paper['gain vs Best-Single']) * 100:+.1f} points"
+        f"{_interval(PAPER, 'Best-Single')}; gap to Oracle: "
         f"**{float(ours['gap to Oracle']) * 100:.1f} points**; it makes "
         f"{float(ours['calls/q']):.1f} expert calls and generates "
         f"{float(ours['tokens/q']):.0f} tokens ({float(ours['compute/q']):.0f} compute) per "
@@ -111,12 +114,27 @@ def _headline_numbers() -> str:
             f"{float(small['expert s/q']):.1f} expert seconds) per question; "
             + "; ".join(
                 f"{r['system']}: **{_pct(r['accuracy'])}** at {float(r['compute/q']):.0f} "
-                f"compute ({float(r['tokens/q']):.0f} tokens, {float(r['expert s/q']):.1f} s)"
+                f"compute ({float(r['tokens/q']):.0f} tokens, {float(r['expert s/q']):.1f} s); "
+                f"small models minus it: "
+                f"{(float(small['accuracy']) - float(r['accuracy'])) * 100:+.1f} points"
+                f"{_interval(small['system'], r['system'])}"
                 for r in big
             )
             + ".\n"
         )
     return text + _equal_compute()
+
+
+def _interval(strategy: str, against: str) -> str:
+    """`` (95 % interval a to b)`` from paired.csv, or nothing when it was not written."""
+    path = TABLES / "paired.csv"
+    if not path.is_file():
+        return ""
+    for row in _rows(path):
+        if (row["strategy"], row["against"]) == (strategy, against):
+            low, high = float(row["95 % low"]) * 100, float(row["95 % high"]) * 100
+            return f" (95 % interval {low:+.1f} to {high:+.1f})"
+    return ""
 
 
 def _equal_compute() -> str:
@@ -210,6 +228,19 @@ best expert; Oracle is right when any recorded sample of any expert is (an upper
 bound); SC is self-consistency (a majority vote over the expert's samples).
 
 {_table("summary")}
+## How sure: paired comparisons
+
+Each strategy against Best-Single on the same test questions, and the small models'
+systems against the 1.5B alone: the gain in accuracy points, its 95 % bootstrap
+interval (the questions of every benchmark redrawn with replacement, 2,000 times; it
+shows how much the gain depends on which questions were drawn, not on the models'
+sampling, whose samples are fixed in the matrix), and the test questions per split that
+each side gets right where the other does not. An interval that holds 0 is a gain the
+recording cannot tell from no gain. "Our best configuration" in the headline is the
+best of seven on these same test questions, so its gain is optimistic by selection;
+the paper's configuration was fixed beforehand.
+
+{_table("paired")}
 ## Clusters (K)
 
 {_table("sweep_clusters")}

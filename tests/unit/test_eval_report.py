@@ -82,6 +82,21 @@ def test_headline_compares_small_models_with_the_big_one(report: Path) -> None:
     assert float(big["tokens/q"]) == 20
 
 
+def test_paired_table_has_each_strategy_against_best_single_and_the_headline(
+    report: Path,
+) -> None:
+    rows = {(row["strategy"], row["against"]): row for row in _rows(report / "paired.csv")}
+    paper = rows[(PAPER, "Best-Single")]
+    assert [float(paper[c]) for c in ("gain", "95 % low", "95 % high")] == [0.5, 0.5, 0.5]
+    assert (float(paper["wins/split"]), float(paper["losses/split"])) == (3.0, 0.0)
+    assert ("Best-Single", "Best-Single") not in rows
+    # the small models get algebra right and trivia wrong, facts alone the reverse
+    small = rows[(f"2 models <= 0.5B: {PAPER}", "facts alone, 1 sample")]
+    assert [float(small[c]) for c in ("gain", "95 % low", "95 % high")] == [0.0, 0.0, 0.0]
+    assert (float(small["wins/split"]), float(small["losses/split"])) == (3.0, 3.0)
+    assert "| strategy | against |" in (report / "paired.md").read_text()
+
+
 def test_compute_curve_puts_both_sides_on_one_compute_axis(report: Path) -> None:
     # small: math (0.5) and cheap (0.1), 3 samples each; big: facts (1.5), 20 tokens
     rows = _rows(report / "headline_compute.csv")

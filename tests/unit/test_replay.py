@@ -22,6 +22,8 @@ from avengers_graph.replay import (
     EnsembleConfig,
     Outcome,
     Replay,
+    Summary,
+    compare,
     evaluate,
 )
 
@@ -223,3 +225,49 @@ def test_sub_pool_and_errors() -> None:
         Replay(MATRIX, VECTORS, n_clusters=15)
     with pytest.raises(InvalidInputError, match="unique"):
         evaluate(MATRIX, VECTORS, [EnsembleConfig("Oracle")], n_clusters=2)
+
+
+def test_compare_pairs_the_same_test_questions() -> None:
+    paper = EnsembleConfig("paper", samples=SAMPLES)
+    summary = evaluate(MATRIX, VECTORS, [paper], n_clusters=2, seeds=(0, 1, 2))
+    # paper: right everywhere; Best-Single (facts): right on trivia only. Every redraw
+    # of the questions keeps +1 on algebra and 0 on trivia: the interval is one point.
+    result = compare(summary, "paper", "Best-Single")
+    assert (result.gain, result.low, result.high) == (0.5, 0.5, 0.5)
+    assert result.gain == summary.gain("paper", over="Best-Single")
+    assert (result.wins, result.losses) == (3.0, 0.0)  # the 3 algebra test questions a split
+    # another pool on the same matrix and seeds: the same test questions
+    alone = evaluate(MATRIX, VECTORS, [], n_clusters=2, seeds=(0, 1, 2), experts=["math"])
+    versus = compare(summary, "Best-Single", "Best-Single", against=alone)
+    assert (versus.gain, versus.wins, versus.losses) == (0.5, 3.0, 0.0)  # math's first: wrong
+
+
+def test_compare_interval_is_the_bootstrap_of_the_questions() -> None:
+    # one split, one dataset, two questions: differences +1 and 0. Redraws of two
+    # questions give a mean gain of 0 (1/4), 0.5 (1/2) or 1 (1/4).
+    summary = Summary(
+        ["d"],
+        {},
+        questions={"a": [{"q1": 1.0, "q2": 0.0}], "b": [{"q1": 0.0, "q2": 0.0}]},
+        dataset_of={"q1": "d", "q2": "d"},
+    )
+    wide = compare(summary, "a", "b", level=0.95)
+    assert (wide.gain, wide.low, wide.high) == (0.5, 0.0, 1.0)
+    narrow = compare(summary, "a", "b", level=0.4)  # the central 40 % are all 0.5
+    assert (narrow.low, narrow.high) == (0.5, 0.5)
+    assert compare(summary, "a", "b", seed=7) == compare(summary, "a", "b", seed=7)
+
+
+def test_compare_refuses_unpaired_results() -> None:
+    summary = Summary(
+        ["d"],
+        {},
+        questions={"a": [{"q1": 1.0}], "b": [{"q2": 0.0}]},
+        dataset_of={"q1": "d", "q2": "d"},
+    )
+    with pytest.raises(InvalidInputError, match="same questions"):
+        compare(summary, "a", "b")
+    with pytest.raises(InvalidInputError, match="No per-question results"):
+        compare(summary, "a", "nobody")
+    with pytest.raises(InvalidInputError, match="level"):
+        compare(summary, "a", "a", level=1.0)
