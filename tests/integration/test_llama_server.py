@@ -16,9 +16,11 @@ from collections.abc import Iterator, Mapping
 from importlib.util import find_spec
 from pathlib import Path
 
+import httpx
 import pytest
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
+from pydantic import SecretStr
 
 from avengers_graph import (
     ClusterStore,
@@ -27,8 +29,10 @@ from avengers_graph import (
     create_avengers_graph,
     local_pool,
 )
+from avengers_graph.config import KEYLESS_API_KEY
 from avengers_graph.local_models import MODELS, missing_packages
 from avengers_graph.local_pool import LocalPool, PortInUseError, ServerInfo
+from avengers_graph.openai_compatible import ChatOpenAICompatible
 from tests.fakes import ScriptedExpert, constant
 
 MODEL = "smollm2-135m"
@@ -138,14 +142,15 @@ def test_a_killed_server_fails_its_expert_and_another_carries_the_vote(
     pool: LocalPool, embeddings: LocalEmbeddings, tmp_path: Path
 ) -> None:
     info: ServerInfo = pool.servers()[MODEL]
+    sent = threading.Event()
     killed = threading.Event()
 
     def kill_then_answer(question: str, seed: int | None) -> str:
-        # Runs in parallel with SmolLM2's request (a long answer): kill its server.
-        if not killed.is_set():
-            killed.set()
-            threading.Event().wait(0.3)
-            os.kill(info.pid, signal.SIGKILL)
+        # Runs in parallel with SmolLM2's request: once that request is on its way,
+        # kill the server, long before it can have answered (up to 400 tokens).
+        assert sent.wait(timeout=60), "SmolLM2's request was never sent"
+        os.kill(info.pid, signal.SIGKILL)
+        killed.set()
         return "The answer is \\boxed{5}."
 
     calibration_experts: dict[str, BaseChatModel] = {
@@ -153,8 +158,16 @@ def test_a_killed_server_fails_its_expert_and_another_carries_the_vote(
         "scripted": ScriptedExpert(model="scripted", respond=constant("\\boxed{5}")),
     }
     store = _calibrated_store(calibration_experts, embeddings, tmp_path)
+    smollm2 = ChatOpenAICompatible(
+        model=MODEL,
+        base_url=info.base_url,
+        api_key=SecretStr(KEYLESS_API_KEY),
+        max_completion_tokens=400,
+        max_retries=0,
+        http_client=httpx.Client(event_hooks={"request": [lambda _request: sent.set()]}),
+    )
     experts: dict[str, BaseChatModel] = {
-        MODEL: pool.experts(max_tokens=400)[MODEL],
+        MODEL: smollm2,
         "scripted": ScriptedExpert(model="scripted", respond=kill_then_answer),
     }
     graph = create_avengers_graph(experts, embeddings, store, top_n=2, samples=1, max_retries=0)
