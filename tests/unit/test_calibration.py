@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 
 from avengers_graph import AnswerCache, CalibrationError, ClusterStore, InvalidInputError, calibrate
 from avengers_graph.calibration import load_dataset
-from tests.fakes import KeywordEmbeddings, ScriptedExpert
+from tests.fakes import KeywordEmbeddings, Responder, ScriptedExpert
 
 KEYWORDS = {"math": 0, "code": 1}
 DATASET = [
@@ -94,10 +95,28 @@ class Killed(BaseException):
 
 def test_killed_run_resumes_without_redoing_work(tmp_path: Path) -> None:
     cache = tmp_path / "cache.sqlite"
-    experts = pool()
+    # Instant experts could drain the whole queue before the main thread sees the
+    # tenth result, so only 12 calls answer before the kill; the calls started after
+    # them wait for it, like calls still in flight when a process is killed.
+    permits = threading.Semaphore(12)
+    killed = threading.Event()
+
+    def gated(respond: Responder) -> Responder:
+        def answer(question: str, seed: int | None) -> str:
+            if not permits.acquire(blocking=False):
+                killed.wait()
+            return respond(question, seed)
+
+        return answer
+
+    experts = {
+        name: ScriptedExpert(model=expert.model, respond=gated(expert.respond))
+        for name, expert in pool().items()
+    }
 
     def kill_after_ten(done: int, total: int) -> None:
         if done >= 10:
+            killed.set()
             raise Killed
 
     with pytest.raises(Killed):
@@ -109,7 +128,7 @@ def test_killed_run_resumes_without_redoing_work(tmp_path: Path) -> None:
             progress=kill_after_ten,
         )
     first = sum(e.calls for e in experts.values())
-    assert 10 <= first < 48
+    assert 10 <= first < 48  # the calls in flight finished, the queued ones were dropped
     assert len(AnswerCache(cache)) == first  # every call that ran is cached
 
     experts = pool()
