@@ -77,6 +77,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -409,7 +410,7 @@ def _bubblewrap_argv(
             argv += [*make_parents(home), "--ro-bind", home, home]
             bound.append(home)
     argv += ["--dev", "/dev", "--proc", "/proc"]
-    for folder in ("/tmp", "/dev/shm", str(workdir)):
+    for folder in ("/tmp", "/dev/shm", str(workdir)):  # noqa: S108 - the sandbox's own
         argv += make_parents(folder)
         argv += ["--perms", "1777", "--size", str(_TMPFS_BYTES), "--tmpfs", folder]
         made.add(folder)
@@ -683,11 +684,33 @@ def _open_namespace_init(pid: object) -> int | None:
         status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
     except OSError:
         status = ""
-    nspids = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+    nspids = next(
+        (line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), []
+    )
     if len(nspids) < 2 or nspids[-1] != "1":
         os.close(pidfd)
         return None
     return pidfd
+
+
+@contextlib.contextmanager
+def _closing(fd: int | None) -> Iterator[int | None]:
+    """Close a file descriptor on leaving the block."""
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _seccomp_pipe(data: bytes | None) -> contextlib.AbstractContextManager[int | None]:
+    """A pipe's read end holding ``data`` (the seccomp filter), closed on leaving."""
+    if data is None:
+        return _closing(None)
+    read_end, write_end = os.pipe()
+    with _closing(write_end):
+        os.write(write_end, data)  # a few hundred bytes, far below a pipe's capacity
+    return _closing(read_end)
 
 
 def _run_bubblewrap(
@@ -699,69 +722,22 @@ def _run_bubblewrap(
     budget: float,
 ) -> tuple[int | None, bool]:
     """Run ``command`` inside bubblewrap; kill the whole pid namespace afterwards."""
-    start = time.monotonic()
-    end = start + budget
+    end = time.monotonic() + budget
     status_read, status_write = os.pipe()
-    fds = [status_read, status_write]
-    seccomp_fd: int | None = None
-    if config.seccomp is not None:
-        seccomp_fd, seccomp_write = os.pipe()
-        fds += [seccomp_fd, seccomp_write]
-        os.write(seccomp_write, config.seccomp)  # far below a pipe's capacity
-        os.close(seccomp_write)
-        fds.remove(seccomp_write)
-    argv = _bubblewrap_argv(config, workdir, program, status_write, seccomp_fd)
-    pidfd: int | None = None
-    process: subprocess.Popen[bytes] | None = None
-    returncode: int | None = None
-    timed_out = False
-    try:
-        process = subprocess.Popen(  # noqa: S603 - fixed argv, the code is a file argument
-            argv + command,
-            cwd=program.parent,
-            env=_ENVIRONMENT,
-            start_new_session=True,
-            pass_fds=[fd for fd in (status_write, seccomp_fd) if fd is not None],
-            stdin=streams.stdin,
-            stdout=streams.stdout,
-            stderr=streams.stderr,
-        )
-        for fd in (status_write, seccomp_fd):
-            if fd is not None:
-                os.close(fd)
-                fds.remove(fd)
-        status = _StatusReader(status_read)
-        started = status.next_document(end)
-        if started is not None:
-            pidfd = _open_namespace_init(started.get("child-pid"))
-        try:
-            returncode = process.wait(timeout=max(0.0, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-    finally:
-        # The program exited, timed out, or we were interrupted: kill the namespace's
-        # init, which makes the kernel kill every process left in the namespace.
-        if pidfd is not None:
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        if process is not None and returncode is None:
-            _kill_group(process.pid)
-            try:
-                returncode = process.wait(timeout=_KILL_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                returncode = None
-        if pidfd is not None:
-            # Readable once init has exited, which the kernel allows only after every
-            # other process of the namespace is gone.
-            select.select([pidfd], [], [], _KILL_GRACE_SECONDS)
-            os.close(pidfd)
-        finished = (
-            _StatusReader(status_read).documents(time.monotonic() + _KILL_GRACE_SECONDS)
-            if process is not None and returncode is not None
-            else []
-        )
-        for fd in fds:
-            os.close(fd)
+    with _closing(status_read):
+        with _closing(status_write), _seccomp_pipe(config.seccomp) as seccomp_fd:
+            process = subprocess.Popen(  # noqa: S603 - fixed argv, the code is a file argument
+                _bubblewrap_argv(config, workdir, program, status_write, seccomp_fd) + command,
+                cwd=program.parent,
+                env=_ENVIRONMENT,
+                start_new_session=True,
+                pass_fds=[fd for fd in (status_write, seccomp_fd) if fd is not None],
+                stdin=streams.stdin,
+                stdout=streams.stdout,
+                stderr=streams.stderr,
+            )
+        # Only bwrap holds the write end now: end of file once it has exited.
+        returncode, timed_out, finished = _wait_and_kill(process, _StatusReader(status_read), end)
     if not timed_out and not any("exit-code" in document for document in finished):
         # bwrap reports an exit code only once the command was started: this is a
         # set-up failure, whose message bwrap wrote to the program's stderr.
@@ -772,6 +748,46 @@ def _run_bubblewrap(
     if returncode is not None and 128 < returncode <= 128 + 64:
         returncode = 128 - returncode
     return returncode, timed_out
+
+
+def _wait_and_kill(
+    process: subprocess.Popen[bytes], status: _StatusReader, end: float
+) -> tuple[int | None, bool, list[dict[str, object]]]:
+    """Wait for bwrap until ``end``, then kill what is left of the sandbox.
+
+    Returns:
+        bwrap's exit status (None if it could not be reaped), whether the program
+        timed out, and bwrap's last status documents.
+    """
+    pidfd: int | None = None
+    returncode: int | None = None
+    timed_out = False
+    try:
+        started = status.next_document(end)
+        if started is not None:
+            pidfd = _open_namespace_init(started.get("child-pid"))
+        returncode = process.wait(timeout=max(0.0, end - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        # The program exited, timed out, or we were interrupted: kill the namespace's
+        # init, which makes the kernel kill every process left in the namespace.
+        if pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        if returncode is None:
+            _kill_group(process.pid)
+            try:
+                returncode = process.wait(timeout=_KILL_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                returncode = None
+        if pidfd is not None:
+            # Readable once init has exited, which the kernel allows only after every
+            # other process of the namespace is gone.
+            select.select([pidfd], [], [], _KILL_GRACE_SECONDS)
+            os.close(pidfd)
+    finished = [] if returncode is None else status.documents(time.monotonic() + 1.0)
+    return returncode, timed_out, finished
 
 
 def _read_bounded(path: Path) -> str:

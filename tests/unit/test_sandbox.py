@@ -347,7 +347,7 @@ def test_bubblewrap_set_up_failure_is_a_sandbox_error(mode: Isolation) -> None:
     config, _ = sandbox._bubblewrap()
     assert config is not None
     broken = dataclasses.replace(config, interpreter="/nonexistent/python3")
-    with pytest.raises(SandboxError, match="could not set up the sandbox.*/nonexistent"):
+    with pytest.raises(SandboxError, match=r"could not set up the sandbox.*/nonexistent"):
         sandbox._execute("print('ran')", 5, 256, "", broken)
 
 
