@@ -619,7 +619,7 @@ def _run_process_group(
     timed_out = False
     returncode: int | None = None
     try:
-        returncode = process.wait(timeout=budget)
+        returncode = _wait(process, budget)
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:
@@ -628,7 +628,7 @@ def _run_process_group(
         _kill_group(process.pid)
         if returncode is None:
             try:
-                returncode = process.wait(timeout=_KILL_GRACE_SECONDS)
+                returncode = _wait(process, _KILL_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
                 returncode = None
     return returncode, timed_out
@@ -766,7 +766,7 @@ def _wait_and_kill(
         started = status.next_document(end)
         if started is not None:
             pidfd = _open_namespace_init(started.get("child-pid"))
-        returncode = process.wait(timeout=max(0.0, end - time.monotonic()))
+        returncode = _wait(process, max(0.0, end - time.monotonic()))
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:
@@ -778,7 +778,7 @@ def _wait_and_kill(
         if returncode is None:
             _kill_group(process.pid)
             try:
-                returncode = process.wait(timeout=_KILL_GRACE_SECONDS)
+                returncode = _wait(process, _KILL_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
                 returncode = None
         if pidfd is not None:
@@ -788,6 +788,25 @@ def _wait_and_kill(
             os.close(pidfd)
     finished = [] if returncode is None else status.documents(time.monotonic() + 1.0)
     return returncode, timed_out, finished
+
+
+def _wait(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """``process.wait(timeout)``, woken by a pidfd at the exit where the OS has them.
+
+    ``Popen.wait`` with a timeout polls with sleeps growing to 50 ms, which adds up to
+    that much to every run.
+
+    Raises:
+        subprocess.TimeoutExpired: If the process is still running after ``timeout``.
+    """
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # not Linux, or already reaped
+        return process.wait(timeout=timeout)
+    with _closing(pidfd):
+        if not select.select([pidfd], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(process.args, timeout)
+    return process.wait(timeout=_KILL_GRACE_SECONDS)
 
 
 def _read_bounded(path: Path) -> str:
