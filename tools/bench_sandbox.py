@@ -24,6 +24,8 @@ from collections.abc import Callable
 from avengers_graph import sandbox
 
 _PROGRAM = "print(sum(range(10)))"
+_FALLBACK = "fallback (Isolation.PROCESS)"
+_BUBBLEWRAP = "bubblewrap (Isolation.BUBBLEWRAP)"
 
 
 def _timed(run: Callable[[], object]) -> float:
@@ -55,8 +57,8 @@ def main() -> None:
         "bare interpreter start (python -S -c pass)": lambda: subprocess.run(
             [interpreter, "-S", "-c", "pass"], check=True
         ),
-        "fallback (Isolation.PROCESS)": _sandboxed(None),
-        "bubblewrap (Isolation.BUBBLEWRAP)": _sandboxed(config),
+        _FALLBACK: _sandboxed(None),
+        _BUBBLEWRAP: _sandboxed(config),
     }
     for run in modes.values():  # warm the page cache
         run()
@@ -76,12 +78,12 @@ def main() -> None:
     print()
     print("| mode | median ms | p10 ms | p90 ms |")
     print("|---|---:|---:|---:|")
+    medians = {name: statistics.median(values) for name, values in times.items()}
     for name, values in times.items():
         deciles = statistics.quantiles(values, n=10)
-        print(f"| {name} | {statistics.median(values):.1f} | {deciles[0]:.1f} | {deciles[-1]:.1f} |")
-    overhead = statistics.median(times["bubblewrap (Isolation.BUBBLEWRAP)"]) - statistics.median(
-        times["fallback (Isolation.PROCESS)"]
-    )
+        print(f"| {name} | {medians[name]:.1f} | {deciles[0]:.1f} | {deciles[-1]:.1f} |")
+    bubblewrap, fallback = medians[_BUBBLEWRAP], medians[_FALLBACK]
+    overhead = bubblewrap - fallback
     print()
     print(f"bubblewrap costs {overhead:+.1f} ms per run over the fallback (medians).")
 
