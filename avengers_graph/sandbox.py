@@ -25,8 +25,9 @@
      ``no_new_privs`` is set (setuid binaries and file capabilities give nothing)
      and a seccomp filter (:func:`_seccomp_filter`, x86-64 and AArch64) refuses new
      user namespaces, so the program can neither gain privileges nor mount its own
-     unbounded tmpfs. The program sees only its own processes, cannot signal
-     anything outside, and has no network interface but a downed loopback;
+     unbounded tmpfs. The program sees only its own processes and bubblewrap's
+     init (pid 1), cannot signal anything outside, and has no network interface but
+     its own loopback;
    * :attr:`Isolation.PROCESS`, the fallback where bubblewrap is missing or cannot
      start (a warning is logged once): a plain subprocess in its own session; the
      bootstrap moves it into an empty network namespace where ``unshare(2)``
@@ -453,9 +454,8 @@ def _bubblewrap() -> tuple[_Bubblewrap | None, str]:
             if config is None:
                 logger.warning(
                     "Model-written code runs WITHOUT isolation: %s. The fallback is a "
-                    "plain subprocess that can read every file this user can, see the "
-                    "host's processes and, as root, fork without limit. Install "
-                    "bubblewrap (`apt-get install bubblewrap`).",
+                    "plain subprocess that can read and write every file this user can, "
+                    "see the host's processes and, as root, fork without limit.",
                     reason,
                 )
             _PROBED.append((config, reason))
@@ -467,7 +467,13 @@ def _probe_bubblewrap() -> tuple[_Bubblewrap | None, str]:
         return None, f"bubblewrap needs Linux, this is {sys.platform}"
     executable = shutil.which("bwrap")
     if executable is None:
-        return None, "bubblewrap (`bwrap`) is not installed"
+        return None, (
+            "bubblewrap (`bwrap`) is not installed: `apt-get install bubblewrap` "
+            "(`make install` does it as root)"
+        )
+    cannot = (
+        "bubblewrap cannot start a sandbox here (it needs root or unprivileged user namespaces)"
+    )
     config = _Bubblewrap(
         executable=executable,
         interpreter=os.path.realpath(sys.executable),
@@ -478,10 +484,10 @@ def _probe_bubblewrap() -> tuple[_Bubblewrap | None, str]:
     try:
         result = _execute(check, _PROBE_TIMEOUT_SECONDS, 256, "", config)
     except (SandboxError, OSError) as error:
-        return None, f"bubblewrap cannot start a sandbox here ({error})"
+        return None, f"{cannot}: {error}"
     if not result.ok:
         detail = result.stderr.strip() or f"exit status {result.returncode}"
-        return None, f"bubblewrap cannot start a sandbox here ({detail})"
+        return None, f"{cannot}: {detail}"
     return config, "bubblewrap works"
 
 
@@ -541,11 +547,7 @@ def run_python(
     config, reason = _bubblewrap()
     mode = Isolation.PROCESS if config is None else Isolation.BUBBLEWRAP
     if config is None and require_isolation:
-        msg = (
-            f"Isolation is required but unavailable: {reason}. Install bubblewrap "
-            "(`apt-get install bubblewrap`) or run where user namespaces or root are "
-            "available."
-        )
+        msg = f"Isolation is required but unavailable: {reason}."
         raise SandboxUnavailableError(msg)
     budget = timeout if deadline is None else min(timeout, deadline - time.monotonic())
     if budget <= 0:
