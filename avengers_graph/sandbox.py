@@ -480,7 +480,9 @@ def _probe_bubblewrap() -> tuple[_Bubblewrap | None, str]:
         drop_uid=os.geteuid() == 0,
         seccomp=_seccomp_filter(),
     )
-    check = "import os, sys\nsys.exit(3 if os.getuid() == 0 and os.getgid() == 0 else 0)"
+    # Runs as the program would: after the uid drop, importing from the interpreter's
+    # installation, and it must not be root.
+    check = "import json, os, sys\nsys.exit(3 if os.getuid() == 0 == os.getgid() else 0)"
     try:
         result = _execute(check, _PROBE_TIMEOUT_SECONDS, 256, "", config)
     except (SandboxError, OSError) as error:
