@@ -4,6 +4,11 @@ Each escape program reports what each attempt got (an exception name, or what it
 managed), and the test checks the host side as well: files not written, secrets not
 printed, a victim process alive, no process of the run left over, no connection
 received. docs/reliability.md lists these cases and their outcomes.
+
+The tests run only where bubblewrap isolates programs (``make test`` installs it);
+elsewhere they are skipped with the reason the probe gave. The programs run with
+``require_isolation=True``, so a broken bubblewrap fails them instead of running an
+escape attempt (``kill(-1)`` as root) unisolated.
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ from avengers_graph import sandbox
 from avengers_graph.sandbox import Isolation, SandboxResult, run_python
 
 _PROJECT_ROOT = Path(avengers_graph.__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _bubblewrap_isolation() -> None:
+    if sandbox.isolation() is not Isolation.BUBBLEWRAP:
+        pytest.skip(f"bubblewrap unavailable: {sandbox._bubblewrap()[1]}")
 
 
 def _run(
