@@ -20,7 +20,8 @@ from avengers_graph.errors import (
     SchemaVersionError,
     StoreError,
 )
-from avengers_graph.graph import AvengersContext, build_avengers_graph, create_avengers_graph
+from avengers_graph.graph import build_avengers_graph, create_avengers_graph
+from avengers_graph.options import AvengersContext, AvengersOptions
 from avengers_graph.state import RoutingRecord
 from avengers_graph.store import ClusterStore, ExpertStats, StoreInfo
 
@@ -29,6 +30,7 @@ __all__ = [
     "AnswerCache",
     "AvengersContext",
     "AvengersError",
+    "AvengersOptions",
     "CalibrationError",
     "CalibrationReport",
     "ChatAvengers",

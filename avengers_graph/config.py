@@ -19,15 +19,17 @@ A pool file (YAML or JSON) names the experts, each an OpenAI-compatible server
     store:
       path: .avengers/store            # or host: / port: for a Chroma server
       name: avengers
-    routing:
+    routing:                           # AvengersOptions: defaults of the graph and ChatAvengers
       top_k: 1
       top_n: 2
       samples: 3
-    calibration:
+    calibration:                       # CalibrationOptions: options of `calibrate`
       n_clusters: 8
       samples: 3
 
-:func:`load_pool_config` validates it; :meth:`PoolConfig.build_experts` makes the
+:func:`load_pool_config` validates it (unknown keys, in ``routing:`` and
+``calibration:`` too, are errors naming the file and the key);
+:meth:`PoolConfig.build_experts` makes the
 ``ChatOpenAI`` clients (local experts take the address of their running llama.cpp
 server); :func:`graph_from_settings` builds the graph LangGraph Studio serves.
 """
@@ -48,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from avengers_graph.embeddings import LocalEmbeddings
 from avengers_graph.errors import InvalidInputError
+from avengers_graph.options import AvengersOptions, OptionsModel
 from avengers_graph.settings import Settings
 from avengers_graph.store import ClusterStore
 from avengers_graph.tool_parsers import ToolCallParser
@@ -177,6 +180,40 @@ class StoreConfig(BaseModel):
         return ClusterStore(path=self.path or settings.store_path, name=self.name)
 
 
+def _default_instructions() -> dict[str, str]:
+    from avengers_graph.calibration import DEFAULT_INSTRUCTIONS
+
+    return dict(DEFAULT_INSTRUCTIONS)
+
+
+class CalibrationOptions(OptionsModel):
+    """A pool file's ``calibration:`` section.
+
+    The keyword options of :func:`avengers_graph.calibration.calibrate` that a file
+    can hold, with the same defaults; only the ones the file sets are passed
+    (:meth:`as_kwargs`).
+    """
+
+    n_clusters: int | None = Field(default=None, ge=1)
+    """K of K-means; ``None`` keeps about 10 questions per cluster."""
+    samples: int = Field(default=3, ge=1)
+    """Answers per expert and question; the majority answer is graded."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of K-means and base seed of the samples (sample ``i`` uses ``seed + i``)."""
+    temperature: float | None = Field(default=0.7, ge=0)
+    """Sampling temperature sent to the experts (``None``: each expert's own)."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Generation cap sent to the experts (``None``: each expert's own)."""
+    max_concurrency: int = Field(default=4, ge=1)
+    """Expert calls in flight at once."""
+    cache: str | None = Field(default=None, min_length=1)
+    """The answer cache's SQLite file (``None``: ``answers.sqlite`` in the cache folder,
+    ``AVENGERS_CACHE_DIR``)."""
+    instructions: dict[str, str] = Field(default_factory=_default_instructions)
+    """System message per answer kind sent before each question (default: the
+    built-in ones, :data:`avengers_graph.calibration.DEFAULT_INSTRUCTIONS`)."""
+
+
 class PoolConfig(BaseModel):
     """A pool file: experts, embeddings, store, routing and calibration options."""
 
@@ -185,9 +222,10 @@ class PoolConfig(BaseModel):
     experts: list[ExpertConfig] = Field(min_length=1)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     store: StoreConfig | None = None
-    routing: dict[str, Any] = Field(default_factory=dict)
-    """Keyword options of :func:`avengers_graph.create_avengers_graph`."""
-    calibration: dict[str, Any] = Field(default_factory=dict)
+    routing: AvengersOptions = Field(default_factory=AvengersOptions)
+    """Routing and sampling options (:class:`~avengers_graph.options.AvengersOptions`):
+    the defaults of the graph and of ``ChatAvengers`` built from this file."""
+    calibration: CalibrationOptions = Field(default_factory=CalibrationOptions)
     """Keyword options of :func:`avengers_graph.calibrate`."""
 
     def local_models(self) -> list[str]:
@@ -256,5 +294,5 @@ def graph_from_settings(settings: Settings | None = None) -> CompiledStateGraph[
         pool.embeddings.build(),
         pool.build_store(settings),
         expert_costs=pool.expert_costs(),
-        **pool.routing,
+        **pool.routing.as_kwargs(),
     )

@@ -17,10 +17,10 @@ def test_recorded_answers_hit_every_call_of_the_bundled_calibration() -> None:
     calls = _plan_calls(
         experts,
         load_dataset(read_jsonl(bundled("validation.jsonl"))),
-        options["samples"],
-        options.get("seed", 0),
-        options.get("temperature", 0.7),
-        options.get("max_tokens"),
+        options.samples,
+        options.seed,
+        options.temperature,
+        options.max_tokens,
         DEFAULT_INSTRUCTIONS,
     )
     recorded = [json.loads(line) for line in bundled(RECORDED_ANSWERS).read_text().splitlines()]

@@ -109,12 +109,13 @@ def test_unknown_call_option_is_an_explicit_error(llm: ChatAvengers) -> None:
 
 
 def test_invalid_fields_fail_at_construction(experts, embeddings, store) -> None:
-    # pydantic wraps validator errors in a ValidationError, itself a ValueError
-    with pytest.raises(ValueError, match="top_n must be an integer >= 1"):
+    with pytest.raises(
+        InvalidInputError, match="top_n: Input should be greater than or equal to 1"
+    ):
         ChatAvengers(experts=experts, embeddings=embeddings, store=store, top_n=0)
-    with pytest.raises(ValueError, match="non-empty dict"):
+    with pytest.raises(InvalidInputError, match="non-empty dict"):
         ChatAvengers(experts={}, embeddings=embeddings, store=store)
-    with pytest.raises(ValueError, match="Unknown answer format"):
+    with pytest.raises(InvalidInputError, match="Unknown answer format"):
         ChatAvengers(experts=experts, embeddings=embeddings, store=store, answer_format="x")
 
 

@@ -23,7 +23,7 @@ def test_example_pool_builds_openai_compatible_experts_without_io() -> None:
     assert first.openai_api_base == "http://127.0.0.1:8081/v1"
     assert first.max_tokens == 384
     assert first.extra_body is None
-    assert pool.routing == {"top_k": 1, "top_n": 2, "samples": 3, "timeout": 120}
+    assert pool.routing.as_kwargs() == {"top_k": 1, "top_n": 2, "samples": 3, "timeout": 120}
 
 
 def test_api_key_comes_from_the_named_variable_and_never_shows(tmp_path, monkeypatch) -> None:

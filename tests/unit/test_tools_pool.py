@@ -29,10 +29,10 @@ def test_recorded_answers_cover_the_tool_pools_calibration_exactly() -> None:
     calls = _plan_calls(
         experts,
         load_dataset(read_jsonl(bundled("validation.jsonl"))),
-        options["samples"],
-        options.get("seed", 0),
-        options.get("temperature", 0.7),
-        options.get("max_tokens"),
+        options.samples,
+        options.seed,
+        options.temperature,
+        options.max_tokens,
         DEFAULT_INSTRUCTIONS,
     )
     recorded = [
