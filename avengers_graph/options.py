@@ -102,7 +102,7 @@ class OptionsModel(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise InvalidInputError(
-                f"Invalid {type(self).__name__} options: {describe_validation_error(exc)}."
+                f"Invalid {type(self).__name__}: {describe_validation_error(exc)}."
             ) from exc
 
     @model_validator(mode="before")

@@ -203,6 +203,25 @@ def test_transient_errors_are_retried(embeddings, store) -> None:
     assert experts["mathy"].calls == 2
 
 
+def test_max_retries_is_a_per_run_option(embeddings, store) -> None:
+    no_wait = RetryPolicy(
+        max_attempts=11, initial_interval=0.0, jitter=False, retry_on=is_transient_error
+    )
+    experts = {
+        "mathy": ScriptedExpert(always_fail=True),  # ConnectionError: transient
+        "bard": ScriptedExpert(respond=constant("\\boxed{42}")),
+    }
+    g = build_avengers_graph(
+        experts, embeddings, store, top_n=2, samples=1, seed=1, retry_policy=no_wait
+    ).compile()
+    g.invoke(MATH, context={"max_retries": 0})
+    assert experts["mathy"].calls == 1
+    g.invoke(MATH, context={"max_retries": 3})
+    assert experts["mathy"].calls == 1 + 4
+    g.invoke(MATH)  # the graph's default: 2
+    assert experts["mathy"].calls == 1 + 4 + 3
+
+
 def test_transient_errors_give_up_after_max_retries(embeddings, store) -> None:
     experts = {
         "mathy": ScriptedExpert(always_fail=True),  # ConnectionError: transient
