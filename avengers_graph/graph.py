@@ -224,8 +224,6 @@ class _Nodes:
         max_attempts: int,
         model_name: str,
     ) -> None:
-        self.originals = dict(experts)
-        """The pool as given (their clients decide whether a call takes a timeout)."""
         self.experts = {name: expert_calls.retry_free(e) for name, e in experts.items()}
         """What the graph calls: the experts' retry-free twins (one retry layer)."""
         self.expert_costs = dict(expert_costs)
@@ -425,7 +423,7 @@ class _Nodes:
                 task["messages"],
                 config,
                 self._call_kwargs(settings, task),
-                client=self.originals[task["expert"]],
+                client=self.experts[task["expert"]],
                 timeout=settings.timeout,
                 wake=wake,
             )

@@ -208,14 +208,24 @@ class AvengersOptions(OptionsModel):
         return value
 
 
+def _no_defaults(schema: dict[str, Any]) -> None:
+    """A run's context has no defaults of its own: unset fields keep the graph's."""
+    for field in schema.get("properties", {}).values():
+        field.pop("default", None)
+
+
 class AvengersContext(AvengersOptions):
     """Per-run options of the Avengers graph (its ``context_schema``).
 
     Only the fields a run sets override the graph's defaults (``model_fields_set``):
     ``graph.invoke(inputs, context=AvengersContext(top_n=3))`` or
     ``context={"top_n": 3}`` changes ``top_n`` alone, and ``temperature=None`` is an
-    override too (each expert's own temperature).
+    override too (each expert's own temperature). Its JSON schema (what LangGraph
+    Studio shows) lists no defaults, since a field left out keeps the value the graph
+    was built with (a pool file's ``routing:``), not the class default.
     """
+
+    model_config = ConfigDict(json_schema_extra=_no_defaults)
 
 
 def resolve_options(defaults: AvengersOptions, context: Any) -> AvengersOptions:
