@@ -10,7 +10,11 @@ until the run's ``max_retries`` is spent, so a failing sample makes exactly
 ``max_retries + 1`` requests. A client that also retries on its own would multiply
 that (``ChatOpenAI``'s SDK default of 2 retries times 3 graph attempts made 9 requests
 per sample), so the graph calls :func:`retry_free` twins of its experts, made once
-when the graph is built:
+when the graph is built. The policy's ``max_attempts`` is only a ceiling (11 by
+default, ``MAX_RETRIES + 1``): the ``sample`` node re-raises a transient error for
+another attempt only while the run's ``max_retries`` allows, which makes
+``max_retries`` a per-run option like the others (``ChatAvengers.max_retries`` set
+after construction applies to the next call, with no graph rebuilt).
 
 - langchain-openai's ``BaseChatOpenAI`` (``ChatOpenAI``, ``AzureChatOpenAI``, the
   pool file's ``ChatOpenAICompatible``): a ``model_copy()`` whose
@@ -40,9 +44,10 @@ fail another call.
   SDK's timeout bounds each phase of the request (connecting, and each wait for
   bytes), which for a non-streamed answer is the whole wait.
 - Sync otherwise, and for every ``early_stop`` wait: the call runs on its own daemon
-  thread, which ends when the call ends; the caller waits at most ``timeout`` for it.
-  A client that takes no timeout and never answers keeps that one thread until it
-  does (Python cannot stop a thread); it holds no shared resource, so other calls
+  thread, which ends when the call ends; the caller waits at most ``timeout`` for it
+  (a client that takes a per-request timeout gets it too, so its thread ends by
+  then). A client that takes no timeout and never answers keeps that one thread until
+  it does (Python cannot stop a thread); it holds no shared resource, so other calls
   are not affected.
 """
 

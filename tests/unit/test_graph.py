@@ -316,6 +316,15 @@ def test_usable_as_a_node_in_a_parent_graph(experts, embeddings, store) -> None:
     assert out["messages"][-1].text == "So the result is \\boxed{42}."
 
 
+def test_a_parent_graph_passes_its_context_to_the_ensemble(experts, embeddings, store) -> None:
+    parent = StateGraph(MessagesState, context_schema=AvengersContext)
+    parent.add_node("ensemble", graph(experts, embeddings, store, top_n=2, samples=3))
+    parent.add_edge(START, "ensemble")
+    out = parent.compile().invoke(MATH, context={"top_n": 1, "samples": 2})
+    assert sum(e.calls for e in experts.values()) == 2
+    assert [m.type for m in out["messages"]] == ["human", "ai"]
+
+
 @pytest.mark.parametrize("messages", [[], [AIMessage("no question")], [HumanMessage("")]])
 def test_malformed_messages_are_rejected(experts, embeddings, store, messages) -> None:
     with pytest.raises(InvalidInputError):
