@@ -23,6 +23,7 @@ knob named.
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -80,7 +81,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     for error in exc.errors(include_url=False):
         location = ".".join(str(part) for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
-        got = "" if error["type"] == "value_error" else f" (got {error.get('input')!r})"
+        got = "" if error["type"] == "value_error" else f" (got {reprlib.repr(error.get('input'))})"
         lines.append(f"{location}: {message}{got}" if location else message)
     return "; ".join(lines)
 
