@@ -55,6 +55,7 @@ from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from avengers_graph.contract import Expert
 from avengers_graph.embeddings import LocalEmbeddings
 from avengers_graph.errors import InvalidInputError
 from avengers_graph.graph import (
@@ -145,7 +146,7 @@ class ChatAvengers(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
 
-    experts: dict[str, BaseChatModel]
+    experts: dict[str, BaseChatModel | Expert]
     """The pool: expert name to chat model (names as in the store)."""
     store: ClusterStore
     """The calibration: centroids and per-cluster expert statistics in Chroma."""
@@ -201,7 +202,9 @@ class ChatAvengers(BaseChatModel):
 
     @field_validator("experts")
     @classmethod
-    def _check_experts(cls, experts: dict[str, BaseChatModel]) -> dict[str, BaseChatModel]:
+    def _check_experts(
+        cls, experts: dict[str, BaseChatModel | Expert]
+    ) -> dict[str, BaseChatModel | Expert]:
         validate_experts(experts)
         return experts
 

@@ -357,7 +357,7 @@ def _expert_provenance(pool: PoolConfig) -> dict[str, dict[str, Any]]:
     from avengers_graph.local_models import MODELS
 
     described: dict[str, dict[str, Any]] = {}
-    for expert in pool.experts:
+    for name, expert in pool.expert_names().items():
         entry: dict[str, Any] = {"model": expert.model or expert.local or expert.name}
         if expert.local is not None and expert.local in MODELS:
             spec = MODELS[expert.local]
@@ -366,7 +366,7 @@ def _expert_provenance(pool: PoolConfig) -> dict[str, dict[str, Any]]:
             entry["base_url"] = expert.base_url
         if expert.cost is not None:
             entry["cost"] = expert.cost
-        described[expert.name] = entry
+        described[name] = entry
     return described
 
 
@@ -384,7 +384,8 @@ def eval_record(
         list[str] | None, typer.Option(help="NAME=N: another sample count for one expert.")
     ] = None,
     max_tokens: Annotated[
-        list[str] | None, typer.Option(help="KIND=N: another generation cap for one kind.")
+        list[str] | None,
+        typer.Option(help="KIND=N: a cap below the prompt contract's budgets for one kind."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the draw and of the samples.")] = 0,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
@@ -399,18 +400,18 @@ def eval_record(
     """Record every expert's sampled answers to a benchmark mix (resumable), graded."""
     from avengers_graph.benchmarks import BENCHMARKS, benchmark_mix, package_version
     from avengers_graph.cache import AnswerCache
-    from avengers_graph.recording import RECORD_MAX_TOKENS, ResponseMatrix, record
+    from avengers_graph.recording import ResponseMatrix, record
 
     settings = Settings.from_env()
     pool = load_pool_config(config or bundled("eval_pool.yaml"))
     names = benchmarks.split(",") if benchmarks else list(BENCHMARKS)
     items = benchmark_mix(names, per_dataset, seed=seed)
-    counts = {expert.name: samples for expert in pool.experts}
+    counts = dict.fromkeys(pool.expert_names(), samples)
     overrides = _assignments(expert_samples, "--expert-samples")
     if unknown := set(overrides) - set(counts):
         raise InvalidInputError(f"--expert-samples names experts not in the pool: {unknown}.")
     counts.update(overrides)
-    caps = {**RECORD_MAX_TOKENS, **_assignments(max_tokens, "--max-tokens")}
+    caps = _assignments(max_tokens, "--max-tokens") or None
     urls = local_urls(settings, pool)
     if export_only:
         # clients are built but never called: a stopped server needs no address

@@ -67,8 +67,9 @@ from langgraph.runtime import get_runtime
 from langgraph.store.base import BaseStore
 from langgraph.types import CachePolicy, Checkpointer, RetryPolicy, Send
 
-from avengers_graph import routing, voting
+from avengers_graph import formats, routing, voting
 from avengers_graph.behaviour import behaviour_keys
+from avengers_graph.contract import Expert, validate_pool
 from avengers_graph.embeddings import embedding_model_name, normalise
 from avengers_graph.errors import AllExpertsFailedError, ExpertTimeoutError, InvalidInputError
 from avengers_graph.state import (
@@ -351,7 +352,7 @@ class _Nodes:
 
     def __init__(
         self,
-        experts: Mapping[str, BaseChatModel],
+        experts: Mapping[str, BaseChatModel | Expert],
         embeddings: Embeddings,
         store: ClusterStore,
         settings: AvengersSettings,
@@ -360,7 +361,7 @@ class _Nodes:
         max_attempts: int,
         model_name: str,
     ) -> None:
-        self.experts = dict(experts)
+        self.experts = {name: e.model for name, e in validate_pool(experts).items()}
         self.expert_costs = dict(expert_costs)
         self.embeddings = embeddings
         self.embedding_name = embedding_model_name(embeddings)
@@ -625,7 +626,7 @@ class _Nodes:
             ]
             return _VotePlan(settings, samples, texts, None, tool_keys, "tool_calls")
         extractor = voting.resolve_extractor(texts, settings.answer_format)
-        if extractor is voting.extract_code:  # run the programs on the same calls
+        if extractor is formats.extract_code:  # run the programs on the same calls
             keys = behaviour_keys(texts, routing.question_text(state["messages"]))
             if any(key is not None and key.startswith("behaviour:") for key in keys):
                 return _VotePlan(settings, samples, texts, extractor, keys, "code:behaviour")
@@ -727,7 +728,7 @@ def _merge_structured(
         return "", [{**calls[0][0], "args": merged}]
     if answer_format == "json":
         parsed = [
-            (voting.parse_json_object(s["message"].text), rank)
+            (formats.parse_json_object(s["message"].text), rank)
             for s, rank in zip(samples, ranks, strict=True)
         ]
         objects = [(obj, rank) for obj, rank in parsed if obj is not None]
@@ -751,17 +752,9 @@ class _VotePlan:
     """What the samples vote on: an extractor's name, ``tool_calls`` or ``semantic``."""
 
 
-def validate_experts(experts: Mapping[str, BaseChatModel]) -> None:
+def validate_experts(experts: Mapping[str, BaseChatModel | Expert]) -> None:
     """Refuse an empty pool, unnamed experts and experts that are not chat models."""
-    if not isinstance(experts, Mapping) or not experts:
-        raise InvalidInputError("experts must be a non-empty dict of name -> chat model.")
-    for name, expert in experts.items():
-        if not isinstance(name, str) or not name:
-            raise InvalidInputError(f"Expert names must be non-empty strings, got {name!r}.")
-        if not isinstance(expert, BaseChatModel):
-            raise InvalidInputError(
-                f"Expert {name!r} is a {type(expert).__name__}, not a LangChain BaseChatModel."
-            )
+    validate_pool(experts)
 
 
 def _embedded(question: list[float], context: list[float] | None) -> dict[str, Any]:
@@ -785,7 +778,7 @@ def _embed_cache_key(state: AvengersState) -> str:
 
 
 def build_avengers_graph(
-    experts: Mapping[str, BaseChatModel],
+    experts: Mapping[str, BaseChatModel | Expert],
     embeddings: Embeddings,
     store: ClusterStore,
     *,
@@ -932,7 +925,7 @@ def build_avengers_graph(
 
 
 def create_avengers_graph(
-    experts: Mapping[str, BaseChatModel],
+    experts: Mapping[str, BaseChatModel | Expert],
     embeddings: Embeddings,
     store: ClusterStore,
     *,
