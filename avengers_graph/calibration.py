@@ -305,32 +305,50 @@ def run_experts(
     return ordered, len(missing), len(calls) - len(missing)
 
 
+def grade_samples(
+    answers: Sequence[CachedAnswer],
+    item: ValidationItem,
+    grader: Grader | None,
+    expert: BaseChatModel | Expert | None = None,
+) -> tuple[bool, list[bool]]:
+    """Grade an expert's answers to one item: its majority answer, and every sample.
+
+    The replies are read by the expert's contract (a program's output, a ``direct``
+    answer unwrapped) and keyed by the question's format; a question detected as free
+    text is keyed by its validation kind's format, as service votes on what the
+    replies hold. A sample with no answer is wrong.
+
+    Returns:
+        ``(majority answer right, each sample right)``.
+    """
+    terms = item_contract(item, as_expert(expert)) if expert is not None else None
+    texts = [terms.answer(a.message).text if terms else a.message.text for a in answers]
+    if terms is not None and not terms.format.votes_by_meaning:
+        keys = [terms.key(text) for text in texts]
+    else:
+        kind = get_format(item.kind) if item.kind in FORMATS else get_format("text")
+        detected = detect(item.question)
+        keys = [kind.key(text, detected) for text in texts]
+    grade = grader or get_grader(item.kind)
+    right: dict[str, bool] = {}
+    for key, text in zip(keys, texts, strict=True):
+        if key is not None and key not in right:
+            right[key] = bool(grade(text, item.answer))
+    samples = [key is not None and right[key] for key in keys]
+    if not right:
+        return False, samples
+    result = voting.majority_vote(keys, [0] * len(keys))
+    return right[result.answer], samples
+
+
 def grade_expert(
     answers: Sequence[CachedAnswer],
     item: ValidationItem,
     grader: Grader | None,
     expert: BaseChatModel | Expert | None = None,
 ) -> bool:
-    """Grade an expert's majority answer to one item.
-
-    The replies are read by the expert's contract (a program's output, a ``direct``
-    answer unwrapped) and keyed by the question's format; a question detected as free
-    text is keyed by its validation kind's format, as service votes on what the
-    replies hold.
-    """
-    terms = item_contract(item, as_expert(expert)) if expert is not None else None
-    texts = [terms.answer(a.message).text if terms else a.message.text for a in answers]
-    detected = detect(item.question)
-    if terms is not None and not terms.format.votes_by_meaning:
-        keys = [terms.key(text) for text in texts]
-    else:
-        kind = get_format(item.kind) if item.kind in FORMATS else get_format("text")
-        keys = [kind.key(text, detected) for text in texts]
-    if not texts or all(key is None for key in keys):
-        return False
-    result = voting.majority_vote(keys, [0] * len(keys))
-    grade = grader or get_grader(item.kind)
-    return bool(grade(texts[result.winner], item.answer))
+    """Grade an expert's majority answer to one item (see :func:`grade_samples`)."""
+    return grade_samples(answers, item, grader, expert)[0]
 
 
 def _output_tokens(message: AIMessage) -> int:
@@ -348,25 +366,30 @@ def expert_stats(
 
     An expert counts only the questions its strategy serves (it was not asked the others).
     """
-    counts: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0])
+    counts: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0, 0, 0])
     for item in items:
         cluster = labels[item.id]
         for name, expert in experts.items():
             item_answers = answers.get((name, item.id))
             if not item_answers:
                 continue
+            majority, samples = grade_samples(item_answers, item, grader, expert)
             entry = counts[(cluster, name)]
-            entry[0] += grade_expert(item_answers, item, grader, expert)
+            entry[0] += majority
             entry[1] += 1
             entry[2] += float(np.mean([_output_tokens(a.message) for a in item_answers]))
             entry[3] += float(np.mean([a.seconds for a in item_answers]))
+            entry[4] += sum(samples)
+            entry[5] += len(samples)
     stats: dict[int, dict[str, ExpertStats]] = defaultdict(dict)
-    for (cluster, name), (correct, total, tokens, seconds) in counts.items():
+    for (cluster, name), (correct, total, tokens, seconds, right, drawn) in counts.items():
         stats[cluster][name] = ExpertStats(
             correct=int(correct),
             total=int(total),
             mean_tokens=tokens / total,
             mean_seconds=seconds / total,
+            sample_correct=int(right),
+            samples=int(drawn),
         )
     return dict(stats)
 

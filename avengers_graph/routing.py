@@ -376,3 +376,100 @@ def blend(question: Sequence[float], context: Sequence[float], weight: float) ->
     mixed = [q + weight * c for q, c in zip(question, context, strict=True)]
     norm = math.sqrt(sum(v * v for v in mixed))
     return [v / norm for v in mixed] if norm > 0 else list(question)
+
+
+# ---------------------------------------------------------------------------
+# Reliability and adaptive sampling (ALGORITHM.md, "Beyond the paper")
+# ---------------------------------------------------------------------------
+
+RELIABILITY_FLOOR = 0.01
+"""Reliabilities are kept within ``[floor, 1 - floor]`` so no vote weighs infinitely."""
+
+
+def sample_accuracy(stats: Mapping[int, Mapping[str, ExpertStats]]) -> dict[str, float]:
+    """Each expert's chance that one of its samples is right, over every cluster."""
+    right: dict[str, float] = {}
+    drawn: dict[str, float] = {}
+    for cluster in stats.values():
+        for name, s in cluster.items():
+            count = s.samples or s.total
+            right[name] = right.get(name, 0.0) + s.sample_accuracy * count
+            drawn[name] = drawn.get(name, 0.0) + count
+    return {name: right[name] / drawn[name] if drawn[name] else 0.0 for name in right}
+
+
+def reliability(
+    clusters: Sequence[ClusterMatch],
+    stats: Mapping[int, Mapping[str, ExpertStats]],
+    experts: Sequence[str],
+    *,
+    prior_strength: float = 4.0,
+) -> dict[str, float]:
+    """The calibrated chance that one sample of each expert is right, for this question.
+
+    Per matched cluster, the expert's per-sample accuracy there, shrunk toward its
+    accuracy over every cluster by a Beta prior of ``prior_strength`` pseudo-samples (a
+    small cluster does not swing it), averaged with the clusters' weights; an expert
+    with no statistics in a cluster counts its overall accuracy there. Kept within
+    ``[RELIABILITY_FLOOR, 1 - RELIABILITY_FLOOR]``.
+
+    Args:
+        clusters: The matched clusters with their weights.
+        stats: Per-cluster, per-expert statistics.
+        experts: The experts to rate (an expert never calibrated rates at the floor).
+        prior_strength: Pseudo-samples of the prior.
+    """
+    if prior_strength < 0 or not math.isfinite(prior_strength):
+        raise InvalidInputError(f"prior_strength must be >= 0, got {prior_strength!r}.")
+    overall = sample_accuracy(stats)
+    total_weight = sum(match.weight for match in clusters) or 1.0
+    rated: dict[str, float] = {}
+    for name in experts:
+        prior = overall.get(name, 0.0)
+        value = 0.0
+        for match in clusters:
+            s = stats.get(match.id, {}).get(name)
+            count = (s.samples or s.total) if s is not None else 0
+            right = s.sample_accuracy * count if s is not None else 0.0
+            pseudo = count + prior_strength
+            local = (right + prior_strength * prior) / pseudo if pseudo else prior
+            value += match.weight * local
+        rated[name] = min(max(value / total_weight, RELIABILITY_FLOOR), 1 - RELIABILITY_FLOOR)
+    return rated
+
+
+def evidence(reliability: float, chance: float) -> float:
+    """How much one vote of an expert this reliable counts: ``logit(r) - logit(chance)``.
+
+    Zero at chance (a guesser's vote says nothing); negative below it.
+    """
+    r = min(max(reliability, RELIABILITY_FLOOR), 1 - RELIABILITY_FLOOR)
+    c = min(max(chance, RELIABILITY_FLOOR), 1 - RELIABILITY_FLOOR)
+    return math.log(r / (1 - r)) - math.log(c / (1 - c))
+
+
+def draw_order(
+    candidates: Sequence[str],
+    value: Mapping[str, float],
+    *,
+    per_expert: int,
+    budget: int,
+    depth: bool = False,
+) -> list[str]:
+    """The order in which adaptive sampling draws samples: one expert name per sample.
+
+    The candidates are sorted by ``value`` (evidence bought per unit of compute,
+    higher first; ties keep their order) and drawn round-robin (``depth``: each
+    expert's samples before the next expert's), each up to ``per_expert`` samples,
+    ``budget`` samples in all. The vote stops drawing as soon as it is confident
+    enough, so the cheapest informative samples come first and more samples or
+    experts join only while the answer is in doubt.
+    """
+    if per_expert < 1 or budget < 1:
+        raise InvalidInputError(f"per_expert and budget must be >= 1, got {per_expert}, {budget}.")
+    order = sorted(candidates, key=lambda name: -value.get(name, 0.0))
+    if depth:
+        sequence = [name for name in order for _ in range(per_expert)]
+    else:
+        sequence = [name for _ in range(per_expert) for name in order]
+    return sequence[:budget]

@@ -19,6 +19,7 @@ integers and arrays: no model, graph or database is involved.
 
 from __future__ import annotations
 
+import math
 import re
 import string
 import warnings
@@ -65,6 +66,7 @@ __all__ = [
     "tool_calls_fit",
     "tool_vote_key",
     "vote",
+    "weighted_vote",
 ]
 
 _MOVED = frozenset(
@@ -622,3 +624,71 @@ def tool_call_key(calls: Sequence[Mapping[str, object]]) -> str | None:
         canonical_json({"name": call.get("name"), "args": call.get("args") or {}}) for call in calls
     }
     return "tool_calls:" + "|".join(sorted(canonical))
+
+
+# ---------------------------------------------------------------------------
+# Weighted votes (ALGORITHM.md, "Beyond the paper")
+# ---------------------------------------------------------------------------
+
+OPEN_CHANCE = 0.05
+"""The chance rate of open answers (numbers, expressions, code): how often two wrong
+answers collide, roughly, so a lone weak vote is not taken for a sure one."""
+
+
+def weighted_vote(
+    keys: Sequence[str | None],
+    weights: Sequence[float],
+    ranks: Sequence[int],
+    *,
+    chance: float = OPEN_CHANCE,
+) -> VoteResult:
+    """The answer with the most evidence, and the probability that it is right.
+
+    Every sample votes for its key with its weight (:func:`avengers_graph.routing.evidence`:
+    the log-odds of its expert's calibrated reliability over the format's chance
+    rate). Samples without a key, or with a weight of at most 0, do not vote: an empty
+    or unparseable answer never wins. The winner is the key with the largest summed
+    weight (ties: the best rank, then the first seen). ``confidence`` is the winner's
+    posterior probability when each vote is right with its reliability and wrong
+    answers spread over ``1 / chance`` alternatives: ``exp(W_k)`` normalised over the
+    keys seen plus the alternatives nobody voted for (weight 0 each).
+
+    Args:
+        keys: The key of every sample (None: no answer).
+        weights: The weight of every sample's vote.
+        ranks: The routing rank of every sample's expert (0 = best).
+        chance: The format's chance rate (``1/4`` for four options; open answers
+            :data:`OPEN_CHANCE`).
+
+    Returns:
+        The vote; ``votes`` holds each key's summed weight, rounded to 3 decimals.
+
+    Raises:
+        InvalidInputError: No samples, or not one weight and one rank per sample.
+    """
+    _check_ranks(len(keys), ranks, "keys")
+    if len(weights) != len(keys):
+        raise InvalidInputError(f"Got {len(keys)} keys but {len(weights)} weights.")
+    if not 0 < chance < 1:
+        chance = OPEN_CHANCE
+    totals: dict[str, float] = {}
+    best: dict[str, tuple[int, int]] = {}
+    for index, (key, weight) in enumerate(zip(keys, weights, strict=True)):
+        if key is None or not weight > 0 or not math.isfinite(weight):
+            continue
+        totals[key] = totals.get(key, 0.0) + weight
+        best[key] = min(best.get(key, (ranks[index], index)), (ranks[index], index))
+    if not totals:
+        winner = min(range(len(keys)), key=lambda index: (ranks[index], index))
+        return VoteResult(winner=winner, answer="", votes={}, confidence=0.0, keys=list(keys))
+    answer = min(totals, key=lambda key: (-totals[key], best[key]))
+    unseen = max(1.0 / chance - len(totals), 0.0)
+    top = max(totals.values())
+    mass = sum(math.exp(total - top) for total in totals.values()) + unseen * math.exp(-top)
+    return VoteResult(
+        winner=best[answer][1],
+        answer=answer,
+        votes={key: round(total, 3) for key, total in totals.items()},
+        confidence=math.exp(totals[answer] - top) / mass,
+        keys=list(keys),
+    )
