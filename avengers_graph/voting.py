@@ -283,8 +283,9 @@ class VoteResult:
     """Index into the samples of the representative of the winning answer."""
     answer: str
     """The winning key (for semantic votes: the medoid's text, whitespace-collapsed)."""
-    votes: dict[str, int]
-    """Number of samples per key, in order of first appearance."""
+    votes: dict[str, float]
+    """Number of samples per key (weighted votes: summed weight), in order of first
+    appearance."""
     confidence: float
     """The winner's votes over the number of samples that got a key (0.0 if none)."""
     keys: list[str | None]
@@ -334,7 +335,7 @@ def majority_vote(keys: Sequence[str | None], ranks: Sequence[int]) -> VoteResul
     return VoteResult(
         winner=best[answer][1],
         answer=answer,
-        votes=counts,
+        votes=dict(counts),
         confidence=counts[answer] / sum(counts.values()),
         keys=list(keys),
     )
