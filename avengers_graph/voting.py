@@ -59,6 +59,7 @@ __all__ = [
     "majority_answer",
     "majority_vote",
     "merge_fields",
+    "repeated_weights",
     "resolve_extractor",
     "semantic_vote",
     "settled_extractor",
@@ -693,3 +694,22 @@ def weighted_vote(
         confidence=math.exp(totals[answer] - top) / mass,
         keys=list(keys),
     )
+
+
+def repeated_weights(
+    experts: Sequence[str], evidence: Mapping[str, float], discount: float = 1.0
+) -> list[float]:
+    """Each sample's weight: its expert's evidence times ``discount ** j`` for its j-th sample.
+
+    Samples of one model at one temperature repeat each other's mistakes; a discount
+    below 1 counts an expert's later samples for less (1: independent votes).
+    """
+    if not 0 < discount <= 1:
+        raise InvalidInputError(f"discount must be in (0, 1], got {discount!r}.")
+    seen: dict[str, int] = {}
+    weights = []
+    for name in experts:
+        j = seen.get(name, 0)
+        seen[name] = j + 1
+        weights.append(evidence.get(name, 0.0) * discount**j)
+    return weights
