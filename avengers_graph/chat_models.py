@@ -59,6 +59,7 @@ from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from avengers_graph.contract import Expert
 from avengers_graph.embeddings import LocalEmbeddings
 from avengers_graph.errors import InvalidInputError
 from avengers_graph.graph import check_expert_costs, create_avengers_graph, validate_experts
@@ -121,7 +122,7 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True, frozen=False)
 
-    experts: dict[str, BaseChatModel]
+    experts: dict[str, BaseChatModel | Expert]
     """The pool: expert name to chat model (names as in the store)."""
     store: ClusterStore
     """The calibration: centroids and per-cluster expert statistics in Chroma."""
@@ -143,7 +144,9 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
 
     @field_validator("experts")
     @classmethod
-    def _check_experts(cls, experts: dict[str, BaseChatModel]) -> dict[str, BaseChatModel]:
+    def _check_experts(
+        cls, experts: dict[str, BaseChatModel | Expert]
+    ) -> dict[str, BaseChatModel | Expert]:
         validate_experts(experts)
         return experts
 

@@ -357,7 +357,7 @@ def _expert_provenance(pool: PoolConfig) -> dict[str, dict[str, Any]]:
     from avengers_graph.local_models import MODELS
 
     described: dict[str, dict[str, Any]] = {}
-    for expert in pool.experts:
+    for name, expert in pool.expert_names().items():
         entry: dict[str, Any] = {"model": expert.model or expert.local or expert.name}
         if expert.local is not None and expert.local in MODELS:
             spec = MODELS[expert.local]
@@ -366,7 +366,7 @@ def _expert_provenance(pool: PoolConfig) -> dict[str, dict[str, Any]]:
             entry["base_url"] = expert.base_url
         if expert.cost is not None:
             entry["cost"] = expert.cost
-        described[expert.name] = entry
+        described[name] = entry
     return described
 
 
@@ -384,7 +384,8 @@ def eval_record(
         list[str] | None, typer.Option(help="NAME=N: another sample count for one expert.")
     ] = None,
     max_tokens: Annotated[
-        list[str] | None, typer.Option(help="KIND=N: another generation cap for one kind.")
+        list[str] | None,
+        typer.Option(help="KIND=N: a cap below the prompt contract's budgets for one kind."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the draw and of the samples.")] = 0,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
@@ -395,26 +396,42 @@ def eval_record(
     export_only: Annotated[
         bool, typer.Option(help="Call no expert: write the matrix of what the cache holds.")
     ] = False,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated experts (or pool entries: all their strategies) to call; "
+            "the others are only exported from the cache."
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Record only the first N questions of the draw.")
+    ] = None,
 ) -> None:
     """Record every expert's sampled answers to a benchmark mix (resumable), graded."""
     from avengers_graph.benchmarks import BENCHMARKS, benchmark_mix, package_version
     from avengers_graph.cache import AnswerCache
-    from avengers_graph.recording import RECORD_MAX_TOKENS, ResponseMatrix, record
+    from avengers_graph.recording import ResponseMatrix, record
 
     settings = Settings.from_env()
     pool = load_pool_config(config or bundled("eval_pool.yaml"))
     names = benchmarks.split(",") if benchmarks else list(BENCHMARKS)
-    items = benchmark_mix(names, per_dataset, seed=seed)
-    counts = {expert.name: samples for expert in pool.experts}
+    items = benchmark_mix(names, per_dataset, seed=seed)[:limit]
+    declared = pool.expert_names()
+    counts = dict.fromkeys(declared, samples)
     overrides = _assignments(expert_samples, "--expert-samples")
     if unknown := set(overrides) - set(counts):
         raise InvalidInputError(f"--expert-samples names experts not in the pool: {unknown}.")
     counts.update(overrides)
-    caps = {**RECORD_MAX_TOKENS, **_assignments(max_tokens, "--max-tokens")}
+    caps = _assignments(max_tokens, "--max-tokens") or None
+    called = set(declared)
+    if only is not None:
+        wanted = {name.strip() for name in only.split(",") if name.strip()}
+        called = {n for n, entry in declared.items() if n in wanted or entry.name in wanted}
+        if unknown := wanted - called - {entry.name for entry in declared.values()}:
+            raise InvalidInputError(f"--only names experts not in the pool: {sorted(unknown)}.")
     urls = local_urls(settings, pool)
-    if export_only:
-        # clients are built but never called: a stopped server needs no address
-        urls = {name: urls.get(name, "http://127.0.0.1:9/v1") for name in pool.local_models()}
+    # clients that are never called need no running server
+    urls = {name: urls.get(name, "http://127.0.0.1:9/v1") for name in pool.local_models()}
     experts = pool.build_experts(urls)
     answer_cache = AnswerCache(cache or settings.cache_dir / "eval.sqlite")
     provenance = {
@@ -430,31 +447,48 @@ def eval_record(
     earlier = ResponseMatrix.load(out) if (out / "responses.jsonl.gz").is_file() else None
     if earlier is not None:
         console.print(f"resuming: {len(earlier.responses)} samples already in {out}")
-    with progress_bar() as bar:
-        task = bar.add_task("expert calls", total=None)
-        report = record(
-            experts,
-            items,
-            answer_cache,
-            resume_from=earlier,
-            samples=counts,
-            seed=seed,
-            temperature=temperature,
-            max_tokens=caps,
-            max_concurrency=max_concurrency,
-            call_experts=not export_only,
-            provenance=provenance,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
+    options: dict[str, Any] = {
+        "seed": seed,
+        "temperature": temperature,
+        "max_tokens": caps,
+        "max_concurrency": max_concurrency,
+        "provenance": provenance,
+    }
+    error: str | None = None
+    calls = cached = 0
+    if not export_only:
+        asked = {name: expert for name, expert in experts.items() if name in called}
+        with progress_bar() as bar:
+            task = bar.add_task("expert calls", total=None)
+            asked_report = record(
+                asked,
+                items,
+                answer_cache,
+                resume_from=earlier,
+                samples={name: counts[name] for name in asked},
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                **options,
+            )
+        error, calls, cached = asked_report.error, asked_report.calls, asked_report.cached
+    report = record(
+        experts,
+        items,
+        answer_cache,
+        resume_from=earlier,
+        samples=counts,
+        call_experts=False,
+        **options,
+    )
     path = report.matrix.save(out)
     complete = report.matrix.complete()
     console.print(
         f"wrote {path}: {len(report.matrix.responses)} samples; {len(complete.questions)} of "
-        f"{len(items)} questions answered by every expert. {report.calls} expert calls made, "
-        f"{report.cached} answers from the cache, {report.missing} missing."
+        f"{len(items)} questions answered by every expert. {calls} expert calls made, "
+        f"{cached if not export_only else report.cached} answers from the cache, "
+        f"{report.missing} missing."
     )
-    if report.error:
-        console.print(f"[bold red]error:[/] {escape(report.error)}")
+    if error:
+        console.print(f"[bold red]error:[/] {escape(error)}")
         raise typer.Exit(1)
 
 

@@ -72,8 +72,9 @@ from langgraph.runtime import get_runtime
 from langgraph.store.base import BaseStore
 from langgraph.types import CachePolicy, Checkpointer, RetryPolicy, Send
 
-from avengers_graph import expert_calls, routing, voting
+from avengers_graph import expert_calls, formats, routing, voting
 from avengers_graph.behaviour import behaviour_keys
+from avengers_graph.contract import Expert, validate_pool
 from avengers_graph.embeddings import embedding_model_name, normalise
 from avengers_graph.errors import AllExpertsFailedError, ExpertTimeoutError, InvalidInputError
 from avengers_graph.options import MAX_RETRIES, AvengersContext, AvengersOptions, resolve_options
@@ -215,7 +216,7 @@ class _Nodes:
 
     def __init__(
         self,
-        experts: Mapping[str, BaseChatModel],
+        experts: Mapping[str, BaseChatModel | Expert],
         embeddings: Embeddings,
         store: ClusterStore,
         settings: AvengersOptions,
@@ -224,7 +225,9 @@ class _Nodes:
         max_attempts: int,
         model_name: str,
     ) -> None:
-        self.experts = {name: expert_calls.retry_free(e) for name, e in experts.items()}
+        self.experts = {
+            name: expert_calls.retry_free(e.model) for name, e in validate_pool(experts).items()
+        }
         """What the graph calls: the experts' retry-free twins (one retry layer)."""
         self.expert_costs = dict(expert_costs)
         self.embeddings = embeddings
@@ -481,7 +484,7 @@ class _Nodes:
             ]
             return _VotePlan(settings, samples, texts, None, tool_keys, "tool_calls")
         extractor = voting.resolve_extractor(texts, settings.answer_format)
-        if extractor is voting.extract_code:  # run the programs on the same calls
+        if extractor is formats.extract_code:  # run the programs on the same calls
             keys = behaviour_keys(texts, routing.question_text(state["messages"]))
             if any(key is not None and key.startswith("behaviour:") for key in keys):
                 return _VotePlan(settings, samples, texts, extractor, keys, "code:behaviour")
@@ -583,7 +586,7 @@ def _merge_structured(
         return "", [{**calls[0][0], "args": merged}]
     if answer_format == "json":
         parsed = [
-            (voting.parse_json_object(s["message"].text), rank)
+            (formats.parse_json_object(s["message"].text), rank)
             for s, rank in zip(samples, ranks, strict=True)
         ]
         objects = [(obj, rank) for obj, rank in parsed if obj is not None]
@@ -607,17 +610,9 @@ class _VotePlan:
     """What the samples vote on: an extractor's name, ``tool_calls`` or ``semantic``."""
 
 
-def validate_experts(experts: Mapping[str, BaseChatModel]) -> None:
+def validate_experts(experts: Mapping[str, BaseChatModel | Expert]) -> None:
     """Refuse an empty pool, unnamed experts and experts that are not chat models."""
-    if not isinstance(experts, Mapping) or not experts:
-        raise InvalidInputError("experts must be a non-empty dict of name -> chat model.")
-    for name, expert in experts.items():
-        if not isinstance(name, str) or not name:
-            raise InvalidInputError(f"Expert names must be non-empty strings, got {name!r}.")
-        if not isinstance(expert, BaseChatModel):
-            raise InvalidInputError(
-                f"Expert {name!r} is a {type(expert).__name__}, not a LangChain BaseChatModel."
-            )
+    validate_pool(experts)
 
 
 def _embedded(question: list[float], context: list[float] | None) -> dict[str, Any]:
@@ -641,7 +636,7 @@ def _embed_cache_key(state: AvengersState) -> str:
 
 
 def build_avengers_graph(
-    experts: Mapping[str, BaseChatModel],
+    experts: Mapping[str, BaseChatModel | Expert],
     embeddings: Embeddings,
     store: ClusterStore,
     *,
@@ -729,7 +724,7 @@ def build_avengers_graph(
 
 
 def create_avengers_graph(
-    experts: Mapping[str, BaseChatModel],
+    experts: Mapping[str, BaseChatModel | Expert],
     embeddings: Embeddings,
     store: ClusterStore,
     *,

@@ -79,8 +79,9 @@ class RoutingRecord(TypedDict):
     """Selected experts, best first, with their routing scores."""
     samples: list[SampleRecord]
     """Every successful sample with the answer extracted from it."""
-    votes: dict[str, int]
-    """Extracted answer to number of samples that gave it."""
+    votes: dict[str, float]
+    """Extracted answer to its votes: samples that gave it (weighted votes: their summed
+    weight)."""
     confidence: float
     """The winning answer's share of the samples that voted."""
     failures: dict[str, str]

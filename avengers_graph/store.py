@@ -129,6 +129,10 @@ class ExpertStats:
     """Mean number of generated tokens per answer."""
     mean_seconds: float = 0.0
     """Mean seconds per answer."""
+    sample_correct: int = 0
+    """Samples (single answers, before any vote) that were right."""
+    samples: int = 0
+    """Samples graded (0: recorded before per-sample counts were kept)."""
 
     def __post_init__(self) -> None:
         correct = _as_int(self.correct, "ExpertStats.correct")
@@ -137,8 +141,17 @@ class ExpertStats:
             raise InvalidInputError(
                 f"ExpertStats needs 0 <= correct <= total, got correct={correct}, total={total}."
             )
+        sample_correct = _as_int(self.sample_correct, "ExpertStats.sample_correct")
+        samples = _as_int(self.samples, "ExpertStats.samples")
+        if sample_correct < 0 or samples < 0 or sample_correct > samples:
+            raise InvalidInputError(
+                "ExpertStats needs 0 <= sample_correct <= samples, got "
+                f"sample_correct={sample_correct}, samples={samples}."
+            )
         object.__setattr__(self, "correct", correct)
         object.__setattr__(self, "total", total)
+        object.__setattr__(self, "sample_correct", sample_correct)
+        object.__setattr__(self, "samples", samples)
         object.__setattr__(
             self, "mean_tokens", _as_float(self.mean_tokens, "ExpertStats.mean_tokens")
         )
@@ -151,6 +164,14 @@ class ExpertStats:
         """Fraction of correct answers, ``0.0`` when the expert was never scored."""
         return self.correct / self.total if self.total else 0.0
 
+    @property
+    def sample_accuracy(self) -> float:
+        """Fraction of right samples: the chance that one answer is right.
+
+        ``accuracy`` when per-sample counts were not kept.
+        """
+        return self.sample_correct / self.samples if self.samples else self.accuracy
+
     def to_dict(self) -> dict[str, float | int]:
         """Return the statistics as a JSON-ready dict, including ``accuracy``."""
         return {
@@ -159,6 +180,8 @@ class ExpertStats:
             "accuracy": self.accuracy,
             "mean_tokens": self.mean_tokens,
             "mean_seconds": self.mean_seconds,
+            "sample_correct": self.sample_correct,
+            "samples": self.samples,
         }
 
     @classmethod
@@ -167,7 +190,7 @@ class ExpertStats:
 
         Args:
             data: A mapping with ``correct`` and ``total``, and optionally
-                ``mean_tokens`` and ``mean_seconds``.
+                ``mean_tokens``, ``mean_seconds``, ``sample_correct`` and ``samples``.
 
         Raises:
             InvalidInputError: A required key is missing or a value is invalid.
@@ -180,6 +203,8 @@ class ExpertStats:
             total=data["total"],
             mean_tokens=data.get("mean_tokens", 0.0),
             mean_seconds=data.get("mean_seconds", 0.0),
+            sample_correct=data.get("sample_correct", 0),
+            samples=data.get("samples", 0),
         )
 
 

@@ -92,6 +92,7 @@ def test_only_the_fields_a_run_sets_override_the_graph_defaults() -> None:
 def test_calibration_options_keep_the_defaults_of_calibrate() -> None:
     parameters = inspect.signature(calibrate).parameters
     for name, field in CalibrationOptions.model_fields.items():
+        assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY, name
         default = field.get_default(call_default_factory=True)
         if name == "cache":
             assert parameters[name].default is None

@@ -141,9 +141,17 @@ def test_expert_stats_accuracy_and_dict_round_trip() -> None:
         "accuracy": 0.75,
         "mean_tokens": 10.5,
         "mean_seconds": 0.75,
+        "sample_correct": 0,
+        "samples": 0,
     }
     assert ExpertStats.from_dict(json.loads(json.dumps(data))) == stats
     assert ExpertStats(0, 0).accuracy == 0.0
+    assert stats.sample_accuracy == 0.75  # no per-sample counts: the majority's accuracy
+    sampled = ExpertStats(3, 4, sample_correct=5, samples=12)
+    assert sampled.sample_accuracy == 5 / 12
+    assert ExpertStats.from_dict(sampled.to_dict()) == sampled
+    with pytest.raises(InvalidInputError, match="sample_correct <= samples"):
+        ExpertStats(1, 2, sample_correct=3, samples=2)
 
 
 def test_expert_stats_accepts_numpy_numbers_as_plain_python() -> None:
