@@ -74,9 +74,10 @@ from langgraph.types import CachePolicy, Checkpointer, RetryPolicy, Send
 
 from avengers_graph import expert_calls, formats, routing, voting
 from avengers_graph.behaviour import behaviour_keys
-from avengers_graph.contract import Expert, validate_pool
+from avengers_graph.contract import PROGRAM_TIMEOUT, Contract, Expert, contract, validate_pool
 from avengers_graph.embeddings import embedding_model_name, normalise
 from avengers_graph.errors import AllExpertsFailedError, ExpertTimeoutError, InvalidInputError
+from avengers_graph.formats import Detected
 from avengers_graph.options import MAX_RETRIES, AvengersContext, AvengersOptions, resolve_options
 from avengers_graph.state import (
     AvengersState,
@@ -225,9 +226,9 @@ class _Nodes:
         max_attempts: int,
         model_name: str,
     ) -> None:
-        self.experts = {
-            name: expert_calls.retry_free(e.model) for name, e in validate_pool(experts).items()
-        }
+        self.pool = validate_pool(experts)
+        """The experts: a model and the strategy it answers with."""
+        self.experts = {name: expert_calls.retry_free(e.model) for name, e in self.pool.items()}
         """What the graph calls: the experts' retry-free twins (one retry layer)."""
         self.expert_costs = dict(expert_costs)
         self.embeddings = embeddings
@@ -274,50 +275,155 @@ class _Nodes:
         return {"clusters": clusters}
 
     # select_experts -----------------------------------------------------------------
+    def _question(self, settings: AvengersOptions, messages: Sequence[Any]) -> Detected:
+        """The question's format: what the run says, else what its text calls for."""
+        if settings.tools:
+            return Detected("tools")
+        if settings.response_format is not None or settings.structured_output:
+            return Detected("json")
+        if not isinstance(settings.answer_format, str):
+            return Detected("custom")
+        detected = formats.detect(routing.question_text(messages))
+        if settings.answer_format == "auto":
+            return detected
+        name = "free" if settings.answer_format == "semantic" else settings.answer_format
+        return Detected(name, detected.options if name == detected.format else ())
+
+    def _serves(self, name: str, question: str) -> bool:
+        fmt = formats.FORMATS.get(question)
+        strategy = self.pool[name].strategy
+        return fmt.serves(strategy) if fmt is not None else strategy != "program"
+
     def select_experts(self, state: AvengersState) -> dict[str, Any]:
         settings = self.settings()
         matches = [routing.ClusterMatch(**c) for c in state["clusters"]]
-        scores = routing.score_experts(
-            matches,
-            self.store.stats(),
-            list(self.experts),
-            prior_strength=settings.prior_strength,
-            quality_weight=settings.quality_weight,
-            cost=settings.cost,
-            unit_costs=self.expert_costs,
-        )
-        chosen = routing.select_experts(scores, settings.top_n)
+        question = self._question(settings, state["messages"])
+        eligible = [name for name in self.experts if self._serves(name, question.format)]
+        unserved = [name for name in self.experts if name not in eligible]
+        if not eligible:  # no strategy serves it: every expert answers the question as asked
+            eligible, unserved = list(self.experts), []
+        stats = self.store.stats()
+        fmt = formats.FORMATS.get(question.format)
+        keyed = fmt is not None and not fmt.votes_by_meaning and question.format != "json"
+        chance = fmt.chance(question) if fmt is not None else 0.0
+        chance = chance if chance > 0 else voting.OPEN_CHANCE
+        if settings.threshold is not None and keyed:
+            plan = routing.plan_sampling(
+                matches,
+                stats,
+                eligible,
+                chance=chance,
+                top_n=settings.top_n,
+                per_expert=settings.samples,
+                budget=settings.budget or settings.top_n * settings.samples,
+                round_size=settings.round_size,
+                depth=settings.depth,
+                prior_strength=settings.reliability_prior,
+                unit_costs=self.expert_costs,
+            )
+            order = plan.order
+            names = list(plan.evidence)
+            weights = dict(plan.evidence)
+            if not settings.weighted:  # equal votes, still a probability to stop on
+                mean = sum(weights.values()) / len(weights)
+                weights = dict.fromkeys(names, mean)
+            scores = {name: plan.reliability[name] for name in names}
+            excluded = unserved + plan.excluded
+            round_end = min(settings.round_size, len(order))
+        else:
+            ranked = routing.score_experts(
+                matches,
+                stats,
+                eligible,
+                prior_strength=settings.prior_strength,
+                quality_weight=settings.quality_weight,
+                cost=settings.cost,
+                unit_costs=self.expert_costs,
+            )
+            chosen = routing.select_experts(ranked, settings.top_n)
+            names = [s.name for s in chosen]
+            scores = {s.name: s.score for s in chosen}
+            order = [name for name in names for _ in range(settings.samples)]
+            weights = dict.fromkeys(names, 1.0)
+            if settings.weighted and keyed:
+                rated = routing.reliability(
+                    matches, stats, names, prior_strength=settings.reliability_prior
+                )
+                weights = {name: routing.evidence(rated[name], chance) for name in names}
+            excluded = unserved
+            round_end = len(order)
         seed = (
             settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
         )
-        experts = [ExpertRecord(name=s.name, score=s.score) for s in chosen]
+        experts = [
+            ExpertRecord(
+                name=name,
+                score=scores[name],
+                strategy=self.pool[name].strategy,
+                weight=round(weights[name], 4),
+            )
+            for name in names
+        ]
         _emit("routing", clusters=state["clusters"], experts=experts, seed=seed)
-        return {"experts": experts, "seed": seed, "turn": uuid.uuid4().hex}
+        return {
+            "experts": experts,
+            "question_format": question.format,
+            "options": list(question.options),
+            "plan": order,
+            "weights": weights,
+            "excluded": excluded,
+            "round_start": 0,
+            "round_end": round_end,
+            "seed": seed,
+            "turn": uuid.uuid4().hex,
+        }
 
-    def dispatch(self, state: AvengersState) -> list[Send]:
+    def dispatch(self, state: AvengersState) -> list[Send] | str:
+        """Send the samples of the current round (``plan[round_start:round_end]``)."""
         settings = self.settings()
         seed = state["seed"]
-        turn = state["turn"]
-        planned = len(state["experts"]) * settings.samples
-        return [
-            Send(
-                "sample",
-                SampleTask(
-                    expert=expert["name"],
-                    rank=rank,
-                    index=index,
-                    seed=_sample_seed(seed, rank, index, settings.samples),
-                    messages=list(state["messages"]),
-                    turn=turn,
-                    planned=planned,
-                ),
+        plan = state["plan"]
+        rank = {record["name"]: i for i, record in enumerate(state["experts"])}
+        start, end = state["round_start"], state["round_end"]
+        sends = []
+        for position in range(start, end):
+            name = plan[position]
+            index = plan[:position].count(name)
+            sends.append(
+                Send(
+                    "sample",
+                    SampleTask(
+                        expert=name,
+                        rank=rank[name],
+                        index=index,
+                        seed=_sample_seed(seed, rank[name], index, settings.samples),
+                        messages=list(state["messages"]),
+                        turn=f"{state['turn']}/{start}",
+                        planned=end - start,
+                        answer_format=state["question_format"],
+                    ),
+                )
             )
-            for rank, expert in enumerate(state["experts"])
-            for index in range(settings.samples)
-        ]
+        return sends
 
     # sample -------------------------------------------------------------------------
-    def _call_kwargs(self, settings: AvengersOptions, task: SampleTask) -> dict[str, Any]:
+    def _contract(self, task: SampleTask) -> Contract | None:
+        """The prompt contract of the task's expert for its question (None: as asked)."""
+        fmt = formats.FORMATS.get(task["answer_format"])
+        expert = self.pool[task["expert"]]
+        if fmt is None or not fmt.serves(expert.strategy):
+            return None
+        terms = contract(
+            task["messages"],
+            expert.strategy,
+            answer_format=task["answer_format"],
+            constrain=expert.constrain,
+        )
+        return terms if terms.instruction is not None else None
+
+    def _call_kwargs(
+        self, settings: AvengersOptions, task: SampleTask, terms: Contract | None
+    ) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
         if settings.temperature is not None:
             kwargs["temperature"] = settings.temperature
@@ -329,11 +435,27 @@ class _Nodes:
             kwargs["stop"] = list(settings.stop)
         if settings.response_format is not None:
             kwargs["response_format"] = settings.response_format
+        if terms is not None:  # the strategy's budget (under the run's cap) and constraint
+            kwargs.update(terms.options(settings.max_tokens))
         return kwargs
 
+    @staticmethod
+    def _answered(
+        message: Any, terms: Contract | None, settings: AvengersOptions, started: float
+    ) -> Any:
+        """The reply as its strategy's answer (a program run, a direct answer unwrapped)."""
+        if terms is None or not isinstance(message, AIMessage):
+            return message
+        left = settings.timeout - (time.perf_counter() - started)
+        return terms.answer(message, timeout=max(min(PROGRAM_TIMEOUT, left), 1.0))
+
     def _turn(self, settings: AvengersOptions, task: SampleTask) -> _Turn | None:
-        """The turn's shared tally when ``early_stop`` is on (created by its first worker)."""
-        if not settings.early_stop:
+        """The turn's shared tally when ``early_stop`` is on (created by its first worker).
+
+        Counting votes cannot decide a weighted vote early; adaptive sampling
+        (``threshold``) is how weighted votes stop early.
+        """
+        if not settings.early_stop or (settings.weighted and settings.threshold is None):
             return None
         with self._turns_lock:
             turn = self._turns.get(task["turn"])
@@ -344,9 +466,11 @@ class _Nodes:
                 self._turns[task["turn"]] = turn
             return turn
 
-    def _close_turn(self, turn: str) -> None:
+    def _close_turns(self, turn: str) -> None:
+        """Forget the tallies of every round of a turn."""
         with self._turns_lock:
-            self._turns.pop(turn, None)
+            for key in [key for key in self._turns if key.split("/", 1)[0] == turn]:
+                del self._turns[key]
 
     def _sampled(
         self, task: SampleTask, message: Any, started: float, turn: _Turn | None
@@ -421,17 +545,19 @@ class _Nodes:
             wake = threading.Event()
             turn.on_decided(wake.set)
         try:
+            terms = self._contract(task)
             answer = expert_calls.invoke(
                 self._expert(settings, task["expert"]),
-                task["messages"],
+                terms.messages(task["messages"]) if terms else task["messages"],
                 config,
-                self._call_kwargs(settings, task),
+                self._call_kwargs(settings, task, terms),
                 client=self.experts[task["expert"]],
                 timeout=settings.timeout,
                 wake=wake,
             )
             if answer is expert_calls.INTERRUPTED and turn is not None:
                 return self._cancelled(task, turn)
+            answer = self._answered(answer, terms, settings, started)
             return self._sampled(task, answer, started, turn)
         except Exception as exc:  # noqa: BLE001 - recorded as the expert's failure or retried
             return self._failed(task, exc, turn, settings)
@@ -448,32 +574,37 @@ class _Nodes:
             wake = loop.create_future()
             turn.on_decided(functools.partial(loop.call_soon_threadsafe, _resolve, wake))
         try:
+            terms = self._contract(task)
             answer = await expert_calls.ainvoke(
                 self._expert(settings, task["expert"]),
-                task["messages"],
+                terms.messages(task["messages"]) if terms else task["messages"],
                 config,
-                self._call_kwargs(settings, task),
+                self._call_kwargs(settings, task, terms),
                 timeout=settings.timeout,
                 wake=wake,
             )
             if answer is expert_calls.INTERRUPTED and turn is not None:
                 return self._cancelled(task, turn)
+            answer = await asyncio.to_thread(self._answered, answer, terms, settings, started)
             return self._sampled(task, answer, started, turn)
         except Exception as exc:  # noqa: BLE001 - recorded as the expert's failure or retried
             return self._failed(task, exc, turn, settings)
 
     # vote ---------------------------------------------------------------------------
-    def _plan_vote(self, state: AvengersState) -> _VotePlan:
-        if "turn" in state:
-            self._close_turn(state["turn"])
-        samples = sorted(state.get("samples", []), key=lambda s: (s["rank"], s["index"]))
-        if not samples:
-            failures = dict(state.get("failures", {}))
-            for expert in state.get("experts", []):
-                failures.setdefault(expert["name"], "returned no sample")
-            raise AllExpertsFailedError(failures)
-        settings = self.settings()
-        texts = [str(s["message"].text) for s in samples]
+    def _keys(
+        self,
+        state: AvengersState,
+        settings: AvengersOptions,
+        samples: list[Sample],
+        texts: list[str],
+    ) -> tuple[list[str | None], str, bool]:
+        """Every sample's key, the name of what they vote on, and whether keys compare.
+
+        Tool calls vote as calls; a question of a keyed format votes by its format's key
+        (code by behaviour when the programs run); free text by the replies' form, else
+        by meaning (``semantic``: no keys).
+        """
+        question = state.get("question_format", "free")
         if any(s["message"].tool_calls for s in samples):
             # each sample votes for its set of tool calls, or for its text answer;
             # calls that the bound tools would refuse abstain
@@ -482,28 +613,88 @@ class _Nodes:
                 voting.tool_vote_key(s["message"].tool_calls, text, schemas)
                 for s, text in zip(samples, texts, strict=True)
             ]
-            return _VotePlan(settings, samples, texts, None, tool_keys, "tool_calls")
-        extractor = voting.resolve_extractor(texts, settings.answer_format)
-        if extractor is formats.extract_code:  # run the programs on the same calls
-            keys = behaviour_keys(texts, routing.question_text(state["messages"]))
-            if any(key is not None and key.startswith("behaviour:") for key in keys):
-                return _VotePlan(settings, samples, texts, extractor, keys, "code:behaviour")
+            return tool_keys, "tool_calls", True
+        if question == "custom" and callable(settings.answer_format):
+            extract = settings.answer_format
+            return [extract(text) for text in texts], _extractor_name(extract), True
+        fmt = formats.FORMATS.get(question)
+        if fmt is not None and not fmt.votes_by_meaning:
+            if question == "code":  # run the programs on the same calls
+                keys = behaviour_keys(texts, routing.question_text(state["messages"]))
+                if any(key is not None and key.startswith("behaviour:") for key in keys):
+                    return keys, "code:behaviour", True
+            detected = Detected(question, tuple(state.get("options", [])))
+            keys = [fmt.key(text, detected) for text in texts]
+            if any(key is not None for key in keys):
+                return keys, question, True
+        extractor = voting.resolve_extractor(texts, "auto")  # free text: the replies' form
+        if extractor is formats.extract_code:
+            extractor = None  # code in a free-text answer is not run: vote on meaning
         keys = [extractor(text) for text in texts] if extractor is not None else []
-        if not any(key is not None for key in keys):
-            extractor = None  # nothing extractable: vote on meaning instead
-        name = _extractor_name(extractor) if extractor is not None else "semantic"
-        return _VotePlan(settings, samples, texts, extractor, keys, name)
+        if extractor is None or not any(key is not None for key in keys):
+            return [], "semantic", False
+        return keys, _extractor_name(extractor), True
 
-    def _finish(
-        self, state: AvengersState, plan: _VotePlan, vectors: list[list[float]] | None
-    ) -> dict[str, Any]:
+    def _plan_vote(self, state: AvengersState) -> _VotePlan | None:
+        """What the samples so far vote on; None when every one failed and a round is left."""
+        samples = sorted(state.get("samples", []), key=lambda s: (s["rank"], s["index"]))
+        more = state.get("round_end", 0) < len(state.get("plan", []))
+        if not samples:
+            if more:
+                return None
+            failures = dict(state.get("failures", {}))
+            for expert in state.get("experts", []):
+                failures.setdefault(expert["name"], "returned no sample")
+            raise AllExpertsFailedError(failures)
+        settings = self.settings()
+        texts = [str(s["message"].text) for s in samples]
+        keys, name, keyed = self._keys(state, settings, samples, texts)
+        weights = voting.repeated_weights(
+            [s["expert"] for s in samples], state.get("weights", {}), settings.discount
+        )
+        fmt = formats.FORMATS.get(state.get("question_format", "free"))
+        detected = Detected(state.get("question_format", "free"), tuple(state.get("options", [])))
+        chance = fmt.chance(detected) if fmt is not None else 0.0
+        return _VotePlan(
+            settings,
+            samples,
+            texts,
+            keys,
+            name if keyed else "semantic",
+            weights,
+            chance if chance > 0 else voting.OPEN_CHANCE,
+        )
+
+    def _result(self, plan: _VotePlan, vectors: list[list[float]] | None) -> voting.VoteResult:
         ranks = [s["rank"] for s in plan.samples]
-        if plan.answer_format != "semantic":
-            result = voting.majority_vote(plan.keys, ranks)
-        else:
-            result = voting.semantic_vote(
+        if plan.answer_format == "semantic":
+            return voting.semantic_vote(
                 vectors or [], plan.texts, ranks, threshold=plan.settings.similarity_threshold
             )
+        weighed = plan.settings.weighted or plan.settings.threshold is not None
+        if weighed and plan.answer_format not in ("tool_calls", "json"):
+            return voting.weighted_vote(plan.keys, plan.weights, ranks, chance=plan.chance)
+        return voting.majority_vote(plan.keys, ranks)
+
+    def _next_round(self, state: AvengersState, result: voting.VoteResult) -> dict[str, Any] | None:
+        """The next round's positions, if adaptive sampling is not sure yet and can go on."""
+        settings = self.settings()
+        end, plan = state.get("round_end", 0), state.get("plan", [])
+        if settings.threshold is None or end >= len(plan) or state.get("round_start") is None:
+            return None
+        if result.votes and result.confidence >= settings.threshold:
+            return None
+        return {"round_start": end, "round_end": min(end + settings.round_size, len(plan))}
+
+    def _finish(
+        self,
+        state: AvengersState,
+        plan: _VotePlan,
+        result: voting.VoteResult,
+    ) -> dict[str, Any]:
+        if "turn" in state:
+            self._close_turns(state["turn"])
+        ranks = [s["rank"] for s in plan.samples]
         samples = plan.samples
         winner = samples[result.winner]
         content, tool_calls = winner["message"].content, list(winner["message"].tool_calls)
@@ -530,6 +721,8 @@ class _Nodes:
             },
             usage_metadata=usage,
         )
+        plan_length = len(state.get("plan", []))
+        round_size = max(plan.settings.round_size, 1)
         record = RoutingRecord(
             clusters=list(state["clusters"]),
             experts=list(state["experts"]),
@@ -540,9 +733,16 @@ class _Nodes:
             votes=dict(result.votes),
             confidence=result.confidence,
             failures=dict(state.get("failures", {})),
-            cancelled=state.get("cancelled", 0),
+            cancelled=state.get("cancelled", 0) + max(plan_length - state.get("round_end", 0), 0),
             winner=winner["expert"],
             answer_format=answer_format,
+            question_format=state.get("question_format", "free"),
+            excluded=list(state.get("excluded", [])),
+            rounds=(
+                -(-state.get("round_end", 0) // round_size)
+                if plan.settings.threshold is not None and plan_length
+                else 1
+            ),
             seed=state["seed"],
         )
         _emit(
@@ -554,19 +754,40 @@ class _Nodes:
             answer_format=answer_format,
             cancelled=record["cancelled"],
         )
-        return {"messages": [message], "avengers": record}
+        return {"messages": [message], "avengers": record, "more": False}
+
+    def _decide(
+        self, state: AvengersState, plan: _VotePlan | None, vectors: list[list[float]] | None
+    ) -> dict[str, Any]:
+        if plan is None:  # every sample so far failed: draw the next round
+            end = state.get("round_end", 0)
+            size = self.settings().round_size
+            return {
+                "round_start": end,
+                "round_end": min(end + size, len(state["plan"])),
+                "more": True,
+            }
+        result = self._result(plan, vectors)
+        following = self._next_round(state, result)
+        if following is not None:
+            return {**following, "more": True}
+        return self._finish(state, plan, result)
 
     def vote(self, state: AvengersState) -> dict[str, Any]:
         plan = self._plan_vote(state)
-        semantic = plan.answer_format == "semantic"
-        vectors = self.embeddings.embed_documents(plan.texts) if semantic else None
-        return self._finish(state, plan, vectors)
+        semantic = plan is not None and plan.answer_format == "semantic"
+        vectors = self.embeddings.embed_documents(plan.texts) if plan and semantic else None
+        return self._decide(state, plan, vectors)
 
     async def avote(self, state: AvengersState) -> dict[str, Any]:
         plan = await asyncio.to_thread(self._plan_vote, state)  # code votes run programs
-        semantic = plan.answer_format == "semantic"
-        vectors = await self.embeddings.aembed_documents(plan.texts) if semantic else None
-        return self._finish(state, plan, vectors)
+        semantic = plan is not None and plan.answer_format == "semantic"
+        vectors = await self.embeddings.aembed_documents(plan.texts) if plan and semantic else None
+        return self._decide(state, plan, vectors)
+
+    def after_vote(self, state: AvengersState) -> list[Send] | str:
+        """The next round of samples while adaptive sampling is unsure, else the end."""
+        return self.dispatch(state) if state.get("more") else END
 
 
 def _merge_structured(
@@ -604,10 +825,14 @@ class _VotePlan:
     settings: AvengersOptions
     samples: list[Sample]
     texts: list[str]
-    extractor: voting.Extractor | None
     keys: list[str | None]
     answer_format: str
-    """What the samples vote on: an extractor's name, ``tool_calls`` or ``semantic``."""
+    """What the samples vote on: a format's or extractor's name, ``tool_calls``,
+    ``code:behaviour`` or ``semantic``."""
+    weights: list[float]
+    """Each sample's vote weight (1 each when votes are not weighted)."""
+    chance: float
+    """The question format's chance rate (open answers: ``voting.OPEN_CHANCE``)."""
 
 
 def validate_experts(experts: Mapping[str, BaseChatModel | Expert]) -> None:
@@ -719,7 +944,7 @@ def build_avengers_graph(
     builder.add_edge("locate_cluster", "select_experts")
     builder.add_conditional_edges("select_experts", nodes.dispatch, ["sample"])
     builder.add_edge("sample", "vote")
-    builder.add_edge("vote", END)
+    builder.add_conditional_edges("vote", nodes.after_vote, ["sample", END])
     return builder
 
 

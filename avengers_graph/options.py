@@ -154,9 +154,12 @@ class AvengersOptions(OptionsModel):
     """Retries of an expert call that failed with a transient error (connection, 408,
     429, 5xx): a failing sample makes at most ``max_retries + 1`` requests."""
     answer_format: str | SkipJsonSchema[Callable[[str], str | None]] = "auto"
-    """How answers are compared: ``"auto"``, a name of
-    :data:`~avengers_graph.voting.EXTRACTORS` (``number``, ``math``, ``choice``,
-    ``text``, ``code``, ``json``), ``"semantic"``, or a callable ``text -> key``."""
+    """The question's answer format, which decides the instruction each strategy sends
+    and how answers are compared: ``"auto"`` (detected from the question,
+    :func:`~avengers_graph.formats.detect`), a name of
+    :data:`~avengers_graph.formats.FORMATS` (``number``, ``math``, ``choice``,
+    ``label``, ``text``, ``code``, ``json``, ``free``), ``"semantic"`` (free text), or
+    a callable ``text -> key``."""
     similarity_threshold: float = Field(default=0.85, gt=0, le=1)
     """Cosine similarity above which two free-text answers count as the same."""
     prior_strength: float = Field(default=0.0, ge=0)
@@ -185,6 +188,32 @@ class AvengersOptions(OptionsModel):
     """Stop waiting for (and, async, cancel) the samples still running once they can no
     longer change the winning answer. ``None``: on when ``ChatAvengers`` streams, off
     otherwise (the routing record then counts every sample)."""
+    weighted: bool = False
+    """Weigh every sample's vote by its expert's calibrated reliability in the matched
+    clusters, relative to the answer format's chance rate
+    (:func:`~avengers_graph.voting.weighted_vote`); experts at or below chance are not
+    sampled. ``False``: one sample, one vote (the paper's majority)."""
+    threshold: float | None = Field(default=None, gt=0, le=1)
+    """Adaptive sampling: draw samples in rounds of ``round_size``, cheapest informative
+    first (:func:`~avengers_graph.routing.plan_sampling`), and stop once the weighted
+    vote is at least this sure of its answer. ``None``: draw every planned sample at
+    once. Applies to answers with a key (numbers, choices, labels, short text, code);
+    free text, tool calls and structured output draw every sample. With
+    ``weighted=False`` every vote weighs the candidates' mean reliability, so the
+    confidence is still a probability."""
+    budget: int | None = Field(default=None, ge=1)
+    """Most samples per question with adaptive sampling (``None``: ``top_n * samples``)."""
+    round_size: int = Field(default=2, ge=1)
+    """Samples drawn at once between two confidence checks of adaptive sampling."""
+    depth: bool = False
+    """Adaptive sampling draws each expert's samples before the next expert's (default:
+    round-robin over the experts)."""
+    reliability_prior: float = Field(default=4.0, ge=0)
+    """Pseudo-samples pulling an expert's reliability in a cluster toward its overall
+    per-sample accuracy (:func:`~avengers_graph.routing.reliability`)."""
+    discount: float = Field(default=1.0, gt=0, le=1)
+    """Weight of an expert's ``j``-th sample relative to its first (``discount ** j``):
+    below 1, repeated samples of one model count for less."""
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -202,10 +231,10 @@ class AvengersOptions(OptionsModel):
     def _known_answer_format(
         cls, value: str | Callable[[str], str | None]
     ) -> str | Callable[[str], str | None]:
-        if isinstance(value, str):
-            from avengers_graph.voting import resolve_extractor
+        if isinstance(value, str) and value not in ("auto", "semantic"):
+            from avengers_graph.formats import get_format
 
-            resolve_extractor([], value)  # raises on an unknown name
+            get_format(value)  # raises on an unknown name
         return value
 
 

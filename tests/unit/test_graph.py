@@ -22,6 +22,7 @@ from avengers_graph import (
     build_avengers_graph,
     create_avengers_graph,
 )
+from avengers_graph.contract import contract
 from avengers_graph.graph import is_transient_error
 from tests.fakes import KeywordEmbeddings, ScriptedExpert, constant
 from tests.unit.conftest import write_two_domain_store
@@ -70,9 +71,11 @@ def test_output_appends_winner_with_summed_usage(experts, embeddings, store) -> 
     assert answer.text == "So the result is \\boxed{42}."
     assert answer.response_metadata["model_name"] == "avengers"
     assert answer.response_metadata["expert"] == "mathy"
-    # 4 calls; ScriptedExpert reports len(words) tokens: prompt 8, answer 5 / 2 words
+    # 4 calls; ScriptedExpert reports len(words) tokens: prompt 8 plus the prompt
+    # contract's instruction for a number question, answer 5 / 2 words
+    instruction = contract(MATH["messages"], "reason").instruction or ""
     assert answer.usage_metadata is not None
-    assert answer.usage_metadata["input_tokens"] == 4 * 8
+    assert answer.usage_metadata["input_tokens"] == 4 * (8 + len(instruction.split()))
     assert answer.usage_metadata["output_tokens"] == 2 * 5 + 2 * 2
     record = out["avengers"]
     assert record["votes"] == {"42": 4}
