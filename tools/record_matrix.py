@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -38,10 +39,11 @@ def avengers(*args: str) -> None:
 
 def commit(out: Path, message: str) -> None:
     """Commit the matrix folder (nothing else) when it changed."""
-    subprocess.run(["git", "add", str(out)], check=True)
-    staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", str(out)], check=False)
+    git = shutil.which("git") or "git"
+    subprocess.run([git, "add", str(out)], check=True)
+    staged = subprocess.run([git, "diff", "--cached", "--quiet", "--", str(out)], check=False)
     if staged.returncode != 0:
-        subprocess.run(["git", "commit", "-q", "-m", message, "--", str(out)], check=True)
+        subprocess.run([git, "commit", "-q", "-m", message, "--", str(out)], check=True)
 
 
 def progress(out: Path) -> str:
@@ -88,8 +90,8 @@ def main() -> None:
                 )  # fmt: skip
             finally:
                 avengers("local", "down", model)
-            print(json.dumps({"model": model, "limit": limit,
-                              "seconds": round(time.monotonic() - started)}), flush=True)  # fmt: skip
+            seconds = round(time.monotonic() - started)
+            print(json.dumps({"model": model, "limit": limit, "seconds": seconds}), flush=True)
         if args.commit:
             commit(args.out, f"Response matrix: recording progress ({progress(args.out)})")
         if limit >= total:
