@@ -204,14 +204,14 @@ def test_construction_does_no_io(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["", "-pool", "pool-", "po ol", "pööl", "a..b", "x" * 503, "pool/a"],
+    ["", "-pool", "pool-", "po ol", "pööl", "a..b", "x" * 485, "pool/a"],
 )
 def test_invalid_pool_names_are_refused_with_the_rules(tmp_path: Path, name: str) -> None:
     with pytest.raises(InvalidInputError, match=r"\[a-zA-Z0-9._-\]"):
         ClusterStore(path=tmp_path, name=name)
 
 
-@pytest.mark.parametrize("name", ["a", "p1", "my_pool.v2", "x" * 502])
+@pytest.mark.parametrize("name", ["a", "p1", "my_pool.v2", "x" * 484])
 def test_valid_pool_names_make_valid_collections(tmp_path: Path, name: str) -> None:
     store = ClusterStore(path=tmp_path, name=name)
     write_default(store)
@@ -374,7 +374,8 @@ def test_writes_in_batches_of_the_clients_max_batch_size(tmp_path: Path) -> None
     # 5 questions, then 3 centroids, in batches of at most 2.
     assert client.batches == [2, 2, 1, 2, 1]
     raw = raw_client(tmp_path)
-    assert raw.get_collection("pool-a-questions", embedding_function=None).count() == 5
+    questions = store.collection_names()["questions"]
+    assert raw.get_collection(questions, embedding_function=None).count() == 5
     # Reading pages through the same small batches still gives everything, in order.
     assert_round_trip(ClusterStore(client=client, name="pool-a"))
 
@@ -488,7 +489,7 @@ def test_collections_have_cosine_space_and_no_embedding_function(
     written: ClusterStore, tmp_path: Path
 ) -> None:
     client = raw_client(tmp_path)
-    for name in ("pool-a-centroids", "pool-a-questions"):
+    for name in written.collection_names().values():
         collection = client.get_collection(name, embedding_function=None)
         with warnings.catch_warnings():
             # Chroma calls a collection created without embedding function "legacy".
@@ -507,13 +508,20 @@ def test_collection_records_follow_the_documented_layout(
     written: ClusterStore, tmp_path: Path
 ) -> None:
     client = raw_client(tmp_path)
-    centroids = client.get_collection("pool-a-centroids", embedding_function=None)
+    names = written.collection_names()
+    info = client.get_collection("pool-a-centroids", embedding_function=None)
+    assert info.count() == 0  # the info collection holds the metadata only
+    assert json.loads(info.metadata["experts"]) == ["alpha", "beta"]
+    assert info.metadata["schema_version"] == SCHEMA_VERSION == 2
+    generation = info.metadata["centroids_generation"]
+    assert names["centroids"] == f"pool-a-centroids.{generation}"
+    assert names["questions"] == f"pool-a-questions.{info.metadata['questions_generation']}"
+    centroids = client.get_collection(names["centroids"], embedding_function=None)
     record = centroids.get(ids=["0"], include=["metadatas"])["metadatas"][0]
     assert record["cluster"] == 0
     assert record["size"] == 2
     assert json.loads(record["stats"])["beta"]["accuracy"] == 0.5
-    assert json.loads(centroids.metadata["experts"]) == ["alpha", "beta"]
-    questions = client.get_collection("pool-a-questions", embedding_function=None)
+    questions = client.get_collection(names["questions"], embedding_function=None)
     got = questions.get(ids=["q-2"], include=["metadatas", "documents"])
     assert got["documents"] == ["Write hello world."]
     assert got["metadatas"][0]["cluster"] == 2
@@ -540,7 +548,7 @@ def test_two_pools_in_one_database_are_isolated(tmp_path: Path) -> None:
     assert second.is_empty()
     assert_round_trip(ClusterStore(path=tmp_path, name="pool-a"))
     names = {c.name for c in raw_client(tmp_path).list_collections()}
-    assert names == {"pool-a-centroids", "pool-a-questions"}
+    assert names == set(ClusterStore(path=tmp_path, name="pool-a").collection_names().values())
 
 
 def test_delete_empties_the_pool_and_is_idempotent(written: ClusterStore) -> None:
