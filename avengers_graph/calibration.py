@@ -496,7 +496,9 @@ def calibrate(
         grader: A callable ``(output, reference) -> bool`` used instead of the
             per-kind graders.
         instructions: System message per kind sent before each question.
-        replace: Discard the store's calibration and start over.
+        replace: Discard the store's calibration and start over. The new one is
+            written beside the old and switched in at the end, so the old one keeps
+            serving until then (and if the run is interrupted).
         progress: Called with ``(finished calls, total calls)``.
 
     Returns:
@@ -507,6 +509,10 @@ def calibrate(
             store's questions when adding experts.
         EmbeddingMismatchError: Adding experts with other embeddings than the store's.
         CalibrationError: Expert calls failed (the rest is cached; run again to resume).
+        CacheError: The answer cache is damaged or could not be written (a full disk):
+            the run stops before calling more experts; what was cached is kept.
+        StoreBusyError: Another calibration is writing to the store.
+        StoreError: The store is damaged or did not answer in time.
     """
     validate_experts(experts)
     if samples < 1 or max_concurrency < 1:
@@ -521,9 +527,28 @@ def calibrate(
         "max_concurrency": max_concurrency,
         "progress": progress,
     }
-    if not replace and not store.is_empty():
-        return _add_experts(experts, embeddings, dataset, store, answer_cache, grader, run)
+    # One writer per store for the whole run: a second calibration fails at once with
+    # StoreBusyError instead of calling experts and then overwriting this one.
+    with store.write_lock():
+        if not replace and not store.is_empty():
+            return _add_experts(experts, embeddings, dataset, store, answer_cache, grader, run)
+        return _calibrate_new(
+            experts, embeddings, dataset, store, answer_cache, grader, run, n_clusters, seed
+        )
 
+
+def _calibrate_new(
+    experts: Mapping[str, BaseChatModel],
+    embeddings: Embeddings,
+    dataset: Iterable[Mapping[str, Any]] | None,
+    store: ClusterStore,
+    answer_cache: AnswerCache,
+    grader: grading.Grader | None,
+    run: Mapping[str, Any],
+    n_clusters: int | None,
+    seed: int,
+) -> CalibrationReport:
+    """Cluster, run every expert and write a new calibration (beside the old one, if any)."""
     if dataset is None:
         raise InvalidInputError("calibrate needs a dataset to build a new store.")
     items = load_dataset(dataset, custom_grader=grader is not None)
@@ -535,7 +560,7 @@ def calibrate(
     labels, centroids = cluster_questions(vectors, k, seed)
     label_of = {item.id: int(label) for item, label in zip(items, labels, strict=True)}
 
-    answers, calls, cached = run_experts(experts, items, answer_cache, **run)  # type: ignore[arg-type]
+    answers, calls, cached = run_experts(experts, items, answer_cache, **run)
     stats = expert_stats(answers, items, label_of, list(experts), grader)
     store.write(
         StoreInfo(

@@ -1355,16 +1355,19 @@ class ClusterStore:
         vectors: npt.NDArray[np.float32],
     ) -> None:
         collection = self._create_collection(collection_name)
-        for part in self._batches(len(ids)):
-            self._call(
-                "write the questions",
-                lambda part=part: collection.add(  # type: ignore[misc]
-                    ids=list(ids[part]),
+        id_list, metadata_list = list(ids), list(metadatas)
+        document_list = [d if d is not None else "" for d in documents]
+        for part in self._batches(len(id_list)):
+
+            def add(part: slice = part) -> None:
+                collection.add(
+                    ids=id_list[part],
                     embeddings=vectors[part],
-                    documents=[d if d is not None else "" for d in documents[part]],
-                    metadatas=list(metadatas[part]),
-                ),
-            )
+                    documents=document_list[part],
+                    metadatas=metadata_list[part],
+                )
+
+            self._call("write the questions", add)
 
     def _add_centroids(
         self,
@@ -1373,16 +1376,17 @@ class ClusterStore:
         metadatas: Sequence[Metadata],
     ) -> None:
         collection = self._create_collection(collection_name)
-        for part in self._batches(len(metadatas)):
-            clusters = range(len(metadatas))[part]
-            self._call(
-                "write the centroids",
-                lambda part=part, clusters=clusters: collection.add(  # type: ignore[misc]
-                    ids=[str(c) for c in clusters],
+        metadata_list = list(metadatas)
+        for part in self._batches(len(metadata_list)):
+
+            def add(part: slice = part) -> None:
+                collection.add(
+                    ids=[str(c) for c in range(len(metadata_list))[part]],
                     embeddings=matrix[part],
-                    metadatas=list(metadatas[part]),
-                ),
-            )
+                    metadatas=metadata_list[part],
+                )
+
+            self._call("write the centroids", add)
 
     def _switch(self, info: StoreInfo, *, centroids: str, questions: str) -> None:
         """Make the given generations live: one update of the info collection's metadata."""
@@ -1715,10 +1719,15 @@ class _Lease:
     def _renew(self, collection: Collection) -> None:
         while not self._stop.wait(LEASE_TTL_S / 4):
             with contextlib.suppress(AvengersError):
-                metadata = {**(collection.metadata or {}), "renewed_at": self._now()}
-                self._store._call(
-                    "renew the writer lease", lambda m=metadata: collection.modify(metadata=m)
-                )  # type: ignore[misc]
+                metadata: dict[str, Any] = {
+                    **(collection.metadata or {}),
+                    "renewed_at": self._now(),
+                }
+
+                def renew(metadata: dict[str, Any] = metadata) -> None:
+                    collection.modify(metadata=metadata)
+
+                self._store._call("renew the writer lease", renew)
 
     def check(self) -> None:
         """Raise :class:`StoreBusyError` unless the lease is still this writer's."""

@@ -14,6 +14,7 @@ from avengers_graph import (
     CalibrationError,
     ClusterStore,
     InvalidInputError,
+    StoreBusyError,
     calibrate,
 )
 from avengers_graph.calibration import load_dataset
@@ -313,3 +314,39 @@ def test_failure_text_is_redacted_and_terminal_safe(tmp_path: Path) -> None:
     assert "my-configured-key-777" not in message
     assert "\x1b" not in message
     assert "\x07" not in message
+
+
+def test_a_second_calibration_of_the_same_store_is_refused_at_once(tmp_path: Path) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def slow(question: str, seed: int | None) -> str:
+        started.set()
+        release.wait(60)
+        return solver(True, False)(question, seed)
+
+    first_experts = {"mathy": ScriptedExpert(model="mathy", respond=slow)}
+    errors: list[BaseException] = []
+
+    def first_run() -> None:
+        try:
+            run(first_experts, ClusterStore(path=tmp_path / "s"), tmp_path / "a.sqlite")
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            errors.append(exc)
+
+    thread = threading.Thread(target=first_run, daemon=True)
+    thread.start()
+    try:
+        assert started.wait(30)
+        second = pool()
+        with pytest.raises(StoreBusyError, match="one writer at a time") as excinfo:
+            run(second, ClusterStore(path=tmp_path / "s"), tmp_path / "b.sqlite", n_clusters=1)
+        assert str(tmp_path / "s") in str(excinfo.value)
+        assert sum(e.calls for e in second.values()) == 0  # refused before any expert call
+    finally:
+        release.set()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert errors == []
+    store = ClusterStore(path=tmp_path / "s")
+    assert store.info().experts == ("mathy",)
+    assert store.info().n_clusters == 2
