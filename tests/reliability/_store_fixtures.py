@@ -261,12 +261,20 @@ def write_dataset(path: Path, n: int) -> Path:
     return path
 
 
+CLI = [
+    sys.executable,
+    "-c",
+    "from avengers_graph.cli import app; app(prog_name='avengers')",
+]
+"""The ``avengers`` command of this checkout (the module has no ``__main__`` block)."""
+
+
 def cli(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     """Run ``avengers`` (this checkout) in a subprocess; bounded."""
     return subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "avengers_graph.cli", *args],
+        [*CLI, *args],
         capture_output=True,
         text=True,
         check=False,
