@@ -182,15 +182,9 @@ def fake_openai(server: FakeOpenAI) -> Iterator[FakeOpenAI]:
                 number = server.requests
             if server.fail_status is not None:
                 auth = self.headers.get("Authorization", "")
-                self._send(
-                    server.fail_status,
-                    {
-                        "error": {
-                            "message": f"invalid credentials in header '{auth}'",
-                            "type": "auth_error",
-                        }
-                    },
-                )
+                key = auth.removeprefix("Bearer ")
+                message = f"invalid credentials in header '{auth}': key {key} is revoked"
+                self._send(server.fail_status, {"error": {"message": message, "type": "auth"}})
                 return
             if server.answer_first is not None and number > server.answer_first:
                 server._released.wait(600)  # hang: accept, read, never answer
