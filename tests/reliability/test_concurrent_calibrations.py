@@ -26,18 +26,24 @@ pytestmark = [pytest.mark.enable_socket]
 N_QUESTIONS = 24
 CHILD = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys, time
     from avengers_graph import ClusterStore, calibrate
     from avengers_graph.errors import AvengersError
-    from tests.fakes import KeywordEmbeddings, ScriptedExpert, constant
+    from tests.fakes import KeywordEmbeddings, ScriptedExpert
 
     location, k = json.loads(sys.argv[1]), int(sys.argv[2])
-    delay, cache = float(sys.argv[3]), sys.argv[4]
+    gate, cache = sys.argv[3], sys.argv[4]
     words = ["math", "code", "poem", "law", "bio", "art"]
     dataset = [{"id": f"q{i}", "question": f"{words[i % 6]} {words[(i // 6) % 6]} {i}",
                 "answer": "1", "kind": "number"} for i in range(24)]
-    experts = {f"e{k}": ScriptedExpert(model=f"e{k}", respond=constant("\\\\boxed{1}"),
-                                       delay=delay)}
+
+    def respond(question, seed):
+        deadline = time.monotonic() + 120
+        while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.05)  # held until the test lets it go
+        return "\\\\boxed{1}"
+
+    experts = {f"e{k}": ScriptedExpert(model=f"e{k}", respond=respond)}
     started = []
 
     def progress(done, total):
@@ -58,9 +64,9 @@ CHILD = textwrap.dedent(
 
 
 class Child:
-    def __init__(self, location: dict[str, Any], k: int, delay: float, cache: Path) -> None:
+    def __init__(self, location: dict[str, Any], k: int, gate: str, cache: Path) -> None:
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and script
-            [sys.executable, "-c", CHILD, json.dumps(location), str(k), str(delay), str(cache)],
+            [sys.executable, "-c", CHILD, json.dumps(location), str(k), gate, str(cache)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -110,12 +116,14 @@ def location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[st
 def test_a_second_calibration_is_refused_and_the_first_stays_whole(
     location: dict[str, Any], tmp_path: Path
 ) -> None:
-    first = Child(location, k=4, delay=0.1, cache=tmp_path / "first.sqlite")
+    gate = tmp_path / "let-the-first-finish"
+    first = Child(location, k=4, gate=str(gate), cache=tmp_path / "first.sqlite")
     second: Child | None = None
     try:
-        assert first.line() == "STARTED"
-        second = Child(location, k=6, delay=0.0, cache=tmp_path / "second.sqlite")
+        assert first.line() == "STARTED"  # it holds the store, its experts are waiting
+        second = Child(location, k=6, gate="", cache=tmp_path / "second.sqlite")
         refused = second.outcome()
+        gate.touch()
         assert refused["error"] == "StoreBusyError", refused
         assert "one writer at a time" in refused["message"]
         assert "pool 'shared'" in refused["message"]
