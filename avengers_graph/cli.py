@@ -186,7 +186,7 @@ def run_calibration(
     table.add_column("expert")
     table.add_column("accuracy", justify="right")
     for name, accuracy in sorted(report.experts.items(), key=lambda item: -item[1]):
-        table.add_row(name, f"{accuracy:.1%}")
+        table.add_row(escape(shown(name)), f"{accuracy:.1%}")
     console.print(table)
     console.print(f"{report.calls} expert calls made, {report.cached} answers from the cache.")
 
