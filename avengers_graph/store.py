@@ -966,7 +966,7 @@ class ClusterStore:
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise StoreError(
                 f"The store of {self._where} has an invalid schema_version {version!r}; "
-                "re-run calibrate to rebuild it."
+                "re-run calibrate with --replace to rebuild it."
             )
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(
@@ -990,7 +990,7 @@ class ClusterStore:
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(
                 f"The store metadata of {self._where} is corrupt ({exc!r}); "
-                "re-run calibrate to rebuild it."
+                "re-run calibrate with --replace to rebuild it."
             ) from exc
 
     @staticmethod
@@ -1052,7 +1052,7 @@ class ClusterStore:
             if sorted(stats) != list(range(info.n_clusters)):
                 raise StoreError(
                     f"The store of {self._where} should hold clusters 0..{info.n_clusters - 1} "
-                    f"but holds {sorted(stats)}; re-run calibrate to rebuild it."
+                    f"but holds {sorted(stats)}; re-run calibrate with --replace to rebuild it."
                 )
             self._clusters = (stats, sizes)
         return self._clusters
@@ -1069,7 +1069,7 @@ class ClusterStore:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StoreError(
                 f"A centroid record of {self._where} is corrupt ({exc!r}); "
-                "re-run calibrate to rebuild it."
+                "re-run calibrate with --replace to rebuild it."
             ) from exc
 
     def stats(self) -> dict[int, dict[str, ExpertStats]]:
@@ -1113,7 +1113,7 @@ class ClusterStore:
         if sorted(ids) != list(range(info.n_clusters)):
             raise StoreError(
                 f"The store of {self._where} should hold clusters 0..{info.n_clusters - 1} "
-                f"but holds {sorted(ids)}; re-run calibrate to rebuild it."
+                f"but holds {sorted(ids)}; re-run calibrate with --replace to rebuild it."
             )
         embeddings = np.asarray(records["embeddings"], dtype=np.float32)
         return embeddings[np.argsort(ids)].reshape(info.n_clusters, info.embedding_dim)
@@ -1208,7 +1208,7 @@ class ClusterStore:
                     if not isinstance(position, int):
                         raise StoreError(
                             f"Question {record_id!r} of {self._where} has no position; "
-                            "re-run calibrate to rebuild the store."
+                            "re-run calibrate with --replace to rebuild the store."
                         )
                     rows.append((position, record_id, documents[i], metadata, vector))
                 if len(ids) < batch:
@@ -1218,7 +1218,8 @@ class ClusterStore:
         rows = sorted(self._retrying(read), key=lambda row: row[0])
         if [row[0] for row in rows] != list(range(len(rows))):
             raise StoreError(
-                f"The questions of {self._where} are incomplete; re-run calibrate to rebuild it."
+                f"The questions of {self._where} are incomplete; re-run calibrate with --replace "
+                "to rebuild it."
             )
         return rows
 
@@ -1243,7 +1244,7 @@ class ClusterStore:
             except (KeyError, InvalidInputError) as exc:
                 raise StoreError(
                     f"Question {record_id!r} of {self._where} is corrupt ({exc!r}); "
-                    "re-run calibrate to rebuild the store."
+                    "re-run calibrate with --replace to rebuild the store."
                 ) from exc
         return questions
 
@@ -1423,9 +1424,14 @@ class ClusterStore:
         live: set[str] = set()
         version = 0
         if metadata is not None:
-            info = self._parse_info(metadata)
-            version = info.schema_version
-            live = set(self._live_names(metadata, version))
+            try:
+                info = self._parse_info(metadata)
+                version = info.schema_version
+                live = set(self._live_names(metadata, version))
+            except SchemaVersionError:
+                raise  # written by a newer avengers-graph: leave it alone
+            except StoreError:
+                metadata = None  # corrupt: nothing in it is live; a replace rebuilds it
         names = self._list_collection_names()
         for collection_name in names:
             if self._is_generation_collection(collection_name) and collection_name not in live:
@@ -1595,7 +1601,7 @@ class ClusterStore:
             if sorted(current) != list(range(info.n_clusters)):
                 raise StoreError(
                     f"The store of {self._where} should hold clusters 0..{info.n_clusters - 1} "
-                    f"but holds {sorted(current)}; re-run calibrate to rebuild it."
+                    f"but holds {sorted(current)}; re-run calibrate with --replace to rebuild it."
                 )
             for cluster, experts in clean.items():
                 current[cluster][1].update(experts)
@@ -1701,20 +1707,24 @@ class _Lease:
                 except NotFoundError:
                     continue  # released in between: try again
                 held = dict(existing.metadata or {})
+                if held.get("owner") == self._owner:  # created, though the answer was lost
+                    collection = existing
+                    break
                 renewed = held.get("renewed_at")
                 if isinstance(renewed, (int, float)) and now - renewed < LEASE_TTL_S:
                     raise self._busy(held) from None
                 store._delete_collection(name)  # its holder stopped renewing it
                 continue
-            self._collection_id = collection.id
-            threading.Thread(
-                target=self._renew, args=(collection,), name=f"{name}-lease", daemon=True
-            ).start()
-            return
-        raise StoreBusyError(
-            f"Could not take the writer lease of {store._where}: another writer took it "
-            "at the same moment. Run again once it is done."
-        )
+            break
+        else:
+            raise StoreBusyError(
+                f"Could not take the writer lease of {store._where}: another writer took it "
+                "at the same moment. Run again once it is done."
+            )
+        self._collection_id = collection.id
+        threading.Thread(
+            target=self._renew, args=(collection,), name=f"{name}-lease", daemon=True
+        ).start()
 
     def _renew(self, collection: Collection) -> None:
         while not self._stop.wait(LEASE_TTL_S / 4):

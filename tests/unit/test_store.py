@@ -926,3 +926,20 @@ def test_a_schema_1_store_is_replaced_by_a_write(tmp_path: Path) -> None:
     assert_new_calibration(fresh)
     names = {c.name for c in raw_client(tmp_path).list_collections()}
     assert names == set(fresh.collection_names().values())
+
+
+def test_a_store_with_corrupt_metadata_is_rebuilt_by_a_write(
+    written: ClusterStore, tmp_path: Path
+) -> None:
+    collection = raw_client(tmp_path).get_collection("pool-a-centroids", embedding_function=None)
+    metadata = dict(collection.metadata)
+    metadata["centroids_generation"] = "not-a-generation"
+    collection.modify(metadata=metadata)
+    fresh = ClusterStore(path=tmp_path, name="pool-a")
+    with pytest.raises(StoreError, match="--replace"):
+        fresh.stats()
+    write_default(fresh, **NEW_CALIBRATION)  # what calibrate --replace does
+    rebuilt = ClusterStore(path=tmp_path, name="pool-a")
+    assert_new_calibration(rebuilt)
+    names = {c.name for c in raw_client(tmp_path).list_collections()}
+    assert names == set(rebuilt.collection_names().values())
