@@ -408,7 +408,7 @@ class _Worker:
                 future.set_exception(exc)
 
     def run(self, function: Callable[[], _T], timeout: float) -> _T:
-        """Return ``function()``; raise :class:`TimeoutError` after ``timeout`` seconds."""
+        """Return ``function()``, or raise :class:`_Timeout` after ``timeout`` seconds."""
         future: Future[_T] = Future()
         self._tasks.put((function, future))
         try:
