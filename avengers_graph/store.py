@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import operator
 import os
@@ -115,6 +116,7 @@ _GENERATION_PATTERN = re.compile(rf"g[0-9a-f]{{{_GENERATION_HEX}}}")
 _MAX_NAME_LENGTH = 512 - len(_CENTROIDS_SUFFIX) - 2 - _GENERATION_HEX
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 _DEFAULT_BATCH_SIZE = 1000
+_log = logging.getLogger(__name__)
 _LIST_PAGE = 100
 _LOCK_FILE = "avengers-writer.lock"
 _SQLITE_FILE = "chroma.sqlite3"
@@ -1395,6 +1397,13 @@ class ClusterStore:
 
         if self._lease is not None:
             self._lease.check()
+        previous = self._read_pointer()
+        if previous is not None and previous.get("schema_version") == 1:
+            _log.info(
+                "Migrating %s from schema version 1 to %d (generation collections).",
+                self._where,
+                SCHEMA_VERSION,
+            )
         metadata = {
             **self._info_metadata(info),
             "centroids_generation": centroids,

@@ -896,7 +896,9 @@ def write_schema_1(path: Path) -> None:
     )
 
 
-def test_a_schema_1_store_is_read_then_migrated_by_the_next_write(tmp_path: Path) -> None:
+def test_a_schema_1_store_is_read_then_migrated_by_the_next_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     write_schema_1(tmp_path)
     old = ClusterStore(path=tmp_path, name="pool-a")
     assert old.info().schema_version == 1
@@ -905,7 +907,9 @@ def test_a_schema_1_store_is_read_then_migrated_by_the_next_write(tmp_path: Path
     np.testing.assert_allclose(old.centroids(), CENTROIDS, atol=1e-7)
     assert old.nearest([0.0, 1.0, 0.0, 0.0], 1)[0][0] == 1
 
-    info = old.add_expert_stats({1: {"gamma": ExpertStats(1, 1)}})
+    with caplog.at_level("INFO", logger="avengers_graph.store"):
+        info = old.add_expert_stats({1: {"gamma": ExpertStats(1, 1)}})
+    assert "from schema version 1 to 2" in caplog.text
     assert info.schema_version == SCHEMA_VERSION
     fresh = ClusterStore(path=tmp_path, name="pool-a")
     assert fresh.info().experts == ("alpha", "beta", "gamma")
