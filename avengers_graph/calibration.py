@@ -23,15 +23,16 @@ re-clustering. ``replace=True`` starts over.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import os
+import queue
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
@@ -42,8 +43,9 @@ from avengers_graph import voting
 from avengers_graph.cache import AnswerCache, CachedAnswer, cache_key
 from avengers_graph.contract import Contract, Expert, as_expert, contract, validate_pool
 from avengers_graph.embeddings import embedding_model_name
-from avengers_graph.errors import CalibrationError, InvalidInputError
+from avengers_graph.errors import CacheError, CalibrationError, InvalidInputError
 from avengers_graph.formats import FORMATS, Grader, detect, get_format, get_grader
+from avengers_graph.redact import environment_secrets, redact, secrets_of, terminal_safe
 from avengers_graph.routing import compact
 from avengers_graph.settings import default_cache_path
 from avengers_graph.store import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
@@ -243,12 +245,21 @@ def run_experts(
     not asked) and ``max_tokens`` per item kind (a mapping by kind; missing kinds are
     not capped). Sample ``j`` of every expert has seed ``seed + j``.
 
+    The calls run on ``max_concurrency`` daemon threads; each answer is cached by the
+    thread that got it, before it is counted. On an interrupt (Ctrl-C, or an exception
+    raised by ``progress``) no new call starts, the calls in flight get
+    :data:`INTERRUPT_GRACE_S` seconds to finish (and be cached), and the interrupt is
+    raised again: a hung expert never keeps the process alive.
+
     Returns:
         ``(answers by (expert, item id), calls made, answers from the cache)``.
 
     Raises:
         CalibrationError: Some calls failed; every other answer is cached, so a re-run
-            retries only the failed calls.
+            retries only the failed calls. The errors' text is redacted (no API key
+            or bearer token from an upstream server's message).
+        CacheError: An answer could not be written to the cache (a full disk): the run
+            stops before calling more experts; the answers cached before are kept.
     """
     calls = _plan_calls(experts, items, samples, seed, temperature, max_tokens)
     models = {name: as_expert(expert).model for name, expert in experts.items()}
@@ -263,6 +274,7 @@ def run_experts(
     done = len(calls) - len(missing)
     if progress:
         progress(done, len(calls))
+    secrets = [*secrets_of(experts.values()), *environment_secrets()]
 
     def ask(call: _Call) -> CachedAnswer:
         started = time.perf_counter()
@@ -274,23 +286,24 @@ def run_experts(
         return answer
 
     failures: dict[str, list[str]] = defaultdict(list)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_concurrency)
+    # a failed cache write stops every thread before its next call: no answer is thrown away
+    outcomes = _run_calls(ask, missing, max_concurrency, fatal=(CacheError,))
     try:
-        futures = {pool.submit(ask, call): call for call in missing}
-        for future in concurrent.futures.as_completed(futures):
-            call = futures[future]
-            try:
-                answer = future.result()
-            except Exception as exc:  # noqa: BLE001 - collected and raised below, nothing lost
-                failures[call.expert].append(f"{type(exc).__name__}: {exc}")
+        for call, outcome in outcomes:
+            if isinstance(outcome, CacheError):
+                raise CacheError(
+                    f"Calibration stopped before calling more experts: {outcome}"
+                ) from outcome
+            if isinstance(outcome, BaseException):
+                text = terminal_safe(redact(f"{type(outcome).__name__}: {outcome}", secrets))
+                failures[call.expert].append(text)
             else:
-                answers[(call.expert, call.item.id)][call.index] = answer
+                answers[(call.expert, call.item.id)][call.index] = outcome
             done += 1
             if progress:
                 progress(done, len(calls))
     finally:
-        # on an interrupt, queued calls are dropped; calls in flight finish and are cached
-        pool.shutdown(wait=True, cancel_futures=True)
+        outcomes.close()  # on an interrupt: no new call, a short grace for those in flight
     if failures:
         detail = "; ".join(
             f"{name}: {len(errors)} failed calls (first: {errors[0]})"
@@ -339,6 +352,71 @@ def grade_samples(
         return False, samples
     result = voting.majority_vote(keys, [0] * len(keys))
     return right[result.answer], samples
+
+
+INTERRUPT_GRACE_S = 1.0
+"""Seconds the calls in flight get to finish (and be cached) when a calibration is interrupted."""
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _run_calls(
+    function: Callable[[_T], _R],
+    tasks: Sequence[_T],
+    workers: int,
+    fatal: tuple[type[BaseException], ...] = (),
+) -> Generator[tuple[_T, _R | BaseException], None, None]:
+    """Run ``function`` over ``tasks`` on daemon threads; yield each outcome as it arrives.
+
+    An outcome is the result or the exception raised; a ``fatal`` exception stops
+    every thread from taking a new task at once. Closing the generator early (an
+    interrupt in the consumer) stops the threads from taking new tasks and waits at
+    most :data:`INTERRUPT_GRACE_S` seconds for the tasks in flight. The threads are
+    daemons (unlike ``ThreadPoolExecutor``'s, which the interpreter joins at exit), so
+    a call that never returns cannot keep the process alive.
+    """
+    todo: queue.SimpleQueue[_T] = queue.SimpleQueue()
+    for task in tasks:
+        todo.put(task)
+    results: queue.SimpleQueue[tuple[_T, _R | BaseException]] = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                task = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                outcome: _R | BaseException = function(task)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, nothing lost
+                outcome = exc
+                if isinstance(exc, fatal):
+                    stop.set()
+            results.put((task, outcome))
+
+    threads = [
+        threading.Thread(target=work, name=f"avengers-calibration-{i}", daemon=True)
+        for i in range(min(workers, len(tasks)))
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(len(tasks)):
+            while True:
+                try:
+                    yield results.get(timeout=0.5)  # a bounded wait: Ctrl-C is seen at once
+                    break
+                except queue.Empty:
+                    if not any(thread.is_alive() for thread in threads) and results.empty():
+                        return  # stopped by a fatal outcome the consumer did not raise
+                    continue
+    finally:
+        stop.set()
+        deadline = time.monotonic() + INTERRUPT_GRACE_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def grade_expert(
@@ -461,7 +539,9 @@ def calibrate(
             folder, see :func:`avengers_graph.settings.default_cache_path`).
         grader: A callable ``(output, reference) -> bool`` used instead of the
             per-kind graders.
-        replace: Discard the store's calibration and start over.
+        replace: Discard the store's calibration and start over. The new one is
+            written beside the old and switched in at the end, so the old one keeps
+            serving until then (and if the run is interrupted).
         progress: Called with ``(finished calls, total calls)``.
 
     Returns:
@@ -472,6 +552,10 @@ def calibrate(
             store's questions when adding experts.
         EmbeddingMismatchError: Adding experts with other embeddings than the store's.
         CalibrationError: Expert calls failed (the rest is cached; run again to resume).
+        CacheError: The answer cache is damaged or could not be written (a full disk):
+            the run stops before calling more experts; what was cached is kept.
+        StoreBusyError: Another calibration is writing to the store.
+        StoreError: The store is damaged or did not answer in time.
     """
     validate_pool(experts)
     if samples < 1 or max_concurrency < 1:
@@ -485,9 +569,28 @@ def calibrate(
         "max_concurrency": max_concurrency,
         "progress": progress,
     }
-    if not replace and not store.is_empty():
-        return _add_experts(experts, embeddings, dataset, store, answer_cache, grader, run)
+    # One writer per store for the whole run: a second calibration fails at once with
+    # StoreBusyError instead of calling experts and then overwriting this one.
+    with store.write_lock():
+        if not replace and not store.is_empty():
+            return _add_experts(experts, embeddings, dataset, store, answer_cache, grader, run)
+        return _calibrate_new(
+            experts, embeddings, dataset, store, answer_cache, grader, run, n_clusters, seed
+        )
 
+
+def _calibrate_new(
+    experts: Mapping[str, BaseChatModel | Expert],
+    embeddings: Embeddings,
+    dataset: Iterable[Mapping[str, Any]] | None,
+    store: ClusterStore,
+    answer_cache: AnswerCache,
+    grader: Grader | None,
+    run: Mapping[str, Any],
+    n_clusters: int | None,
+    seed: int,
+) -> CalibrationReport:
+    """Cluster, run every expert and write a new calibration (beside the old one, if any)."""
     if dataset is None:
         raise InvalidInputError("calibrate needs a dataset to build a new store.")
     items = load_dataset(dataset, custom_grader=grader is not None)
@@ -499,7 +602,7 @@ def calibrate(
     labels, centroids = cluster_questions(vectors, k, seed)
     label_of = {item.id: int(label) for item, label in zip(items, labels, strict=True)}
 
-    answers, calls, cached = run_experts(experts, items, answer_cache, **run)  # type: ignore[arg-type]
+    answers, calls, cached = run_experts(experts, items, answer_cache, **run)
     stats = expert_stats(answers, items, label_of, experts, grader)
     store.write(
         StoreInfo(
