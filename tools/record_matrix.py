@@ -32,7 +32,7 @@ FEW_SAMPLES = ("smollm2-135m:direct", "smollm2-135m:reason", "gemma3-270m")
 
 def avengers(*args: str) -> None:
     """Run one CLI command, echoing it; stop on failure."""
-    command = [sys.executable, "-m", "avengers_graph.cli", *args]
+    command = [sys.executable, "-m", "avengers_graph", *args]
     print("+", " ".join(args), flush=True)
     subprocess.run(command, check=True)
 
