@@ -79,6 +79,7 @@ from avengers_graph.embeddings import embedding_model_name, normalise
 from avengers_graph.errors import AllExpertsFailedError, ExpertTimeoutError, InvalidInputError
 from avengers_graph.formats import Detected
 from avengers_graph.options import MAX_RETRIES, AvengersContext, AvengersOptions, resolve_options
+from avengers_graph.redact import environment_secrets, redact, secrets_of
 from avengers_graph.state import (
     AvengersState,
     ClusterRecord,
@@ -230,6 +231,8 @@ class _Nodes:
         """The experts: a model and the strategy it answers with."""
         self.experts = {name: expert_calls.retry_free(e.model) for name, e in self.pool.items()}
         """What the graph calls: the experts' retry-free twins (one retry layer)."""
+        self.secrets = [*secrets_of(e.model for e in self.pool.values()), *environment_secrets()]
+        """Values never to repeat in ``failures`` (the experts' keys, ``AVENGERS_API_KEYS``)."""
         self.expert_costs = dict(expert_costs)
         self.embeddings = embeddings
         self.embedding_name = embedding_model_name(embeddings)
@@ -511,7 +514,7 @@ class _Nodes:
         retry = attempt <= settings.max_retries and attempt < self.max_attempts
         if retry and is_transient_error(exc):
             raise exc  # LangGraph's RetryPolicy runs the task again
-        error = f"{type(exc).__name__}: {exc}"
+        error = redact(f"{type(exc).__name__}: {exc}", self.secrets)
         if turn is not None:
             turn.report(None)
         _emit("sample", expert=task["expert"], index=task["index"], status="failed", error=error)

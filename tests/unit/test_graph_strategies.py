@@ -217,3 +217,19 @@ def test_empty_program_output_never_wins(tmp_path: Path, embeddings) -> None:
     out = graph.invoke({"messages": [HumanMessage(WORD)]})
     assert out["messages"][-1].text == "\\boxed{8}"
     assert out["avengers"]["winner"] == "reason"
+
+
+def test_upstream_error_text_is_redacted_in_failures(tmp_path: Path, embeddings) -> None:
+    leaky = ScriptedExpert(
+        model="leaky",
+        always_fail=True,
+        fail_with=lambda: ValueError("401: bad key in 'Authorization: Bearer sk-live-123456789'"),
+    )
+    fine = ScriptedExpert(model="fine", respond=constant("\\boxed{8}"))
+    store = _store(tmp_path / "s", embeddings, {"leaky": (6, 10), "fine": (5, 10)})
+    graph = create_avengers_graph(
+        {"leaky": leaky, "fine": fine}, embeddings, store, top_n=2, samples=1
+    )
+    record = graph.invoke({"messages": [HumanMessage(WORD)]})["avengers"]
+    assert "sk-live-123456789" not in record["failures"]["leaky"]
+    assert "401: bad key" in record["failures"]["leaky"]
