@@ -17,7 +17,9 @@ what service sends:
    reply's ``{"answer": ...}`` unwrapped (a choice rendered as ``B) Paris``), a
    ``program`` run in :func:`avengers_graph.sandbox.run_python` with its printed
    output as the answer (an error or nothing printed: an empty answer, which never
-   votes); a ``reason`` reply as it is.
+   votes); a ``reason`` reply as it is. Programs run only isolated
+   (``require_isolation``: bubblewrap); where it is missing they do not run at all and
+   the program's answer is empty.
 
 Pure apart from running programs: messages in, messages out.
 """
@@ -43,7 +45,7 @@ from avengers_graph.formats import (
     last_code_block,
     option_text,
 )
-from avengers_graph.sandbox import run_python
+from avengers_graph.sandbox import SandboxError, run_python
 
 __all__ = [
     "PROGRAM_TIMEOUT",
@@ -196,7 +198,10 @@ class Contract:
         code = last_code_block(text)
         if code is None:
             return "", {"source": None, "returncode": None, "output": ""}
-        result = run_python(code, timeout=timeout)
+        try:
+            result = run_python(code, timeout=timeout, require_isolation=True)
+        except SandboxError as error:  # no isolation here: the program does not run
+            return "", {"source": code, "returncode": None, "output": "", "error": str(error)}
         printed = [line.strip() for line in result.stdout.splitlines() if line.strip()]
         answer = printed[-1] if result.ok and printed else ""
         record = {
