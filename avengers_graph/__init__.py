@@ -4,7 +4,6 @@ The Avengers method (arXiv 2505.19797) as a LangGraph state machine and a drop-i
 LangChain chat model.
 """
 
-from avengers_graph.cache import AnswerCache
 from avengers_graph.calibration import CalibrationReport, calibrate
 from avengers_graph.chat_models import ChatAvengers
 from avengers_graph.embeddings import LocalEmbeddings
@@ -24,10 +23,11 @@ from avengers_graph.errors import (
     StoreError,
     StoreTimeoutError,
 )
+from avengers_graph.experts.cache import AnswerCache
 from avengers_graph.graph import build_avengers_graph, create_avengers_graph
+from avengers_graph.graph.state import RoutingRecord
 from avengers_graph.options import AvengersContext, AvengersOptions
-from avengers_graph.state import RoutingRecord
-from avengers_graph.store import ClusterStore, ExpertStats, StoreInfo
+from avengers_graph.stores.chroma import ClusterStore, ExpertStats, StoreInfo
 
 __all__ = [
     "AllExpertsFailedError",

@@ -8,13 +8,13 @@
    them; centroids are re-normalised for cosine routing.
 4. :func:`run_experts` asks every expert ``samples`` times per question (bounded
    concurrency, one request per sample with its own seed). Every answer goes to the
-   SQLite :class:`~avengers_graph.cache.AnswerCache` as soon as it arrives, so a
+   SQLite :class:`~avengers_graph.experts.cache.AnswerCache` as soon as it arrives, so a
    re-run, or a killed run started again, repeats no call.
 5. :func:`grade_expert` takes each expert's majority answer per question
    (:func:`~avengers_graph.voting.majority_answer`) and grades it with the item's
    grader (:mod:`avengers_graph.grading`) or the caller's.
 6. Per cluster and expert, ``correct``, ``total``, mean tokens and seconds go to the
-   :class:`~avengers_graph.store.ClusterStore` with the centroids and the questions.
+   :class:`~avengers_graph.stores.chroma.ClusterStore` with the centroids and the questions.
 
 On a store that already holds a calibration, only the experts it does not know yet
 are run, on the stored questions, and their statistics are added without
@@ -40,15 +40,15 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from avengers_graph import voting
-from avengers_graph.cache import AnswerCache, CachedAnswer, cache_key
-from avengers_graph.contract import Contract, Expert, as_expert, contract, validate_pool
+from avengers_graph.app.settings import default_cache_path
 from avengers_graph.embeddings import embedding_model_name
 from avengers_graph.errors import CacheError, CalibrationError, InvalidInputError
+from avengers_graph.experts.cache import AnswerCache, CachedAnswer, cache_key
+from avengers_graph.experts.contract import Contract, Expert, as_expert, contract, validate_pool
 from avengers_graph.formats import FORMATS, Grader, detect, get_format, get_grader
 from avengers_graph.redact import environment_secrets, redact, secrets_of, terminal_safe
 from avengers_graph.routing import compact
-from avengers_graph.settings import default_cache_path
-from avengers_graph.store import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
+from avengers_graph.stores.chroma import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
 
 Progress = Callable[[int, int], None]
 """Called with ``(finished calls, total calls)`` as expert answers arrive."""
@@ -172,7 +172,7 @@ def build_prompt(item: ValidationItem, expert: BaseChatModel | Expert) -> list[B
     """The messages sent to an expert for one validation question (the prompt contract).
 
     The same as service sends for the same question: the strategy's instruction for the
-    question's detected format (:mod:`avengers_graph.contract`), then the question.
+    question's detected format (:mod:`avengers_graph.experts.contract`), then the question.
     """
     return item_contract(item, as_expert(expert)).messages([HumanMessage(item.question)])
 
@@ -536,7 +536,7 @@ def calibrate(
         max_tokens: Generation cap sent to experts (``None``: the expert's own).
         max_concurrency: Expert calls in flight at once.
         cache: The answer cache, or a path to its SQLite file (default: the user cache
-            folder, see :func:`avengers_graph.settings.default_cache_path`).
+            folder, see :func:`avengers_graph.app.settings.default_cache_path`).
         grader: A callable ``(output, reference) -> bool`` used instead of the
             per-kind graders.
         replace: Discard the store's calibration and start over. The new one is

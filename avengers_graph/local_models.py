@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from avengers_graph.errors import AvengersError
 
 if TYPE_CHECKING:
-    from avengers_graph.tool_parsers import ToolCallParser
+    from avengers_graph.experts.tool_parsers import ToolCallParser
 
 __all__ = [
     "DEMO_MODELS",
@@ -74,7 +74,7 @@ class LocalModelSpec:
         chat_format: llama.cpp ``chat_format``; ``None`` uses the GGUF's own template.
         n_ctx: Context size the server loads the model with.
         tool_call_parser: Client-side parser of the tool calls the model writes as
-            text (see :mod:`avengers_graph.tool_parsers`); ``None`` for a model whose
+            text (see :mod:`avengers_graph.experts.tool_parsers`); ``None`` for a model whose
             chat template has no tool support, which cannot call tools.
     """
 

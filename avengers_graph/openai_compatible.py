@@ -15,7 +15,7 @@ only in part:
    GGUF template supports them (Qwen2.5) but, with ``tool_choice="auto"``, returns
    the model's call as ``content``. When tools were bound for the call and the answer
    has no ``tool_calls``, :meth:`ChatOpenAICompatible._generate` (and ``_agenerate``)
-   parse the content with :func:`avengers_graph.tool_parsers.parse_message_tool_calls` into
+   parse the content with :func:`avengers_graph.experts.tool_parsers.parse_message_tool_calls` into
    proper ``tool_calls`` (bound tool names only, argument keys their schemas declare
    only, new ``call_<uuid>`` ids; only the first call and the text before it when the
    request said ``parallel_tool_calls=False``, which such servers cannot enforce);
@@ -23,7 +23,7 @@ only in part:
    and the parser on, ``stream``/``astream`` yield one chunk, the parsed answer, since
    a call can only be recognised once the whole text is there. The way back is
    coherent too: with the parser on, earlier turns' calls are sent as the same text
-   (:func:`~avengers_graph.tool_parsers.format_hermes_tool_calls`), not as
+   (:func:`~avengers_graph.experts.tool_parsers.format_hermes_tool_calls`), not as
    ``tool_calls``, which llama.cpp's template would render with the arguments
    JSON-encoded twice (a quoted string the model then imitates). Generation stops
    at ``<tool_response>`` (:data:`HERMES_STOP`): a model that goes on to invent the
@@ -46,7 +46,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
 
-from avengers_graph.tool_parsers import (
+from avengers_graph.experts.tool_parsers import (
     ToolCallParser,
     as_generation_chunk,
     bound_tool_names,

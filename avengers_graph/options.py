@@ -149,7 +149,7 @@ class AvengersOptions(OptionsModel):
     """Seconds one expert call may take before it counts as failed (that sample is
     lost, the vote goes on). Async calls are cancelled; sync calls to clients that
     take a per-request timeout (langchain-openai) end their HTTP request, others are
-    abandoned on their own thread (:mod:`avengers_graph.expert_calls`)."""
+    abandoned on their own thread (:mod:`avengers_graph.experts.calls`)."""
     max_retries: int = Field(default=2, ge=0, le=MAX_RETRIES)
     """Retries of an expert call that failed with a transient error (connection, 408,
     429, 5xx): a failing sample makes at most ``max_retries + 1`` requests."""

@@ -650,7 +650,7 @@ class _StatusReader:
         """The next document, or None at end of file or at ``until`` (monotonic)."""
         while b"\n" not in self._buffer and not self._eof:
             remaining = until - time.monotonic()
-            if remaining <= 0 or not select.select([self._fd], [], [], remaining)[0]:
+            if remaining <= 0 or not _readable(self._fd, remaining):
                 return None
             chunk = os.read(self._fd, 4096)
             self._eof = not chunk
@@ -788,10 +788,21 @@ def _wait_and_kill(
         if pidfd is not None:
             # Readable once init has exited, which the kernel allows only after every
             # other process of the namespace is gone.
-            select.select([pidfd], [], [], _KILL_GRACE_SECONDS)
+            _readable(pidfd, _KILL_GRACE_SECONDS)
             os.close(pidfd)
     finished = [] if returncode is None else status.documents(time.monotonic() + 1.0)
     return returncode, timed_out, finished
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` becomes readable within ``timeout`` seconds.
+
+    ``poll`` rather than ``select``: a process with more than 1024 open files (a
+    long-running server) gets descriptors ``select`` refuses.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(timeout, 0.0) * 1000))
 
 
 def _wait(process: subprocess.Popen[bytes], timeout: float) -> int:
@@ -808,7 +819,7 @@ def _wait(process: subprocess.Popen[bytes], timeout: float) -> int:
     except (AttributeError, OSError):  # not Linux, or already reaped
         return process.wait(timeout=timeout)
     with _closing(pidfd):
-        if not select.select([pidfd], [], [], timeout)[0]:
+        if not _readable(pidfd, timeout):
             raise subprocess.TimeoutExpired(process.args, timeout)
     return process.wait(timeout=_KILL_GRACE_SECONDS)
 

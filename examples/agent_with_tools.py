@@ -39,8 +39,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.tools import tool
 from langgraph.errors import GraphRecursionError
 
-from avengers_graph.cache import AnswerCache
 from avengers_graph.embedded import bundled, load, local_avengers
+from avengers_graph.experts.cache import AnswerCache
 
 POOL = bundled("tools_pool.yaml")
 RECORDED = bundled("tools_pool_answers.jsonl")

@@ -36,8 +36,8 @@ from langchain_core.messages import HumanMessage
 
 from avengers_graph import ClusterStore, LocalEmbeddings, calibrate, create_avengers_graph
 from avengers_graph.embeddings import normalise
+from avengers_graph.graph.state import InputState
 from avengers_graph.routing import match_clusters, score_experts, select_experts
-from avengers_graph.state import InputState
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -58,15 +58,15 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict
 
 from avengers_graph import ChatAvengers, ClusterStore
+from avengers_graph.app.settings import Settings
 from avengers_graph.config import PoolConfig
 from avengers_graph.embedded import bundled
-from avengers_graph.openai_compatible import HERMES_STOP, ChatOpenAICompatible
-from avengers_graph.settings import Settings
-from avengers_graph.tool_parsers import (
+from avengers_graph.experts.tool_parsers import (
     ToolCallParser,
     bound_tool_parameters,
     parse_message_tool_calls,
 )
+from avengers_graph.openai_compatible import HERMES_STOP, ChatOpenAICompatible
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = bundled("tools_pool.yaml")
@@ -492,9 +492,9 @@ def calibrated_store(settings: Settings, pool: PoolConfig) -> ClusterStore:
     running get an address that cannot resolve (``.invalid``), and a missing answer
     fails loudly with a connection error instead of calling anything.
     """
-    from avengers_graph.cache import AnswerCache
     from avengers_graph.calibration import calibrate
     from avengers_graph.embedded import RECORDED_ANSWERS, local_urls, read_jsonl
+    from avengers_graph.experts.cache import AnswerCache
 
     store = pool.build_store(settings)
     if not store.is_empty():

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from avengers_graph.recording import DEFAULT_MATRIX, ResponseMatrix
+from avengers_graph.eval.recording import DEFAULT_MATRIX, ResponseMatrix
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ROOT / "docs" / "benchmarks"

@@ -12,7 +12,7 @@ Each domain draws ``--per-domain`` items from its source with ``random.Random`` 
 by ``"<seed>/<domain>"``, out of the items whose question is at most
 ``MAX_QUESTION_CHARS`` characters, read in a fixed order (sorted subjects, file
 order); MMLU's draw is spread over its subjects and SST-2's over its labels
-(:func:`avengers_graph.benchmarks.sample_items`). The rows are written as JSON lines
+(:func:`avengers_graph.eval.benchmarks.sample_items`). The rows are written as JSON lines
 with the keys ``id``, ``domain``, ``kind``, ``question``, ``answer`` and ``source``.
 Questions carry no instruction: the calibration adds a system message per kind.
 See ``avengers_graph/data/README.md`` for the provenance and licenses.
@@ -27,7 +27,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from avengers_graph.benchmarks import (
+from avengers_graph.errors import AvengersError
+from avengers_graph.eval.benchmarks import (
     MAX_QUESTION_CHARS,
     PACKAGE,
     gsm8k_items,
@@ -39,7 +40,6 @@ from avengers_graph.benchmarks import (
     sample_items,
     sst2_items,
 )
-from avengers_graph.errors import AvengersError
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "avengers_graph" / "data" / "validation.jsonl"
 
@@ -80,7 +80,7 @@ DOMAINS: dict[str, tuple[Callable[[Path], list[Row]], str, str | None]] = {
     "sentiment": (sst2_items, "SST-2 validation", "answer"),
     "code": (humaneval_items, "HumanEval test", None),
 }
-"""Each domain's reader (:mod:`avengers_graph.benchmarks`), its source and the key its
+"""Each domain's reader (:mod:`avengers_graph.eval.benchmarks`), its source and the key its
 draw is spread over."""
 
 

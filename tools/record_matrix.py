@@ -48,7 +48,7 @@ def commit(out: Path, message: str) -> None:
 
 def progress(out: Path) -> str:
     """``N samples, Q questions`` of the matrix folder."""
-    from avengers_graph.recording import ResponseMatrix
+    from avengers_graph.eval.recording import ResponseMatrix
 
     matrix = ResponseMatrix.load(out)
     complete = matrix.complete()

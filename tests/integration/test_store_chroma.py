@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from avengers_graph.errors import EmbeddingMismatchError, EmptyStoreError, StoreError
-from avengers_graph.store import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
+from avengers_graph.stores.chroma import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
 
 CENTROIDS = np.array(
     [

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from avengers_graph.embeddings import MINILM_NAME
-from avengers_graph.store import ClusterStore, ExpertStats, StoreInfo
+from avengers_graph.stores.chroma import ClusterStore, ExpertStats, StoreInfo
 from tests.reliability._store_fixtures import (
     FakeOpenAI,
     child_env,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avengers_graph.store import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
+from avengers_graph.stores.chroma import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
 from tests.reliability._store_fixtures import child_env, cli, write_dataset, write_pool_file
 
 pytestmark = [pytest.mark.enable_socket]

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from avengers_graph import store as store_module
 from avengers_graph.errors import StoreBusyError, StoreTimeoutError
-from avengers_graph.store import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
+from avengers_graph.stores import chroma as store_module
+from avengers_graph.stores.chroma import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
 from tests.reliability._store_fixtures import ROOT, ChromaServer, child_env, chroma_server
 
 pytestmark = [pytest.mark.enable_socket]
@@ -92,7 +92,7 @@ def test_a_stopped_server_fails_within_the_timeout_naming_the_server(
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from avengers_graph.store import ClusterStore
+    from avengers_graph.stores.chroma import ClusterStore
     store = ClusterStore(host=sys.argv[1], port=int(sys.argv[2]), name="shared")
     with store.write_lock():
         print("holding", flush=True)

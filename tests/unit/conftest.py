@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avengers_graph.store import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
+from avengers_graph.stores.chroma import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
 from tests.fakes import KeywordEmbeddings, ScriptedExpert, constant
 
 KEYWORDS = {"math": 0, "code": 1}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from avengers_graph.behaviour import behaviour_keys, generated_calls, probe_calls
+from avengers_graph.formats.behaviour import behaviour_keys, generated_calls, probe_calls
 from avengers_graph.voting import majority_vote
 
 PROMPT = '''def add(a: int, b: int) -> int:

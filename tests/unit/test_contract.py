@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from avengers_graph.contract import Expert, as_expert, contract, validate_pool
 from avengers_graph.errors import InvalidInputError
+from avengers_graph.experts.contract import Expert, as_expert, contract, validate_pool
 from tests.fakes import ScriptedExpert, constant
 
 CHOICE = "Which planet is red?\nA) Venus\nB) Mars\nC) Jupiter"

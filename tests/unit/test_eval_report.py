@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from avengers_graph.eval_report import PAPER, ReportOptions, markdown, write_report
+from avengers_graph.eval.report import PAPER, ReportOptions, markdown, write_report
 from tests.unit.test_replay import MATRIX, VECTORS
 
 pytestmark = pytest.mark.filterwarnings("ignore:Number of distinct clusters")

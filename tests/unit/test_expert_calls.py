@@ -26,7 +26,7 @@ from pydantic import PrivateAttr
 
 from avengers_graph import AllExpertsFailedError, ChatAvengers, create_avengers_graph
 from avengers_graph.config import ExpertConfig
-from avengers_graph.expert_calls import request_timeout, retry_free
+from avengers_graph.experts.calls import request_timeout, retry_free
 from avengers_graph.graph import is_transient_error
 from tests.fakes import ScriptedExpert, constant
 

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from avengers_graph.benchmarks import BENCHMARKS, load_benchmark
 from avengers_graph.errors import InvalidInputError
+from avengers_graph.eval.benchmarks import BENCHMARKS, load_benchmark
 from avengers_graph.formats import (
     FORMATS,
     STRATEGIES,

@@ -22,7 +22,7 @@ from avengers_graph import (
     build_avengers_graph,
     create_avengers_graph,
 )
-from avengers_graph.contract import contract
+from avengers_graph.experts.contract import contract
 from avengers_graph.graph import is_transient_error
 from tests.fakes import KeywordEmbeddings, ScriptedExpert, constant
 from tests.unit.conftest import write_two_domain_store

@@ -10,8 +10,8 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from avengers_graph import create_avengers_graph
 from avengers_graph.calibration import ValidationItem, build_prompt, item_contract
-from avengers_graph.contract import Expert
-from avengers_graph.store import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
+from avengers_graph.experts.contract import Expert
+from avengers_graph.stores.chroma import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
 from tests.fakes import KeywordEmbeddings, ScriptedExpert, constant
 
 KEYWORDS = {"apples": 0, "planet": 1}

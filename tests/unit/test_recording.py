@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from avengers_graph.cache import AnswerCache
 from avengers_graph.errors import InvalidInputError
-from avengers_graph.recording import (
+from avengers_graph.eval.recording import (
     PACKAGES,
     PROVENANCE_FILE,
     QUESTIONS_FILE,
@@ -25,6 +24,7 @@ from avengers_graph.recording import (
     contract_snapshot,
     record,
 )
+from avengers_graph.experts.cache import AnswerCache
 from tests.fakes import ScriptedExpert
 
 GOOD_CODE = '```python\ndef add(a, b):\n    """Add."""\n    return a + b\n```'

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from avengers_graph import InvalidInputError
-from avengers_graph.cache import AnswerCache
-from avengers_graph.recording import ResponseMatrix, record
+from avengers_graph.eval.recording import ResponseMatrix, record
+from avengers_graph.experts.cache import AnswerCache
 from tests.fakes import ScriptedExpert
 
 ITEMS = [

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from avengers_graph import InvalidInputError
-from avengers_graph.recording import Response, ResponseMatrix
-from avengers_graph.replay import (
+from avengers_graph.eval.recording import Response, ResponseMatrix
+from avengers_graph.eval.replay import (
     AVERAGE,
     CHOSEN,
     AdaptiveConfig,

@@ -26,7 +26,7 @@ from avengers_graph.routing import (
     select_experts,
     smoothed_accuracy,
 )
-from avengers_graph.store import ExpertStats
+from avengers_graph.stores.chroma import ExpertStats
 
 
 def s(correct: int, total: int, seconds: float = 0.0, tokens: float = 0.0) -> ExpertStats:

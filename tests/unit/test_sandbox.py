@@ -368,3 +368,26 @@ def test_missing_bubblewrap_falls_back_with_one_warning(
     assert len(warnings) == 1
     assert "WITHOUT isolation" in warnings[0].getMessage()
     assert "not installed" in warnings[0].getMessage()
+
+
+def test_a_caller_with_more_than_1024_open_files_can_still_run_programs() -> None:
+    # Bug: the waits used select(), which refuses descriptors above 1023; a long test
+    # session (or a server) holding many files failed every run with a ValueError.
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the open-files limit ({hard}) is too low to open 1100 files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        result = run_python("print(6 * 7)", timeout=10)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert result.ok
+    assert result.stdout == "42\n"

@@ -17,7 +17,7 @@ import numpy as np
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from avengers_graph import ChatAvengers, ClusterStore, ExpertStats, StoreInfo
-from avengers_graph.store import StoredQuestion
+from avengers_graph.stores.chroma import StoredQuestion
 from tests.fakes import KeywordEmbeddings, ScriptedExpert, constant
 from tests.standard import ChatAvengersCapabilities
 

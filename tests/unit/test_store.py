@@ -24,7 +24,7 @@ from avengers_graph.errors import (
     StoreError,
     StoreTimeoutError,
 )
-from avengers_graph.store import (
+from avengers_graph.stores.chroma import (
     SCHEMA_VERSION,
     ClusterStore,
     ExpertStats,
@@ -284,7 +284,7 @@ def test_persistence_across_processes(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import json, sys
-        from avengers_graph.store import ClusterStore
+        from avengers_graph.stores.chroma import ClusterStore
         store = ClusterStore(path=sys.argv[1], name="pool-a")
         print(json.dumps({
             "experts": list(store.info().experts),
@@ -915,7 +915,7 @@ def test_a_schema_1_store_is_read_then_migrated_by_the_next_write(
     np.testing.assert_allclose(old.centroids(), CENTROIDS, atol=1e-7)
     assert old.nearest([0.0, 1.0, 0.0, 0.0], 1)[0][0] == 1
 
-    with caplog.at_level("INFO", logger="avengers_graph.store"):
+    with caplog.at_level("INFO", logger="avengers_graph.stores.chroma"):
         info = old.add_expert_stats({1: {"gamma": ExpertStats(1, 1)}})
     assert "from schema version 1 to 2" in caplog.text
     assert info.schema_version == SCHEMA_VERSION

@@ -7,7 +7,7 @@ from collections.abc import Collection
 
 import pytest
 
-from avengers_graph.tool_parsers import (
+from avengers_graph.experts.tool_parsers import (
     bound_tool_names,
     bound_tool_parameters,
     format_hermes_tool_calls,

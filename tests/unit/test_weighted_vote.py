@@ -15,7 +15,7 @@ from avengers_graph.routing import (
     reliability,
     sample_accuracy,
 )
-from avengers_graph.store import ExpertStats
+from avengers_graph.stores.chroma import ExpertStats
 from avengers_graph.voting import OPEN_CHANCE, weighted_vote
 
 

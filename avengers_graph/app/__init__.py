@@ -1,0 +1,1 @@
+"""The application layer: deployment settings, pool files, the CLI, Studio."""

@@ -1,0 +1,939 @@
+"""Offline replay: routing and voting measured on a recorded response matrix.
+
+No model is called. A :class:`Replay` splits the matrix's questions per dataset
+(seeded, 70 % calibration / 30 % test), calibrates on the calibration part exactly as
+:func:`avengers_graph.calibrate` does (seeded K-means over the question embeddings;
+per cluster and expert, the expert's majority answer graded), and then answers every
+test question from the recorded samples with the same pure functions the graph uses
+(:func:`~avengers_graph.routing.score_experts`,
+:func:`~avengers_graph.routing.select_experts`,
+:func:`~avengers_graph.voting.majority_vote`). Answers are compared by the
+benchmark's extractor (the ``extracted`` column), as the graph does with
+``answer_format`` set to the benchmark's kind.
+
+Side by side on the same test questions:
+
+- **Random**: one sample of an expert drawn uniformly (its expected accuracy).
+- **Best-Single**: the expert with the best calibration accuracy, one sample;
+  **Best-Single SC**: the same expert, its samples majority-voted.
+- **Max-Expert**: the best expert of each dataset (it knows the dataset label), one sample.
+- **Oracle**: correct when any recorded sample of any expert is (an upper bound for
+  every strategy that answers with one of the recorded samples), at the cost of one
+  call to the right sample of least compute.
+- **Ensemble configurations** (:class:`EnsembleConfig`): the paper's (nearest
+  cluster, top-1 expert, self-consistency), ours (top_n 2-3, samples split across
+  experts) and the cost-aware Avengers-Pro ranking (``quality_weight < 1``).
+
+Every outcome carries accuracy, expert calls, generated tokens, compute (generated
+tokens times the expert's ``cost`` per token from the matrix's provenance, billions of
+parameters for the local pool; 1 for an expert without one) and expert seconds per
+question; :func:`evaluate` averages them over several seeded splits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+from langchain_core.embeddings import Embeddings
+
+from avengers_graph.calibration import cluster_questions
+from avengers_graph.embeddings import normalise
+from avengers_graph.errors import InvalidInputError
+from avengers_graph.eval.recording import Response, ResponseMatrix
+from avengers_graph.formats import FORMATS, Detected
+from avengers_graph.routing import (
+    ClusterMatch,
+    Cost,
+    compact,
+    match_clusters,
+    plan_sampling,
+    score_experts,
+    select_experts,
+)
+from avengers_graph.stores.chroma import ExpertStats
+from avengers_graph.voting import OPEN_CHANCE, majority_vote, repeated_weights, weighted_vote
+
+__all__ = [
+    "BASELINES",
+    "CHOSEN",
+    "AdaptiveConfig",
+    "Comparison",
+    "EnsembleConfig",
+    "Outcome",
+    "Replay",
+    "Summary",
+    "calibration_curve",
+    "choose_on_calibration",
+    "compare",
+    "default_configs",
+    "embed_questions",
+    "evaluate",
+]
+
+Baseline = Literal["Random", "Best-Single", "Best-Single SC", "Max-Expert", "Oracle"]
+BASELINES: tuple[Baseline, ...] = (
+    "Random",
+    "Best-Single",
+    "Best-Single SC",
+    "Max-Expert",
+    "Oracle",
+)
+AVERAGE = "average"
+"""The key of the macro average (mean over datasets) in per-dataset results."""
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """One configuration of the Avengers graph, as replayed.
+
+    The fields mean what the same arguments of
+    :func:`avengers_graph.create_avengers_graph` mean; ``budget`` instead spreads a
+    total number of samples over the selected experts, best-ranked first.
+    """
+
+    name: str
+    top_k: int = 1
+    top_n: int = 1
+    samples: int = 1
+    """Samples per selected expert (ignored when ``budget`` is set)."""
+    budget: int | None = None
+    """Total samples per question, split as evenly as possible over the top_n experts."""
+    beta: float = 3.0
+    quality_weight: float = 1.0
+    cost: Cost = "compute"
+    """What the cost-aware ranking counts (seconds depend on the recording machine's load)."""
+    prior_strength: float = 0.0
+
+    def allocation(self, selected: int) -> list[int]:
+        """Samples of each selected expert, best-ranked first."""
+        if self.budget is None:
+            return [self.samples] * selected
+        base, extra = divmod(self.budget, selected)
+        return [base + (rank < extra) for rank in range(selected)]
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig:
+    """Weighted votes with adaptive sampling, as the graph runs them.
+
+    The fields mean what the same options of the graph mean; ``n_clusters`` (None: the
+    replay's K) lets a selection grid vary K too.
+
+    Per question, :func:`avengers_graph.routing.plan_sampling` rates the eligible
+    experts (those with recorded samples, i.e. whose strategy serves the question's
+    format) on the matched clusters, drops those at or below chance and orders the
+    samples of the ``top_n`` most reliable by evidence per unit of compute; rounds of
+    ``round_size`` samples are drawn until :func:`avengers_graph.voting.weighted_vote`
+    is at least ``threshold`` sure, or ``budget`` samples are drawn.
+    """
+
+    name: str
+    top_k: int = 1
+    top_n: int = 3
+    per_expert: int = 5
+    budget: int = 10
+    round_size: int = 2
+    threshold: float = 0.9
+    depth: bool = False
+    prior_strength: float = 4.0
+    discount: float = 1.0
+    beta: float = 3.0
+    n_clusters: int | None = None
+
+
+def default_configs(max_samples: int = 5) -> list[EnsembleConfig]:
+    """The paper's configuration, ours, and the cost-aware ones (replay's defaults)."""
+    return [
+        EnsembleConfig("Paper: top-1 cluster, top-1 expert, SC", samples=max_samples),
+        EnsembleConfig("top_n=2 x 3 samples", top_n=2, samples=3),
+        EnsembleConfig("top_n=3 x 2 samples", top_n=3, samples=2),
+        EnsembleConfig("top_n=2, budget 5", top_n=2, budget=max_samples),
+        EnsembleConfig("top_n=3, budget 5", top_n=3, budget=max_samples),
+        EnsembleConfig("top_k=3 clusters, top_n=2 x 3", top_k=3, top_n=2, samples=3),
+        EnsembleConfig("Pro a=0.9: top-1 by accuracy and compute", quality_weight=0.9),
+        EnsembleConfig("Pro a=0.7: top-1 by accuracy and compute", quality_weight=0.7),
+    ]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Mean result per question."""
+
+    accuracy: float
+    calls: float
+    tokens: float
+    seconds: float
+    compute: float
+    """Generated tokens times each expert's cost per token."""
+
+    @staticmethod
+    def mean(outcomes: Sequence[Outcome]) -> Outcome:
+        """The mean of several outcomes (all zero for none)."""
+        if not outcomes:
+            return NOTHING
+        return Outcome(
+            accuracy=statistics.fmean(o.accuracy for o in outcomes),
+            calls=statistics.fmean(o.calls for o in outcomes),
+            tokens=statistics.fmean(o.tokens for o in outcomes),
+            seconds=statistics.fmean(o.seconds for o in outcomes),
+            compute=statistics.fmean(o.compute for o in outcomes),
+        )
+
+
+NOTHING = Outcome(0.0, 0.0, 0.0, 0.0, 0.0)
+"""The outcome of no call (a question no selected expert answered)."""
+
+
+def embed_questions(matrix: ResponseMatrix, embeddings: Embeddings) -> dict[str, np.ndarray]:
+    """Unit vectors of the matrix's questions, by question id."""
+    texts = [compact(q["question"]) for q in matrix.questions]  # as the graph routes them
+    vectors = embeddings.embed_documents(texts)
+    return {
+        q["id"]: np.asarray(normalise(vector))
+        for q, vector in zip(matrix.questions, vectors, strict=True)
+    }
+
+
+class Replay:
+    """One seeded calibration/test split of a matrix, calibrated with K clusters.
+
+    Args:
+        matrix: The recorded matrix (partial recordings: pass ``matrix.complete()``).
+        vectors: Unit question vectors by id (:func:`embed_questions`).
+        n_clusters: K of K-means on the calibration questions.
+        seed: Seeds the split and K-means.
+        test_fraction: Share of each dataset's questions held out for testing.
+        experts: The pool to use (default: every expert of the matrix), in order.
+        unit_costs: Expert name to its cost per generated token (default: the ``cost``
+            of each expert in the matrix's provenance; 1 for an expert without one).
+
+    Raises:
+        InvalidInputError: Unknown experts, a dataset too small to split, or K larger
+            than the calibration set.
+    """
+
+    def __init__(
+        self,
+        matrix: ResponseMatrix,
+        vectors: Mapping[str, np.ndarray],
+        *,
+        n_clusters: int = 16,
+        seed: int = 0,
+        test_fraction: float = 0.3,
+        experts: Sequence[str] | None = None,
+        unit_costs: Mapping[str, float] | None = None,
+        fold: tuple[int, int] | None = None,
+        questions: Sequence[str] | None = None,
+    ) -> None:
+        self.experts = list(experts or matrix.experts)
+        known = matrix.expert_costs() if unit_costs is None else unit_costs
+        self.unit_costs = {expert: float(known.get(expert, 1.0)) for expert in self.experts}
+        if unknown := set(self.experts) - set(matrix.experts):
+            raise InvalidInputError(f"Experts not in the matrix: {sorted(unknown)}.")
+        if not self.experts:
+            raise InvalidInputError("The matrix holds no responses.")
+        self.samples = matrix.samples()
+        self.dataset = {q["id"]: q["dataset"] for q in matrix.questions}
+        self.chance = {q["id"]: question_chance(q) for q in matrix.questions}
+        self.calibration, self.test = self._split(
+            matrix, seed, test_fraction, fold, set(questions) if questions is not None else None
+        )
+        train = np.stack([vectors[qid] for qid in self.calibration])
+        labels, self.centroids = cluster_questions(train, n_clusters, seed)
+        self.vectors = vectors
+        self.stats = self._stats(dict(zip(self.calibration, labels.tolist(), strict=True)))
+        self.datasets = list(dict.fromkeys(self.dataset[qid] for qid in self.test))
+
+    @staticmethod
+    def _split(
+        matrix: ResponseMatrix,
+        seed: int,
+        test_fraction: float,
+        fold: tuple[int, int] | None = None,
+        within: set[str] | None = None,
+    ) -> tuple[list[str], list[str]]:
+        by_dataset: dict[str, list[str]] = defaultdict(list)
+        for question in matrix.questions:
+            if within is None or question["id"] in within:
+                by_dataset[question["dataset"]].append(question["id"])
+        calibration: list[str] = []
+        test: list[str] = []
+        if fold is not None:
+            index, count = fold
+            if not 0 <= index < count or count < 2:
+                raise InvalidInputError(f"fold must be (index, count >= 2), got {fold}.")
+            for dataset, ids in by_dataset.items():
+                if len(ids) < count:
+                    raise InvalidInputError(
+                        f"Dataset {dataset!r} has {len(ids)} questions: too few for {count} folds."
+                    )
+                shuffled = sorted(ids)
+                random.Random(f"{seed}/{dataset}").shuffle(shuffled)  # noqa: S311 - a split
+                test += shuffled[index::count]
+                calibration += [q for i, q in enumerate(shuffled) if i % count != index]
+            return calibration, test
+        for dataset, ids in by_dataset.items():
+            n_test = round(len(ids) * test_fraction)
+            if not 0 < n_test < len(ids):
+                raise InvalidInputError(
+                    f"Dataset {dataset!r} has {len(ids)} questions: too few to split "
+                    f"{1 - test_fraction:.0%}/{test_fraction:.0%}."
+                )
+            shuffled = sorted(ids)
+            random.Random(f"{seed}/{dataset}").shuffle(shuffled)  # noqa: S311 - a split
+            test += shuffled[:n_test]
+            calibration += shuffled[n_test:]
+        return calibration, test
+
+    # -- what an expert did on one question -------------------------------------------
+
+    def responses(self, qid: str, expert: str, n: int | None = None) -> list[Response]:
+        """The expert's first ``n`` samples (all by default) for a question."""
+        return self.samples.get((qid, expert), [])[:n]
+
+    def compute(self, response: Response) -> float:
+        """Generated tokens times the expert's cost per token."""
+        return response.tokens * self.unit_costs[response.expert]
+
+    def _used(self, samples: Sequence[Response], correct: float) -> Outcome:
+        return Outcome(
+            accuracy=correct,
+            calls=len(samples),
+            tokens=sum(s.tokens for s in samples),
+            seconds=sum(s.seconds for s in samples),
+            compute=sum(self.compute(s) for s in samples),
+        )
+
+    def vote(self, qid: str, experts: Sequence[str], counts: Sequence[int]) -> Outcome:
+        """Majority vote over the first ``counts[r]`` samples of ``experts[r]`` (rank r)."""
+        used: list[Response] = []
+        ranks: list[int] = []
+        for rank, (expert, count) in enumerate(zip(experts, counts, strict=True)):
+            picked = self.responses(qid, expert, count)
+            used += picked
+            ranks += [rank] * len(picked)
+        if not used:
+            return NOTHING
+        result = majority_vote([r.extracted for r in used], ranks)
+        return self._used(used, float(used[result.winner].correct))
+
+    def _majority_correct(self, qid: str, expert: str) -> bool:
+        return self.vote(qid, [expert], [len(self.responses(qid, expert))]).accuracy == 1.0
+
+    def _stats(self, labels: Mapping[str, int]) -> dict[int, dict[str, ExpertStats]]:
+        counts: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0, 0, 0])
+        for qid, cluster in labels.items():
+            for expert in self.experts:
+                samples = self.responses(qid, expert)
+                if not samples:
+                    continue
+                entry = counts[(cluster, expert)]
+                entry[0] += self._majority_correct(qid, expert)
+                entry[1] += 1
+                entry[2] += statistics.fmean(s.tokens for s in samples)
+                entry[3] += statistics.fmean(s.seconds for s in samples)
+                entry[4] += sum(s.correct for s in samples)
+                entry[5] += len(samples)
+        stats: dict[int, dict[str, ExpertStats]] = defaultdict(dict)
+        for (cluster, expert), (correct, total, tokens, seconds, right, drawn) in counts.items():
+            stats[cluster][expert] = ExpertStats(
+                int(correct), int(total), tokens / total, seconds / total, int(right), int(drawn)
+            )
+        return dict(stats)
+
+    # -- strategies ---------------------------------------------------------------------
+
+    def _first_sample_accuracy(self, ids: Iterable[str], expert: str) -> float:
+        results = [self.vote(qid, [expert], [1]).accuracy for qid in ids]
+        return statistics.fmean(results) if results else 0.0
+
+    def best_single(self) -> str:
+        """The expert with the best calibration accuracy (first sample, mean over datasets)."""
+        by_dataset: dict[str, list[str]] = defaultdict(list)
+        for qid in self.calibration:
+            by_dataset[self.dataset[qid]].append(qid)
+
+        def score(expert: str) -> float:
+            return statistics.fmean(
+                self._first_sample_accuracy(ids, expert) for ids in by_dataset.values()
+            )
+
+        return max(self.experts, key=score)
+
+    def self_consistency(self, reference: str) -> Callable[[str], Outcome]:
+        """One model's best strategy (on calibration) with all its samples majority-voted.
+
+        Args:
+            reference: The model's name: its experts are ``reference`` and
+                ``reference:<strategy>``.
+        """
+        own = [e for e in self.experts if e == reference or e.startswith(f"{reference}:")]
+        if not own:
+            raise InvalidInputError(f"No expert of the model {reference!r} in the pool.")
+        by_dataset: dict[str, list[str]] = defaultdict(list)
+        for qid in self.calibration:
+            by_dataset[self.dataset[qid]].append(qid)
+
+        accuracy = {e: self._served_accuracy(e, by_dataset) for e in own}
+
+        def answer(qid: str) -> Outcome:
+            served = [e for e in own if self.responses(qid, e)]
+            if not served:
+                return NOTHING
+            best = max(served, key=accuracy.__getitem__)
+            return self.vote(qid, [best], [len(self.responses(qid, best))])
+
+        return answer
+
+    def _served_accuracy(self, expert: str, by_dataset: Mapping[str, list[str]]) -> float:
+        """First-sample calibration accuracy over the datasets the expert was asked."""
+        scores = [
+            self._first_sample_accuracy([q for q in ids if self.responses(q, expert)], expert)
+            for ids in by_dataset.values()
+            if any(self.responses(q, expert) for q in ids)
+        ]
+        return statistics.fmean(scores) if scores else 0.0
+
+    def max_expert(self, dataset: str) -> str:
+        """The expert with the best calibration accuracy on one dataset (first sample)."""
+        ids = [qid for qid in self.calibration if self.dataset[qid] == dataset]
+        return max(self.experts, key=lambda expert: self._first_sample_accuracy(ids, expert))
+
+    def baseline(self, name: Baseline) -> Callable[[str], Outcome]:
+        """The per-question outcome function of a baseline."""
+        if name == "Random":
+            return lambda qid: Outcome.mean([self.vote(qid, [e], [1]) for e in self.experts])
+        if name in ("Best-Single", "Best-Single SC"):
+            best = self.best_single()
+            if name == "Best-Single":
+                return lambda qid: self.vote(qid, [best], [1])
+            return lambda qid: self.vote(qid, [best], [len(self.responses(qid, best))])
+        if name == "Max-Expert":
+            best_of = {dataset: self.max_expert(dataset) for dataset in self.datasets}
+            return lambda qid: self.vote(qid, [best_of[self.dataset[qid]]], [1])
+        if name == "Oracle":
+            return self._oracle
+        raise InvalidInputError(f"Unknown baseline {name!r}; choose from {BASELINES}.")
+
+    def _oracle(self, qid: str) -> Outcome:
+        every = [r for e in self.experts for r in self.responses(qid, e)]
+        right = [r for r in every if r.correct]
+        if not every:
+            return NOTHING
+        cheapest = min(right or every, key=self.compute)
+        return self._used([cheapest], float(bool(right)))
+
+    def route(self, qid: str, config: EnsembleConfig) -> list[str]:
+        """The experts the graph would select for a test question, best first."""
+        distances = 1.0 - self.centroids @ self.vectors[qid]
+        nearest = np.argsort(distances, kind="stable")[: config.top_k]
+        matches = match_clusters([(int(c), float(distances[c])) for c in nearest], config.beta)
+        scores = score_experts(
+            matches,
+            self.stats,
+            self.experts,
+            prior_strength=config.prior_strength,
+            quality_weight=config.quality_weight,
+            cost=config.cost,
+            unit_costs=self.unit_costs,
+        )
+        return [s.name for s in select_experts(scores, config.top_n)]
+
+    def ensemble(self, config: EnsembleConfig) -> Callable[[str], Outcome]:
+        """The per-question outcome function of an ensemble configuration."""
+
+        def answer(qid: str) -> Outcome:
+            experts = self.route(qid, config)
+            return self.vote(qid, experts, config.allocation(len(experts)))
+
+        return answer
+
+    def matches(self, qid: str, top_k: int, beta: float) -> list[ClusterMatch]:
+        """The ``top_k`` calibration clusters nearest a question, weighted."""
+        distances = 1.0 - self.centroids @ self.vectors[qid]
+        nearest = np.argsort(distances, kind="stable")[:top_k]
+        return match_clusters([(int(c), float(distances[c])) for c in nearest], beta)
+
+    def adaptive_answer(self, qid: str, config: AdaptiveConfig) -> tuple[Outcome, float]:
+        """One question answered by weighted votes with adaptive sampling.
+
+        Returns:
+            The outcome and the vote's confidence (the probability it claims of
+            being right; 0 when nothing was drawn).
+        """
+        eligible = [e for e in self.experts if self.responses(qid, e)]
+        if not eligible:
+            return NOTHING, 0.0
+        plan = plan_sampling(
+            self.matches(qid, config.top_k, config.beta),
+            self.stats,
+            eligible,
+            chance=self.chance[qid],
+            top_n=config.top_n,
+            per_expert=config.per_expert,
+            budget=config.budget,
+            round_size=config.round_size,
+            depth=config.depth,
+            prior_strength=config.prior_strength,
+            unit_costs=self.unit_costs,
+        )
+        rank = {name: i for i, name in enumerate(plan.evidence)}
+        drawn: list[Response] = []
+        taken: dict[str, int] = defaultdict(int)
+        result = None
+        for round_ in plan.rounds():
+            for name in round_:
+                recorded = self.responses(qid, name)
+                if taken[name] < len(recorded):
+                    drawn.append(recorded[taken[name]])
+                    taken[name] += 1
+            if not drawn:
+                continue
+            names = [r.expert for r in drawn]
+            result = weighted_vote(
+                [r.extracted for r in drawn],
+                repeated_weights(names, plan.evidence, config.discount),
+                [rank[name] for name in names],
+                chance=self.chance[qid],
+            )
+            if result.confidence >= config.threshold:
+                break
+        if result is None or not result.votes:
+            return (self._used(drawn, 0.0) if drawn else NOTHING), 0.0
+        return self._used(drawn, float(drawn[result.winner].correct)), result.confidence
+
+    def adaptive(self, config: AdaptiveConfig) -> Callable[[str], Outcome]:
+        """The per-question outcome function of an adaptive configuration."""
+        return lambda qid: self.adaptive_answer(qid, config)[0]
+
+    def answers(self, strategy: Callable[[str], Outcome]) -> dict[str, Outcome]:
+        """The strategy's outcome on every test question, by question id."""
+        return {qid: strategy(qid) for qid in self.test}
+
+    def outcomes(self, strategy: Callable[[str], Outcome]) -> dict[str, Outcome]:
+        """Mean outcome per dataset on the test questions, plus the macro average."""
+        return self.per_dataset(self.answers(strategy))
+
+    def per_dataset(self, answers: Mapping[str, Outcome]) -> dict[str, Outcome]:
+        """Mean outcome per dataset of per-question outcomes, plus the macro average."""
+        per_dataset = {
+            dataset: Outcome.mean(
+                [outcome for qid, outcome in answers.items() if self.dataset[qid] == dataset]
+            )
+            for dataset in self.datasets
+        }
+        per_dataset[AVERAGE] = Outcome.mean(list(per_dataset.values()))
+        return per_dataset
+
+
+def question_chance(question: Mapping[str, object]) -> float:
+    """A recorded question's chance rate: its format's (open formats: ``OPEN_CHANCE``)."""
+    name = str(question.get("format") or question.get("kind") or "free")
+    if name == "text" and not question.get("format"):
+        name = "free"
+    options = question.get("options")
+    detected = Detected(name, tuple(options) if isinstance(options, list) else ())
+    chance = FORMATS[name].chance(detected) if name in FORMATS else 0.0
+    return chance if chance > 0 else OPEN_CHANCE
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Results of several strategies averaged over seeded splits."""
+
+    datasets: list[str]
+    results: dict[str, dict[str, Outcome]]
+    """Strategy name to dataset (and ``"average"``) to mean outcome."""
+    spread: dict[str, float] = field(default_factory=dict)
+    """Strategy name to the standard deviation of its average accuracy over splits."""
+    splits: int = 1
+    questions: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    """Strategy name to, per split, the accuracy on each test question by id (what
+    :func:`compare` resamples)."""
+    dataset_of: dict[str, str] = field(default_factory=dict)
+    """Question id to its dataset."""
+    confidence: dict[str, list[tuple[float, bool]]] = field(default_factory=dict)
+    """Adaptive strategy name to ``(claimed confidence, right)`` per answered test question."""
+    chosen: list[str] = field(default_factory=list)
+    """Per split, the name of the configuration the nested selection chose."""
+
+    def accuracy(self, strategy: str, dataset: str = AVERAGE) -> float:
+        """Mean accuracy of a strategy on a dataset (default: the macro average)."""
+        return self.results[strategy][dataset].accuracy
+
+    def gain(self, strategy: str, over: str) -> float:
+        """Average-accuracy difference ``strategy - over`` (in accuracy points, 0-1)."""
+        return self.accuracy(strategy) - self.accuracy(over)
+
+
+CHOSEN = "Ensemble (chosen on calibration)"
+"""The strategy :func:`evaluate` selects on each calibration split alone (nested)."""
+
+
+def _sc_name(reference: str) -> str:
+    return f"{reference} SC"
+
+
+def _replay_for(
+    cache: dict[int, Replay],
+    k: int,
+    build: Callable[[int], Replay],
+) -> Replay:
+    if k not in cache:
+        cache[k] = build(k)
+    return cache[k]
+
+
+def choose_on_calibration(
+    matrix: ResponseMatrix,
+    vectors: Mapping[str, np.ndarray],
+    calibration: Sequence[str],
+    grid: Sequence[AdaptiveConfig],
+    *,
+    n_clusters: int,
+    seed: int = 0,
+    inner_folds: int = 3,
+    experts: Sequence[str] | None = None,
+    reference: str | None = None,
+) -> AdaptiveConfig:
+    """The configuration of ``grid`` that does best on the calibration questions alone.
+
+    The calibration questions are cut into ``inner_folds`` folds; each configuration
+    is calibrated on the other folds and answers the held-out one, exactly as the outer
+    evaluation does. The most accurate configuration wins (ties: fewer tokens); with a
+    ``reference`` model, only configurations spending at most the tokens of its
+    self-consistency on those questions compete (if none does, the cheapest wins).
+    """
+    if not grid:
+        raise InvalidInputError("choose_on_calibration needs a non-empty grid.")
+    scores = {config.name: [0.0, 0.0] for config in grid}
+    budget = 0.0
+    for index in range(inner_folds):
+        replays: dict[int, Replay] = {}
+
+        def build(k: int, index: int = index) -> Replay:
+            return Replay(
+                matrix,
+                vectors,
+                n_clusters=k,
+                seed=seed,
+                experts=experts,
+                fold=(index, inner_folds),
+                questions=calibration,
+            )
+
+        base = _replay_for(replays, n_clusters, build)
+        if reference is not None:
+            sc = base.answers(base.self_consistency(reference))
+            budget += statistics.fmean(o.tokens for o in sc.values()) / inner_folds
+        for config in grid:
+            replay = _replay_for(replays, config.n_clusters or n_clusters, build)
+            answers = replay.answers(replay.adaptive(config))
+            mean = replay.per_dataset(answers)[AVERAGE]
+            scores[config.name][0] += mean.accuracy / inner_folds
+            scores[config.name][1] += mean.tokens / inner_folds
+    affordable = [c for c in grid if reference is None or scores[c.name][1] <= budget]
+    if not affordable:
+        return min(grid, key=lambda c: scores[c.name][1])
+    return max(affordable, key=lambda c: (scores[c.name][0], -scores[c.name][1]))
+
+
+def evaluate(
+    matrix: ResponseMatrix,
+    vectors: Mapping[str, np.ndarray],
+    configs: Sequence[EnsembleConfig],
+    *,
+    baselines: Sequence[Baseline] = BASELINES,
+    n_clusters: int = 16,
+    seeds: Sequence[int] = (0,),
+    experts: Sequence[str] | None = None,
+    test_fraction: float = 0.3,
+    adaptive: Sequence[AdaptiveConfig] = (),
+    grid: Sequence[AdaptiveConfig] = (),
+    folds: int | None = None,
+    inner_folds: int = 3,
+    reference: str | None = None,
+) -> Summary:
+    """Baselines and ensemble configurations on the same test questions, per split.
+
+    Each seed makes one split (and one K-means); with ``folds``, the first seed's
+    ``folds``-fold cross-validation replaces the seeded splits (every question is
+    tested once). Outcomes are averaged over splits.
+
+    Args:
+        matrix: The recorded matrix.
+        vectors: Unit question vectors by id.
+        configs: Fixed ensemble configurations (majority votes).
+        baselines: Reference strategies to include.
+        n_clusters: K of K-means.
+        seeds: Seeds of the splits.
+        experts: The pool (default: every expert of the matrix).
+        test_fraction: Held-out share per dataset (seeded splits).
+        adaptive: Fixed adaptive configurations (weighted votes) to report.
+        grid: Adaptive configurations to choose from on each calibration split alone
+            (:func:`choose_on_calibration`); the choice is reported as :data:`CHOSEN`
+            and the confidence of its answers kept in ``Summary.confidence``.
+        folds: Cross-validation folds instead of seeded splits.
+        inner_folds: Folds of the nested selection.
+        reference: A model name prefix (``qwen2.5-coder-1.5b``): report its best
+            strategy's self-consistency, and let the selection spend no more tokens.
+    """
+    if not seeds:
+        raise InvalidInputError("evaluate needs at least one seed.")
+    names = [
+        *baselines,
+        *(c.name for c in configs),
+        *(c.name for c in adaptive),
+        *([CHOSEN] if grid else []),
+        *([_sc_name(reference)] if reference else []),
+    ]
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"Strategy names must be unique, got {names}.")
+    runs: dict[str, list[dict[str, Outcome]]] = defaultdict(list)
+    questions: dict[str, list[dict[str, float]]] = defaultdict(list)
+    confidence: dict[str, list[tuple[float, bool]]] = defaultdict(list)
+    chosen: list[str] = []
+    datasets: list[str] = []
+    dataset_of: dict[str, str] = {}
+    splits = (
+        [(seeds[0], (index, folds)) for index in range(folds)]
+        if folds
+        else [(seed, None) for seed in seeds]
+    )
+    for seed, fold in splits:
+        replay = Replay(
+            matrix,
+            vectors,
+            n_clusters=n_clusters,
+            seed=seed,
+            test_fraction=test_fraction,
+            experts=experts,
+            fold=fold,
+        )
+        datasets, dataset_of = replay.datasets, replay.dataset
+        strategies: list[tuple[str, Callable[[str], Outcome]]] = [
+            *((b, replay.baseline(b)) for b in baselines),
+            *((c.name, replay.ensemble(c)) for c in configs),
+        ]
+        if reference:
+            strategies.append((_sc_name(reference), replay.self_consistency(reference)))
+        timed: list[tuple[str, AdaptiveConfig]] = [(c.name, c) for c in adaptive]
+        if grid:
+            pick = choose_on_calibration(
+                matrix,
+                vectors,
+                replay.calibration,
+                grid,
+                n_clusters=n_clusters,
+                seed=seed,
+                inner_folds=inner_folds,
+                experts=experts,
+                reference=reference,
+            )
+            chosen.append(pick.name)
+            timed.append((CHOSEN, pick))
+        for name, strategy in strategies:
+            answers = replay.answers(strategy)
+            runs[name].append(replay.per_dataset(answers))
+            questions[name].append({qid: o.accuracy for qid, o in answers.items()})
+        for name, config in timed:
+            own = (
+                replay
+                if config.n_clusters in (None, n_clusters)
+                else Replay(
+                    matrix,
+                    vectors,
+                    n_clusters=config.n_clusters or n_clusters,
+                    seed=seed,
+                    test_fraction=test_fraction,
+                    experts=experts,
+                    fold=fold,
+                )
+            )
+            pairs = {qid: own.adaptive_answer(qid, config) for qid in own.test}
+            answers = {qid: outcome for qid, (outcome, _) in pairs.items()}
+            runs[name].append(own.per_dataset(answers))
+            questions[name].append({qid: o.accuracy for qid, o in answers.items()})
+            confidence[name] += [(c, o.accuracy == 1.0) for o, c in pairs.values() if o.calls]
+    results = {
+        name: {key: Outcome.mean([run[key] for run in per_seed]) for key in per_seed[0]}
+        for name, per_seed in runs.items()
+    }
+    spread = {
+        name: statistics.pstdev(run[AVERAGE].accuracy for run in per_seed)
+        for name, per_seed in runs.items()
+    }
+    tested = {qid for per_split in questions.values() for split in per_split for qid in split}
+    return Summary(
+        datasets,
+        results,
+        spread,
+        len(splits),
+        dict(questions),
+        {qid: dataset for qid, dataset in dataset_of.items() if qid in tested},
+        dict(confidence),
+        chosen,
+    )
+
+
+def calibration_curve(
+    pairs: Sequence[tuple[float, bool]], bins: int = 10
+) -> tuple[list[dict[str, float]], float]:
+    """Reliability curve and expected calibration error of claimed confidences.
+
+    Args:
+        pairs: ``(confidence, right)`` per answered question.
+        bins: Equal-width confidence bins over [0, 1].
+
+    Returns:
+        One row per non-empty bin (``low``, ``high``, ``count``, ``confidence``: mean
+        claimed, ``accuracy``: share right) and the ECE: the count-weighted mean of
+        ``|accuracy - confidence|``.
+    """
+    if bins < 1:
+        raise InvalidInputError(f"bins must be >= 1, got {bins}.")
+    grouped: dict[int, list[tuple[float, bool]]] = defaultdict(list)
+    for conf, right in pairs:
+        grouped[min(int(conf * bins), bins - 1)].append((conf, right))
+    rows = []
+    error = 0.0
+    for index in sorted(grouped):
+        members = grouped[index]
+        mean_conf = statistics.fmean(c for c, _ in members)
+        accuracy = statistics.fmean(float(r) for _, r in members)
+        rows.append(
+            {
+                "low": index / bins,
+                "high": (index + 1) / bins,
+                "count": float(len(members)),
+                "confidence": mean_conf,
+                "accuracy": accuracy,
+            }
+        )
+        error += len(members) * abs(accuracy - mean_conf)
+    return rows, (error / len(pairs) if pairs else 0.0)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One strategy against another on the same test questions, paired per question."""
+
+    strategy: str
+    over: str
+    gain: float
+    """Average-accuracy difference ``strategy - over`` (as :meth:`Summary.gain`)."""
+    low: float
+    """Lower end of the bootstrap interval of ``gain``."""
+    high: float
+    """Upper end of the bootstrap interval of ``gain``."""
+    wins: float
+    """Test questions per split that ``strategy`` gets right and ``over`` wrong."""
+    losses: float
+    """Test questions per split that ``over`` gets right and ``strategy`` wrong."""
+
+
+def compare(
+    summary: Summary,
+    strategy: str,
+    over: str,
+    *,
+    against: Summary | None = None,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> Comparison:
+    """``strategy`` against ``over`` with a paired bootstrap interval over questions.
+
+    The gain is the one the summaries report: per split, the macro average over
+    datasets of the per-question accuracy differences; then the mean over splits. Each
+    bootstrap replicate redraws the questions of every dataset with replacement (each
+    question keeps its result in every split that tests it) and recomputes that gain;
+    the interval holds the central ``level`` of the replicates. It measures how much the
+    gain depends on which questions were drawn, not the models' sampling randomness
+    (the recorded samples are fixed).
+
+    Args:
+        summary: Holds ``strategy``.
+        strategy: The strategy to judge.
+        over: The strategy it is compared with.
+        against: Holds ``over`` when another evaluation did (e.g. another pool, on
+            the same matrix and seeds, hence the same test questions); default
+            ``summary``.
+        level: Coverage of the interval.
+        resamples: Bootstrap replicates.
+        seed: Seeds the replicates.
+
+    Raises:
+        InvalidInputError: A strategy is unknown, or the two were not tested on the
+            same questions.
+    """
+    other = summary if against is None else against
+    for name, holder in ((strategy, summary), (over, other)):
+        if name not in holder.questions:
+            raise InvalidInputError(f"No per-question results for {name!r}.")
+    mine, theirs = summary.questions[strategy], other.questions[over]
+    if [set(split) for split in mine] != [set(split) for split in theirs]:
+        raise InvalidInputError(
+            f"{strategy!r} and {over!r} were not tested on the same questions "
+            "(evaluate both on the same matrix with the same seeds)."
+        )
+    if not 0 < level < 1 or resamples < 1:
+        raise InvalidInputError(
+            f"level must be between 0 and 1 and resamples at least 1, got {level}, {resamples}."
+        )
+    rng = np.random.default_rng(seed)
+    splits = len(mine)
+    gains = np.zeros(resamples + 1)  # replicate 0: every question once (the reported gain)
+    by_dataset: dict[str, set[str]] = defaultdict(set)
+    for split in mine:
+        for qid in split:
+            by_dataset[summary.dataset_of[qid]].add(qid)
+    for questions in by_dataset.values():
+        ids = sorted(questions)
+        tested = np.array([[qid in split for qid in ids] for split in mine], dtype=float)
+        differences = np.array(
+            [
+                [split_a.get(q, 0.0) - split_b.get(q, 0.0) for q in ids]
+                for split_a, split_b in zip(mine, theirs, strict=True)
+            ]
+        )
+        weights = np.vstack(
+            [np.ones(len(ids)), rng.multinomial(len(ids), [1 / len(ids)] * len(ids), resamples)]
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_split = (weights @ (tested * differences).T) / (weights @ tested.T)
+        # a replicate that drew none of a split's test questions of this dataset skips it
+        gains += np.nanmean(per_split, axis=1) / len(by_dataset)
+    tail = (1 - level) / 2
+    low, high = np.quantile(gains[1:], [tail, 1 - tail])
+    wins = losses = 0.0
+    for split_a, split_b in zip(mine, theirs, strict=True):
+        for qid, accuracy in split_a.items():
+            wins += max(0.0, accuracy - split_b[qid])
+            losses += max(0.0, split_b[qid] - accuracy)
+    return Comparison(
+        strategy,
+        over,
+        float(gains[0]),
+        float(low),
+        float(high),
+        wins / splits,
+        losses / splits,
+    )
+
+
+def subsets(experts: Sequence[str], size: int) -> list[tuple[str, ...]]:
+    """Every sub-pool of ``size`` experts, in pool order."""
+    return list(itertools.combinations(experts, size))
+
+
+def with_name(config: EnsembleConfig, name: str) -> EnsembleConfig:
+    """A copy of a configuration under another name."""
+    return replace(config, name=name)

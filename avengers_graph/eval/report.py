@@ -1,0 +1,434 @@
+"""Tables and sweeps of the offline replay (``avengers eval replay``), as CSV, Markdown, PNG.
+
+:func:`write_report` runs :func:`avengers_graph.eval.replay.evaluate` for the baselines and
+the default configurations, then the sweeps, and writes into one folder:
+
+- ``summary.csv`` / ``summary.md``: accuracy per dataset and on average, gain over
+  Random and over Best-Single, gap to Oracle, expert calls, generated tokens, compute
+  (tokens times the expert's cost per token) and expert seconds per question;
+- ``sweep_clusters``: the paper's configuration for K = 2 ... 64;
+- ``sweep_pool``: every sub-pool of 1 ... 4 experts (mean and best over sub-pools);
+- ``sweep_samples``: 1 ... 10 samples per question, on one expert or split over 2-3;
+- ``sweep_cost``: the cost-aware ranking's weight ``a`` from 1 (accuracy) to 0 (compute);
+- ``headline``: the experts of at most 0.5B parameters together against the 1.5B alone;
+  ``headline_compute``: the same as accuracy against compute, 1 ... 10 samples per
+  question;
+- ``paired.csv`` / ``paired.md``: every strategy against Best-Single, and the small
+  models' systems against the 1.5B alone, paired on the same test questions: the gain,
+  its 95 % bootstrap interval over questions (:func:`~avengers_graph.eval.replay.compare`),
+  and the questions per split each side gets right where the other does not.
+
+Each sweep is a ``.csv`` and a ``.png`` (with the ``plot`` extra).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avengers_graph.errors import InvalidInputError, MissingExtraError
+from avengers_graph.eval.recording import ResponseMatrix
+from avengers_graph.eval.replay import (
+    AVERAGE,
+    BASELINES,
+    Comparison,
+    EnsembleConfig,
+    Outcome,
+    Summary,
+    compare,
+    default_configs,
+    evaluate,
+    subsets,
+)
+
+__all__ = ["ReportOptions", "paired_rows", "summary_rows", "write_report"]
+
+Row = dict[str, Any]
+Vectors = Mapping[str, np.ndarray]
+Curves = Mapping[str, tuple[Sequence[float], Sequence[float]]]
+PAPER = "Paper: top-1 cluster, top-1 expert, SC"
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What :func:`write_report` evaluates."""
+
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    n_clusters: int = 16
+    sweeps: bool = True
+    cluster_grid: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
+    sample_grid: tuple[int, ...] = tuple(range(1, 11))
+    cost_grid: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
+    small_params: float = 0.5
+    """The headline's "small" experts: a ``cost`` (billions of parameters) at most this."""
+
+
+def summary_rows(summary: Summary) -> list[Row]:
+    """One row per strategy: per-dataset and average accuracy, gains, calls, tokens."""
+    best_single = summary.accuracy("Best-Single") if "Best-Single" in summary.results else None
+    rows = []
+    for name, results in summary.results.items():
+        average = results[AVERAGE]
+        row: Row = {"strategy": name}
+        row.update({dataset: results[dataset].accuracy for dataset in summary.datasets})
+        row["average"] = average.accuracy
+        row["std over splits"] = summary.spread.get(name, 0.0)
+        if "Random" in summary.results:
+            row["gain vs Random"] = summary.gain(name, over="Random")
+        if best_single is not None:
+            row["gain vs Best-Single"] = average.accuracy - best_single
+        if "Oracle" in summary.results:
+            row["gap to Oracle"] = summary.accuracy("Oracle") - average.accuracy
+        row["calls/q"] = average.calls
+        row["tokens/q"] = average.tokens
+        row["compute/q"] = average.compute
+        row["expert s/q"] = average.seconds
+        rows.append(row)
+    return rows
+
+
+def paired_rows(comparisons: Sequence[Comparison]) -> list[Row]:
+    """One row per comparison: the gain, its bootstrap interval, wins and losses."""
+    return [
+        {
+            "strategy": c.strategy,
+            "against": c.over,
+            "gain": c.gain,
+            "95 % low": c.low,
+            "95 % high": c.high,
+            "wins/split": c.wins,
+            "losses/split": c.losses,
+        }
+        for c in comparisons
+    ]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def markdown(rows: Sequence[Row], percent: Sequence[str] = ()) -> str:
+    """A Markdown table of rows (columns in first-row order); ``percent`` columns as %."""
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [
+            f"{row[c] * 100:.1f}" if c in percent and isinstance(row[c], float) else _cell(row[c])
+            for c in columns
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[Row], path: Path) -> Path:
+    """Rows as CSV (columns in first-row order)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+class _Sweeps:
+    def __init__(self, matrix: ResponseMatrix, vectors: Vectors, options: ReportOptions) -> None:
+        self.matrix = matrix
+        self.vectors = vectors
+        self.options = options
+        calibration_size = round(0.7 * len(matrix.questions))
+        self.cluster_grid = [k for k in options.cluster_grid if k <= calibration_size]
+        self.samples_of: dict[str, int] = {}
+        """Expert name to the most samples it has for one question."""
+        for (_, expert), samples in matrix.samples().items():
+            self.samples_of[expert] = max(self.samples_of.get(expert, 0), len(samples))
+        self.max_samples = max(self.samples_of.values(), default=1)
+
+    def _evaluate(
+        self,
+        configs: Sequence[EnsembleConfig],
+        *,
+        n_clusters: int | None = None,
+        experts: Sequence[str] | None = None,
+        baselines: Sequence[Any] = (),
+    ) -> Summary:
+        return evaluate(
+            self.matrix,
+            self.vectors,
+            configs,
+            baselines=baselines,
+            n_clusters=n_clusters or self.options.n_clusters,
+            seeds=self.options.seeds,
+            experts=experts,
+        )
+
+    def clusters(self) -> list[Row]:
+        paper = EnsembleConfig(PAPER, samples=self.max_samples)
+        top2 = EnsembleConfig("top_n=2 x 3 samples", top_n=2, samples=3)
+        rows = []
+        for k in self.cluster_grid:
+            summary = self._evaluate([paper, top2], n_clusters=k)
+            rows.append(
+                {
+                    "K": k,
+                    PAPER: summary.accuracy(PAPER),
+                    top2.name: summary.accuracy(top2.name),
+                }
+            )
+        return rows
+
+    def pool(self) -> list[Row]:
+        paper = EnsembleConfig(PAPER, samples=self.max_samples)
+        rows = []
+        for size in range(1, len(self.matrix.experts) + 1):
+            pools = subsets(self.matrix.experts, size)
+            scores = []
+            for pool in pools:
+                summary = self._evaluate([paper], experts=pool, baselines=("Best-Single",))
+                scores.append((summary.accuracy(PAPER), summary.accuracy("Best-Single"), pool))
+            best = max(scores)
+            rows.append(
+                {
+                    "pool size": size,
+                    "sub-pools": len(pools),
+                    "ensemble mean": float(np.mean([s[0] for s in scores])),
+                    "ensemble best": best[0],
+                    "best sub-pool": " + ".join(best[2]),
+                    "best single of that pool": best[1],
+                }
+            )
+        return rows
+
+    def samples(self) -> list[Row]:
+        rows = []
+        for budget in self.options.sample_grid:
+            configs = [
+                EnsembleConfig("top-1 expert", budget=budget),
+                EnsembleConfig("top_n=2, split", top_n=2, budget=budget),
+                EnsembleConfig("top_n=3, split", top_n=3, budget=budget),
+            ]
+            summary = self._evaluate(configs)
+            row: Row = {"samples/q": budget}
+            for config in configs:
+                row[config.name] = summary.accuracy(config.name)
+                row[f"{config.name} calls"] = summary.results[config.name][AVERAGE].calls
+            rows.append(row)
+        return rows
+
+    def cost(self) -> list[Row]:
+        rows = []
+        for weight in self.options.cost_grid:
+            name = f"a={weight:.1f}"
+            summary = self._evaluate([EnsembleConfig(name, quality_weight=weight)])
+            outcome = summary.results[name][AVERAGE]
+            rows.append({"a": weight, **_costs(outcome, calls=False)})
+        return rows
+
+    def _by_size(self) -> tuple[list[str], str] | None:
+        """The experts of at most ``small_params`` and the largest one above (or None)."""
+        params = self.matrix.expert_costs()
+        if len(params) < len(self.matrix.experts):
+            return None
+        small = [e for e in self.matrix.experts if params[e] <= self.options.small_params]
+        large = [e for e in self.matrix.experts if params[e] > self.options.small_params]
+        if not small or not large:
+            return None
+        return small, max(large, key=lambda e: params[e])
+
+    def headline(self) -> tuple[list[Row], list[Comparison]]:
+        """The small models' systems and the big one alone; each small one paired with it."""
+        sizes = self._by_size()
+        if sizes is None:
+            return [], []
+        small, big = sizes
+        rows = []
+        small_configs = [
+            EnsembleConfig(PAPER, samples=self.max_samples),
+            EnsembleConfig("top_n=2 x 3 samples", top_n=2, samples=3),
+            EnsembleConfig("top_n=3 x 2 samples", top_n=3, samples=2),
+        ]
+        small_summary = self._evaluate(small_configs, experts=small)
+        for config in small_configs:
+            outcome = small_summary.results[config.name][AVERAGE]
+            system = f"{len(small)} models <= {self.options.small_params}B: {config.name}"
+            rows.append({"system": system, **_costs(outcome)})
+        big_summary = self._evaluate([], experts=[big], baselines=("Best-Single", "Best-Single SC"))
+        comparisons = []
+        for baseline, label in (("Best-Single", "1 sample"), ("Best-Single SC", "SC")):
+            outcome = big_summary.results[baseline][AVERAGE]
+            rows.append({"system": f"{big} alone, {label}", **_costs(outcome)})
+            for config in small_configs:
+                comparison = compare(small_summary, config.name, baseline, against=big_summary)
+                comparisons.append(
+                    replace(
+                        comparison,
+                        strategy=f"{len(small)} models <= {self.options.small_params}B: "
+                        f"{config.name}",
+                        over=f"{big} alone, {label}",
+                    )
+                )
+        return rows, comparisons
+
+    def compute_curve(self) -> list[Row]:
+        """Accuracy against compute as samples grow: the small models routed, the big alone."""
+        sizes = self._by_size()
+        if sizes is None:
+            return []
+        small, big = sizes
+        label = f"{len(small)} models <= {self.options.small_params}B"
+        per_expert = max(self.samples_of.get(e, 1) for e in small)
+        big_most = self.samples_of.get(big, 1)
+        curves = [
+            (f"{label}, top-1 expert", small, 1, per_expert),
+            (f"{label}, top_n=2, split", small, 2, 2 * per_expert),
+            (f"{big} alone", [big], 1, big_most),
+        ]
+        rows = []
+        for name, experts, top_n, most in curves:
+            for budget in [b for b in self.options.sample_grid if b <= most]:
+                config = EnsembleConfig(name, top_n=top_n, budget=budget)
+                outcome = self._evaluate([config], experts=experts).results[name][AVERAGE]
+                rows.append({"system": name, "samples/q": budget, **_costs(outcome)})
+        return rows
+
+
+def _costs(outcome: Outcome, *, calls: bool = True) -> Row:
+    """An outcome's accuracy and what it cost, per question."""
+    row: Row = {"accuracy": outcome.accuracy}
+    if calls:
+        row["calls/q"] = outcome.calls
+    row.update(
+        {"tokens/q": outcome.tokens, "compute/q": outcome.compute, "expert s/q": outcome.seconds}
+    )
+    return row
+
+
+def _plot(curves: Curves, path: Path, **labels: Any) -> Path | None:
+    """:func:`~avengers_graph.eval.plots.plot_curves`, or None without the ``plot`` extra."""
+    from avengers_graph.eval.plots import plot_curves
+
+    try:
+        return plot_curves(curves, path, **labels)
+    except MissingExtraError:
+        return None
+
+
+def _compute_curves(rows: Sequence[Row]) -> Curves:
+    """Accuracy against compute per question, one curve per system."""
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    for row in rows:
+        x, y = curves.setdefault(row["system"], ([], []))
+        x.append(row["compute/q"])
+        y.append(row["accuracy"])
+    return curves
+
+
+def _write_paired(comparisons: Sequence[Comparison], out: Path) -> list[Path]:
+    rows = paired_rows(comparisons)
+    percent = ["gain", "95 % low", "95 % high"]
+    (out / "paired.md").write_text(markdown(rows, percent), encoding="utf-8")
+    return [write_csv(rows, out / "paired.csv"), out / "paired.md"]
+
+
+def write_report(
+    matrix: ResponseMatrix,
+    vectors: Vectors,
+    out: Path,
+    options: ReportOptions = ReportOptions(),
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Summary, list[Path]]:
+    """Evaluate, sweep and write every table and plot into ``out``.
+
+    Args:
+        matrix: A matrix (partial recordings: ``matrix.complete()``).
+        vectors: Unit question vectors by id.
+        out: The folder to write.
+        options: Seeds, K and grids.
+        progress: Called with the name of each step as it starts.
+
+    Returns:
+        The main summary and the written paths.
+    """
+    if not matrix.questions:
+        raise InvalidInputError("The matrix holds no question every expert answered.")
+    say = progress or (lambda _: None)
+    sweeps = _Sweeps(matrix, vectors, options)
+    say("summary")
+    summary = evaluate(
+        matrix,
+        vectors,
+        default_configs(sweeps.max_samples),
+        baselines=BASELINES,
+        n_clusters=options.n_clusters,
+        seeds=options.seeds,
+    )
+    rows = summary_rows(summary)
+    percent = [*summary.datasets, "average", "std over splits", "gain vs Random"]
+    percent += ["gain vs Best-Single", "gap to Oracle"]
+    written = [write_csv(rows, out / "summary.csv")]
+    (out / "summary.md").write_text(markdown(rows, percent), encoding="utf-8")
+    written.append(out / "summary.md")
+    say("paired")
+    paired = [
+        compare(summary, name, "Best-Single") for name in summary.results if name != "Best-Single"
+    ]
+    if not options.sweeps:
+        written += _write_paired(paired, out)
+        return summary, written
+    steps: list[tuple[str, Callable[[], list[Row]], str, str]] = [
+        ("sweep_clusters", sweeps.clusters, "K", "K (clusters)"),
+        ("sweep_pool", sweeps.pool, "pool size", "experts in the pool"),
+        ("sweep_samples", sweeps.samples, "samples/q", "samples per question"),
+        ("sweep_cost", sweeps.cost, "a", "quality weight a (1 = accuracy only)"),
+    ]
+    for name, run, x, xlabel in steps:
+        say(name)
+        sweep_rows = run()
+        written.append(write_csv(sweep_rows, out / f"{name}.csv"))
+        (out / f"{name}.md").write_text(markdown(sweep_rows), encoding="utf-8")
+        series = [
+            c
+            for c in sweep_rows[0]
+            if c != x and isinstance(sweep_rows[0][c], float) and "calls" not in c
+        ]
+        if name == "sweep_cost":
+            series = ["accuracy"]
+        xs = [row[x] for row in sweep_rows]
+        plotted = _plot(
+            {c: (xs, [row[c] for row in sweep_rows]) for c in series},
+            out / f"{name}.png",
+            title=name.replace("_", " "),
+            xlabel=xlabel,
+            ylabel="average accuracy",
+            log_x=name == "sweep_clusters",
+        )
+        if plotted:
+            written.append(plotted)
+    say("headline")
+    headline, headline_paired = sweeps.headline()
+    written += _write_paired([*paired, *headline_paired], out)
+    if headline:
+        written.append(write_csv(headline, out / "headline.csv"))
+        (out / "headline.md").write_text(markdown(headline, ["accuracy"]), encoding="utf-8")
+        say("headline_compute")
+        curve = sweeps.compute_curve()
+        written.append(write_csv(curve, out / "headline_compute.csv"))
+        (out / "headline_compute.md").write_text(markdown(curve, ["accuracy"]), encoding="utf-8")
+        plotted = _plot(
+            _compute_curves(curve),
+            out / "headline_compute.png",
+            title="accuracy against compute (samples per question grow along each line)",
+            xlabel="compute per question (generated tokens x billions of parameters)",
+            ylabel="average accuracy",
+        )
+        if plotted:
+            written.append(plotted)
+    return summary, written

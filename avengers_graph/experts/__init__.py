@@ -1,0 +1,1 @@
+"""Everything about calling experts: strategies, clients, retries, timeouts, cache."""

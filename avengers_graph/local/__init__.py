@@ -1,0 +1,1 @@
+"""The local default: GGUF models from PyPI packages served by llama.cpp."""

@@ -1,0 +1,1 @@
+"""Where a calibration lives: the store protocol and its backends."""
