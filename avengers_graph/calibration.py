@@ -48,7 +48,7 @@ from avengers_graph.experts.contract import Contract, Expert, as_expert, contrac
 from avengers_graph.formats import FORMATS, Grader, detect, get_format, get_grader
 from avengers_graph.redact import environment_secrets, redact, secrets_of, terminal_safe
 from avengers_graph.routing import compact
-from avengers_graph.stores.chroma import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
+from avengers_graph.stores.base import CalibrationStore, ExpertStats, StoredQuestion, StoreInfo
 
 Progress = Callable[[int, int], None]
 """Called with ``(finished calls, total calls)`` as expert answers arrive."""
@@ -473,7 +473,7 @@ def expert_stats(
 
 
 def _report(
-    store: ClusterStore, calibrated: Sequence[str], calls: int, cached: int
+    store: CalibrationStore, calibrated: Sequence[str], calls: int, cached: int
 ) -> CalibrationReport:
     info = store.info()
     stats = store.stats()
@@ -508,7 +508,7 @@ def calibrate(
     experts: Mapping[str, BaseChatModel | Expert],
     embeddings: Embeddings,
     dataset: Iterable[Mapping[str, Any]] | None,
-    store: ClusterStore,
+    store: CalibrationStore,
     *,
     n_clusters: int | None = None,
     samples: int = 3,
@@ -583,7 +583,7 @@ def _calibrate_new(
     experts: Mapping[str, BaseChatModel | Expert],
     embeddings: Embeddings,
     dataset: Iterable[Mapping[str, Any]] | None,
-    store: ClusterStore,
+    store: CalibrationStore,
     answer_cache: AnswerCache,
     grader: Grader | None,
     run: Mapping[str, Any],
@@ -629,7 +629,7 @@ def _add_experts(
     experts: Mapping[str, BaseChatModel | Expert],
     embeddings: Embeddings,
     dataset: Iterable[Mapping[str, Any]] | None,
-    store: ClusterStore,
+    store: CalibrationStore,
     cache: AnswerCache,
     grader: Grader | None,
     run: Mapping[str, Any],

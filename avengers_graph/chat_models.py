@@ -65,7 +65,7 @@ from avengers_graph.experts.contract import Expert
 from avengers_graph.experts.tool_parsers import as_generation_chunk
 from avengers_graph.graph import check_expert_costs, create_avengers_graph, validate_experts
 from avengers_graph.options import AvengersContext, AvengersOptions
-from avengers_graph.stores.chroma import ClusterStore
+from avengers_graph.stores.base import CalibrationStore
 
 
 def _child_callbacks(
@@ -124,7 +124,7 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
 
     experts: dict[str, BaseChatModel | Expert]
     """The pool: expert name to chat model (names as in the store)."""
-    store: ClusterStore
+    store: CalibrationStore
     """The calibration: centroids and per-cluster expert statistics in Chroma."""
     embeddings: Embeddings = Field(default_factory=LocalEmbeddings)
     """Embeddings the store was calibrated with (default: MiniLM from PyPI)."""

@@ -29,7 +29,7 @@ from avengers_graph.graph.nodes import (
 )
 from avengers_graph.graph.state import AvengersState, InputState, OutputState
 from avengers_graph.options import MAX_RETRIES, AvengersContext, AvengersOptions
-from avengers_graph.stores.chroma import ClusterStore
+from avengers_graph.stores.base import CalibrationStore
 
 __all__ = ["build_avengers_graph", "create_avengers_graph"]
 
@@ -37,7 +37,7 @@ __all__ = ["build_avengers_graph", "create_avengers_graph"]
 def build_avengers_graph(
     experts: Mapping[str, BaseChatModel | Expert],
     embeddings: Embeddings,
-    store: ClusterStore,
+    store: CalibrationStore,
     *,
     expert_costs: Mapping[str, float] | None = None,
     retry_policy: RetryPolicy | None = None,
@@ -125,7 +125,7 @@ def build_avengers_graph(
 def create_avengers_graph(
     experts: Mapping[str, BaseChatModel | Expert],
     embeddings: Embeddings,
-    store: ClusterStore,
+    store: CalibrationStore,
     *,
     checkpointer: Checkpointer = None,
     cache: BaseCache[Any] | None = None,

@@ -1,49 +1,51 @@
-"""The Avengers ensemble as a LangGraph state machine.
+"""The node functions of the Avengers graph: thin shells over pure functions.
 
-One question flows through five nodes (``ALGORITHM.md``, "Inference"):
+One question flows through five nodes (``ALGORITHM.md``, "Inference"), each a sync
+and async pair of :class:`_Nodes` methods:
 
 1. ``embed``: :func:`~avengers_graph.routing.routing_text` picks the question from
    ``messages`` (the last human message, a long one compacted) and
    :func:`~avengers_graph.routing.routing_context` the human message before it; the
-   embeddings model embeds both and :func:`~avengers_graph.embeddings.normalise`
-   L2-normalises them. The node also resets last turn's ``samples`` and ``failures``.
+   embeddings embed both, :func:`~avengers_graph.embeddings.normalise` L2-normalises
+   them. The node also resets last turn's ``samples`` and ``failures``.
 2. ``locate_cluster``: :func:`~avengers_graph.routing.blend` mixes the context into
-   the question's vector (``context_weight``), :meth:`ClusterStore.check_compatible`
-   refuses a store built with other embeddings, :meth:`ClusterStore.nearest` queries Chroma for the
-   ``top_k`` nearest centroids, and :func:`~avengers_graph.routing.match_clusters`
-   weighs them with ``softmax(-beta * distance)``.
-3. ``select_experts``: :func:`~avengers_graph.routing.score_experts` scores every
-   expert of the pool on the matched clusters' statistics and
-   :func:`~avengers_graph.routing.select_experts` keeps the ``top_n``; the node plans
-   ``samples`` calls per expert, each with its own seed.
-4. ``sample``: one ``Send`` per planned call runs in parallel (sync and async).
+   the question's vector (``context_weight``); the store
+   (:class:`~avengers_graph.stores.base.CalibrationStore`) refuses other embeddings
+   (``check_compatible``) and returns the ``top_k`` nearest centroids (``nearest``),
+   which :func:`~avengers_graph.routing.match_clusters` weighs with
+   ``softmax(-beta * distance)``.
+3. ``select_experts``: the question's format is read from the run's options or
+   detected (:func:`~avengers_graph.formats.detect`); the experts whose strategy
+   serves it are eligible. With ``threshold`` (adaptive sampling),
+   :func:`~avengers_graph.routing.plan_sampling` rates them
+   (:func:`~avengers_graph.routing.reliability`), leaves out those at or below the
+   format's chance rate and orders the samples of the ``top_n`` most reliable,
+   cheapest informative first; otherwise :func:`~avengers_graph.routing.score_experts`
+   and :func:`~avengers_graph.routing.select_experts` keep the ``top_n`` with
+   ``samples`` each. The plan and each expert's vote weight go into the state.
+4. ``sample``: one ``Send`` per sample of the round (:meth:`_Nodes.dispatch`), in
+   parallel. :func:`~avengers_graph.experts.contract.contract` gives the expert's
+   strategy's instruction, constraint and token budget for the question;
    :func:`~avengers_graph.experts.calls.invoke` (or ``ainvoke``) calls the expert's
-   retry-free twin (:func:`~avengers_graph.experts.calls.retry_free`, made once when
-   the graph is built) and gives up after ``timeout``. A call that raises a transient
-   error is retried by LangGraph's ``RetryPolicy``, the one retry layer, up to the
-   run's ``max_retries``; any other error, a timeout, or a transient error on the last
-   attempt is recorded in ``failures`` and the expert loses that sample. With
-   ``early_stop``, the workers of a turn share a tally (``_Turn``): once
-   :func:`~avengers_graph.voting.early_keys` and :func:`~avengers_graph.voting.is_decided`
-   say the samples still running cannot change the winner, those stop waiting (async:
-   their requests are cancelled).
-5. ``vote``: :func:`~avengers_graph.voting.resolve_extractor` picks how to compare
-   the answers, :func:`~avengers_graph.voting.majority_vote` (or
-   :func:`~avengers_graph.voting.semantic_vote` for free text) picks the winner, ties
-   going to the better-ranked expert. The winning ``AIMessage``, with the summed usage
-   of every call, is appended to ``messages`` and the routing record written to
-   ``avengers``. If every expert failed, :class:`AllExpertsFailedError` names them.
+   retry-free twin and gives up after ``timeout``; the contract reads the reply
+   (a program runs in the sandbox). A transient error is retried by LangGraph's
+   ``RetryPolicy`` (the one retry layer) up to ``max_retries``; any other failure is
+   recorded, redacted, in ``failures``.
+5. ``vote``: :meth:`_Nodes._keys` keys the samples by the question's format (tool
+   calls by their calls, code by behaviour, free text by meaning);
+   :func:`~avengers_graph.voting.weighted_vote` (or
+   :func:`~avengers_graph.voting.majority_vote`,
+   :func:`~avengers_graph.voting.semantic_vote`) picks the winner. While adaptive
+   sampling is less sure than ``threshold`` and samples are left, the vote routes back
+   to ``sample`` for the next round (:meth:`_Nodes.after_vote`); otherwise the winning
+   ``AIMessage``, with the usage of every call, is appended to ``messages`` and the
+   routing record written to ``avengers``. If every expert failed,
+   :class:`AllExpertsFailedError` names them.
 
 Nodes write custom stream events (``stream_mode="custom"``): ``{"avengers": "routing"}``
 from ``select_experts``, one ``{"avengers": "sample"}`` per planned call (status ``ok``,
-``failed`` or ``cancelled``) and ``{"avengers": "vote"}``.
-
-:func:`build_avengers_graph` returns the uncompiled ``StateGraph`` (to extend);
-:func:`create_avengers_graph` compiles it. Both take the routing and sampling options
-of :class:`~avengers_graph.options.AvengersOptions` as keywords: the graph's
-defaults. Each node reads the run's options at call time
-(:func:`~avengers_graph.options.resolve_options`): the fields a run's ``context`` (an
-:class:`AvengersContext` or a dict of its fields) sets override the defaults.
+``failed`` or ``cancelled``) and ``{"avengers": "vote"}``. Each node reads the run's
+options at call time (:func:`~avengers_graph.options.resolve_options`).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ from avengers_graph.graph.state import (
 )
 from avengers_graph.options import AvengersOptions, resolve_options
 from avengers_graph.redact import environment_secrets, redact, secrets_of
-from avengers_graph.stores.chroma import ClusterStore
+from avengers_graph.stores.base import CalibrationStore
 
 _DEFAULT_RETRY_ON = RetryPolicy().retry_on
 
@@ -222,7 +224,7 @@ class _Nodes:
         self,
         experts: Mapping[str, BaseChatModel | Expert],
         embeddings: Embeddings,
-        store: ClusterStore,
+        store: CalibrationStore,
         settings: AvengersOptions,
         *,
         expert_costs: Mapping[str, float],

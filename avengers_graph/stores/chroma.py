@@ -48,8 +48,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
-import operator
 import os
 import queue
 import re
@@ -58,8 +56,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -78,6 +75,17 @@ from avengers_graph.errors import (
     StoreTimeoutError,
 )
 from avengers_graph.redact import redact
+from avengers_graph.stores.base import (
+    SCHEMA_VERSION,
+    ExpertStats,
+    StoredQuestion,
+    StoreInfo,
+    _as_float,
+    _as_int,
+    check_compatible,
+    validate_calibration,
+    validate_stats,
+)
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -95,8 +103,6 @@ __all__ = [
     "StoredQuestion",
 ]
 
-SCHEMA_VERSION: int = 2
-"""Version of the store layout written by this release (version 1 is still read)."""
 
 DEFAULT_TIMEOUT_S = 30.0
 """Seconds a Chroma call may take by default before it fails with StoreTimeoutError."""
@@ -125,225 +131,6 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 _T = TypeVar("_T")
 
 
-def _as_int(value: Any, what: str) -> int:
-    """Return ``value`` as a plain ``int`` (accepting numpy integers).
-
-    Raises:
-        InvalidInputError: ``value`` is not an integer.
-    """
-    if isinstance(value, bool):
-        raise InvalidInputError(f"{what} must be an integer, got {value!r}.")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise InvalidInputError(f"{what} must be an integer, got {value!r}.") from None
-
-
-def _as_float(value: object, what: str) -> float:
-    """Return ``value`` as a finite, non-negative ``float``.
-
-    Raises:
-        InvalidInputError: ``value`` is not a finite non-negative number.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidInputError(f"{what} must be a number, got {value!r}.")
-    number = float(value)
-    if not math.isfinite(number) or number < 0:
-        raise InvalidInputError(f"{what} must be finite and >= 0, got {value!r}.")
-    return number
-
-
-@dataclass(frozen=True)
-class ExpertStats:
-    """How one expert did on the validation questions of one cluster.
-
-    Numpy integers and floats are accepted and stored as plain Python numbers.
-
-    Raises:
-        InvalidInputError: A count is negative, ``correct > total``, or a mean is
-            negative or not finite.
-    """
-
-    correct: int
-    """Questions the expert answered correctly."""
-    total: int
-    """Questions the expert was scored on."""
-    mean_tokens: float = 0.0
-    """Mean number of generated tokens per answer."""
-    mean_seconds: float = 0.0
-    """Mean seconds per answer."""
-    sample_correct: int = 0
-    """Samples (single answers, before any vote) that were right."""
-    samples: int = 0
-    """Samples graded (0: recorded before per-sample counts were kept)."""
-
-    def __post_init__(self) -> None:
-        correct = _as_int(self.correct, "ExpertStats.correct")
-        total = _as_int(self.total, "ExpertStats.total")
-        if correct < 0 or total < 0 or correct > total:
-            raise InvalidInputError(
-                f"ExpertStats needs 0 <= correct <= total, got correct={correct}, total={total}."
-            )
-        sample_correct = _as_int(self.sample_correct, "ExpertStats.sample_correct")
-        samples = _as_int(self.samples, "ExpertStats.samples")
-        if sample_correct < 0 or samples < 0 or sample_correct > samples:
-            raise InvalidInputError(
-                "ExpertStats needs 0 <= sample_correct <= samples, got "
-                f"sample_correct={sample_correct}, samples={samples}."
-            )
-        object.__setattr__(self, "correct", correct)
-        object.__setattr__(self, "total", total)
-        object.__setattr__(self, "sample_correct", sample_correct)
-        object.__setattr__(self, "samples", samples)
-        object.__setattr__(
-            self, "mean_tokens", _as_float(self.mean_tokens, "ExpertStats.mean_tokens")
-        )
-        object.__setattr__(
-            self, "mean_seconds", _as_float(self.mean_seconds, "ExpertStats.mean_seconds")
-        )
-
-    @property
-    def accuracy(self) -> float:
-        """Fraction of correct answers, ``0.0`` when the expert was never scored."""
-        return self.correct / self.total if self.total else 0.0
-
-    @property
-    def sample_accuracy(self) -> float:
-        """Fraction of right samples: the chance that one answer is right.
-
-        ``accuracy`` when per-sample counts were not kept.
-        """
-        return self.sample_correct / self.samples if self.samples else self.accuracy
-
-    def to_dict(self) -> dict[str, float | int]:
-        """Return the statistics as a JSON-ready dict, including ``accuracy``."""
-        return {
-            "correct": self.correct,
-            "total": self.total,
-            "accuracy": self.accuracy,
-            "mean_tokens": self.mean_tokens,
-            "mean_seconds": self.mean_seconds,
-            "sample_correct": self.sample_correct,
-            "samples": self.samples,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ExpertStats:
-        """Build statistics from :meth:`to_dict` output (``accuracy`` is recomputed).
-
-        Args:
-            data: A mapping with ``correct`` and ``total``, and optionally
-                ``mean_tokens``, ``mean_seconds``, ``sample_correct`` and ``samples``.
-
-        Raises:
-            InvalidInputError: A required key is missing or a value is invalid.
-        """
-        missing = [key for key in ("correct", "total") if key not in data]
-        if missing:
-            raise InvalidInputError(f"ExpertStats data lacks {missing}: got keys {sorted(data)}.")
-        return cls(
-            correct=data["correct"],
-            total=data["total"],
-            mean_tokens=data.get("mean_tokens", 0.0),
-            mean_seconds=data.get("mean_seconds", 0.0),
-            sample_correct=data.get("sample_correct", 0),
-            samples=data.get("samples", 0),
-        )
-
-
-@dataclass(frozen=True)
-class StoreInfo:
-    """What a calibration was built with; stored as the centroids collection's metadata.
-
-    Raises:
-        InvalidInputError: ``embedding_dim`` or ``n_clusters`` is below 1, or the
-            expert names are not distinct non-empty strings.
-    """
-
-    name: str
-    """Pool name; :meth:`ClusterStore.write` fills it in when empty."""
-    embedding_model: str
-    """Name of the embedding model the questions were embedded with."""
-    embedding_dim: int
-    """Dimension of the embeddings and centroids."""
-    n_clusters: int
-    """Number of clusters (K)."""
-    seed: int | None
-    """Seed of the clustering, ``None`` when none was used."""
-    experts: tuple[str, ...]
-    """Names of the experts with statistics, in calibration order."""
-    schema_version: int = SCHEMA_VERSION
-    """Layout version of the store."""
-    created_at: str = ""
-    """ISO-8601 UTC time of the write; :meth:`ClusterStore.write` fills it in when empty."""
-
-    def __post_init__(self) -> None:
-        for attr in ("name", "embedding_model", "created_at"):
-            if not isinstance(getattr(self, attr), str):
-                raise InvalidInputError(
-                    f"StoreInfo.{attr} must be a string, got {getattr(self, attr)!r}."
-                )
-        dim = _as_int(self.embedding_dim, "StoreInfo.embedding_dim")
-        n_clusters = _as_int(self.n_clusters, "StoreInfo.n_clusters")
-        if dim < 1 or n_clusters < 1:
-            raise InvalidInputError(
-                "StoreInfo needs embedding_dim >= 1 and n_clusters >= 1, "
-                f"got embedding_dim={dim}, n_clusters={n_clusters}."
-            )
-        if isinstance(self.experts, str):
-            raise InvalidInputError(
-                f"StoreInfo.experts must be a sequence of names, got the string {self.experts!r}."
-            )
-        experts = tuple(self.experts)
-        if any(not isinstance(e, str) or not e for e in experts) or len(set(experts)) != len(
-            experts
-        ):
-            raise InvalidInputError(
-                f"StoreInfo.experts must be distinct non-empty names, got {experts!r}."
-            )
-        object.__setattr__(self, "embedding_dim", dim)
-        object.__setattr__(self, "n_clusters", n_clusters)
-        object.__setattr__(self, "experts", experts)
-        object.__setattr__(
-            self, "schema_version", _as_int(self.schema_version, "StoreInfo.schema_version")
-        )
-        if self.seed is not None:
-            object.__setattr__(self, "seed", _as_int(self.seed, "StoreInfo.seed"))
-
-
-@dataclass(frozen=True)
-class StoredQuestion:
-    """One validation question kept in the store, with its reference answer and cluster.
-
-    Raises:
-        InvalidInputError: ``id`` is empty or ``cluster`` is not an integer.
-    """
-
-    id: str
-    """Unique question id (the Chroma record id)."""
-    question: str
-    """The question text as embedded."""
-    answer: str
-    """Reference answer."""
-    kind: str
-    """Answer kind (for example ``"number"``, ``"choice"``, ``"code"``)."""
-    cluster: int
-    """Cluster the question was assigned to."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not self.id:
-            raise InvalidInputError(
-                f"StoredQuestion.id must be a non-empty string, got {self.id!r}."
-            )
-        for attr in ("question", "answer", "kind"):
-            if not isinstance(getattr(self, attr), str):
-                raise InvalidInputError(
-                    f"StoredQuestion.{attr} must be a string, got {getattr(self, attr)!r} "
-                    f"(question {self.id!r})."
-                )
-        object.__setattr__(self, "cluster", _as_int(self.cluster, "StoredQuestion.cluster"))
-
-
 def _validate_name(name: object) -> str:
     """Return ``name`` if it makes valid Chroma collection names.
 
@@ -363,30 +150,6 @@ def _validate_name(name: object) -> str:
             f"and {_QUESTIONS_SUFFIX!r})."
         )
     return name
-
-
-def _as_matrix(values: object, what: str, *, nonzero: bool) -> npt.NDArray[np.float32]:
-    """Return ``values`` as a 2-D float32 matrix of finite rows.
-
-    Args:
-        values: The array-like to convert.
-        what: How to name it in errors.
-        nonzero: Also refuse all-zero rows (they have no cosine direction).
-
-    Raises:
-        InvalidInputError: Not a 2-D numeric array, or a row is not finite (or is zero).
-    """
-    try:
-        matrix = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"{what} must be a numeric 2-D array: {exc}") from None
-    if matrix.ndim != 2:
-        raise InvalidInputError(f"{what} must be 2-D, got shape {matrix.shape}.")
-    if not np.all(np.isfinite(matrix)):
-        raise InvalidInputError(f"{what} contains NaN or infinite values.")
-    if nonzero and matrix.shape[0] and not np.all(np.linalg.norm(matrix, axis=1) > 0):
-        raise InvalidInputError(f"{what} contains an all-zero row (no cosine direction).")
-    return matrix.astype(np.float32)
 
 
 def _collection_configuration() -> CreateCollectionConfiguration:
@@ -1049,15 +812,7 @@ class ClusterStore:
             EmbeddingMismatchError: The store was built with another model or dimension.
             EmptyStoreError: Nothing was written to this pool.
         """
-        info = self.info()
-        if info.embedding_model != embedding_model or info.embedding_dim != embedding_dim:
-            raise EmbeddingMismatchError(
-                f"The store of {self._where} was calibrated with embedding model "
-                f"{info.embedding_model!r} (dim {info.embedding_dim}), but model "
-                f"{embedding_model!r} (dim {embedding_dim}) is in use. Use the same "
-                "embeddings as the calibration, or re-run calibrate with these ones."
-            )
-        return info
+        return check_compatible(self.info(), embedding_model, embedding_dim, self._where)
 
     def _cluster_records(self) -> tuple[dict[int, dict[str, ExpertStats]], dict[int, int]]:
         if self._clusters is None:
@@ -1499,94 +1254,16 @@ class ClusterStore:
         dict[int, dict[str, ExpertStats]],
         npt.NDArray[np.float32],
     ]:
-        if not isinstance(info, StoreInfo):
-            raise InvalidInputError(f"`info` must be a StoreInfo, got {type(info).__name__}.")
-        if info.name and info.name != self.name:
-            raise InvalidInputError(
-                f"StoreInfo.name is {info.name!r} but this store's pool is {self.name!r}; "
-                "leave it empty or open ClusterStore(..., name=...) with that pool name."
-            )
-        if info.schema_version != SCHEMA_VERSION:
-            raise InvalidInputError(
-                f"This avengers-graph writes schema version {SCHEMA_VERSION}, "
-                f"got StoreInfo.schema_version={info.schema_version}."
-            )
-        k, dim = info.n_clusters, info.embedding_dim
-        centroid_matrix = _as_matrix(centroids, "`centroids`", nonzero=True)
-        if centroid_matrix.shape != (k, dim):
-            raise InvalidInputError(
-                f"`centroids` must have shape (n_clusters, embedding_dim) = ({k}, {dim}), "
-                f"got {centroid_matrix.shape}."
-            )
-        size_list = [_as_int(size, "a cluster size") for size in sizes]
-        if len(size_list) != k or any(size < 0 for size in size_list):
-            raise InvalidInputError(
-                f"`sizes` must hold {k} non-negative counts (one per cluster), got {size_list}."
-            )
-        clean_stats: dict[int, dict[str, ExpertStats]] = {}
-        for cluster, experts in self._validate_stats(stats, k).items():
-            unknown = sorted(set(experts) - set(info.experts))
-            if unknown:
-                raise InvalidInputError(
-                    f"`stats` of cluster {cluster} name experts {unknown} that are not in "
-                    f"StoreInfo.experts {list(info.experts)}."
-                )
-            clean_stats[cluster] = experts
-        question_matrix = _as_matrix(question_vectors, "`question_vectors`", nonzero=False)
-        if question_matrix.shape != (len(questions), dim):
-            raise InvalidInputError(
-                "`question_vectors` must have shape (len(questions), embedding_dim) = "
-                f"({len(questions)}, {dim}), got {question_matrix.shape}."
-            )
-        seen: set[str] = set()
-        for question in questions:
-            if not isinstance(question, StoredQuestion):
-                raise InvalidInputError(
-                    f"`questions` must hold StoredQuestion items, got {type(question).__name__}."
-                )
-            if question.id in seen:
-                raise InvalidInputError(f"Question id {question.id!r} appears twice.")
-            seen.add(question.id)
-            if not 0 <= question.cluster < k:
-                raise InvalidInputError(
-                    f"Question {question.id!r} has cluster {question.cluster}, outside 0..{k - 1}."
-                )
-        created_at = info.created_at or datetime.now(UTC).isoformat(timespec="seconds")
-        stored = replace(info, name=self.name, created_at=created_at)
-        return stored, centroid_matrix, size_list, clean_stats, question_matrix
-
-    @staticmethod
-    def _validate_stats(
-        stats: Mapping[int, Mapping[str, ExpertStats]], n_clusters: int
-    ) -> dict[int, dict[str, ExpertStats]]:
-        if not isinstance(stats, Mapping):
-            raise InvalidInputError(
-                f"`stats` must map cluster ids to {{expert: ExpertStats}}, got {type(stats)}."
-            )
-        clean: dict[int, dict[str, ExpertStats]] = {}
-        for raw_cluster, experts in stats.items():
-            cluster = _as_int(raw_cluster, "a cluster id in `stats`")
-            if not 0 <= cluster < n_clusters:
-                raise InvalidInputError(
-                    f"`stats` has cluster {cluster}, outside 0..{n_clusters - 1}."
-                )
-            if not isinstance(experts, Mapping):
-                raise InvalidInputError(
-                    f"`stats[{cluster}]` must map expert names to ExpertStats, "
-                    f"got {type(experts).__name__}."
-                )
-            for expert, value in experts.items():
-                if not isinstance(expert, str) or not expert:
-                    raise InvalidInputError(
-                        f"Expert names must be non-empty strings, got {expert!r}."
-                    )
-                if not isinstance(value, ExpertStats):
-                    raise InvalidInputError(
-                        f"`stats[{cluster}][{expert!r}]` must be an ExpertStats, "
-                        f"got {type(value).__name__}."
-                    )
-            clean.setdefault(cluster, {}).update(experts)
-        return clean
+        calibration = validate_calibration(
+            info, centroids, sizes, stats, questions, question_vectors, pool=self.name
+        )
+        return (
+            calibration.info,
+            calibration.centroids,
+            list(calibration.sizes),
+            {c: dict(e) for c, e in calibration.stats.items()},
+            calibration.question_vectors,
+        )
 
     def add_expert_stats(self, stats: Mapping[int, Mapping[str, ExpertStats]]) -> StoreInfo:
         """Merge statistics of new or re-scored experts into the existing clusters.
@@ -1612,7 +1289,7 @@ class ClusterStore:
         with self.write_lock():
             self.refresh()  # merge into what is stored now, not into a stale cache
             info = self.info()
-            clean = self._validate_stats(stats, info.n_clusters)
+            clean = validate_stats(stats, info.n_clusters)
             if not clean:
                 return info
 

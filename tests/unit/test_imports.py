@@ -1,0 +1,128 @@
+"""The public API and the module paths are pinned; every module imports on its own."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+import avengers_graph
+
+EXPECTED_ALL = [
+    "AllExpertsFailedError",
+    "AnswerCache",
+    "AvengersContext",
+    "AvengersError",
+    "AvengersOptions",
+    "CacheError",
+    "Calibration",
+    "CalibrationError",
+    "CalibrationReport",
+    "CalibrationStore",
+    "ChatAvengers",
+    "ClusterStore",
+    "DamagedStoreError",
+    "EmbeddingMismatchError",
+    "EmptyStoreError",
+    "Expert",
+    "ExpertStats",
+    "ExpertTimeoutError",
+    "InvalidInputError",
+    "LocalEmbeddings",
+    "MemoryStore",
+    "MissingExtraError",
+    "RoutingRecord",
+    "SchemaVersionError",
+    "StoreBusyError",
+    "StoreError",
+    "StoreInfo",
+    "StoreTimeoutError",
+    "build_avengers_graph",
+    "calibrate",
+    "create_avengers_graph",
+]
+
+# the documented homes of each concept (README, module docstrings)
+MODULES = {
+    "avengers_graph.options": ["AvengersOptions", "AvengersContext", "resolve_options"],
+    "avengers_graph.routing": ["plan_sampling", "reliability", "score_experts"],
+    "avengers_graph.voting": ["weighted_vote", "majority_vote", "semantic_vote"],
+    "avengers_graph.formats": ["FORMATS", "detect", "get_format"],
+    "avengers_graph.experts.contract": ["Expert", "contract"],
+    "avengers_graph.experts.calls": ["invoke", "ainvoke", "retry_free"],
+    "avengers_graph.experts.cache": ["AnswerCache"],
+    "avengers_graph.stores": ["ClusterStore", "MemoryStore", "Calibration"],
+    "avengers_graph.graph": ["create_avengers_graph", "build_avengers_graph"],
+    "avengers_graph.graph.state": ["AvengersState", "RoutingRecord"],
+    "avengers_graph.chat_models": ["ChatAvengers"],
+    "avengers_graph.calibration": ["calibrate"],
+    "avengers_graph.eval.recording": ["ResponseMatrix", "record"],
+    "avengers_graph.eval.replay": ["evaluate", "compare", "AdaptiveConfig"],
+}
+
+# old module paths: importable for one release, with a DeprecationWarning
+MOVED = {
+    "avengers_graph.store": "avengers_graph.stores.chroma",
+    "avengers_graph.state": "avengers_graph.graph.state",
+    "avengers_graph.cache": "avengers_graph.experts.cache",
+    "avengers_graph.contract": "avengers_graph.experts.contract",
+    "avengers_graph.recording": "avengers_graph.eval.recording",
+    "avengers_graph.replay": "avengers_graph.eval.replay",
+    "avengers_graph.settings": "avengers_graph.app.settings",
+}
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(avengers_graph.__all__) == sorted(EXPECTED_ALL)
+    for name in EXPECTED_ALL:
+        assert getattr(avengers_graph, name) is not None
+
+
+@pytest.mark.parametrize(("module", "names"), list(MODULES.items()))
+def test_documented_module_paths(module: str, names: list[str]) -> None:
+    imported = importlib.import_module(module)
+    for name in names:
+        assert hasattr(imported, name), f"{module}.{name}"
+
+
+@pytest.mark.parametrize(("old", "new"), list(MOVED.items()))
+def test_old_paths_warn_and_give_the_new_module(old: str, new: str) -> None:
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=new.replace(".", r"\.")):
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(new)
+
+
+def _modules() -> list[str]:
+    return sorted(
+        info.name for info in pkgutil.walk_packages(avengers_graph.__path__, "avengers_graph.")
+    )
+
+
+def test_every_module_imports_on_its_own() -> None:
+    # one interpreter, our modules forgotten before each import: a module that only
+    # imports because another one was imported first (a cycle, a missing import) fails
+    code = (
+        "import importlib, sys, warnings\n"
+        "warnings.simplefilter('ignore', DeprecationWarning)\n"
+        "failed = []\n"
+        f"for name in {_modules()!r}:\n"
+        "    for loaded in [m for m in sys.modules if m.startswith('avengers_graph')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as exc:\n"
+        "        failed.append(f'{name}: {type(exc).__name__}: {exc}')\n"
+        "print('\\n'.join(failed))\n"
+        "sys.exit(1 if failed else 0)\n"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = subprocess.run(  # noqa: S603 - our own interpreter and code
+            [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=300
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
