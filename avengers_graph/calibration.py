@@ -40,10 +40,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from avengers_graph import voting
-from avengers_graph.app.settings import default_cache_path
 from avengers_graph.embeddings import embedding_model_name
 from avengers_graph.errors import CacheError, CalibrationError, InvalidInputError
-from avengers_graph.experts.cache import AnswerCache, CachedAnswer, cache_key
+from avengers_graph.experts.cache import AnswerCache, CachedAnswer, cache_key, default_cache_path
 from avengers_graph.experts.contract import Contract, Expert, as_expert, contract, validate_pool
 from avengers_graph.formats import FORMATS, Grader, detect, get_format, get_grader
 from avengers_graph.redact import environment_secrets, redact, secrets_of, terminal_safe
@@ -536,7 +535,7 @@ def calibrate(
         max_tokens: Generation cap sent to experts (``None``: the expert's own).
         max_concurrency: Expert calls in flight at once.
         cache: The answer cache, or a path to its SQLite file (default: the user cache
-            folder, see :func:`avengers_graph.app.settings.default_cache_path`).
+            folder, see :func:`avengers_graph.experts.cache.default_cache_path`).
         grader: A callable ``(output, reference) -> bool`` used instead of the
             per-kind graders.
         replace: Discard the store's calibration and start over. The new one is

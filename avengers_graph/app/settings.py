@@ -1,7 +1,8 @@
-"""Deployment settings read from environment variables, in one place.
+"""Deployment settings read from environment variables, in one place (pydantic-settings).
 
-- ``AVENGERS_CACHE_DIR``: folder of the answer cache (default
-  ``$XDG_CACHE_HOME/avengers-graph``, else ``~/.cache/avengers-graph``).
+- ``AVENGERS_CACHE_DIR``: folder of the answer cache, the model files and the
+  llama.cpp build (default ``$XDG_CACHE_HOME/avengers-graph``, else
+  ``~/.cache/avengers-graph``).
 - ``AVENGERS_STORE_PATH``: folder of the embedded Chroma store (default
   ``.avengers/store`` under the working directory).
 - ``AVENGERS_CHROMA_HOST`` / ``AVENGERS_CHROMA_PORT``: a Chroma server instead of the
@@ -16,52 +17,66 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from avengers_graph.errors import InvalidInputError
+from avengers_graph.experts.cache import cache_root, default_cache_path
 from avengers_graph.stores.chroma import ClusterStore
 
+__all__ = ["Settings", "default_cache_path"]
 
-def _cache_root(env: Mapping[str, str]) -> Path:
-    if env.get("AVENGERS_CACHE_DIR"):
-        return Path(env["AVENGERS_CACHE_DIR"])
-    base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return base / "avengers-graph"
+_PREFIX = "AVENGERS_"
 
 
-def default_cache_path(env: Mapping[str, str] | None = None) -> Path:
-    """Where calibration caches expert answers unless told otherwise."""
-    return _cache_root(os.environ if env is None else env) / "answers.sqlite"
-
-
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
     """Settings of a deployment (LangGraph Studio, the CLI), read by :meth:`from_env`."""
 
-    cache_dir: Path
-    store_path: Path
-    chroma_host: str | None
-    chroma_port: int
-    pool: str
-    config_file: Path | None
+    model_config = SettingsConfigDict(
+        env_prefix=_PREFIX, extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    cache_dir: Path = Field(default_factory=lambda: cache_root(os.environ))
+    """``AVENGERS_CACHE_DIR``."""
+    store_path: Path = Path(".avengers/store")
+    """``AVENGERS_STORE_PATH``."""
+    chroma_host: str | None = None
+    """``AVENGERS_CHROMA_HOST``."""
+    chroma_port: int = Field(default=8000, ge=1, le=65535)
+    """``AVENGERS_CHROMA_PORT``."""
+    pool: str = "avengers"
+    """``AVENGERS_POOL``."""
+    config_file: Path | None = Field(default=None, alias="config")
+    """``AVENGERS_CONFIG``."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read the ``AVENGERS_*`` variables (see the module docstring)."""
+        """Read the ``AVENGERS_*`` variables (see the module docstring).
+
+        Args:
+            env: The environment (default ``os.environ``).
+
+        Raises:
+            InvalidInputError: A value that does not parse, naming the variable.
+        """
         env = os.environ if env is None else env
-        port = env.get("AVENGERS_CHROMA_PORT", "8000")
-        if not port.isdigit():
-            raise InvalidInputError(f"AVENGERS_CHROMA_PORT must be a port number, got {port!r}.")
-        config = env.get("AVENGERS_CONFIG")
-        return cls(
-            cache_dir=_cache_root(env),
-            store_path=Path(env.get("AVENGERS_STORE_PATH", ".avengers/store")),
-            chroma_host=env.get("AVENGERS_CHROMA_HOST") or None,
-            chroma_port=int(port),
-            pool=env.get("AVENGERS_POOL", "avengers"),
-            config_file=Path(config) if config else None,
-        )
+        values: dict[str, Any] = {
+            key.removeprefix(_PREFIX).lower(): value
+            for key, value in env.items()
+            if key.startswith(_PREFIX) and value
+        }
+        values.setdefault("cache_dir", cache_root(env))
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{_PREFIX}{str(error['loc'][0]).upper()}: {error['msg']}"
+                for error in exc.errors(include_url=False)
+            )
+            raise InvalidInputError(f"Invalid settings: {problems}.") from exc
 
     def cluster_store(self) -> ClusterStore:
         """The store these settings point at: a Chroma server if a host is set."""

@@ -28,6 +28,25 @@ from langchain_core.messages import AIMessage, BaseMessage, messages_from_dict, 
 
 from avengers_graph.errors import CacheError, InvalidInputError
 
+
+def cache_root(env: Mapping[str, str] | None = None) -> Path:
+    """The user's cache folder for avengers-graph.
+
+    ``AVENGERS_CACHE_DIR``, else ``$XDG_CACHE_HOME/avengers-graph``, else
+    ``~/.cache/avengers-graph``.
+    """
+    env = os.environ if env is None else env
+    if env.get("AVENGERS_CACHE_DIR"):
+        return Path(env["AVENGERS_CACHE_DIR"])
+    base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "avengers-graph"
+
+
+def default_cache_path(env: Mapping[str, str] | None = None) -> Path:
+    """Where calibration caches expert answers unless told otherwise."""
+    return cache_root(env) / "answers.sqlite"
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     key TEXT PRIMARY KEY,
