@@ -9,7 +9,8 @@ downloaded from anywhere else. :func:`build_server` makes the binary in five ste
 2. ``pip download --no-deps --no-binary :all: --require-hashes`` fetches the pinned
    sdist through pip's configured index (pip checks :data:`SDIST_SHA256`, and we check
    it again before unpacking);
-3. only ``vendor/llama.cpp`` is unpacked (tarfile's ``data`` filter);
+3. only ``vendor/llama.cpp`` and its git folder (which names the commit) are unpacked
+   (tarfile's ``data`` filter);
 4. cmake configures and builds the ``llama-server`` target with CPU-portable flags
    (:data:`CMAKE_FLAGS`: no ``-march=native``, a static binary), with Ninja if it is
    found, else Make; ``progress(done, total)`` follows the build steps;
@@ -87,6 +88,9 @@ _BINARY = "llama-server"
 _SIDECAR = "build.json"
 _TARGET = "llama-server"
 _SOURCE_PREFIX = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
+_GIT_PREFIX = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/.git/modules/vendor/llama.cpp/"
+"""The submodule's git folder (``vendor/llama.cpp/.git`` points there): cmake reads the
+commit from it, and ``--version`` prints it."""
 _VERSION_TIMEOUT_S = 30.0
 _DOWNLOAD_TIMEOUT_S = 900.0
 _CONFIGURE_TIMEOUT_S = 600.0
@@ -353,9 +357,11 @@ def _download_sdist(folder: Path, log: Path) -> Path:
 
 
 def _unpack(sdist: Path, folder: Path) -> Path:
-    """Extract ``vendor/llama.cpp`` of the sdist into ``folder``; return its root."""
+    """Extract ``vendor/llama.cpp`` (and its git folder) into ``folder``; return its root."""
     with tarfile.open(sdist, "r:gz") as archive:
-        members = [m for m in archive.getmembers() if m.name.startswith(_SOURCE_PREFIX)]
+        members = [
+            m for m in archive.getmembers() if m.name.startswith((_SOURCE_PREFIX, _GIT_PREFIX))
+        ]
         if not members:
             raise ServerBinaryError(f"{sdist} holds no {_SOURCE_PREFIX}.")
         archive.extractall(folder, members=members, filter="data")

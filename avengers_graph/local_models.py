@@ -77,10 +77,13 @@ class LocalModelSpec:
             template through ``--jinja`` (tool calls parsed by the server).
         n_ctx: Context of one server slot, in tokens (a server with ``S`` slots gets
             ``S * n_ctx``).
-        tool_call_parser: Client-side parser of the tool calls the model writes as
-            text (see :mod:`avengers_graph.tool_parsers`). ``None`` for every model of
-            the registry: ``llama-server --jinja`` parses the calls with the model's
-            own template and returns them as ``tool_calls``.
+        tool_call_parser: Client-side parser of the tool calls the server returns as
+            text (see :mod:`avengers_graph.tool_parsers`); ``None`` for a model that
+            cannot call tools. ``llama-server --jinja`` parses the calls written in the
+            template's own format (``<tool_call>`` JSON for Qwen2.5) into
+            ``tool_calls``, but the small Qwen2.5-Coder models mostly write them
+            otherwise (bare or fenced JSON), which the server leaves as text: the
+            parser reads those, and only answers that came back without ``tool_calls``.
         draft: A registry model that drafts tokens for this one (speculative
             decoding, same tokenizer), when its server is started with one.
     """
@@ -142,7 +145,9 @@ MODELS: Mapping[str, LocalModelSpec] = MappingProxyType(
                 filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
                 size=491_400_064,
                 sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-                chat_format=None,  # the GGUF's own Qwen template, tool calls parsed by it
+                chat_format=None,  # the GGUF's own Qwen template (--jinja)
+                # the server parses <tool_call> JSON; bare or fenced JSON stays text
+                tool_call_parser="hermes",
             ),
             LocalModelSpec(
                 name="qwen2.5-coder-1.5b",
@@ -155,6 +160,7 @@ MODELS: Mapping[str, LocalModelSpec] = MappingProxyType(
                 size=1_117_320_768,
                 sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
                 chat_format=None,
+                tool_call_parser="hermes",
             ),
         )
     }

@@ -506,7 +506,9 @@ class LocalPool:
             "--no-webui",
         ]
         if spec is not None and spec.chat_format is not None:
-            command += ["--chat-template", spec.chat_format]  # the GGUF has no template
+            # the GGUF has no template: a built-in one (by name, which needs --no-jinja:
+            # with Jinja on, the name itself would be taken as the template's text)
+            command += ["--no-jinja", "--chat-template", spec.chat_format]
         else:
             command.append("--jinja")  # the GGUF's template; tool calls parsed server-side
         if draft_path is not None:

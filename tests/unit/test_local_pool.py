@@ -288,6 +288,7 @@ def test_the_command_line_gives_slots_context_threads_and_the_jinja_template(
 def test_gemma_gets_a_builtin_chat_template(tmp_path: Path) -> None:
     command = _command(LocalPool(tmp_path, server_binary=Path("/x")), "gemma3-270m")
     assert _option(command, "--chat-template") == "gemma"
+    assert command.index("--no-jinja") < command.index("--chat-template")
     assert "--jinja" not in command
 
 
@@ -534,8 +535,9 @@ def test_experts_point_at_the_running_servers_and_respect_their_slots(
     assert expert.max_retries == 1
     assert expert.max_concurrent_requests == 2  # type: ignore[attr-defined]
     assert experts["qwen2.5-coder-0.5b"].max_concurrent_requests == 3  # type: ignore[attr-defined]
-    # llama-server --jinja parses tool calls: no client-side parser for any local model
-    assert {e.tool_call_parser for e in experts.values()} == {None}  # type: ignore[attr-defined]
+    # the server parses <tool_call> JSON; the Qwen models' bare JSON is parsed client-side
+    assert experts["qwen2.5-coder-0.5b"].tool_call_parser == "hermes"  # type: ignore[attr-defined]
+    assert experts["smollm2-135m"].tool_call_parser is None  # type: ignore[attr-defined]
     with pytest.raises(ServerError, match=r"No running server for gemma3-270m"):
         pool.experts(["gemma3-270m"])
 
