@@ -283,7 +283,9 @@ def local_fetch(
 @local_app.command("build")
 @friendly
 def local_build(
-    force: Annotated[bool, typer.Option(help="Build again even if a checked build exists.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Build again even if a checked build exists.")
+    ] = False,
     jobs: Annotated[int | None, typer.Option(help="Parallel compile jobs.")] = None,
 ) -> None:
     """Build llama.cpp's llama-server once from the pinned sdist (about 10 min on 2 cores)."""

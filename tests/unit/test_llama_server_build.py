@@ -83,7 +83,9 @@ def test_a_changed_binary_is_refused(tmp_path: Path, env: dict[str, str]) -> Non
 
 def test_a_binary_of_another_commit_is_refused(tmp_path: Path, env: dict[str, str]) -> None:
     _installed(tmp_path / "own", version="version: 0.5.0 (build 9, commit abcdef0)")
-    with pytest.raises(ServerBinaryError, match=f"did not name llama.cpp commit {LLAMA_CPP_COMMIT}"):
+    with pytest.raises(
+        ServerBinaryError, match=f"did not name llama.cpp commit {LLAMA_CPP_COMMIT}"
+    ):
         server_binary(env)
 
 
@@ -101,7 +103,11 @@ def test_a_step_reports_its_progress_and_fails_with_its_log(tmp_path: Path) -> N
     seen: list[tuple[int, int]] = []
     script = "print('[1/3] a'); print('[2/3] b'); print('[3/3] c')"
     llama_server._run(
-        [sys.executable, "-c", script], log, timeout=60, what="step", progress=lambda *a: seen.append(a)
+        [sys.executable, "-c", script],
+        log,
+        timeout=60,
+        what="step",
+        progress=lambda *a: seen.append(a),
     )
     assert seen == [(1, 3), (2, 3), (3, 3)]
     with pytest.raises(ServerBinaryError, match=r"(?s)step failed \(exit code 2\).*boom"):
@@ -211,7 +217,9 @@ def test_a_killed_build_leaves_no_binary_and_the_next_one_cleans_up(
     with pytest.raises(KeyboardInterrupt):
         build_server(tmp_path)
     assert not install_dir(tmp_path).exists()
-    assert find_server({"AVENGERS_CACHE_DIR": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}) is None
+    assert (
+        find_server({"AVENGERS_CACHE_DIR": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}) is None
+    )
 
     leftover = install_dir(tmp_path).parent / ".build-killed"  # as a SIGKILL leaves it
     (leftover / "build" / "bin").mkdir(parents=True)

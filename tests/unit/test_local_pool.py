@@ -432,9 +432,7 @@ def _launcher(
 ) -> tuple[subprocess.Popen[bytes], ServerInfo]:
     """``up()`` in another process, once its (never healthy) server is recorded."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    launcher = spawn(
-        sys.executable, "-c", UP_SCRIPT, str(cache), str(binary), model, env=env
-    )
+    launcher = spawn(sys.executable, "-c", UP_SCRIPT, str(cache), str(binary), model, env=env)
     deadline = time.monotonic() + 60
     while not (servers := LocalPool(cache)._read_state()):
         assert launcher.poll() is None, "the launcher exited"
@@ -478,11 +476,7 @@ def test_a_killed_launcher_leaves_a_server_down_can_stop(
 def test_the_environment_cannot_reconfigure_the_server(
     tmp_path: Path, fake_binary: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    binary = fake_binary(
-        "import os\n"
-        "print(sorted(os.environ))\n"
-        "sys.exit(3)\n"
-    )
+    binary = fake_binary("import os\nprint(sorted(os.environ))\nsys.exit(3)\n")
     hostile = {
         "LLAMA_ARG_PORT": "1",
         "LLAMA_ARG_HOST": "0.0.0.0",  # noqa: S104 - what must not reach the server
