@@ -404,7 +404,7 @@ def demo(
     settings, pool = load(config)
     local = pool.local_models()
     fetch_models(local, settings.cache_dir)
-    with serving(LocalPool(settings.cache_dir), local, keep=keep_servers):
+    with serving(LocalPool(settings.cache_dir), pool.local_servers(), keep=keep_servers):
         if pool.build_store(settings).is_empty():
             console.rule("Calibrating on the bundled validation set")
             run_calibration(settings, pool)

@@ -251,7 +251,7 @@ def _process_key(pid: int) -> str | None:
 
 
 def _holder_alive(key: str) -> bool:
-    pid, _, started = key.partition(":")
+    pid, _, _ = key.partition(":")
     return pid.isdigit() and _process_key(int(pid)) == key
 
 

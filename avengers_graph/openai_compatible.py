@@ -69,7 +69,6 @@ from langchain_openai import ChatOpenAI
 from pydantic import Field, PrivateAttr
 
 from avengers_graph.errors import InvalidInputError
-
 from avengers_graph.tool_parsers import (
     ToolCallParser,
     as_generation_chunk,

@@ -36,7 +36,7 @@ def test_local_servers_get_the_pool_s_samples_as_slots_summed_per_model(tmp_path
         ServerSpec("qwen2.5-coder-0.5b", slots=5 + 2, threads=None, draft=None),
         ServerSpec("qwen2.5-coder-1.5b", slots=5, threads=2, draft="qwen2.5-coder-0.5b"),
     ]
-    urls = {name: "http://127.0.0.1:9/v1" for name in pool.local_models()}
+    urls = dict.fromkeys(pool.local_models(), "http://127.0.0.1:9/v1")
     experts = pool.build_experts(urls)
     limits = {name: e.max_concurrent_requests for name, e in experts.items()}  # type: ignore[attr-defined]
     assert limits == {"a": 5, "b": 2, "c": 5, "r": 4}
@@ -72,5 +72,5 @@ def test_bad_samples_are_refused(tmp_path: Path) -> None:
     pool = load_pool_config(
         _pool(tmp_path, "experts:\n  - {name: s, local: smollm2-135m}\nrouting: {samples: 0}\n")
     )
-    with pytest.raises(InvalidInputError, match="routing.samples"):
+    with pytest.raises(InvalidInputError, match=r"routing\.samples"):
         pool.local_servers()
