@@ -27,7 +27,10 @@ only in part:
    ``tool_calls``, which llama.cpp's template would render with the arguments
    JSON-encoded twice (a quoted string the model then imitates). Generation stops
    at ``<tool_response>`` (:data:`HERMES_STOP`): a model that goes on to invent the
-   tool's answer after its call is cut there.
+   tool's answer after its call is cut there. A call the request requires
+   (``tool_choice`` ``"required"``/``"any"`` or a tool's name) is forced with a JSON
+   schema of the allowed calls, since such servers do not enforce it
+   (:func:`_force_call_by_schema`).
 3. **Assistant turns as strings.** ``ChatOpenAI`` sends the ``content`` of a turn that
    only calls tools as ``null``, and a turn made of content blocks as a list; OpenAI's
    API allows both, llama-cpp-python's server rejects the whole request (HTTP 500,
@@ -202,6 +205,45 @@ class RequestLimiter:
 _LIMITER_LOCK = threading.Lock()
 
 
+def _force_call_by_schema(payload: dict[str, Any]) -> None:
+    """Force a required (or named) tool call with a JSON schema of the allowed calls.
+
+    For servers whose calls the hermes parser reads: llama-server (pinned llama.cpp)
+    neither enforces ``tool_choice: "required"`` for Qwen2.5's template nor reads a
+    named choice (it takes it for ``"auto"``). So the request says ``tool_choice:
+    "none"`` (the tools are still rendered into the prompt) and carries llama.cpp's
+    ``json_schema`` field: the answer can only be ``{"name": ..., "arguments": ...}`` of
+    an allowed tool, which the parser then turns into the call.
+    """
+    choice = payload.get("tool_choice")
+    tools = [t for t in payload.get("tools") or () if isinstance(t, dict) and "function" in t]
+    if choice in ("required", "any"):
+        allowed = tools
+    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+        allowed = [t for t in tools if t["function"].get("name") == name]
+    else:
+        return
+    if not allowed:
+        return
+    calls = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": tool["function"]["name"]},
+                "arguments": tool["function"].get("parameters") or {"type": "object"},
+            },
+            "required": ["name", "arguments"],
+        }
+        for tool in allowed
+    ]
+    payload["tool_choice"] = "none"
+    payload["extra_body"] = {
+        **(payload.get("extra_body") or {}),
+        "json_schema": calls[0] if len(calls) == 1 else {"anyOf": calls},
+    }
+
+
 def _as_text(content: Any) -> str:
     """An assistant turn's content as the string every server reads.
 
@@ -294,6 +336,7 @@ class ChatOpenAICompatible(ChatOpenAI):
             stops = payload.get("stop") or []
             stops = [stops] if isinstance(stops, str) else list(stops)
             payload["stop"] = [*stops, *(s for s in HERMES_STOP if s not in stops)]
+            _force_call_by_schema(payload)
         for message in payload["messages"]:
             if message.get("role") != "assistant":
                 continue

@@ -529,8 +529,13 @@ def write_out(
         lines = [
             "# avengers-graph performance benchmark",
             "",
-            f"{env['created']}, {env['cpus']} cores, load average at start {load}; "
+            f"{env['created']}, {env['cpus']} cores, load average at start {load}, at end "
+            f"{', '.join(f'{x:.2f}' for x in env['load_average_end'])}; "
             f"settings: {json.dumps(settings)}",
+            "",
+            f"Command: `python tools/bench_perf.py {' '.join(sys.argv[1:])}` (`make bench-perf "
+            "OLD_ENGINE_PYTHON=/path/to/python` runs it; that interpreter needs "
+            "`pip install 'llama-cpp-python[server]==0.3.36'` for the old engine's column).",
             "",
             "| section | measure | p50/value | p95 | unit |",
             "| --- | --- | ---: | ---: | --- |",

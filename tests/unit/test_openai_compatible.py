@@ -462,3 +462,44 @@ def test_a_limit_below_one_is_refused() -> None:
         RequestLimiter(0)
     with pytest.raises(ValueError, match="greater than or equal to 1"):
         _client(max_concurrent_requests=0)
+
+
+# -- a required call forced by a JSON schema (hermes parser) ---------------------------
+
+
+@tool
+def weather(city: str) -> str:
+    """The weather of a city."""
+    return city
+
+
+def test_a_required_call_is_forced_by_a_schema_of_the_allowed_calls() -> None:
+    server = FakeServer(_completion('{"name": "calculator", "arguments": {"expression": "1+1"}}'))
+    message = _served(server).bind_tools([calculator, weather], tool_choice="any").invoke("hi")
+    [call] = message.tool_calls
+    assert call["name"] == "calculator"
+    [request] = server.requests
+    assert request["tool_choice"] == "none"  # the server's own forcing does not hold
+    assert [t["function"]["name"] for t in request["tools"]] == ["calculator", "weather"]
+    names = [option["properties"]["name"]["const"] for option in request["json_schema"]["anyOf"]]
+    assert names == ["calculator", "weather"]
+
+
+def test_a_named_call_is_forced_to_that_tool() -> None:
+    server = FakeServer(_completion('{"name": "weather", "arguments": {"city": "Paris"}}'))
+    message = _served(server).bind_tools([calculator, weather], tool_choice="weather").invoke("hi")
+    assert [call["name"] for call in message.tool_calls] == ["weather"]
+    schema = server.requests[0]["json_schema"]
+    assert schema["properties"]["name"] == {"const": "weather"}
+    assert schema["properties"]["arguments"]["required"] == ["city"]
+
+
+def test_auto_and_servers_that_parse_are_left_alone() -> None:
+    server = FakeServer(_completion("no call"))
+    _served(server).bind_tools([calculator], tool_choice="auto").invoke("hi")
+    _served(server, parser=None).bind_tools([calculator], tool_choice="any").invoke("hi")
+    auto, trusted = server.requests
+    assert "json_schema" not in auto
+    assert auto["tool_choice"] == "auto"
+    assert "json_schema" not in trusted
+    assert trusted["tool_choice"] == "required"
