@@ -10,7 +10,7 @@ sample), each number the median of ``--engine-repeats`` runs:
    default pool's Qwen2.5-Coder-0.5B and Gemma-3-270M, while its three servers run
    with the cores split among them), against one call of its slowest expert;
 3. speculative decoding on llama-server: Qwen2.5-Coder-1.5B alone against the same
-   with Qwen2.5-Coder-0.5B drafting, 1 and 3 samples;
+   with Qwen2.5-Coder-0.5B drafting, 1 and 3 samples (``--spec-repeats`` runs each);
 4. peak memory (VmHWM) of every server, and the cost of the llama-server build
    (from its ``build.json``).
 
@@ -264,6 +264,7 @@ def engine_rows(
     tokens: int,
     repeats: int,
     samples: Sequence[int] = (1, 3, 6),
+    spec_repeats: int = 1,
     say: Any = print,
 ) -> tuple[list[Row], dict[str, float], dict[str, Any]]:
     """Every case on both engines; also peak memory per server (MiB) and the build's cost."""
@@ -302,7 +303,8 @@ def engine_rows(
             client = _client(TARGET, info.base_url, tokens, info.slots)
             _at_once([(client, 999)])
             for n in (1, 3):
-                seconds, generated = _median_run([(client, s) for s in range(n)], repeats)
+                calls = [(client, s) for s in range(n)]
+                seconds, generated = _median_run(calls, spec_repeats)
                 rows.append(
                     Row(
                         "llama-server",

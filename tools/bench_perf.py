@@ -52,7 +52,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench_engine import Row, engine_rows, has_old_engine
+from bench_engine import ONE, Row, engine_rows, has_old_engine
 from bench_routing import (
     instant_experts,
     measure_routing,
@@ -403,7 +403,11 @@ def engine_section(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if skipped:
         print(f"(e) WARNING: the old engine's column is skipped: {skipped}")
     rows, memory, build = engine_rows(
-        work / "engine", old_python=old, tokens=args.engine_tokens, repeats=args.engine_repeats
+        work / "engine",
+        old_python=old,
+        tokens=args.engine_tokens,
+        repeats=args.engine_repeats,
+        spec_repeats=args.spec_repeats,
     )
     return {
         "rows": rows,
@@ -411,6 +415,7 @@ def engine_section(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "build": build,
         "tokens": args.engine_tokens,
         "repeats": args.engine_repeats,
+        "spec_repeats": args.spec_repeats,
         "old_engine_skipped": skipped,
     }
 
@@ -493,9 +498,21 @@ def engine_markdown(engine: Mapping[str, Any] | None) -> list[str]:
             ratio = "" if row.ratio is None else f" ({row.ratio:.2f}x)"
             cells.append(f"{row.seconds:.2f}{ratio}, {row.tokens_per_second:.1f}")
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    three = by.get(("llama-server", f"{ONE}: 3 sample(s) at once"))
+    pair = by.get(("llama-server", "ensemble: 2 experts x 3 samples at once"))
+    if three is not None and three.ratio is not None and pair is not None and pair.ratio:
+        lines += [
+            "",
+            f"Goals on llama-server: 3 samples within 1.5x one call: {three.ratio:.2f}x "
+            f"({'met' if three.ratio <= 1.5 else 'missed'}); the 2 x 3 ensemble within 2.0x "
+            f"one call of its slowest expert: {pair.ratio:.2f}x "
+            f"({'met' if pair.ratio <= 2.0 else 'missed'}).",
+        ]
     spec = [row for row in rows if row.case.startswith("speculative")]
     if spec:
         lines += [
+            "",
+            f"Speculative decoding, {engine['spec_repeats']} run(s) per case:",
             "",
             "| speculative decoding (llama-server) | wall s | generated tokens | tok/s |",
             "| --- | ---: | ---: | ---: |",
@@ -577,6 +594,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--engine-tokens", type=int, default=128, help="tokens per sample (e)")
     parser.add_argument("--engine-repeats", type=int, default=3, help="runs per case (e)")
+    parser.add_argument(
+        "--spec-repeats", type=int, default=1, help="runs per speculative-decoding case (e)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the summary (.json or .md)")
     args = parser.parse_args()
     if args.out is not None and args.out.suffix not in {".json", ".md"}:
