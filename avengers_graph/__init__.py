@@ -11,16 +11,21 @@ from avengers_graph.embeddings import LocalEmbeddings
 from avengers_graph.errors import (
     AllExpertsFailedError,
     AvengersError,
+    CacheError,
     CalibrationError,
+    DamagedStoreError,
     EmbeddingMismatchError,
     EmptyStoreError,
     ExpertTimeoutError,
     InvalidInputError,
     MissingExtraError,
     SchemaVersionError,
+    StoreBusyError,
     StoreError,
+    StoreTimeoutError,
 )
-from avengers_graph.graph import AvengersContext, build_avengers_graph, create_avengers_graph
+from avengers_graph.graph import build_avengers_graph, create_avengers_graph
+from avengers_graph.options import AvengersContext, AvengersOptions
 from avengers_graph.state import RoutingRecord
 from avengers_graph.store import ClusterStore, ExpertStats, StoreInfo
 
@@ -29,10 +34,13 @@ __all__ = [
     "AnswerCache",
     "AvengersContext",
     "AvengersError",
+    "AvengersOptions",
+    "CacheError",
     "CalibrationError",
     "CalibrationReport",
     "ChatAvengers",
     "ClusterStore",
+    "DamagedStoreError",
     "EmbeddingMismatchError",
     "EmptyStoreError",
     "ExpertStats",
@@ -42,8 +50,10 @@ __all__ = [
     "MissingExtraError",
     "RoutingRecord",
     "SchemaVersionError",
+    "StoreBusyError",
     "StoreError",
     "StoreInfo",
+    "StoreTimeoutError",
     "build_avengers_graph",
     "calibrate",
     "create_avengers_graph",

@@ -1,7 +1,7 @@
 """Code answers voted by behaviour: same outputs on the same inputs, same vote.
 
 Two programs that are written differently but compute the same thing should vote
-together; :func:`avengers_graph.voting.extract_code` only catches formatting
+together; :func:`avengers_graph.formats.extract_code` only catches formatting
 differences. :func:`behaviour_keys` runs every candidate program, in the sandbox
 (:func:`avengers_graph.sandbox.run_python`: a subprocess with a timeout, no network
 and a memory limit), on the same probe calls and keys it by what the calls return
@@ -26,8 +26,8 @@ import textwrap
 from collections import Counter
 from collections.abc import Sequence
 
+from avengers_graph.formats import extract_code, last_code_block
 from avengers_graph.sandbox import run_python
-from avengers_graph.voting import extract_code, last_code_block
 
 __all__ = ["behaviour_keys", "generated_calls", "probe_calls"]
 

@@ -43,7 +43,7 @@ from types import MappingProxyType
 from typing import Any
 
 from avengers_graph.errors import InvalidInputError, MissingExtraError
-from avengers_graph.voting import last_boxed
+from avengers_graph.formats import last_boxed
 
 __all__ = [
     "BENCHMARKS",
@@ -169,7 +169,7 @@ def humaneval_items(root: Path) -> list[Row]:
     """HumanEval: the prompt; its imports, the ``check`` harness, ``check(entry_point)``.
 
     The prompt's imports lead the reference, so the grader runs them before a reply
-    that leaves them out (:func:`avengers_graph.grading.grade_code`). Prompts that
+    that leaves them out (:func:`avengers_graph.formats.grade_code`). Prompts that
     define helpers besides the entry point (HumanEval/10, 32, 38, 50) are left out:
     their tests call the helpers, which a reply may not repeat.
     """
@@ -344,7 +344,8 @@ class Benchmark:
 
     name: str
     kind: str
-    """The grading kind of its items (a key of :data:`avengers_graph.grading.GRADERS`)."""
+    """The grading kind of its items (a gradable format of
+    :data:`avengers_graph.formats.FORMATS`)."""
     title: str
     read: Callable[[Path], list[Row]]
     spread: str | None = None

@@ -5,23 +5,28 @@ messages and the sampling parameters (temperature, seed, max tokens...). Each
 answer is written as soon as it arrives (WAL journal, one transaction per answer),
 so a run killed half-way loses at most the calls that were in flight. The stored
 message is LangChain's JSON form of the ``AIMessage``: reviewable, never pickled.
+
+Every SQLite failure is a :class:`~avengers_graph.errors.CacheError` naming the file:
+a damaged file (not a database, a malformed page) says to move it aside, a failed
+write (a full disk, a read-only folder) says that the answers already saved are kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, messages_from_dict, messages_to_dict
 
-from avengers_graph.errors import InvalidInputError
+from avengers_graph.errors import CacheError, InvalidInputError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -64,42 +69,96 @@ def cache_key(
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def _damaged(path: Path, exc: BaseException) -> CacheError:
+    return CacheError(
+        f"The answer cache {path} is damaged ({exc}). Move it aside "
+        f"(mv '{path}' '{path}.damaged') and run again: the answers it held are asked "
+        "again (or import a recorded copy with `AnswerCache.import_jsonl`)."
+    )
+
+
+def _is_damage(exc: sqlite3.Error) -> bool:
+    """Whether an SQLite error means a damaged file rather than a failed operation."""
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.DatabaseError) and (
+        "not a database" in text or "malformed" in text or "corrupt" in text
+    )
+
+
 class AnswerCache:
     """SQLite cache of expert answers, safe to share between threads.
 
     Args:
         path: Database file; its folder is created if needed.
+
+    Raises:
+        CacheError: The file is damaged (not an SQLite database) or cannot be opened.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(
+                f"Cannot create the folder of the answer cache {self.path}: {exc}."
+            ) from exc
+        with self._errors("open"):
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(SCHEMA)
 
     def __repr__(self) -> str:
         return f"AnswerCache(path={str(self.path)!r})"
 
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Turn SQLite failures into a :class:`CacheError` naming the file."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if _is_damage(exc):
+                raise _damaged(self.path, exc) from exc
+            if action == "write":
+                raise CacheError(
+                    f"Could not save an answer to the answer cache {self.path}: {exc} (is the "
+                    "disk full or the folder read-only?). The answers saved before are kept; "
+                    "free some space and run the same command again to resume."
+                ) from exc
+            raise CacheError(f"Cannot {action} the answer cache {self.path}: {exc}.") from exc
+
     def get(self, key: str) -> CachedAnswer | None:
-        """The cached answer for ``key``, or ``None``."""
-        with self._lock:
+        """The cached answer for ``key``, or ``None``.
+
+        Raises:
+            CacheError: The file is damaged or cannot be read.
+        """
+        with self._lock, self._errors("read"):
             row = self._conn.execute(
                 "SELECT message, seconds FROM answers WHERE key = ?", (key,)
             ).fetchone()
         if row is None:
             return None
-        (message,) = messages_from_dict([json.loads(row[0])])
+        try:
+            (message,) = messages_from_dict([json.loads(row[0])])
+            seconds = float(row[1])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _damaged(self.path, exc) from exc
         if not isinstance(message, AIMessage):  # pragma: no cover - only AIMessages are written
             return None
-        return CachedAnswer(message=message, seconds=float(row[1]))
+        return CachedAnswer(message=message, seconds=seconds)
 
     def put(self, key: str, expert: str, params: Mapping[str, Any], answer: CachedAnswer) -> None:
-        """Store one answer (replacing any previous one for ``key``)."""
+        """Store one answer (replacing any previous one for ``key``).
+
+        Raises:
+            CacheError: The answer could not be written (a full disk, a read-only
+                folder, a damaged file); the answers stored before are kept.
+        """
         (message,) = messages_to_dict([answer.message])
-        with self._lock:
+        with self._lock, self._errors("write"):
             self._conn.execute(
                 "INSERT OR REPLACE INTO answers (key, expert, params, message, seconds) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -121,7 +180,7 @@ class AnswerCache:
         calibration elsewhere replays these answers instead of calling the experts.
         """
         wanted = set(experts) if experts is not None else None
-        with self._lock:
+        with self._lock, self._errors("read"):
             rows = self._conn.execute(
                 "SELECT key, expert, params, message, seconds FROM answers ORDER BY expert, key"
             ).fetchall()
@@ -169,7 +228,7 @@ class AnswerCache:
         return added
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock, self._errors("read"):
             (count,) = self._conn.execute("SELECT COUNT(*) FROM answers").fetchone()
         return int(count)
 

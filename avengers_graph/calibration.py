@@ -23,38 +23,32 @@ re-clustering. ``replace=True`` starts over.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import os
+import queue
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
-from avengers_graph import grading, voting
+from avengers_graph import voting
 from avengers_graph.cache import AnswerCache, CachedAnswer, cache_key
+from avengers_graph.contract import Contract, Expert, as_expert, contract, validate_pool
 from avengers_graph.embeddings import embedding_model_name
-from avengers_graph.errors import CalibrationError, InvalidInputError
-from avengers_graph.graph import validate_experts
+from avengers_graph.errors import CacheError, CalibrationError, InvalidInputError
+from avengers_graph.formats import FORMATS, Grader, detect, get_format, get_grader
+from avengers_graph.redact import environment_secrets, redact, secrets_of, terminal_safe
 from avengers_graph.routing import compact
 from avengers_graph.settings import default_cache_path
 from avengers_graph.store import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
-
-DEFAULT_INSTRUCTIONS: Mapping[str, str] = {
-    "number": "Solve the problem step by step, then give the final answer in \\boxed{}.",
-    "math": "Solve the problem step by step, then give the final answer in \\boxed{}.",
-    "choice": "Answer with the letter of the correct option, as 'Answer: X'.",
-    "code": "Write the complete Python solution in one ```python code block.",
-    "text": "Reply with the answer only, in as few words as possible.",
-}
-"""System message sent before each validation question, by kind (override or pass ``{}``)."""
 
 Progress = Callable[[int, int], None]
 """Called with ``(finished calls, total calls)`` as expert answers arrive."""
@@ -104,10 +98,11 @@ def _validation_item(position: int, raw: object, *, custom_grader: bool) -> Vali
     if isinstance(answer, bool) or not isinstance(answer, str | int | float):
         raise InvalidInputError(f"Dataset item {position} has no 'answer' (str or number).")
     kind = raw.get("kind", "text" if custom_grader else None)
-    if not isinstance(kind, str) or (not custom_grader and kind not in grading.GRADERS):
+    kinds = sorted(name for name, fmt in FORMATS.items() if fmt.gradable)
+    if not isinstance(kind, str) or (not custom_grader and kind not in kinds):
         raise InvalidInputError(
             f"Dataset item {position} has kind {kind!r}; valid kinds are "
-            f"{sorted(grading.GRADERS)} (or pass grader=...)."
+            f"{kinds} (or pass grader=...)."
         )
     item_id = raw.get("id") or _item_id(question, str(answer))
     return ValidationItem(id=str(item_id), question=question, answer=str(answer), kind=kind)
@@ -120,7 +115,7 @@ def load_dataset(
 
     Args:
         dataset: Mappings with ``question`` and ``answer`` (str or number), ``kind``
-            (a key of :data:`avengers_graph.grading.GRADERS`, optional with a custom
+            (a gradable format of :data:`avengers_graph.formats.FORMATS`, optional with a custom
             grader) and an optional ``id`` (default: a hash of question and answer).
         custom_grader: Whether a custom grader is given (then any ``kind`` is accepted).
 
@@ -173,12 +168,23 @@ def _model_identity(expert: BaseChatModel) -> str:
     return name if isinstance(name, str) and name else type(expert).__name__
 
 
-def build_prompt(item: ValidationItem, instructions: Mapping[str, str]) -> list[BaseMessage]:
-    """The messages sent to each expert for one validation question."""
-    instruction = instructions.get(item.kind)
-    messages: list[BaseMessage] = [SystemMessage(instruction)] if instruction else []
-    messages.append(HumanMessage(item.question))
-    return messages
+def build_prompt(item: ValidationItem, expert: BaseChatModel | Expert) -> list[BaseMessage]:
+    """The messages sent to an expert for one validation question (the prompt contract).
+
+    The same as service sends for the same question: the strategy's instruction for the
+    question's detected format (:mod:`avengers_graph.contract`), then the question.
+    """
+    return item_contract(item, as_expert(expert)).messages([HumanMessage(item.question)])
+
+
+def item_contract(item: ValidationItem, expert: Expert) -> Contract:
+    """The contract of one expert for one validation question (as service detects it)."""
+    return contract(item.question, expert.strategy, constrain=expert.constrain)
+
+
+def serves(expert: Expert, item: ValidationItem) -> bool:
+    """Whether the expert's strategy serves the question's format (else it is not asked)."""
+    return get_format(detect(item.question).format).serves(expert.strategy)
 
 
 @dataclass(frozen=True)
@@ -192,39 +198,37 @@ class _Call:
 
 
 def _plan_calls(
-    experts: Mapping[str, BaseChatModel],
+    experts: Mapping[str, BaseChatModel | Expert],
     items: Sequence[ValidationItem],
     samples: int | Mapping[str, int],
     seed: int,
     temperature: float | None,
     max_tokens: int | Mapping[str, int] | None,
-    instructions: Mapping[str, str],
 ) -> list[_Call]:
     # interleaved (question, sample, expert) so that concurrent calls spread over the
-    # experts: a local server answers one request at a time
-    models = {name: _model_identity(expert) for name, expert in experts.items()}
-    counts = {
-        name: samples if isinstance(samples, int) else samples.get(name, 0) for name in experts
-    }
+    # experts; an expert whose strategy does not serve a question's format is not asked
+    pool = {name: as_expert(expert) for name, expert in experts.items()}
+    models = {name: _model_identity(expert.model) for name, expert in pool.items()}
+    counts = {name: samples if isinstance(samples, int) else samples.get(name, 0) for name in pool}
     calls: list[_Call] = []
     for item in items:
-        messages = build_prompt(item, instructions)
         cap = max_tokens.get(item.kind) if isinstance(max_tokens, Mapping) else max_tokens
+        asked = {name: item_contract(item, e) for name, e in pool.items() if serves(e, item)}
+        prompts = {name: c.messages([HumanMessage(item.question)]) for name, c in asked.items()}
         for index in range(max(counts.values(), default=0)):
-            params: dict[str, Any] = {"seed": seed + index}
-            if temperature is not None:
-                params["temperature"] = temperature
-            if cap is not None:
-                params["max_tokens"] = cap
-            for name, model in models.items():
-                if index < counts[name]:
-                    key = cache_key(name, model, messages, params)
-                    calls.append(_Call(name, item, index, messages, params, key))
+            for name, terms in asked.items():
+                if index >= counts[name]:
+                    continue
+                params: dict[str, Any] = {"seed": seed + index, **terms.options(cap)}
+                if temperature is not None:
+                    params["temperature"] = temperature
+                key = cache_key(name, models[name], prompts[name], params)
+                calls.append(_Call(name, item, index, prompts[name], params, key))
     return calls
 
 
 def run_experts(
-    experts: Mapping[str, BaseChatModel],
+    experts: Mapping[str, BaseChatModel | Expert],
     items: Sequence[ValidationItem],
     cache: AnswerCache,
     *,
@@ -232,7 +236,6 @@ def run_experts(
     seed: int,
     temperature: float | None,
     max_tokens: int | Mapping[str, int] | None,
-    instructions: Mapping[str, str],
     max_concurrency: int,
     progress: Progress | None = None,
 ) -> tuple[dict[tuple[str, str], list[CachedAnswer]], int, int]:
@@ -242,14 +245,24 @@ def run_experts(
     not asked) and ``max_tokens`` per item kind (a mapping by kind; missing kinds are
     not capped). Sample ``j`` of every expert has seed ``seed + j``.
 
+    The calls run on ``max_concurrency`` daemon threads; each answer is cached by the
+    thread that got it, before it is counted. On an interrupt (Ctrl-C, or an exception
+    raised by ``progress``) no new call starts, the calls in flight get
+    :data:`INTERRUPT_GRACE_S` seconds to finish (and be cached), and the interrupt is
+    raised again: a hung expert never keeps the process alive.
+
     Returns:
         ``(answers by (expert, item id), calls made, answers from the cache)``.
 
     Raises:
         CalibrationError: Some calls failed; every other answer is cached, so a re-run
-            retries only the failed calls.
+            retries only the failed calls. The errors' text is redacted (no API key
+            or bearer token from an upstream server's message).
+        CacheError: An answer could not be written to the cache (a full disk): the run
+            stops before calling more experts; the answers cached before are kept.
     """
-    calls = _plan_calls(experts, items, samples, seed, temperature, max_tokens, instructions)
+    calls = _plan_calls(experts, items, samples, seed, temperature, max_tokens)
+    models = {name: as_expert(expert).model for name, expert in experts.items()}
     answers: dict[tuple[str, str], dict[int, CachedAnswer]] = defaultdict(dict)
     missing: list[_Call] = []
     for call in calls:
@@ -261,10 +274,11 @@ def run_experts(
     done = len(calls) - len(missing)
     if progress:
         progress(done, len(calls))
+    secrets = [*secrets_of(experts.values()), *environment_secrets()]
 
     def ask(call: _Call) -> CachedAnswer:
         started = time.perf_counter()
-        message = experts[call.expert].invoke(call.messages, **call.params)
+        message = models[call.expert].invoke(call.messages, **call.params)
         if not isinstance(message, AIMessage):
             raise InvalidInputError(f"Expert {call.expert!r} returned {type(message).__name__}.")
         answer = CachedAnswer(message=message, seconds=time.perf_counter() - started)
@@ -272,23 +286,24 @@ def run_experts(
         return answer
 
     failures: dict[str, list[str]] = defaultdict(list)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_concurrency)
+    # a failed cache write stops every thread before its next call: no answer is thrown away
+    outcomes = _run_calls(ask, missing, max_concurrency, fatal=(CacheError,))
     try:
-        futures = {pool.submit(ask, call): call for call in missing}
-        for future in concurrent.futures.as_completed(futures):
-            call = futures[future]
-            try:
-                answer = future.result()
-            except Exception as exc:  # noqa: BLE001 - collected and raised below, nothing lost
-                failures[call.expert].append(f"{type(exc).__name__}: {exc}")
+        for call, outcome in outcomes:
+            if isinstance(outcome, CacheError):
+                raise CacheError(
+                    f"Calibration stopped before calling more experts: {outcome}"
+                ) from outcome
+            if isinstance(outcome, BaseException):
+                text = terminal_safe(redact(f"{type(outcome).__name__}: {outcome}", secrets))
+                failures[call.expert].append(text)
             else:
-                answers[(call.expert, call.item.id)][call.index] = answer
+                answers[(call.expert, call.item.id)][call.index] = outcome
             done += 1
             if progress:
                 progress(done, len(calls))
     finally:
-        # on an interrupt, queued calls are dropped; calls in flight finish and are cached
-        pool.shutdown(wait=True, cancel_futures=True)
+        outcomes.close()  # on an interrupt: no new call, a short grace for those in flight
     if failures:
         detail = "; ".join(
             f"{name}: {len(errors)} failed calls (first: {errors[0]})"
@@ -303,17 +318,115 @@ def run_experts(
     return ordered, len(missing), len(calls) - len(missing)
 
 
+def grade_samples(
+    answers: Sequence[CachedAnswer],
+    item: ValidationItem,
+    grader: Grader | None,
+    expert: BaseChatModel | Expert | None = None,
+) -> tuple[bool, list[bool]]:
+    """Grade an expert's answers to one item: its majority answer, and every sample.
+
+    The replies are read by the expert's contract (a program's output, a ``direct``
+    answer unwrapped) and keyed by the question's format; a question detected as free
+    text is keyed by its validation kind's format, as service votes on what the
+    replies hold. A sample with no answer is wrong.
+
+    Returns:
+        ``(majority answer right, each sample right)``.
+    """
+    terms = item_contract(item, as_expert(expert)) if expert is not None else None
+    texts = [terms.answer(a.message).text if terms else a.message.text for a in answers]
+    if terms is not None and not terms.format.votes_by_meaning:
+        keys = [terms.key(text) for text in texts]
+    else:
+        kind = get_format(item.kind) if item.kind in FORMATS else get_format("text")
+        detected = detect(item.question)
+        keys = [kind.key(text, detected) for text in texts]
+    grade = grader or get_grader(item.kind)
+    right: dict[str, bool] = {}
+    for key, text in zip(keys, texts, strict=True):
+        if key is not None and key not in right:
+            right[key] = bool(grade(text, item.answer))
+    samples = [key is not None and right[key] for key in keys]
+    if not right:
+        return False, samples
+    result = voting.majority_vote(keys, [0] * len(keys))
+    return right[result.answer], samples
+
+
+INTERRUPT_GRACE_S = 1.0
+"""Seconds the calls in flight get to finish (and be cached) when a calibration is interrupted."""
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _run_calls(
+    function: Callable[[_T], _R],
+    tasks: Sequence[_T],
+    workers: int,
+    fatal: tuple[type[BaseException], ...] = (),
+) -> Generator[tuple[_T, _R | BaseException], None, None]:
+    """Run ``function`` over ``tasks`` on daemon threads; yield each outcome as it arrives.
+
+    An outcome is the result or the exception raised; a ``fatal`` exception stops
+    every thread from taking a new task at once. Closing the generator early (an
+    interrupt in the consumer) stops the threads from taking new tasks and waits at
+    most :data:`INTERRUPT_GRACE_S` seconds for the tasks in flight. The threads are
+    daemons (unlike ``ThreadPoolExecutor``'s, which the interpreter joins at exit), so
+    a call that never returns cannot keep the process alive.
+    """
+    todo: queue.SimpleQueue[_T] = queue.SimpleQueue()
+    for task in tasks:
+        todo.put(task)
+    results: queue.SimpleQueue[tuple[_T, _R | BaseException]] = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                task = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                outcome: _R | BaseException = function(task)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, nothing lost
+                outcome = exc
+                if isinstance(exc, fatal):
+                    stop.set()
+            results.put((task, outcome))
+
+    threads = [
+        threading.Thread(target=work, name=f"avengers-calibration-{i}", daemon=True)
+        for i in range(min(workers, len(tasks)))
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(len(tasks)):
+            while True:
+                try:
+                    yield results.get(timeout=0.5)  # a bounded wait: Ctrl-C is seen at once
+                    break
+                except queue.Empty:
+                    if not any(thread.is_alive() for thread in threads) and results.empty():
+                        return  # stopped by a fatal outcome the consumer did not raise
+                    continue
+    finally:
+        stop.set()
+        deadline = time.monotonic() + INTERRUPT_GRACE_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 def grade_expert(
-    answers: Sequence[CachedAnswer], item: ValidationItem, grader: grading.Grader | None
+    answers: Sequence[CachedAnswer],
+    item: ValidationItem,
+    grader: Grader | None,
+    expert: BaseChatModel | Expert | None = None,
 ) -> bool:
-    """Grade an expert's majority answer to one item."""
-    texts = [answer.message.text for answer in answers]
-    extractor = grading.KIND_EXTRACTORS.get(item.kind, voting.extract_text)
-    key, index = voting.majority_answer(texts, extractor)
-    if key is None:
-        return False
-    grade = grader or grading.get_grader(item.kind)
-    return bool(grade(texts[index], item.answer))
+    """Grade an expert's majority answer to one item (see :func:`grade_samples`)."""
+    return grade_samples(answers, item, grader, expert)[0]
 
 
 def _output_tokens(message: AIMessage) -> int:
@@ -324,27 +437,37 @@ def expert_stats(
     answers: Mapping[tuple[str, str], Sequence[CachedAnswer]],
     items: Sequence[ValidationItem],
     labels: Mapping[str, int],
-    experts: Sequence[str],
-    grader: grading.Grader | None,
+    experts: Mapping[str, BaseChatModel | Expert],
+    grader: Grader | None,
 ) -> dict[int, dict[str, ExpertStats]]:
-    """Per-cluster, per-expert statistics from graded answers."""
-    counts: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0])
+    """Per-cluster, per-expert statistics from graded answers.
+
+    An expert counts only the questions its strategy serves (it was not asked the others).
+    """
+    counts: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0, 0, 0])
     for item in items:
         cluster = labels[item.id]
-        for name in experts:
-            item_answers = answers[(name, item.id)]
+        for name, expert in experts.items():
+            item_answers = answers.get((name, item.id))
+            if not item_answers:
+                continue
+            majority, samples = grade_samples(item_answers, item, grader, expert)
             entry = counts[(cluster, name)]
-            entry[0] += grade_expert(item_answers, item, grader)
+            entry[0] += majority
             entry[1] += 1
             entry[2] += float(np.mean([_output_tokens(a.message) for a in item_answers]))
             entry[3] += float(np.mean([a.seconds for a in item_answers]))
+            entry[4] += sum(samples)
+            entry[5] += len(samples)
     stats: dict[int, dict[str, ExpertStats]] = defaultdict(dict)
-    for (cluster, name), (correct, total, tokens, seconds) in counts.items():
+    for (cluster, name), (correct, total, tokens, seconds, right, drawn) in counts.items():
         stats[cluster][name] = ExpertStats(
             correct=int(correct),
             total=int(total),
             mean_tokens=tokens / total,
             mean_seconds=seconds / total,
+            sample_correct=int(right),
+            samples=int(drawn),
         )
     return dict(stats)
 
@@ -382,7 +505,7 @@ def _open_cache(cache: AnswerCache | str | os.PathLike[str] | None) -> AnswerCac
 
 
 def calibrate(
-    experts: Mapping[str, BaseChatModel],
+    experts: Mapping[str, BaseChatModel | Expert],
     embeddings: Embeddings,
     dataset: Iterable[Mapping[str, Any]] | None,
     store: ClusterStore,
@@ -394,8 +517,7 @@ def calibrate(
     max_tokens: int | None = None,
     max_concurrency: int = 4,
     cache: AnswerCache | str | os.PathLike[str] | None = None,
-    grader: grading.Grader | None = None,
-    instructions: Mapping[str, str] = DEFAULT_INSTRUCTIONS,
+    grader: Grader | None = None,
     replace: bool = False,
     progress: Progress | None = None,
 ) -> CalibrationReport:
@@ -417,8 +539,9 @@ def calibrate(
             folder, see :func:`avengers_graph.settings.default_cache_path`).
         grader: A callable ``(output, reference) -> bool`` used instead of the
             per-kind graders.
-        instructions: System message per kind sent before each question.
-        replace: Discard the store's calibration and start over.
+        replace: Discard the store's calibration and start over. The new one is
+            written beside the old and switched in at the end, so the old one keeps
+            serving until then (and if the run is interrupted).
         progress: Called with ``(finished calls, total calls)``.
 
     Returns:
@@ -429,8 +552,12 @@ def calibrate(
             store's questions when adding experts.
         EmbeddingMismatchError: Adding experts with other embeddings than the store's.
         CalibrationError: Expert calls failed (the rest is cached; run again to resume).
+        CacheError: The answer cache is damaged or could not be written (a full disk):
+            the run stops before calling more experts; what was cached is kept.
+        StoreBusyError: Another calibration is writing to the store.
+        StoreError: The store is damaged or did not answer in time.
     """
-    validate_experts(experts)
+    validate_pool(experts)
     if samples < 1 or max_concurrency < 1:
         raise InvalidInputError("samples and max_concurrency must be >= 1.")
     answer_cache = _open_cache(cache)
@@ -439,13 +566,31 @@ def calibrate(
         "seed": seed,
         "temperature": temperature,
         "max_tokens": max_tokens,
-        "instructions": instructions,
         "max_concurrency": max_concurrency,
         "progress": progress,
     }
-    if not replace and not store.is_empty():
-        return _add_experts(experts, embeddings, dataset, store, answer_cache, grader, run)
+    # One writer per store for the whole run: a second calibration fails at once with
+    # StoreBusyError instead of calling experts and then overwriting this one.
+    with store.write_lock():
+        if not replace and not store.is_empty():
+            return _add_experts(experts, embeddings, dataset, store, answer_cache, grader, run)
+        return _calibrate_new(
+            experts, embeddings, dataset, store, answer_cache, grader, run, n_clusters, seed
+        )
 
+
+def _calibrate_new(
+    experts: Mapping[str, BaseChatModel | Expert],
+    embeddings: Embeddings,
+    dataset: Iterable[Mapping[str, Any]] | None,
+    store: ClusterStore,
+    answer_cache: AnswerCache,
+    grader: Grader | None,
+    run: Mapping[str, Any],
+    n_clusters: int | None,
+    seed: int,
+) -> CalibrationReport:
+    """Cluster, run every expert and write a new calibration (beside the old one, if any)."""
     if dataset is None:
         raise InvalidInputError("calibrate needs a dataset to build a new store.")
     items = load_dataset(dataset, custom_grader=grader is not None)
@@ -457,8 +602,8 @@ def calibrate(
     labels, centroids = cluster_questions(vectors, k, seed)
     label_of = {item.id: int(label) for item, label in zip(items, labels, strict=True)}
 
-    answers, calls, cached = run_experts(experts, items, answer_cache, **run)  # type: ignore[arg-type]
-    stats = expert_stats(answers, items, label_of, list(experts), grader)
+    answers, calls, cached = run_experts(experts, items, answer_cache, **run)
+    stats = expert_stats(answers, items, label_of, experts, grader)
     store.write(
         StoreInfo(
             name=store.name,
@@ -481,12 +626,12 @@ def calibrate(
 
 
 def _add_experts(
-    experts: Mapping[str, BaseChatModel],
+    experts: Mapping[str, BaseChatModel | Expert],
     embeddings: Embeddings,
     dataset: Iterable[Mapping[str, Any]] | None,
     store: ClusterStore,
     cache: AnswerCache,
-    grader: grading.Grader | None,
+    grader: Grader | None,
     run: Mapping[str, Any],
 ) -> CalibrationReport:
     info = store.info()
@@ -505,6 +650,7 @@ def _add_experts(
         return _report(store, [], 0, 0)
     items = [ValidationItem(q.id, q.question, q.answer, q.kind) for q in stored]
     answers, calls, cached = run_experts({n: experts[n] for n in new}, items, cache, **run)
-    stats = expert_stats(answers, items, {q.id: q.cluster for q in stored}, new, grader)
+    added = {name: experts[name] for name in new}
+    stats = expert_stats(answers, items, {q.id: q.cluster for q in stored}, added, grader)
     store.add_expert_stats(stats)
     return _report(store, new, calls, cached)

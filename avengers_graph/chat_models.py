@@ -1,17 +1,22 @@
 """``ChatAvengers``: the Avengers ensemble as a drop-in LangChain chat model.
 
-``ChatAvengers`` is a facade over the graph of :mod:`avengers_graph.graph`. One call:
+``ChatAvengers`` is a facade over the graph of :mod:`avengers_graph.graph`. Its
+routing and sampling fields are those of :class:`~avengers_graph.options.AvengersOptions`
+(inherited, not repeated); they are read at call time, as ``ChatOllama._chat_params``
+does. One call:
 
-1. :meth:`ChatAvengers._run_context` turns per-call options (``stop``,
-   ``temperature``, ``max_tokens``, ``top_n``...) into an
-   :class:`~avengers_graph.graph.AvengersContext`.
+1. :meth:`ChatAvengers._run_context` merges the chat model's current option fields
+   with the call's options (``stop``, ``temperature``, ``top_n``...) into an
+   :class:`~avengers_graph.options.AvengersContext`, validated (an unknown option
+   names the closest valid one).
 2. :func:`_child_callbacks` builds the callback manager of the graph run from the
    chat model's run manager, so the graph run and every expert call nest under the
    chat model's run in LangSmith. Expert runs are tagged ``nostream`` so a parent
    graph streaming ``messages`` sees only the voted answer, not every sample.
-3. The compiled graph (:func:`~avengers_graph.graph.create_avengers_graph`, built
-   once, lazily) embeds the question, routes it, samples the experts in parallel
-   and votes.
+3. The compiled graph (:func:`~avengers_graph.graph.create_avengers_graph`), which
+   holds only the construction-time dependencies (experts, embeddings, store, expert
+   costs, name; rebuilt when one of them changes), runs with that context: it embeds
+   the question, routes it, samples the experts in parallel and votes.
 4. :meth:`ChatAvengers._to_result` returns the winning message with
    ``response_metadata["model_name"]``, ``response_metadata["avengers"]`` (the
    routing record) and ``usage_metadata`` summed over every expert call.
@@ -24,7 +29,6 @@ winner (``early_stop``, on by default when streaming).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import fields
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -55,43 +59,13 @@ from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from avengers_graph.contract import Expert
 from avengers_graph.embeddings import LocalEmbeddings
 from avengers_graph.errors import InvalidInputError
-from avengers_graph.graph import (
-    AvengersContext,
-    AvengersSettings,
-    check_expert_costs,
-    create_avengers_graph,
-    validate_experts,
-)
-from avengers_graph.routing import Cost
+from avengers_graph.graph import check_expert_costs, create_avengers_graph, validate_experts
+from avengers_graph.options import AvengersContext, AvengersOptions
 from avengers_graph.store import ClusterStore
 from avengers_graph.tool_parsers import as_generation_chunk
-
-_CALL_OPTIONS = frozenset(
-    {
-        "top_k",
-        "top_n",
-        "samples",
-        "beta",
-        "context_weight",
-        "temperature",
-        "max_tokens",
-        "seed",
-        "timeout",
-        "answer_format",
-        "similarity_threshold",
-        "prior_strength",
-        "quality_weight",
-        "cost",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "response_format",
-        "structured_output",
-        "early_stop",
-    }
-)
 
 
 def _child_callbacks(
@@ -121,7 +95,7 @@ def _child_callbacks(
     return manager
 
 
-class ChatAvengers(BaseChatModel):
+class ChatAvengers(BaseChatModel, AvengersOptions):
     """An ensemble of chat models routed by question cluster and combined by vote.
 
     Setup:
@@ -137,15 +111,18 @@ class ChatAvengers(BaseChatModel):
             msg = llm.invoke("What is 17 * 23?")
             msg.response_metadata["avengers"]["votes"]  # {'391': 5, '381': 1}
 
-    Per-call options: ``stop``, ``temperature``, ``max_tokens``, ``top_k``,
-    ``top_n``, ``samples``, ``beta``, ``seed``, ``timeout``, ``answer_format``,
-    ``similarity_threshold``, ``prior_strength``, ``quality_weight`` and ``cost`` may be passed
-    to ``invoke``/``stream``/``batch`` (or ``bind``) to override the fields below.
+    Options: the routing and sampling fields (``top_k``, ``top_n``, ``samples``,
+    ``temperature``, ``max_tokens``, ``stop``, ``seed``, ``timeout``, ``max_retries``,
+    ``answer_format``, ``cost``...) are those of
+    :class:`~avengers_graph.options.AvengersOptions`, with its defaults and bounds.
+    They are read when a call starts: ``llm.samples = 1`` or
+    ``llm.model_copy(update={"samples": 1})`` applies to the next call. Any of them
+    may also be passed per call to ``invoke``/``stream``/``batch`` (or ``bind``).
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True, frozen=False)
 
-    experts: dict[str, BaseChatModel]
+    experts: dict[str, BaseChatModel | Expert]
     """The pool: expert name to chat model (names as in the store)."""
     store: ClusterStore
     """The calibration: centroids and per-cluster expert statistics in Chroma."""
@@ -153,100 +130,61 @@ class ChatAvengers(BaseChatModel):
     """Embeddings the store was calibrated with (default: MiniLM from PyPI)."""
     model: str = Field(default="avengers", alias="model_name")
     """Name reported as the model in ``response_metadata`` and traces."""
-    top_k: int = 1
-    """Nearest clusters to weigh when routing."""
-    top_n: int = 2
-    """Experts to sample."""
-    samples: int = 3
-    """Samples per selected expert, each a separate request with its own seed."""
-    beta: float = 3.0
-    """Softmax sharpness over cluster distances."""
-    context_weight: float = 0.25
-    """Weight of the previous human message when routing a conversation (0: ignore it)."""
-    temperature: float | None = 0.7
-    """Sampling temperature sent to experts; ``None`` keeps each expert's own."""
-    max_tokens: int | None = None
-    """Cap on tokens each expert generates; ``None`` keeps each expert's own."""
-    timeout: float | None = None
-    """Seconds one expert call may take before it counts as failed."""
-    max_retries: int = 2
-    """Retries of a transient expert error (connection, 429, 5xx)."""
-    stop: list[str] | None = Field(default=None, alias="stop_sequences")
-    """Stop sequences sent to experts."""
-    seed: int | None = None
-    """Base seed for reproducible sampling; ``None`` draws one per question."""
-    answer_format: str = "auto"
-    """How answers are compared: ``auto``, ``number``, ``choice``, ``text``, ``code``
-    or ``semantic``."""
-    similarity_threshold: float = 0.85
-    """Cosine similarity for two free-text answers to count as the same."""
-    prior_strength: float = 0.0
-    """Beta-prior smoothing of small clusters' accuracies (0 = raw accuracy)."""
-    quality_weight: float = 1.0
-    """Avengers-Pro trade-off: 1 ranks experts by accuracy, lower favours cheaper ones."""
-    cost: Cost = "seconds"
-    """What counts as cost when ``quality_weight < 1``: ``seconds`` or ``tokens`` per
-    answer as calibrated, or ``compute``, the tokens times ``expert_costs``."""
     expert_costs: dict[str, float] | None = None
     """Expert name to its cost per generated token, one unit for the pool (billions of
     parameters for local models, a price for paid ones); ``cost="compute"`` needs all."""
-    max_concurrency: int | None = None
+    max_concurrency: int | None = Field(default=None, ge=1)
     """Most expert calls in flight at once (``None``: all samples in parallel)."""
-    early_stop: bool | None = None
-    """Stop waiting for (and cancel) the samples still running once they can no longer
-    change the winning answer. ``None``: on for ``stream``/``astream``, off for
-    ``invoke``/``batch`` (whose routing records then count every sample)."""
+    streaming: bool = False
+    """LangChain's flag: ``invoke`` goes through ``stream``. The answer is still one
+    chunk, decided with ``early_stop`` on unless it is set."""
 
     _graph: CompiledStateGraph[Any, Any, Any, Any] | None = PrivateAttr(default=None)
+    _graph_key: tuple[Any, ...] | None = PrivateAttr(default=None)
 
     @field_validator("experts")
     @classmethod
-    def _check_experts(cls, experts: dict[str, BaseChatModel]) -> dict[str, BaseChatModel]:
+    def _check_experts(
+        cls, experts: dict[str, BaseChatModel | Expert]
+    ) -> dict[str, BaseChatModel | Expert]:
         validate_experts(experts)
         return experts
 
     @model_validator(mode="after")
-    def _check_settings(self) -> ChatAvengers:
-        check_expert_costs(self.experts, self.expert_costs, self._settings().cost)
-        if self.max_retries < 0:
-            raise InvalidInputError(f"max_retries must be >= 0, got {self.max_retries!r}.")
+    def _check_costs(self) -> ChatAvengers:
+        check_expert_costs(self.experts, self.expert_costs, self.cost)
         return self
 
-    def _settings(self) -> AvengersSettings:
-        return AvengersSettings(
-            top_k=self.top_k,
-            top_n=self.top_n,
-            samples=self.samples,
-            beta=self.beta,
-            context_weight=self.context_weight,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            stop=tuple(self.stop) if self.stop else None,
-            seed=self.seed,
-            timeout=self.timeout,
-            answer_format=self.answer_format,
-            similarity_threshold=self.similarity_threshold,
-            prior_strength=self.prior_strength,
-            quality_weight=self.quality_weight,
-            cost=self.cost,
-            early_stop=bool(self.early_stop),
+    def _dependencies(self) -> tuple[Any, ...]:
+        """What the compiled graph is built from (ids: the cached graph holds the objects)."""
+        return (
+            tuple((name, id(expert)) for name, expert in self.experts.items()),
+            id(self.embeddings),
+            id(self.store),
+            tuple(sorted((self.expert_costs or {}).items())),
+            self.model,
         )
 
     @property
     def graph(self) -> CompiledStateGraph[Any, Any, Any, Any]:
-        """The compiled Avengers graph this chat model runs (built on first use)."""
-        if self._graph is None:
-            settings = self._settings()
-            self._graph = create_avengers_graph(
+        """The compiled Avengers graph this chat model runs.
+
+        Built on first use from the construction-time dependencies only (experts,
+        embeddings, store, expert costs, name), and built again when one of them
+        changes; the options travel with each call as the run's context.
+        """
+        key = self._dependencies()
+        graph = self._graph
+        if graph is None or self._graph_key != key:
+            graph = create_avengers_graph(
                 self.experts,
                 self.embeddings,
                 self.store,
                 name=self.model,
-                max_retries=self.max_retries,
                 expert_costs=self.expert_costs,
-                **{f.name: getattr(settings, f.name) for f in fields(settings)},
             )
-        return self._graph
+            self._graph, self._graph_key = graph, key
+        return graph
 
     @property
     def _llm_type(self) -> str:
@@ -397,16 +335,22 @@ class ChatAvengers(BaseChatModel):
 
     # graph call ---------------------------------------------------------------------
     def _run_context(self, stop: list[str] | None, kwargs: Mapping[str, Any]) -> AvengersContext:
-        # ls_* keys are LangSmith tracing hints (with_structured_output sets one)
-        kwargs = {key: value for key, value in kwargs.items() if not key.startswith("ls_")}
-        unknown = set(kwargs) - _CALL_OPTIONS - {"model"}
-        if unknown:
-            raise InvalidInputError(
-                f"ChatAvengers got unknown call options {sorted(unknown)}; "
-                f"valid options are {sorted(_CALL_OPTIONS | {'stop'})}."
-            )
-        options = {key: value for key, value in kwargs.items() if key in _CALL_OPTIONS}
-        return AvengersContext(stop=list(stop) if stop else None, **options)
+        """The run's options: the fields' values now, with the call's options over them.
+
+        Raises:
+            InvalidInputError: An unknown or invalid option (field or call option).
+        """
+        options = {name: getattr(self, name) for name in AvengersOptions.model_fields}
+        # model renames the answer; ls_* keys are LangSmith tracing hints
+        # (with_structured_output sets one)
+        options.update(
+            (key, value)
+            for key, value in kwargs.items()
+            if key != "model" and not key.startswith("ls_")
+        )
+        if stop is not None:
+            options["stop"] = stop
+        return AvengersContext(**options)
 
     def _run_config(
         self, run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None

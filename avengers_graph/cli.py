@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
@@ -46,6 +48,7 @@ from avengers_graph.embedded import (
     serving,
 )
 from avengers_graph.errors import AvengersError, InvalidInputError
+from avengers_graph.redact import RedactingFilter, environment_secrets, redact, terminal_safe
 from avengers_graph.settings import Settings
 from avengers_graph.state import RoutingRecord
 
@@ -84,15 +87,63 @@ DEMO_QUESTIONS = (
 )
 
 
+_SECRETS: list[str] = []
+"""Secret values to hide from everything the CLI prints or logs (see :func:`known_secrets`)."""
+
+
+def known_secrets(pool: PoolConfig | None = None) -> list[str]:
+    """Remember the pool's API keys (its ``api_key_env`` variables) and ``AVENGERS_API_KEYS``.
+
+    Returns:
+        Every secret value known so far, for :func:`~avengers_graph.redact.redact`.
+    """
+    names = [e.api_key_env for e in pool.experts if e.api_key_env] if pool is not None else []
+    for value in environment_secrets(names):
+        if value not in _SECRETS:
+            _SECRETS.append(value)
+    return list(_SECRETS)
+
+
+def shown(text: object) -> str:
+    """Text from outside (a model, a user, a server), safe to print: redacted, no escapes."""
+    return terminal_safe(redact(str(text), known_secrets()))
+
+
+def _redact_logs() -> None:
+    """Redact every log record this process prints (idempotent)."""
+    handlers = [*logging.getLogger().handlers]
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    for handler in handlers:
+        if not any(isinstance(f, _CliLogFilter) for f in handler.filters):
+            handler.addFilter(_CliLogFilter())
+
+
+class _CliLogFilter(RedactingFilter):
+    """:class:`RedactingFilter` with the secrets known when the record is emitted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact with the current secrets, then remove control sequences."""
+        self.secrets = known_secrets()
+        super().filter(record)
+        record.msg = terminal_safe(str(record.msg))
+        return True
+
+
 def friendly(command: Callable[P, R]) -> Callable[P, R]:
-    """Print library errors as one red line and exit 1, instead of a traceback."""
+    """Print library errors as one red line and exit 1, instead of a traceback.
+
+    The line is redacted (API keys, bearer tokens) and stripped of terminal control
+    sequences: an error can quote an upstream server's response.
+    """
 
     @functools.wraps(command)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        _redact_logs()
         try:
             return command(*args, **kwargs)
         except AvengersError as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}")
+            console.print(f"[bold red]error:[/] {escape(shown(exc))}")
             raise typer.Exit(1) from exc
 
     return run
@@ -139,7 +190,7 @@ def run_calibration(
     table.add_column("expert")
     table.add_column("accuracy", justify="right")
     for name, accuracy in sorted(report.experts.items(), key=lambda item: -item[1]):
-        table.add_row(name, f"{accuracy:.1%}")
+        table.add_row(escape(shown(name)), f"{accuracy:.1%}")
     console.print(table)
     console.print(f"{report.calls} expert calls made, {report.cached} answers from the cache.")
 
@@ -151,31 +202,61 @@ def _short(text: str, width: int) -> str:
 
 
 def explain(question: str, answer: str, record: RoutingRecord) -> Iterator[Any]:
-    """Readable routing explanation of one answer, as rich renderables."""
-    yield f"[bold]Q:[/] {escape(question)}"
+    """Readable routing explanation of one answer, as rich renderables.
+
+    Every text from outside (the question, the answers, the errors) goes through
+    :func:`shown`: secrets redacted, terminal control sequences removed.
+    """
+    yield f"[bold]Q:[/] {escape(shown(question))}"
     clusters = ", ".join(
         f"#{c['id']} (distance {c['distance']:.3f}, weight {c['weight']:.2f})"
         for c in record["clusters"]
     )
     yield f"[bold]clusters:[/] {clusters}"
-    experts = ", ".join(f"{e['name']} ({e['score']:.2f})" for e in record["experts"])
-    yield f"[bold]experts:[/] {experts}"
+    experts = ", ".join(f"{shown(e['name'])} ({e['score']:.2f})" for e in record["experts"])
+    yield f"[bold]experts:[/] {escape(experts)}"
     samples = Table("expert", "answer", "sample", show_header=True, box=None)
     for sample in record["samples"]:
         samples.add_row(
-            escape(sample["expert"]),
-            escape(_short(str(sample["answer"]), 24)),
-            escape(_short(sample["text"], 70)),
+            escape(shown(sample["expert"])),
+            escape(_short(shown(sample["answer"]), 24)),
+            escape(_short(shown(sample["text"]), 70)),
         )
     yield samples
-    votes = ", ".join(f"{_short(key, 24)!r}: {n}" for key, n in record["votes"].items())
+    votes = ", ".join(f"{_short(shown(key), 24)!r}: {n}" for key, n in record["votes"].items())
     yield (
         f"[bold]votes:[/] {escape(votes) or '-'}  [bold]confidence:[/] {record['confidence']:.0%}  "
-        f"[bold]format:[/] {record['answer_format']}  [bold]winner:[/] {record['winner']}"
+        f"[bold]format:[/] {escape(shown(record['answer_format']))}  "
+        f"[bold]winner:[/] {escape(shown(record['winner']))}"
     )
     for expert, error in record["failures"].items():
-        yield f"[red]failed:[/] {escape(expert)}: {escape(error)}"
-    yield f"[bold green]A:[/] {escape(answer.strip())}\n"
+        yield f"[red]failed:[/] {escape(shown(expert))}: {escape(shown(error))}"
+    yield f"[bold green]A:[/] {escape(shown(answer.strip()))}\n"
+
+
+def _clean(value: Any) -> Any:
+    """``value`` with every string in it redacted (for the JSON output)."""
+    if isinstance(value, str):
+        return redact(value, known_secrets())
+    if isinstance(value, Mapping):
+        return {_clean(key): _clean(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(item) for item in value]
+    return value
+
+
+_RAW_CONTROLS = re.compile(r"[\x7f-\x9f\u2028\u2029]")
+
+
+def safe_json(record: Mapping[str, Any]) -> str:
+    """One JSON line, redacted, with no character a terminal would act on.
+
+    ``json.dumps`` escapes the C0 controls (ESC among them) but not DEL and the C1
+    controls (the 8-bit CSI and OSC), which are escaped here too: the JSON keeps the
+    exact text, the terminal sees none of it.
+    """
+    text = json.dumps(_clean(record), ensure_ascii=False)
+    return _RAW_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def ask_pool(
@@ -207,10 +288,18 @@ def calibrate(
 ) -> None:
     """Calibrate the pool on validation data (resumable: answers are cached)."""
     settings, pool = load(config)
+    known_secrets(pool)
     overrides = {"n_clusters": clusters, "samples": samples, "max_tokens": max_tokens, "seed": seed}
-    run_calibration(
-        settings, pool, dataset=dataset, answers=answers, replace=replace, overrides=overrides
-    )
+    try:
+        run_calibration(
+            settings, pool, dataset=dataset, answers=answers, replace=replace, overrides=overrides
+        )
+    except KeyboardInterrupt:
+        console.print(
+            "[bold red]interrupted:[/] the finished answers are cached and the store is as "
+            "it was; run the same command again to resume."
+        )
+        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -224,11 +313,12 @@ def ask(
 ) -> None:
     """Answer one question and explain how the ensemble reached it."""
     settings, pool = load(config)
+    known_secrets(pool)
     overrides = {"top_n": top_n, "samples": samples}
     if as_json:
         message = chat_model(settings, pool, overrides).invoke(question)
         record = {"answer": message.text, **message.response_metadata["avengers"]}
-        typer.echo(json.dumps(record, ensure_ascii=False))
+        typer.echo(safe_json(record))
         return
     ask_pool(settings, pool, [question], overrides)
 
@@ -243,13 +333,15 @@ def inspect(
 ) -> None:
     """Show each cluster's size and every expert's accuracy in it."""
     settings, pool = load(config)
+    known_secrets(pool)
     store = pool.build_store(settings)
     info, stats, sizes = store.info(), store.stats(), store.sizes()
-    table = Table(title=f"{info.name}: {info.n_clusters} clusters, {info.embedding_model}")
+    title = f"{shown(info.name)}: {info.n_clusters} clusters, {shown(info.embedding_model)}"
+    table = Table(title=escape(title))
     table.add_column("cluster", justify="right")
     table.add_column("size", justify="right")
     for expert in info.experts:
-        table.add_column(expert, justify="right")
+        table.add_column(escape(shown(expert)), justify="right")
     for cluster in sorted(stats):
         by_expert = stats[cluster]
         best = max((s.accuracy for s in by_expert.values()), default=0.0)
@@ -430,7 +522,7 @@ def _expert_provenance(pool: PoolConfig) -> dict[str, dict[str, Any]]:
     from avengers_graph.local_models import MODELS
 
     described: dict[str, dict[str, Any]] = {}
-    for expert in pool.experts:
+    for name, expert in pool.expert_names().items():
         entry: dict[str, Any] = {"model": expert.model or expert.local or expert.name}
         if expert.local is not None and expert.local in MODELS:
             spec = MODELS[expert.local]
@@ -439,7 +531,7 @@ def _expert_provenance(pool: PoolConfig) -> dict[str, dict[str, Any]]:
             entry["base_url"] = expert.base_url
         if expert.cost is not None:
             entry["cost"] = expert.cost
-        described[expert.name] = entry
+        described[name] = entry
     return described
 
 
@@ -457,7 +549,8 @@ def eval_record(
         list[str] | None, typer.Option(help="NAME=N: another sample count for one expert.")
     ] = None,
     max_tokens: Annotated[
-        list[str] | None, typer.Option(help="KIND=N: another generation cap for one kind.")
+        list[str] | None,
+        typer.Option(help="KIND=N: a cap below the prompt contract's budgets for one kind."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the draw and of the samples.")] = 0,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
@@ -468,26 +561,42 @@ def eval_record(
     export_only: Annotated[
         bool, typer.Option(help="Call no expert: write the matrix of what the cache holds.")
     ] = False,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated experts (or pool entries: all their strategies) to call; "
+            "the others are only exported from the cache."
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Record only the first N questions of the draw.")
+    ] = None,
 ) -> None:
     """Record every expert's sampled answers to a benchmark mix (resumable), graded."""
     from avengers_graph.benchmarks import BENCHMARKS, benchmark_mix, package_version
     from avengers_graph.cache import AnswerCache
-    from avengers_graph.recording import RECORD_MAX_TOKENS, ResponseMatrix, record
+    from avengers_graph.recording import ResponseMatrix, record
 
     settings = Settings.from_env()
     pool = load_pool_config(config or bundled("eval_pool.yaml"))
     names = benchmarks.split(",") if benchmarks else list(BENCHMARKS)
-    items = benchmark_mix(names, per_dataset, seed=seed)
-    counts = {expert.name: samples for expert in pool.experts}
+    items = benchmark_mix(names, per_dataset, seed=seed)[:limit]
+    declared = pool.expert_names()
+    counts = dict.fromkeys(declared, samples)
     overrides = _assignments(expert_samples, "--expert-samples")
     if unknown := set(overrides) - set(counts):
         raise InvalidInputError(f"--expert-samples names experts not in the pool: {unknown}.")
     counts.update(overrides)
-    caps = {**RECORD_MAX_TOKENS, **_assignments(max_tokens, "--max-tokens")}
+    caps = _assignments(max_tokens, "--max-tokens") or None
+    called = set(declared)
+    if only is not None:
+        wanted = {name.strip() for name in only.split(",") if name.strip()}
+        called = {n for n, entry in declared.items() if n in wanted or entry.name in wanted}
+        if unknown := wanted - called - {entry.name for entry in declared.values()}:
+            raise InvalidInputError(f"--only names experts not in the pool: {sorted(unknown)}.")
     urls = local_urls(settings, pool)
-    if export_only:
-        # clients are built but never called: a stopped server needs no address
-        urls = {name: urls.get(name, "http://127.0.0.1:9/v1") for name in pool.local_models()}
+    # clients that are never called need no running server
+    urls = {name: urls.get(name, "http://127.0.0.1:9/v1") for name in pool.local_models()}
     experts = pool.build_experts(urls)
     answer_cache = AnswerCache(cache or settings.cache_dir / "eval.sqlite")
     provenance = {
@@ -503,31 +612,48 @@ def eval_record(
     earlier = ResponseMatrix.load(out) if (out / "responses.jsonl.gz").is_file() else None
     if earlier is not None:
         console.print(f"resuming: {len(earlier.responses)} samples already in {out}")
-    with progress_bar() as bar:
-        task = bar.add_task("expert calls", total=None)
-        report = record(
-            experts,
-            items,
-            answer_cache,
-            resume_from=earlier,
-            samples=counts,
-            seed=seed,
-            temperature=temperature,
-            max_tokens=caps,
-            max_concurrency=max_concurrency,
-            call_experts=not export_only,
-            provenance=provenance,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
+    options: dict[str, Any] = {
+        "seed": seed,
+        "temperature": temperature,
+        "max_tokens": caps,
+        "max_concurrency": max_concurrency,
+        "provenance": provenance,
+    }
+    error: str | None = None
+    calls = cached = 0
+    if not export_only:
+        asked = {name: expert for name, expert in experts.items() if name in called}
+        with progress_bar() as bar:
+            task = bar.add_task("expert calls", total=None)
+            asked_report = record(
+                asked,
+                items,
+                answer_cache,
+                resume_from=earlier,
+                samples={name: counts[name] for name in asked},
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                **options,
+            )
+        error, calls, cached = asked_report.error, asked_report.calls, asked_report.cached
+    report = record(
+        experts,
+        items,
+        answer_cache,
+        resume_from=earlier,
+        samples=counts,
+        call_experts=False,
+        **options,
+    )
     path = report.matrix.save(out)
     complete = report.matrix.complete()
     console.print(
         f"wrote {path}: {len(report.matrix.responses)} samples; {len(complete.questions)} of "
-        f"{len(items)} questions answered by every expert. {report.calls} expert calls made, "
-        f"{report.cached} answers from the cache, {report.missing} missing."
+        f"{len(items)} questions answered by every expert. {calls} expert calls made, "
+        f"{cached if not export_only else report.cached} answers from the cache, "
+        f"{report.missing} missing."
     )
-    if report.error:
-        console.print(f"[bold red]error:[/] {escape(report.error)}")
+    if error:
+        console.print(f"[bold red]error:[/] {escape(error)}")
         raise typer.Exit(1)
 
 

@@ -22,15 +22,17 @@ A pool file (YAML or JSON) names the experts, each an OpenAI-compatible server
     store:
       path: .avengers/store            # or host: / port: for a Chroma server
       name: avengers
-    routing:
+    routing:                           # AvengersOptions: defaults of the graph and ChatAvengers
       top_k: 1
       top_n: 2
       samples: 3
-    calibration:
+    calibration:                       # CalibrationOptions: options of `calibrate`
       n_clusters: 8
       samples: 3
 
-:func:`load_pool_config` validates it; :meth:`PoolConfig.build_experts` makes the
+:func:`load_pool_config` validates it (unknown keys, in ``routing:`` and
+``calibration:`` too, are errors naming the file and the key);
+:meth:`PoolConfig.build_experts` makes the
 ``ChatOpenAI`` clients (local experts take the address of their running llama.cpp
 server, and send at most ``slots`` requests at once); :meth:`PoolConfig.local_servers`
 says how ``avengers local up --config`` and the embedded default serve the local
@@ -51,8 +53,11 @@ from langchain_core.language_models import BaseChatModel
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from avengers_graph.contract import Expert
 from avengers_graph.embeddings import LocalEmbeddings
 from avengers_graph.errors import InvalidInputError
+from avengers_graph.formats import Strategy
+from avengers_graph.options import AvengersOptions, OptionsModel
 from avengers_graph.settings import Settings
 from avengers_graph.store import ClusterStore
 from avengers_graph.tool_parsers import ToolCallParser
@@ -60,11 +65,12 @@ from avengers_graph.tool_parsers import ToolCallParser
 if TYPE_CHECKING:
     from avengers_graph.local_pool import ServerSpec
 
-_DEFAULT_SAMPLES = 3
-"""The graph's default ``samples`` (:func:`avengers_graph.create_avengers_graph`)."""
-
 KEYLESS_API_KEY = "EMPTY"
 """Sent to servers that need no key (vLLM's documented convention); never a secret."""
+
+
+def _default_strategies() -> list[Strategy]:
+    return ["reason"]
 
 
 class ExpertConfig(BaseModel):
@@ -110,6 +116,13 @@ class ExpertConfig(BaseModel):
     expert's model (speculative decoding; same tokenizer). Unset: the registry's
     default; ``""`` turns it off."""
 
+    strategies: list[Strategy] = Field(default_factory=_default_strategies, min_length=1)
+    """How the model answers (``direct``, ``reason``, ``program``): each strategy is an
+    expert of its own, named ``name:strategy`` (``name`` alone with one strategy)."""
+    constrain: bool = True
+    """Send ``direct`` answers' JSON schema (``response_format``); off for servers that
+    reject it."""
+
     @model_validator(mode="after")
     def _one_endpoint(self) -> ExpertConfig:
         if (self.base_url is None) == (self.local is None):
@@ -118,7 +131,15 @@ class ExpertConfig(BaseModel):
             raise ValueError(f"expert {self.name!r} needs a model name for its server")
         if self.local is None and (self.threads is not None or self.draft is not None):
             raise ValueError(f"expert {self.name!r}: threads and draft are for local experts")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ValueError(f"expert {self.name!r} repeats a strategy: {self.strategies}")
         return self
+
+    def expert_names(self) -> dict[str, Strategy]:
+        """The experts this entry declares: name to strategy."""
+        if len(self.strategies) == 1:
+            return {self.name: self.strategies[0]}
+        return {f"{self.name}:{strategy}": strategy for strategy in self.strategies}
 
     def resolved_tool_call_parser(self) -> ToolCallParser | None:
         """The parser this expert uses: the one set here, else its local model's default."""
@@ -218,6 +239,31 @@ class StoreConfig(BaseModel):
         return ClusterStore(path=self.path or settings.store_path, name=self.name)
 
 
+class CalibrationOptions(OptionsModel):
+    """A pool file's ``calibration:`` section.
+
+    The keyword options of :func:`avengers_graph.calibration.calibrate` that a file
+    can hold, with the same defaults; only the ones the file sets are passed
+    (:meth:`as_kwargs`).
+    """
+
+    n_clusters: int | None = Field(default=None, ge=1)
+    """K of K-means; ``None`` keeps about 10 questions per cluster."""
+    samples: int = Field(default=3, ge=1)
+    """Answers per expert and question; the majority answer is graded."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of K-means and base seed of the samples (sample ``i`` uses ``seed + i``)."""
+    temperature: float | None = Field(default=0.7, ge=0)
+    """Sampling temperature sent to the experts (``None``: each expert's own)."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Generation cap sent to the experts (``None``: each expert's own)."""
+    max_concurrency: int = Field(default=4, ge=1)
+    """Expert calls in flight at once."""
+    cache: str | None = Field(default=None, min_length=1)
+    """The answer cache's SQLite file (``None``: ``answers.sqlite`` in the cache folder,
+    ``AVENGERS_CACHE_DIR``)."""
+
+
 class PoolConfig(BaseModel):
     """A pool file: experts, embeddings, store, routing and calibration options."""
 
@@ -226,9 +272,10 @@ class PoolConfig(BaseModel):
     experts: list[ExpertConfig] = Field(min_length=1)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     store: StoreConfig | None = None
-    routing: dict[str, Any] = Field(default_factory=dict)
-    """Keyword options of :func:`avengers_graph.create_avengers_graph`."""
-    calibration: dict[str, Any] = Field(default_factory=dict)
+    routing: AvengersOptions = Field(default_factory=AvengersOptions)
+    """Routing and sampling options (:class:`~avengers_graph.options.AvengersOptions`):
+    the defaults of the graph and of ``ChatAvengers`` built from this file."""
+    calibration: CalibrationOptions = Field(default_factory=CalibrationOptions)
     """Keyword options of :func:`avengers_graph.calibrate`."""
 
     def local_models(self) -> list[str]:
@@ -239,10 +286,7 @@ class PoolConfig(BaseModel):
 
     def default_slots(self) -> int:
         """Requests at once of a local expert that sets no ``slots``: ``routing.samples``."""
-        samples = self.routing.get("samples", _DEFAULT_SAMPLES)
-        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-            raise InvalidInputError(f"routing.samples must be an integer >= 1, got {samples!r}.")
-        return samples
+        return self.routing.samples
 
     def local_servers(self) -> list[ServerSpec]:
         """How to serve each local model: slots summed over its experts, threads, draft.
@@ -271,31 +315,47 @@ class PoolConfig(BaseModel):
                 )
         return list(specs.values())
 
+    def expert_names(self) -> dict[str, ExpertConfig]:
+        """Every expert's name (a model with one strategy) to the entry declaring it."""
+        names: dict[str, ExpertConfig] = {}
+        for expert in self.experts:
+            for name in expert.expert_names():
+                if name in names:
+                    raise InvalidInputError(f"Expert names must be unique: {name!r} repeats.")
+                names[name] = expert
+        return names
+
     def build_experts(
         self,
         local_urls: Mapping[str, str] | None = None,
         *,
         local_slots: Mapping[str, int] | None = None,
-    ) -> dict[str, BaseChatModel]:
-        """Expert name to chat model.
+    ) -> dict[str, Expert]:
+        """Expert name to :class:`~avengers_graph.contract.Expert` (a model and a strategy).
+
+        The strategies of one entry share one client (and its limit of requests at once).
 
         Args:
             local_urls: Local model name to the base URL of its running server.
             local_slots: Local model name to its running server's slots (caps the
                 requests a local expert sends at once; default: the pool file's slots).
         """
-        names = [expert.name for expert in self.experts]
-        if len(set(names)) != len(names):
-            raise InvalidInputError(f"Expert names must be unique, got {names}.")
+        self.expert_names()  # names are unique
         default = self.default_slots()
-        return {
-            expert.name: expert.build(local_urls, default_slots=default, local_slots=local_slots)
-            for expert in self.experts
-        }
+        experts: dict[str, Expert] = {}
+        for entry in self.experts:
+            model = entry.build(local_urls, default_slots=default, local_slots=local_slots)
+            for name, strategy in entry.expert_names().items():
+                experts[name] = Expert(model, strategy, constrain=entry.constrain)
+        return experts
 
     def expert_costs(self) -> dict[str, float]:
         """Expert name to its ``cost`` per token, for the experts that set one."""
-        return {expert.name: expert.cost for expert in self.experts if expert.cost is not None}
+        return {
+            name: entry.cost
+            for name, entry in self.expert_names().items()
+            if entry.cost is not None
+        }
 
     def build_store(self, settings: Settings) -> ClusterStore:
         """The configured store, or the one the settings point at."""
@@ -348,5 +408,5 @@ def graph_from_settings(settings: Settings | None = None) -> CompiledStateGraph[
         pool.embeddings.build(),
         pool.build_store(settings),
         expert_costs=pool.expert_costs(),
-        **pool.routing,
+        **pool.routing.as_kwargs(),
     )

@@ -106,7 +106,10 @@ def calibrate_pool(
 
     experts = pool.build_experts(local_urls(settings, pool))
     rows = read_jsonl(dataset or bundled("validation.jsonl"))
-    options = {**pool.calibration, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    options = {
+        **pool.calibration.as_kwargs(),
+        **{k: v for k, v in (overrides or {}).items() if v is not None},
+    }
     cache = AnswerCache(options.pop("cache", settings.cache_dir / "answers.sqlite"))
     recorded = answers or (None if dataset else bundled(RECORDED_ANSWERS))
     if recorded is not None and recorded.is_file():
@@ -131,7 +134,10 @@ def chat_model(
     """The pool's ChatAvengers, with the pool file's routing options and ``overrides``."""
     from avengers_graph.chat_models import ChatAvengers
 
-    options = {**pool.routing, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    options = {
+        **pool.routing.as_kwargs(),
+        **{k: v for k, v in (overrides or {}).items() if v is not None},
+    }
     return ChatAvengers(
         experts=pool.build_experts(local_urls(settings, pool)),
         embeddings=pool.embeddings.build(),

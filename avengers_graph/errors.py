@@ -37,6 +37,22 @@ class SchemaVersionError(StoreError):
     """The store was written by a newer avengers-graph with an unknown schema."""
 
 
+class StoreBusyError(StoreError):
+    """Another writer (a calibration, another process) holds the store: one writer at a time."""
+
+
+class StoreTimeoutError(StoreError, TimeoutError):
+    """A call to the Chroma store did not answer within the store's ``timeout``."""
+
+
+class DamagedStoreError(StoreError):
+    """The store's database is damaged (empty or not a database file); the message names it."""
+
+
+class CacheError(AvengersError):
+    """The answer cache cannot be read or written (a damaged file, a full disk)."""
+
+
 class CalibrationError(AvengersError):
     """Calibration could not finish; finished expert calls are cached, so a re-run resumes."""
 

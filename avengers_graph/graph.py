@@ -16,13 +16,17 @@ One question flows through five nodes (``ALGORITHM.md``, "Inference"):
    expert of the pool on the matched clusters' statistics and
    :func:`~avengers_graph.routing.select_experts` keeps the ``top_n``; the node plans
    ``samples`` calls per expert, each with its own seed.
-4. ``sample``: one ``Send`` per planned call runs in parallel (sync and async). A
-   call that raises a transient error is retried by LangGraph's ``RetryPolicy``; any
-   other error, a timeout, or a transient error on the last attempt is recorded in
-   ``failures`` and the expert loses that sample. With ``early_stop``, the workers
-   of a turn share a tally (``_Turn``): once :func:`~avengers_graph.voting.early_keys`
-   and :func:`~avengers_graph.voting.is_decided` say the samples still running cannot
-   change the winner, those stop waiting (async: their requests are cancelled).
+4. ``sample``: one ``Send`` per planned call runs in parallel (sync and async).
+   :func:`~avengers_graph.expert_calls.invoke` (or ``ainvoke``) calls the expert's
+   retry-free twin (:func:`~avengers_graph.expert_calls.retry_free`, made once when
+   the graph is built) and gives up after ``timeout``. A call that raises a transient
+   error is retried by LangGraph's ``RetryPolicy``, the one retry layer, up to the
+   run's ``max_retries``; any other error, a timeout, or a transient error on the last
+   attempt is recorded in ``failures`` and the expert loses that sample. With
+   ``early_stop``, the workers of a turn share a tally (``_Turn``): once
+   :func:`~avengers_graph.voting.early_keys` and :func:`~avengers_graph.voting.is_decided`
+   say the samples still running cannot change the winner, those stop waiting (async:
+   their requests are cancelled).
 5. ``vote``: :func:`~avengers_graph.voting.resolve_extractor` picks how to compare
    the answers, :func:`~avengers_graph.voting.majority_vote` (or
    :func:`~avengers_graph.voting.semantic_vote` for free text) picks the winner, ties
@@ -35,15 +39,16 @@ from ``select_experts``, one ``{"avengers": "sample"}`` per planned call (status
 ``failed`` or ``cancelled``) and ``{"avengers": "vote"}``.
 
 :func:`build_avengers_graph` returns the uncompiled ``StateGraph`` (to extend);
-:func:`create_avengers_graph` compiles it. Per-run knobs go in the run's ``context``
-as an :class:`AvengersContext` (or a dict of its fields).
+:func:`create_avengers_graph` compiles it. Both take the routing and sampling options
+of :class:`~avengers_graph.options.AvengersOptions` as keywords: the graph's
+defaults. Each node reads the run's options at call time
+(:func:`~avengers_graph.options.resolve_options`): the fields a run's ``context`` (an
+:class:`AvengersContext` or a dict of its fields) sets override the defaults.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextvars
 import functools
 import json
 import random
@@ -51,7 +56,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
@@ -67,10 +72,14 @@ from langgraph.runtime import get_runtime
 from langgraph.store.base import BaseStore
 from langgraph.types import CachePolicy, Checkpointer, RetryPolicy, Send
 
-from avengers_graph import routing, voting
+from avengers_graph import expert_calls, formats, routing, voting
 from avengers_graph.behaviour import behaviour_keys
+from avengers_graph.contract import PROGRAM_TIMEOUT, Contract, Expert, contract, validate_pool
 from avengers_graph.embeddings import embedding_model_name, normalise
 from avengers_graph.errors import AllExpertsFailedError, ExpertTimeoutError, InvalidInputError
+from avengers_graph.formats import Detected
+from avengers_graph.options import MAX_RETRIES, AvengersContext, AvengersOptions, resolve_options
+from avengers_graph.redact import environment_secrets, redact, secrets_of
 from avengers_graph.state import (
     AvengersState,
     ClusterRecord,
@@ -105,119 +114,6 @@ def is_transient_error(exc: BaseException) -> bool:
     return isinstance(exc, Exception) and callable(retry_on) and bool(retry_on(exc))
 
 
-@dataclass(frozen=True)
-class AvengersSettings:
-    """Resolved routing and sampling settings of one run (defaults of the factory)."""
-
-    top_k: int = 1
-    """Nearest clusters to weigh (the paper's default is 1)."""
-    top_n: int = 2
-    """Experts to sample."""
-    samples: int = 3
-    """Samples per selected expert."""
-    beta: float = 3.0
-    """Softmax sharpness over the matched clusters' distances."""
-    context_weight: float = 0.25
-    """Weight of the previous human message's embedding blended into the question's
-    (:func:`routing.blend`); 0 routes on the last human message alone."""
-    temperature: float | None = 0.7
-    """Sampling temperature sent to the experts; ``None`` keeps each expert's own."""
-    max_tokens: int | None = None
-    """Cap on generated tokens sent to the experts; ``None`` keeps each expert's own."""
-    stop: tuple[str, ...] | None = None
-    """Stop sequences sent to the experts."""
-    seed: int | None = None
-    """Base seed; ``None`` draws a fresh one per question (recorded in the routing record)."""
-    timeout: float | None = None
-    """Seconds one expert call may take before it counts as failed."""
-    answer_format: str | voting.Extractor = "auto"
-    """How answers are compared: a name of :data:`voting.EXTRACTORS`, ``"auto"``,
-    ``"semantic"`` or a callable ``text -> key``."""
-    similarity_threshold: float = 0.85
-    """Cosine similarity above which free-text answers count as the same answer."""
-    prior_strength: float = 0.0
-    """Beta-prior pseudo-counts toward each expert's global accuracy (0 = raw accuracy)."""
-    quality_weight: float = 1.0
-    """Avengers-Pro's trade-off: 1 ranks by accuracy, lower values favour cheaper experts."""
-    cost: routing.Cost = "seconds"
-    """What the cost-aware ranking counts as cost (:func:`routing.expert_cost`):
-    ``"seconds"``, ``"tokens"`` or ``"compute"`` (tokens times the expert's cost)."""
-    tools: tuple[dict[str, Any], ...] | None = None
-    """Tools (OpenAI format) bound to every expert; samples then vote on tool calls."""
-    tool_choice: str | dict[str, Any] | bool | None = None
-    """Passed to every expert's ``bind_tools`` as is (``"auto"``, ``"any"``, a name...)."""
-    parallel_tool_calls: bool | None = None
-    """Passed to every expert's ``bind_tools`` when set."""
-    response_format: dict[str, Any] | None = None
-    """Sent to every expert as ``response_format`` (JSON mode, JSON schema)."""
-    structured_output: bool = False
-    """The answer is one object (``with_structured_output``): when no two samples agree
-    on the whole object, vote field by field (:func:`voting.merge_fields`)."""
-    early_stop: bool = False
-    """Stop waiting for (and cancel) the samples still running once they can no longer
-    change the winning answer (:func:`voting.is_decided`)."""
-
-    def __post_init__(self) -> None:
-        for name in ("top_k", "top_n", "samples"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}.")
-        if self.beta < 0:
-            raise InvalidInputError(f"beta must be >= 0, got {self.beta!r}.")
-        if not 0 <= self.context_weight < float("inf"):
-            raise InvalidInputError(f"context_weight must be >= 0, got {self.context_weight!r}.")
-        if self.temperature is not None and self.temperature < 0:
-            raise InvalidInputError(f"temperature must be >= 0, got {self.temperature!r}.")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise InvalidInputError(f"max_tokens must be >= 1, got {self.max_tokens!r}.")
-        if self.timeout is not None and self.timeout <= 0:
-            raise InvalidInputError(f"timeout must be > 0 seconds, got {self.timeout!r}.")
-        if not 0.0 < self.similarity_threshold <= 1.0:
-            raise InvalidInputError(
-                f"similarity_threshold must be in (0, 1], got {self.similarity_threshold!r}."
-            )
-        if not 0.0 <= self.quality_weight <= 1.0:
-            raise InvalidInputError(
-                f"quality_weight must be in [0, 1], got {self.quality_weight!r}."
-            )
-        if self.prior_strength < 0:
-            raise InvalidInputError(f"prior_strength must be >= 0, got {self.prior_strength!r}.")
-        routing.check_cost(self.cost, [])
-        if isinstance(self.answer_format, str):
-            voting.resolve_extractor([], self.answer_format)  # validates the name
-
-
-@dataclass(frozen=True)
-class AvengersContext:
-    """Per-run overrides of the graph's settings (the graph's ``context_schema``).
-
-    Every field left at ``None`` keeps the value the graph was built with. Pass it as
-    ``graph.invoke(inputs, context=AvengersContext(top_n=3))`` or as a dict.
-    """
-
-    top_k: int | None = None
-    top_n: int | None = None
-    samples: int | None = None
-    beta: float | None = None
-    context_weight: float | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
-    stop: list[str] | None = None
-    seed: int | None = None
-    timeout: float | None = None
-    answer_format: str | None = None
-    similarity_threshold: float | None = None
-    prior_strength: float | None = None
-    quality_weight: float | None = None
-    cost: routing.Cost | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | bool | None = None
-    parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
-    structured_output: bool | None = None
-    early_stop: bool | None = None
-
-
 def check_expert_costs(
     experts: Mapping[str, Any], expert_costs: Mapping[str, float] | None, cost: str
 ) -> dict[str, float]:
@@ -234,28 +130,7 @@ def check_expert_costs(
     return costs
 
 
-def resolve_settings(defaults: AvengersSettings, context: Any) -> AvengersSettings:
-    """Apply a run's :class:`AvengersContext` (or dict) over the graph's defaults."""
-    if context is None:
-        return defaults
-    if isinstance(context, Mapping):
-        values = dict(context)
-    else:
-        values = {f.name: getattr(context, f.name, None) for f in fields(AvengersContext)}
-    known = {f.name for f in fields(AvengersContext)}
-    unknown = set(values) - known
-    if unknown:
-        raise InvalidInputError(
-            f"Unknown context keys {sorted(unknown)}; valid keys are {sorted(known)}."
-        )
-    overrides = {key: value for key, value in values.items() if value is not None}
-    for key in ("stop", "tools"):
-        if key in overrides:
-            overrides[key] = tuple(overrides[key])
-    return replace(defaults, **overrides) if overrides else defaults
-
-
-def _tool_schemas(settings: AvengersSettings) -> voting.ToolSchemas | None:
+def _tool_schemas(settings: AvengersOptions) -> voting.ToolSchemas | None:
     """The bound tools' parameter schemas (None: no tools, or built-ins we cannot check)."""
     schemas = bound_tool_parameters(settings.tools)
     return schemas if settings.tools and len(schemas) == len(settings.tools) else None
@@ -270,16 +145,8 @@ def _extractor_name(extractor: voting.Extractor) -> str:
     return name.removeprefix("extract_")
 
 
-_TIMEOUT_POOL: concurrent.futures.ThreadPoolExecutor | None = None
 _MAX_OPEN_TURNS = 1024
 """Tallies kept for turns whose vote has not run (runs that died are evicted)."""
-
-
-def _timeout_pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _TIMEOUT_POOL  # noqa: PLW0603 - one lazily created pool per process
-    if _TIMEOUT_POOL is None:
-        _TIMEOUT_POOL = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="avengers-call")
-    return _TIMEOUT_POOL
 
 
 def _emit(event: str, **data: Any) -> None:
@@ -301,7 +168,7 @@ class _Turn:
     still waiting are woken to stop.
     """
 
-    def __init__(self, planned: int, settings: AvengersSettings) -> None:
+    def __init__(self, planned: int, settings: AvengersOptions) -> None:
         self.planned = planned
         self.settings = settings
         self.schemas = _tool_schemas(settings)
@@ -351,16 +218,21 @@ class _Nodes:
 
     def __init__(
         self,
-        experts: Mapping[str, BaseChatModel],
+        experts: Mapping[str, BaseChatModel | Expert],
         embeddings: Embeddings,
         store: ClusterStore,
-        settings: AvengersSettings,
+        settings: AvengersOptions,
         *,
         expert_costs: Mapping[str, float],
         max_attempts: int,
         model_name: str,
     ) -> None:
-        self.experts = dict(experts)
+        self.pool = validate_pool(experts)
+        """The experts: a model and the strategy it answers with."""
+        self.experts = {name: expert_calls.retry_free(e.model) for name, e in self.pool.items()}
+        """What the graph calls: the experts' retry-free twins (one retry layer)."""
+        self.secrets = [*secrets_of(e.model for e in self.pool.values()), *environment_secrets()]
+        """Values never to repeat in ``failures`` (the experts' keys, ``AVENGERS_API_KEYS``)."""
         self.expert_costs = dict(expert_costs)
         self.embeddings = embeddings
         self.embedding_name = embedding_model_name(embeddings)
@@ -372,9 +244,9 @@ class _Nodes:
         self._turns: dict[str, _Turn] = {}
         self._turns_lock = threading.Lock()
 
-    def settings(self) -> AvengersSettings:
+    def settings(self) -> AvengersOptions:
         runtime = get_runtime()
-        return resolve_settings(self.defaults, runtime.context if runtime else None)
+        return resolve_options(self.defaults, runtime.context if runtime else None)
 
     # embed ------------------------------------------------------------------------
     def embed(self, state: AvengersState) -> dict[str, Any]:
@@ -406,50 +278,155 @@ class _Nodes:
         return {"clusters": clusters}
 
     # select_experts -----------------------------------------------------------------
+    def _question(self, settings: AvengersOptions, messages: Sequence[Any]) -> Detected:
+        """The question's format: what the run says, else what its text calls for."""
+        if settings.tools:
+            return Detected("tools")
+        if settings.response_format is not None or settings.structured_output:
+            return Detected("json")
+        if not isinstance(settings.answer_format, str):
+            return Detected("custom")
+        detected = formats.detect(routing.question_text(messages))
+        if settings.answer_format == "auto":
+            return detected
+        name = "free" if settings.answer_format == "semantic" else settings.answer_format
+        return Detected(name, detected.options if name == detected.format else ())
+
+    def _serves(self, name: str, question: str) -> bool:
+        fmt = formats.FORMATS.get(question)
+        strategy = self.pool[name].strategy
+        return fmt.serves(strategy) if fmt is not None else strategy != "program"
+
     def select_experts(self, state: AvengersState) -> dict[str, Any]:
         settings = self.settings()
         matches = [routing.ClusterMatch(**c) for c in state["clusters"]]
-        scores = routing.score_experts(
-            matches,
-            self.store.stats(),
-            list(self.experts),
-            prior_strength=settings.prior_strength,
-            quality_weight=settings.quality_weight,
-            cost=settings.cost,
-            unit_costs=self.expert_costs,
-        )
-        chosen = routing.select_experts(scores, settings.top_n)
+        question = self._question(settings, state["messages"])
+        eligible = [name for name in self.experts if self._serves(name, question.format)]
+        unserved = [name for name in self.experts if name not in eligible]
+        if not eligible:  # no strategy serves it: every expert answers the question as asked
+            eligible, unserved = list(self.experts), []
+        stats = self.store.stats()
+        fmt = formats.FORMATS.get(question.format)
+        keyed = fmt is not None and not fmt.votes_by_meaning and question.format != "json"
+        chance = fmt.chance(question) if fmt is not None else 0.0
+        chance = chance if chance > 0 else voting.OPEN_CHANCE
+        if settings.threshold is not None and keyed:
+            plan = routing.plan_sampling(
+                matches,
+                stats,
+                eligible,
+                chance=chance,
+                top_n=settings.top_n,
+                per_expert=settings.samples,
+                budget=settings.budget or settings.top_n * settings.samples,
+                round_size=settings.round_size,
+                depth=settings.depth,
+                prior_strength=settings.reliability_prior,
+                unit_costs=self.expert_costs,
+            )
+            order = plan.order
+            names = list(plan.evidence)
+            weights = dict(plan.evidence)
+            if not settings.weighted:  # equal votes, still a probability to stop on
+                mean = sum(weights.values()) / len(weights)
+                weights = dict.fromkeys(names, mean)
+            scores = {name: plan.reliability[name] for name in names}
+            excluded = unserved + plan.excluded
+            round_end = min(settings.round_size, len(order))
+        else:
+            ranked = routing.score_experts(
+                matches,
+                stats,
+                eligible,
+                prior_strength=settings.prior_strength,
+                quality_weight=settings.quality_weight,
+                cost=settings.cost,
+                unit_costs=self.expert_costs,
+            )
+            chosen = routing.select_experts(ranked, settings.top_n)
+            names = [s.name for s in chosen]
+            scores = {s.name: s.score for s in chosen}
+            order = [name for name in names for _ in range(settings.samples)]
+            weights = dict.fromkeys(names, 1.0)
+            if settings.weighted and keyed:
+                rated = routing.reliability(
+                    matches, stats, names, prior_strength=settings.reliability_prior
+                )
+                weights = {name: routing.evidence(rated[name], chance) for name in names}
+            excluded = unserved
+            round_end = len(order)
         seed = (
             settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
         )
-        experts = [ExpertRecord(name=s.name, score=s.score) for s in chosen]
+        experts = [
+            ExpertRecord(
+                name=name,
+                score=scores[name],
+                strategy=self.pool[name].strategy,
+                weight=round(weights[name], 4),
+            )
+            for name in names
+        ]
         _emit("routing", clusters=state["clusters"], experts=experts, seed=seed)
-        return {"experts": experts, "seed": seed, "turn": uuid.uuid4().hex}
+        return {
+            "experts": experts,
+            "question_format": question.format,
+            "options": list(question.options),
+            "plan": order,
+            "weights": weights,
+            "excluded": excluded,
+            "round_start": 0,
+            "round_end": round_end,
+            "seed": seed,
+            "turn": uuid.uuid4().hex,
+        }
 
-    def dispatch(self, state: AvengersState) -> list[Send]:
+    def dispatch(self, state: AvengersState) -> list[Send] | str:
+        """Send the samples of the current round (``plan[round_start:round_end]``)."""
         settings = self.settings()
         seed = state["seed"]
-        turn = state["turn"]
-        planned = len(state["experts"]) * settings.samples
-        return [
-            Send(
-                "sample",
-                SampleTask(
-                    expert=expert["name"],
-                    rank=rank,
-                    index=index,
-                    seed=_sample_seed(seed, rank, index, settings.samples),
-                    messages=list(state["messages"]),
-                    turn=turn,
-                    planned=planned,
-                ),
+        plan = state["plan"]
+        rank = {record["name"]: i for i, record in enumerate(state["experts"])}
+        start, end = state["round_start"], state["round_end"]
+        sends = []
+        for position in range(start, end):
+            name = plan[position]
+            index = plan[:position].count(name)
+            sends.append(
+                Send(
+                    "sample",
+                    SampleTask(
+                        expert=name,
+                        rank=rank[name],
+                        index=index,
+                        seed=_sample_seed(seed, rank[name], index, settings.samples),
+                        messages=list(state["messages"]),
+                        turn=f"{state['turn']}/{start}",
+                        planned=end - start,
+                        answer_format=state["question_format"],
+                    ),
+                )
             )
-            for rank, expert in enumerate(state["experts"])
-            for index in range(settings.samples)
-        ]
+        return sends
 
     # sample -------------------------------------------------------------------------
-    def _call_kwargs(self, settings: AvengersSettings, task: SampleTask) -> dict[str, Any]:
+    def _contract(self, task: SampleTask) -> Contract | None:
+        """The prompt contract of the task's expert for its question (None: as asked)."""
+        fmt = formats.FORMATS.get(task["answer_format"])
+        expert = self.pool[task["expert"]]
+        if fmt is None or not fmt.serves(expert.strategy):
+            return None
+        terms = contract(
+            task["messages"],
+            expert.strategy,
+            answer_format=task["answer_format"],
+            constrain=expert.constrain,
+        )
+        return terms if terms.instruction is not None else None
+
+    def _call_kwargs(
+        self, settings: AvengersOptions, task: SampleTask, terms: Contract | None
+    ) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
         if settings.temperature is not None:
             kwargs["temperature"] = settings.temperature
@@ -461,11 +438,27 @@ class _Nodes:
             kwargs["stop"] = list(settings.stop)
         if settings.response_format is not None:
             kwargs["response_format"] = settings.response_format
+        if terms is not None:  # the strategy's budget (under the run's cap) and constraint
+            kwargs.update(terms.options(settings.max_tokens))
         return kwargs
 
-    def _turn(self, settings: AvengersSettings, task: SampleTask) -> _Turn | None:
-        """The turn's shared tally when ``early_stop`` is on (created by its first worker)."""
-        if not settings.early_stop:
+    @staticmethod
+    def _answered(
+        message: Any, terms: Contract | None, settings: AvengersOptions, started: float
+    ) -> Any:
+        """The reply as its strategy's answer (a program run, a direct answer unwrapped)."""
+        if terms is None or not isinstance(message, AIMessage):
+            return message
+        left = settings.timeout - (time.perf_counter() - started)
+        return terms.answer(message, timeout=max(min(PROGRAM_TIMEOUT, left), 1.0))
+
+    def _turn(self, settings: AvengersOptions, task: SampleTask) -> _Turn | None:
+        """The turn's shared tally when ``early_stop`` is on (created by its first worker).
+
+        Counting votes cannot decide a weighted vote early; adaptive sampling
+        (``threshold``) is how weighted votes stop early.
+        """
+        if not settings.early_stop or (settings.weighted and settings.threshold is None):
             return None
         with self._turns_lock:
             turn = self._turns.get(task["turn"])
@@ -476,9 +469,11 @@ class _Nodes:
                 self._turns[task["turn"]] = turn
             return turn
 
-    def _close_turn(self, turn: str) -> None:
+    def _close_turns(self, turn: str) -> None:
+        """Forget the tallies of every round of a turn."""
         with self._turns_lock:
-            self._turns.pop(turn, None)
+            for key in [key for key in self._turns if key.split("/", 1)[0] == turn]:
+                del self._turns[key]
 
     def _sampled(
         self, task: SampleTask, message: Any, started: float, turn: _Turn | None
@@ -509,12 +504,17 @@ class _Nodes:
         )
         return {"samples": [sample]}
 
-    def _failed(self, task: SampleTask, exc: Exception, turn: _Turn | None) -> dict[str, Any]:
+    def _failed(
+        self, task: SampleTask, exc: Exception, turn: _Turn | None, settings: AvengersOptions
+    ) -> dict[str, Any]:
+        if isinstance(exc, ExpertTimeoutError) and turn is not None and turn.decided:
+            return self._cancelled(task, turn)  # decided as the time ran out
         runtime = get_runtime()
         attempt = runtime.execution_info.node_attempt if runtime.execution_info else 1
-        if is_transient_error(exc) and attempt < self.max_attempts:
+        retry = attempt <= settings.max_retries and attempt < self.max_attempts
+        if retry and is_transient_error(exc):
             raise exc  # LangGraph's RetryPolicy runs the task again
-        error = f"{type(exc).__name__}: {exc}"
+        error = redact(f"{type(exc).__name__}: {exc}", self.secrets)
         if turn is not None:
             turn.report(None)
         _emit("sample", expert=task["expert"], index=task["index"], status="failed", error=error)
@@ -526,7 +526,7 @@ class _Nodes:
         _emit("sample", expert=task["expert"], index=task["index"], status="cancelled")
         return {"cancelled": 1}
 
-    def _expert(self, settings: AvengersSettings, name: str) -> Runnable[Any, Any]:
+    def _expert(self, settings: AvengersOptions, name: str) -> Runnable[Any, Any]:
         expert = self.experts[name]
         if not settings.tools:
             return expert
@@ -543,28 +543,27 @@ class _Nodes:
         if turn is not None and turn.decided:
             return self._cancelled(task, turn)
         started = time.perf_counter()
+        wake = None
+        if turn is not None:  # the wait also ends once the vote is decided
+            wake = threading.Event()
+            turn.on_decided(wake.set)
         try:
-            expert = self._expert(settings, task["expert"])
-            call = functools.partial(
-                expert.invoke, task["messages"], config, **self._call_kwargs(settings, task)
+            terms = self._contract(task)
+            answer = expert_calls.invoke(
+                self._expert(settings, task["expert"]),
+                terms.messages(task["messages"]) if terms else task["messages"],
+                config,
+                self._call_kwargs(settings, task, terms),
+                client=self.experts[task["expert"]],
+                timeout=settings.timeout,
+                wake=wake,
             )
-            if settings.timeout is None and turn is None:
-                return self._sampled(task, call(), started, turn)
-            # in a worker thread, so the wait can end on a timeout or an early decision
-            future = _timeout_pool().submit(contextvars.copy_context().run, call)
-            ended = threading.Event()
-            future.add_done_callback(lambda _: ended.set())
-            if turn is not None:
-                turn.on_decided(ended.set)
-            ended.wait(settings.timeout)
-            if future.done():
-                return self._sampled(task, future.result(), started, turn)
-            future.cancel()  # a running call cannot be interrupted: it is only abandoned
-            if turn is not None and turn.decided:
+            if answer is expert_calls.INTERRUPTED and turn is not None:
                 return self._cancelled(task, turn)
-            raise ExpertTimeoutError(f"no answer within {settings.timeout} s")
+            answer = self._answered(answer, terms, settings, started)
+            return self._sampled(task, answer, started, turn)
         except Exception as exc:  # noqa: BLE001 - recorded as the expert's failure or retried
-            return self._failed(task, exc, turn)
+            return self._failed(task, exc, turn, settings)
 
     async def asample(self, task: SampleTask, config: RunnableConfig) -> dict[str, Any]:
         settings = self.settings()
@@ -572,49 +571,43 @@ class _Nodes:
         if turn is not None and turn.decided:
             return self._cancelled(task, turn)
         started = time.perf_counter()
+        wake: asyncio.Future[None] | None = None
+        if turn is not None:  # the call is cancelled once the vote is decided
+            loop = asyncio.get_running_loop()
+            wake = loop.create_future()
+            turn.on_decided(functools.partial(loop.call_soon_threadsafe, _resolve, wake))
         try:
-            expert = self._expert(settings, task["expert"])
-            coroutine = expert.ainvoke(
-                task["messages"], config, **self._call_kwargs(settings, task)
+            terms = self._contract(task)
+            answer = await expert_calls.ainvoke(
+                self._expert(settings, task["expert"]),
+                terms.messages(task["messages"]) if terms else task["messages"],
+                config,
+                self._call_kwargs(settings, task, terms),
+                timeout=settings.timeout,
+                wake=wake,
             )
-            if settings.timeout is None and turn is None:
-                return self._sampled(task, await coroutine, started, turn)
-            call = asyncio.ensure_future(coroutine)
-            waiters: set[asyncio.Future[Any]] = {call}
-            if turn is not None:
-                loop = asyncio.get_running_loop()
-                decided: asyncio.Future[None] = loop.create_future()
-                turn.on_decided(functools.partial(loop.call_soon_threadsafe, _resolve, decided))
-                waiters.add(decided)
-            try:
-                await asyncio.wait(
-                    waiters, timeout=settings.timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                for waiter in waiters - {call}:
-                    waiter.cancel()
-                if not call.done():  # decided, timed out, or this task was cancelled
-                    call.cancel()
-            if call.done() and not call.cancelled():
-                return self._sampled(task, call.result(), started, turn)
-            if turn is not None and turn.decided:
+            if answer is expert_calls.INTERRUPTED and turn is not None:
                 return self._cancelled(task, turn)
-            raise ExpertTimeoutError(f"no answer within {settings.timeout} s")
+            answer = await asyncio.to_thread(self._answered, answer, terms, settings, started)
+            return self._sampled(task, answer, started, turn)
         except Exception as exc:  # noqa: BLE001 - recorded as the expert's failure or retried
-            return self._failed(task, exc, turn)
+            return self._failed(task, exc, turn, settings)
 
     # vote ---------------------------------------------------------------------------
-    def _plan_vote(self, state: AvengersState) -> _VotePlan:
-        if "turn" in state:
-            self._close_turn(state["turn"])
-        samples = sorted(state.get("samples", []), key=lambda s: (s["rank"], s["index"]))
-        if not samples:
-            failures = dict(state.get("failures", {}))
-            for expert in state.get("experts", []):
-                failures.setdefault(expert["name"], "returned no sample")
-            raise AllExpertsFailedError(failures)
-        settings = self.settings()
-        texts = [str(s["message"].text) for s in samples]
+    def _keys(
+        self,
+        state: AvengersState,
+        settings: AvengersOptions,
+        samples: list[Sample],
+        texts: list[str],
+    ) -> tuple[list[str | None], str, bool]:
+        """Every sample's key, the name of what they vote on, and whether keys compare.
+
+        Tool calls vote as calls; a question of a keyed format votes by its format's key
+        (code by behaviour when the programs run); free text by the replies' form, else
+        by meaning (``semantic``: no keys).
+        """
+        question = state.get("question_format", "free")
         if any(s["message"].tool_calls for s in samples):
             # each sample votes for its set of tool calls, or for its text answer;
             # calls that the bound tools would refuse abstain
@@ -623,28 +616,88 @@ class _Nodes:
                 voting.tool_vote_key(s["message"].tool_calls, text, schemas)
                 for s, text in zip(samples, texts, strict=True)
             ]
-            return _VotePlan(settings, samples, texts, None, tool_keys, "tool_calls")
-        extractor = voting.resolve_extractor(texts, settings.answer_format)
-        if extractor is voting.extract_code:  # run the programs on the same calls
-            keys = behaviour_keys(texts, routing.question_text(state["messages"]))
-            if any(key is not None and key.startswith("behaviour:") for key in keys):
-                return _VotePlan(settings, samples, texts, extractor, keys, "code:behaviour")
+            return tool_keys, "tool_calls", True
+        if question == "custom" and callable(settings.answer_format):
+            extract = settings.answer_format
+            return [extract(text) for text in texts], _extractor_name(extract), True
+        fmt = formats.FORMATS.get(question)
+        if fmt is not None and not fmt.votes_by_meaning:
+            if question == "code":  # run the programs on the same calls
+                keys = behaviour_keys(texts, routing.question_text(state["messages"]))
+                if any(key is not None and key.startswith("behaviour:") for key in keys):
+                    return keys, "code:behaviour", True
+            detected = Detected(question, tuple(state.get("options", [])))
+            keys = [fmt.key(text, detected) for text in texts]
+            if any(key is not None for key in keys):
+                return keys, question, True
+        extractor = voting.resolve_extractor(texts, "auto")  # free text: the replies' form
+        if extractor is formats.extract_code:
+            extractor = None  # code in a free-text answer is not run: vote on meaning
         keys = [extractor(text) for text in texts] if extractor is not None else []
-        if not any(key is not None for key in keys):
-            extractor = None  # nothing extractable: vote on meaning instead
-        name = _extractor_name(extractor) if extractor is not None else "semantic"
-        return _VotePlan(settings, samples, texts, extractor, keys, name)
+        if extractor is None or not any(key is not None for key in keys):
+            return [], "semantic", False
+        return keys, _extractor_name(extractor), True
 
-    def _finish(
-        self, state: AvengersState, plan: _VotePlan, vectors: list[list[float]] | None
-    ) -> dict[str, Any]:
+    def _plan_vote(self, state: AvengersState) -> _VotePlan | None:
+        """What the samples so far vote on; None when every one failed and a round is left."""
+        samples = sorted(state.get("samples", []), key=lambda s: (s["rank"], s["index"]))
+        more = state.get("round_end", 0) < len(state.get("plan", []))
+        if not samples:
+            if more:
+                return None
+            failures = dict(state.get("failures", {}))
+            for expert in state.get("experts", []):
+                failures.setdefault(expert["name"], "returned no sample")
+            raise AllExpertsFailedError(failures)
+        settings = self.settings()
+        texts = [str(s["message"].text) for s in samples]
+        keys, name, keyed = self._keys(state, settings, samples, texts)
+        weights = voting.repeated_weights(
+            [s["expert"] for s in samples], state.get("weights", {}), settings.discount
+        )
+        fmt = formats.FORMATS.get(state.get("question_format", "free"))
+        detected = Detected(state.get("question_format", "free"), tuple(state.get("options", [])))
+        chance = fmt.chance(detected) if fmt is not None else 0.0
+        return _VotePlan(
+            settings,
+            samples,
+            texts,
+            keys,
+            name if keyed else "semantic",
+            weights,
+            chance if chance > 0 else voting.OPEN_CHANCE,
+        )
+
+    def _result(self, plan: _VotePlan, vectors: list[list[float]] | None) -> voting.VoteResult:
         ranks = [s["rank"] for s in plan.samples]
-        if plan.answer_format != "semantic":
-            result = voting.majority_vote(plan.keys, ranks)
-        else:
-            result = voting.semantic_vote(
+        if plan.answer_format == "semantic":
+            return voting.semantic_vote(
                 vectors or [], plan.texts, ranks, threshold=plan.settings.similarity_threshold
             )
+        weighed = plan.settings.weighted or plan.settings.threshold is not None
+        if weighed and plan.answer_format not in ("tool_calls", "json"):
+            return voting.weighted_vote(plan.keys, plan.weights, ranks, chance=plan.chance)
+        return voting.majority_vote(plan.keys, ranks)
+
+    def _next_round(self, state: AvengersState, result: voting.VoteResult) -> dict[str, Any] | None:
+        """The next round's positions, if adaptive sampling is not sure yet and can go on."""
+        settings = self.settings()
+        end, plan = state.get("round_end", 0), state.get("plan", [])
+        if settings.threshold is None or end >= len(plan) or state.get("round_start") is None:
+            return None
+        if result.votes and result.confidence >= settings.threshold:
+            return None
+        return {"round_start": end, "round_end": min(end + settings.round_size, len(plan))}
+
+    def _finish(
+        self,
+        state: AvengersState,
+        plan: _VotePlan,
+        result: voting.VoteResult,
+    ) -> dict[str, Any]:
+        if "turn" in state:
+            self._close_turns(state["turn"])
+        ranks = [s["rank"] for s in plan.samples]
         samples = plan.samples
         winner = samples[result.winner]
         content, tool_calls = winner["message"].content, list(winner["message"].tool_calls)
@@ -671,6 +724,8 @@ class _Nodes:
             },
             usage_metadata=usage,
         )
+        plan_length = len(state.get("plan", []))
+        round_size = max(plan.settings.round_size, 1)
         record = RoutingRecord(
             clusters=list(state["clusters"]),
             experts=list(state["experts"]),
@@ -681,9 +736,16 @@ class _Nodes:
             votes=dict(result.votes),
             confidence=result.confidence,
             failures=dict(state.get("failures", {})),
-            cancelled=state.get("cancelled", 0),
+            cancelled=state.get("cancelled", 0) + max(plan_length - state.get("round_end", 0), 0),
             winner=winner["expert"],
             answer_format=answer_format,
+            question_format=state.get("question_format", "free"),
+            excluded=list(state.get("excluded", [])),
+            rounds=(
+                -(-state.get("round_end", 0) // round_size)
+                if plan.settings.threshold is not None and plan_length
+                else 1
+            ),
             seed=state["seed"],
         )
         _emit(
@@ -695,19 +757,40 @@ class _Nodes:
             answer_format=answer_format,
             cancelled=record["cancelled"],
         )
-        return {"messages": [message], "avengers": record}
+        return {"messages": [message], "avengers": record, "more": False}
+
+    def _decide(
+        self, state: AvengersState, plan: _VotePlan | None, vectors: list[list[float]] | None
+    ) -> dict[str, Any]:
+        if plan is None:  # every sample so far failed: draw the next round
+            end = state.get("round_end", 0)
+            size = self.settings().round_size
+            return {
+                "round_start": end,
+                "round_end": min(end + size, len(state["plan"])),
+                "more": True,
+            }
+        result = self._result(plan, vectors)
+        following = self._next_round(state, result)
+        if following is not None:
+            return {**following, "more": True}
+        return self._finish(state, plan, result)
 
     def vote(self, state: AvengersState) -> dict[str, Any]:
         plan = self._plan_vote(state)
-        semantic = plan.answer_format == "semantic"
-        vectors = self.embeddings.embed_documents(plan.texts) if semantic else None
-        return self._finish(state, plan, vectors)
+        semantic = plan is not None and plan.answer_format == "semantic"
+        vectors = self.embeddings.embed_documents(plan.texts) if plan and semantic else None
+        return self._decide(state, plan, vectors)
 
     async def avote(self, state: AvengersState) -> dict[str, Any]:
         plan = await asyncio.to_thread(self._plan_vote, state)  # code votes run programs
-        semantic = plan.answer_format == "semantic"
-        vectors = await self.embeddings.aembed_documents(plan.texts) if semantic else None
-        return self._finish(state, plan, vectors)
+        semantic = plan is not None and plan.answer_format == "semantic"
+        vectors = await self.embeddings.aembed_documents(plan.texts) if plan and semantic else None
+        return self._decide(state, plan, vectors)
+
+    def after_vote(self, state: AvengersState) -> list[Send] | str:
+        """The next round of samples while adaptive sampling is unsure, else the end."""
+        return self.dispatch(state) if state.get("more") else END
 
 
 def _merge_structured(
@@ -727,7 +810,7 @@ def _merge_structured(
         return "", [{**calls[0][0], "args": merged}]
     if answer_format == "json":
         parsed = [
-            (voting.parse_json_object(s["message"].text), rank)
+            (formats.parse_json_object(s["message"].text), rank)
             for s, rank in zip(samples, ranks, strict=True)
         ]
         objects = [(obj, rank) for obj, rank in parsed if obj is not None]
@@ -742,26 +825,22 @@ def _merge_structured(
 class _VotePlan:
     """What the vote node decided before any embedding call."""
 
-    settings: AvengersSettings
+    settings: AvengersOptions
     samples: list[Sample]
     texts: list[str]
-    extractor: voting.Extractor | None
     keys: list[str | None]
     answer_format: str
-    """What the samples vote on: an extractor's name, ``tool_calls`` or ``semantic``."""
+    """What the samples vote on: a format's or extractor's name, ``tool_calls``,
+    ``code:behaviour`` or ``semantic``."""
+    weights: list[float]
+    """Each sample's vote weight (1 each when votes are not weighted)."""
+    chance: float
+    """The question format's chance rate (open answers: ``voting.OPEN_CHANCE``)."""
 
 
-def validate_experts(experts: Mapping[str, BaseChatModel]) -> None:
+def validate_experts(experts: Mapping[str, BaseChatModel | Expert]) -> None:
     """Refuse an empty pool, unnamed experts and experts that are not chat models."""
-    if not isinstance(experts, Mapping) or not experts:
-        raise InvalidInputError("experts must be a non-empty dict of name -> chat model.")
-    for name, expert in experts.items():
-        if not isinstance(name, str) or not name:
-            raise InvalidInputError(f"Expert names must be non-empty strings, got {name!r}.")
-        if not isinstance(expert, BaseChatModel):
-            raise InvalidInputError(
-                f"Expert {name!r} is a {type(expert).__name__}, not a LangChain BaseChatModel."
-            )
+    validate_pool(experts)
 
 
 def _embedded(question: list[float], context: list[float] | None) -> dict[str, Any]:
@@ -785,121 +864,62 @@ def _embed_cache_key(state: AvengersState) -> str:
 
 
 def build_avengers_graph(
-    experts: Mapping[str, BaseChatModel],
+    experts: Mapping[str, BaseChatModel | Expert],
     embeddings: Embeddings,
     store: ClusterStore,
     *,
-    top_k: int = 1,
-    top_n: int = 2,
-    samples: int = 3,
-    beta: float = 3.0,
-    context_weight: float = 0.25,
-    temperature: float | None = 0.7,
-    max_tokens: int | None = None,
-    stop: Sequence[str] | None = None,
-    seed: int | None = None,
-    timeout: float | None = None,
-    max_retries: int = 2,
-    answer_format: str | Callable[[str], str | None] = "auto",
-    similarity_threshold: float = 0.85,
-    prior_strength: float = 0.0,
-    quality_weight: float = 1.0,
-    cost: routing.Cost = "seconds",
     expert_costs: Mapping[str, float] | None = None,
-    tools: Sequence[Mapping[str, Any]] | None = None,
-    tool_choice: str | dict[str, Any] | bool | None = None,
-    parallel_tool_calls: bool | None = None,
-    response_format: dict[str, Any] | None = None,
-    structured_output: bool = False,
-    early_stop: bool = False,
     retry_policy: RetryPolicy | None = None,
     model_name: str = "avengers",
+    **options: Any,
 ) -> StateGraph[AvengersState, AvengersContext, InputState, OutputState]:
     """Build the uncompiled Avengers ``StateGraph`` (add nodes or edges, then compile).
 
     Args:
         experts: The pool: expert name to chat model. Names must match the store's.
+            The graph calls retry-free twins of the experts that retry on their own
+            (:func:`avengers_graph.expert_calls.retry_free`).
         embeddings: The embeddings the store was calibrated with.
         store: The calibration (centroids and per-cluster expert statistics).
-        top_k: Nearest clusters to weigh.
-        top_n: Experts to sample.
-        samples: Samples per selected expert; each is its own request with its own seed.
-        beta: Softmax sharpness over cluster distances.
-        context_weight: Weight of the previous human message's embedding blended into
-            the question's when routing a conversation (0: the last message alone).
-        temperature: Sampling temperature sent to experts (``None``: the expert's own).
-        max_tokens: Generation cap sent to experts (``None``: the expert's own).
-        stop: Stop sequences sent to experts.
-        seed: Base seed for reproducible sampling; ``None`` draws one per question.
-        timeout: Seconds an expert call may take before it counts as failed.
-        max_retries: Retries of a transient expert error (LangGraph ``RetryPolicy``).
-        answer_format: How to compare answers (``"auto"``, ``"number"``, ``"choice"``,
-            ``"text"``, ``"code"``, ``"semantic"`` or a callable ``text -> key``).
-        similarity_threshold: Cosine similarity for free-text answers to agree.
-        prior_strength: Beta-prior smoothing of small clusters' accuracies.
-        quality_weight: Avengers-Pro accuracy/cost trade-off (1 = accuracy only).
-        cost: What the cost-aware ranking counts: ``"seconds"`` or ``"tokens"`` per
-            answer as calibrated, or ``"compute"``, the tokens times ``expert_costs``.
         expert_costs: Expert name to its cost per generated token, in one unit for the
             pool (billions of parameters for local models, a price for paid ones);
             ``cost="compute"`` needs one for every expert.
-        tools: Tools in OpenAI format, bound to every expert (``bind_tools``); the
-            samples then vote on their tool calls (name and canonical arguments, a set
-            for parallel calls) or their text, and the answer keeps the winner's calls.
-        tool_choice: Passed to every expert's ``bind_tools`` as is.
-        parallel_tool_calls: Passed to every expert's ``bind_tools`` when set.
-        response_format: Sent to every expert (``{"type": "json_object"}``, a JSON
-            schema); JSON answers then vote as canonical objects (``answer_format="json"``).
-        structured_output: The answer is one object: when no two samples agree on
-            the whole object (tool-call arguments or JSON), vote field by field.
-        early_stop: Stop waiting for the samples still running (cancel them, in async
-            runs) once they can no longer change the winning answer; the routing
-            record counts them in ``cancelled``. Free text and code are never decided
-            early.
         retry_policy: LangGraph retry policy of the ``embed``, ``locate_cluster`` and
-            ``sample`` nodes (backoff, attempts); default: ``max_retries + 1`` attempts
-            on :func:`is_transient_error`.
+            ``sample`` nodes (backoff, most attempts). Default: retry
+            :func:`is_transient_error` errors, ``max_retries`` times. A run's expert
+            calls are retried at most ``max_retries`` times, and never beyond the
+            policy's ``max_attempts``.
         model_name: Name reported as ``response_metadata["model_name"]``.
+        **options: The graph's default routing and sampling options, the fields of
+            :class:`~avengers_graph.options.AvengersOptions` (``top_n=2``,
+            ``samples=3``, ``timeout=300``...); a run's context overrides them.
 
     Returns:
         The graph builder with nodes ``embed``, ``locate_cluster``, ``select_experts``,
         ``sample`` and ``vote``.
+
+    Raises:
+        InvalidInputError: An empty or malformed pool, unknown or invalid options (the
+            message names the option, and the closest valid one for a typo), or
+            expert costs that do not fit the pool.
     """
     validate_experts(experts)
-    costs = check_expert_costs(experts, expert_costs, cost)
-    if max_retries < 0:
-        raise InvalidInputError(f"max_retries must be >= 0, got {max_retries!r}.")
-    settings = AvengersSettings(
-        top_k=top_k,
-        top_n=top_n,
-        samples=samples,
-        beta=beta,
-        context_weight=context_weight,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        stop=tuple(stop) if stop else None,
-        seed=seed,
-        timeout=timeout,
-        answer_format=answer_format,
-        similarity_threshold=similarity_threshold,
-        prior_strength=prior_strength,
-        quality_weight=quality_weight,
-        cost=cost,
-        tools=tuple(dict(tool) for tool in tools) if tools else None,
-        tool_choice=tool_choice,
-        parallel_tool_calls=parallel_tool_calls,
-        response_format=response_format,
-        structured_output=structured_output,
-        early_stop=early_stop,
+    defaults = AvengersOptions(**options)
+    costs = check_expert_costs(experts, expert_costs, defaults.cost)
+    store_retry = retry_policy or RetryPolicy(
+        max_attempts=defaults.max_retries + 1, retry_on=is_transient_error
     )
-    retry = retry_policy or RetryPolicy(max_attempts=max_retries + 1, retry_on=is_transient_error)
+    # the sample node decides per run whether to retry (max_retries of the run's options)
+    sample_retry = retry_policy or RetryPolicy(
+        max_attempts=MAX_RETRIES + 1, retry_on=is_transient_error
+    )
     nodes = _Nodes(
         experts,
         embeddings,
         store,
-        settings,
+        defaults,
         expert_costs=costs,
-        max_attempts=retry.max_attempts,
+        max_attempts=sample_retry.max_attempts,
         model_name=model_name,
     )
     builder = StateGraph(
@@ -911,15 +931,15 @@ def build_avengers_graph(
     builder.add_node(
         "embed",
         RunnableLambda(nodes.embed, afunc=nodes.aembed, name="embed"),
-        retry_policy=retry,
+        retry_policy=store_retry,
         cache_policy=CachePolicy(key_func=_embed_cache_key),
     )
-    builder.add_node("locate_cluster", nodes.locate_cluster, retry_policy=retry)
+    builder.add_node("locate_cluster", nodes.locate_cluster, retry_policy=store_retry)
     builder.add_node("select_experts", nodes.select_experts)
     builder.add_node(
         "sample",
         RunnableLambda(nodes.sample, afunc=nodes.asample, name="sample"),
-        retry_policy=retry,
+        retry_policy=sample_retry,
     )
     builder.add_node("vote", RunnableLambda(nodes.vote, afunc=nodes.avote, name="vote"))
     builder.add_edge(START, "embed")
@@ -927,12 +947,12 @@ def build_avengers_graph(
     builder.add_edge("locate_cluster", "select_experts")
     builder.add_conditional_edges("select_experts", nodes.dispatch, ["sample"])
     builder.add_edge("sample", "vote")
-    builder.add_edge("vote", END)
+    builder.add_conditional_edges("vote", nodes.after_vote, ["sample", END])
     return builder
 
 
 def create_avengers_graph(
-    experts: Mapping[str, BaseChatModel],
+    experts: Mapping[str, BaseChatModel | Expert],
     embeddings: Embeddings,
     store: ClusterStore,
     *,
@@ -955,7 +975,9 @@ def create_avengers_graph(
             as ``store`` (named apart from the cluster ``store``).
         name: Name of the compiled graph (its run name in traces).
         debug: Forwarded to ``compile``.
-        **options: Routing and sampling options of :func:`build_avengers_graph`.
+        **options: ``expert_costs``, ``retry_policy`` and the routing and sampling
+            options of :func:`build_avengers_graph` (the fields of
+            :class:`~avengers_graph.options.AvengersOptions`).
 
     Returns:
         The compiled graph: input ``{"messages": [...]}``, output the messages with the

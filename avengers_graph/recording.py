@@ -33,39 +33,31 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
 
-from avengers_graph import grading
 from avengers_graph.cache import AnswerCache, CachedAnswer
 from avengers_graph.calibration import (
-    DEFAULT_INSTRUCTIONS,
     Progress,
     ValidationItem,
     _output_tokens,
     _plan_calls,
+    item_contract,
     load_dataset,
     run_experts,
 )
+from avengers_graph.contract import Expert, as_expert
 from avengers_graph.errors import CalibrationError, InvalidInputError
+from avengers_graph.formats import FORMATS, detect, get_grader
 
 __all__ = [
     "DEFAULT_MATRIX",
-    "RECORD_MAX_TOKENS",
     "RecordReport",
     "Response",
     "ResponseMatrix",
+    "contract_snapshot",
     "record",
 ]
 
 DEFAULT_MATRIX = Path(__file__).resolve().parent / "data" / "benchmarks"
 """The committed matrix of the local pool (see ``docs/benchmarks.md``)."""
-
-RECORD_MAX_TOKENS: Mapping[str, int] = {
-    "number": 384,
-    "math": 384,
-    "code": 384,
-    "choice": 48,
-    "text": 16,
-}
-"""Generation caps by answer kind: reasoning and code near 384 tokens, labels short."""
 
 QUESTIONS_FILE = "questions.jsonl.gz"
 RESPONSES_FILE = "responses.jsonl.gz"
@@ -93,19 +85,26 @@ class Response:
     seed: int
     output: str
     extracted: str | None
-    """The answer key the benchmark's extractor takes (what voting compares)."""
+    """The answer's key under the prompt contract (what voting compares; None: abstains)."""
     correct: bool
     tokens: int
     """Generated (output) tokens."""
     seconds: float
     """Wall-clock seconds of the call (as first recorded; cache hits keep it)."""
+    strategy: str = ""
+    """The expert's strategy (empty in matrices recorded before strategies existed)."""
+    answer: str | None = None
+    """The reply read by the contract (a program's printed output, a ``direct`` answer
+    unwrapped) when it differs from ``output``."""
+    capped: bool = False
+    """The reply stopped at its token budget (``finish_reason == "length"``)."""
 
 
 @dataclass(frozen=True)
 class ResponseMatrix:
     """Questions, graded samples and provenance."""
 
-    questions: list[dict[str, str]]
+    questions: list[dict[str, Any]]
     responses: list[Response]
     provenance: dict[str, Any] = field(default_factory=dict)
 
@@ -236,16 +235,27 @@ def package_versions() -> dict[str, str | None]:
 
 
 class _Grader:
-    """Grades samples, once per distinct (question, output)."""
+    """Grades answers, once per distinct (question, answer)."""
 
     def __init__(self) -> None:
         self._memo: dict[tuple[str, str], bool] = {}
 
-    def __call__(self, item: ValidationItem, output: str) -> bool:
-        key = (item.id, output)
+    def __call__(self, item: ValidationItem, answer: str) -> bool:
+        key = (item.id, answer)
         if key not in self._memo:
-            self._memo[key] = bool(grading.get_grader(item.kind)(output, item.answer))
+            self._memo[key] = bool(get_grader(item.kind)(answer, item.answer))
         return self._memo[key]
+
+
+def contract_snapshot() -> dict[str, Any]:
+    """The prompt contract as data: every format's instructions and token budgets."""
+    return {
+        name: {
+            "instructions": dict(fmt.instructions),
+            "max_tokens": dict(fmt.max_tokens),
+        }
+        for name, fmt in FORMATS.items()
+    }
 
 
 def _seed_cache(
@@ -255,18 +265,18 @@ def _seed_cache(
     options: Mapping[str, Any],
 ) -> int:
     """Put a matrix's samples into the cache under the keys of the planned calls."""
-    recorded_with = matrix.provenance.get("prompt", {}).get("instructions")
+    recorded_with = matrix.provenance.get("prompt", {}).get("contract")
     sampling = matrix.provenance.get("sampling", {})
     caps = options["max_tokens"]
     same = (
-        recorded_with == dict(options["instructions"])
+        recorded_with == contract_snapshot()
         and sampling.get("temperature") == options["temperature"]
         and sampling.get("max_tokens") == (dict(caps) if isinstance(caps, Mapping) else caps)
     )
     if not same:
         raise InvalidInputError(
-            "The matrix to resume from was recorded with other instructions, temperature "
-            "or caps; record into another folder or use the same settings."
+            "The matrix to resume from was recorded with another prompt contract, "
+            "temperature or caps; record into another folder or use the same settings."
         )
     by_sample = {(r.question_id, r.expert, r.sample, r.seed): r for r in matrix.responses}
     added = 0
@@ -275,7 +285,8 @@ def _seed_cache(
         if found is None or cache.get(call.key) is not None:
             continue
         usage = {"input_tokens": 0, "output_tokens": found.tokens, "total_tokens": found.tokens}
-        message = AIMessage(content=found.output, usage_metadata=usage)
+        metadata = {"finish_reason": "length" if found.capped else "stop"}
+        message = AIMessage(content=found.output, usage_metadata=usage, response_metadata=metadata)
         cache.put(call.key, call.expert, call.params, CachedAnswer(message, found.seconds))
         added += 1
     return added
@@ -284,38 +295,46 @@ def _seed_cache(
 def _response(
     item: ValidationItem,
     dataset: str,
-    expert: str,
+    name: str,
+    expert: Expert,
     index: int,
     seed: int,
-    answer: CachedAnswer,
+    reply: CachedAnswer,
     grade: _Grader,
 ) -> Response:
-    text = answer.message.text
-    extract = grading.KIND_EXTRACTORS.get(item.kind, grading.KIND_EXTRACTORS["text"])
+    terms = item_contract(item, expert)
+    answered = terms.answer(reply.message)
+    text = answered.text
+    if terms.format.votes_by_meaning:  # free text: keyed as the validation kind reads it
+        extracted = FORMATS[item.kind].key(text, detect(item.question))
+    else:
+        extracted = terms.key(text)
     return Response(
         question_id=item.id,
         dataset=dataset,
-        expert=expert,
+        expert=name,
         sample=index,
         seed=seed,
-        output=text,
-        extracted=extract(text),
-        correct=grade(item, text),
-        tokens=_output_tokens(answer.message),
-        seconds=round(answer.seconds, 3),
+        output=reply.message.text,
+        extracted=extracted,
+        correct=extracted is not None and grade(item, text),
+        tokens=_output_tokens(reply.message),
+        seconds=round(reply.seconds, 3),
+        strategy=expert.strategy,
+        answer=text if text != reply.message.text else None,
+        capped=reply.message.response_metadata.get("finish_reason") == "length",
     )
 
 
 def record(
-    experts: Mapping[str, BaseChatModel],
+    experts: Mapping[str, BaseChatModel | Expert],
     items: Sequence[Mapping[str, Any]],
     cache: AnswerCache,
     *,
     samples: int | Mapping[str, int] = 5,
     seed: int = 0,
     temperature: float | None = 0.7,
-    max_tokens: int | Mapping[str, int] | None = RECORD_MAX_TOKENS,
-    instructions: Mapping[str, str] = DEFAULT_INSTRUCTIONS,
+    max_tokens: int | Mapping[str, int] | None = None,
     max_concurrency: int = 2,
     call_experts: bool = True,
     resume_from: ResponseMatrix | None = None,
@@ -325,7 +344,9 @@ def record(
     """Sample every expert on benchmark items and grade every sample.
 
     Args:
-        experts: The pool: expert name to chat model.
+        experts: The pool: expert name to chat model or :class:`Expert` (a model with a
+            strategy). Each is asked the questions whose format its strategy serves,
+            with the prompt contract's instruction, constraint and token budget.
         items: Benchmark rows (:mod:`avengers_graph.benchmarks`): ``id``, ``dataset``,
             ``kind``, ``question``, ``answer``.
         cache: Every answer is written here as it arrives; answers already there are
@@ -333,14 +354,14 @@ def record(
         samples: Samples per question, for every expert or by expert name.
         seed: Sample ``j`` is requested with seed ``seed + j``.
         temperature: Sampling temperature.
-        max_tokens: Generation cap, for every kind or by answer kind.
-        instructions: System message by kind (the prompt template).
+        max_tokens: A cap below the contract's budgets, for every kind or by kind
+            (None: the budgets alone).
         max_concurrency: Expert calls in flight at once.
         call_experts: False to only export what the cache holds (no call is made).
         resume_from: A matrix an earlier run of the same recording wrote (e.g. the
             committed one, on a machine whose cache is gone): its samples go into the
             cache first, so they are not asked again. It must have been recorded with
-            the same instructions, temperature and caps.
+            the same prompt contract, temperature and caps.
         provenance: Extra provenance (model files, benchmark draw), merged in.
         progress: Called with ``(finished, total)`` calls.
 
@@ -353,6 +374,7 @@ def record(
         InvalidInputError: Malformed items or an expert missing from ``samples``.
     """
     validation = load_dataset(items)
+    pool = {name: as_expert(expert) for name, expert in experts.items()}
     datasets = {str(row["id"]): str(row.get("dataset", row.get("kind"))) for row in items}
     if isinstance(samples, Mapping) and (unknown := set(samples) - set(experts)):
         raise InvalidInputError(f"samples names experts not in the pool: {sorted(unknown)}.")
@@ -361,7 +383,6 @@ def record(
         "seed": seed,
         "temperature": temperature,
         "max_tokens": max_tokens,
-        "instructions": instructions,
     }
     plan = _plan_calls(experts, validation, **options)
     if resume_from is not None:
@@ -390,6 +411,7 @@ def record(
                     call.item,
                     datasets[call.item.id],
                     call.expert,
+                    pool[call.expert],
                     call.index,
                     int(call.params["seed"]),
                     answer,
@@ -401,6 +423,8 @@ def record(
             "id": str(row["id"]),
             "dataset": datasets[str(row["id"])],
             "kind": str(row["kind"]),
+            "format": detect(str(row["question"])).format,
+            "options": list(detect(str(row["question"])).options),
             "question": str(row["question"]),
             "answer": str(row["answer"]),
             "source": str(row.get("source", "")),
@@ -417,6 +441,7 @@ def record(
             "experts": {
                 name: {
                     "samples": samples if isinstance(samples, int) else samples.get(name, 0),
+                    "strategy": pool[name].strategy,
                     **described.get(name, {}),
                 }
                 for name in experts
@@ -428,8 +453,12 @@ def record(
                 "max_tokens": dict(max_tokens) if isinstance(max_tokens, Mapping) else max_tokens,
             },
             "prompt": {
-                "template": "system: instructions[kind] (when set); user: question",
-                "instructions": dict(instructions),
+                "template": (
+                    "avengers_graph.contract: the strategy's instruction for the format "
+                    "detected from the question (system), then the question (user); the "
+                    "direct strategy's JSON-schema constraint and every strategy's budget"
+                ),
+                "contract": contract_snapshot(),
             },
             "packages": package_versions(),
             **extra,

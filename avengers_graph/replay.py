@@ -46,18 +46,31 @@ from langchain_core.embeddings import Embeddings
 from avengers_graph.calibration import cluster_questions
 from avengers_graph.embeddings import normalise
 from avengers_graph.errors import InvalidInputError
+from avengers_graph.formats import FORMATS, Detected
 from avengers_graph.recording import Response, ResponseMatrix
-from avengers_graph.routing import Cost, compact, match_clusters, score_experts, select_experts
+from avengers_graph.routing import (
+    ClusterMatch,
+    Cost,
+    compact,
+    match_clusters,
+    plan_sampling,
+    score_experts,
+    select_experts,
+)
 from avengers_graph.store import ExpertStats
-from avengers_graph.voting import majority_vote
+from avengers_graph.voting import OPEN_CHANCE, majority_vote, repeated_weights, weighted_vote
 
 __all__ = [
     "BASELINES",
+    "CHOSEN",
+    "AdaptiveConfig",
     "Comparison",
     "EnsembleConfig",
     "Outcome",
     "Replay",
     "Summary",
+    "calibration_curve",
+    "choose_on_calibration",
     "compare",
     "default_configs",
     "embed_questions",
@@ -104,6 +117,35 @@ class EnsembleConfig:
             return [self.samples] * selected
         base, extra = divmod(self.budget, selected)
         return [base + (rank < extra) for rank in range(selected)]
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig:
+    """Weighted votes with adaptive sampling, as the graph runs them.
+
+    The fields mean what the same options of the graph mean; ``n_clusters`` (None: the
+    replay's K) lets a selection grid vary K too.
+
+    Per question, :func:`avengers_graph.routing.plan_sampling` rates the eligible
+    experts (those with recorded samples, i.e. whose strategy serves the question's
+    format) on the matched clusters, drops those at or below chance and orders the
+    samples of the ``top_n`` most reliable by evidence per unit of compute; rounds of
+    ``round_size`` samples are drawn until :func:`avengers_graph.voting.weighted_vote`
+    is at least ``threshold`` sure, or ``budget`` samples are drawn.
+    """
+
+    name: str
+    top_k: int = 1
+    top_n: int = 3
+    per_expert: int = 5
+    budget: int = 10
+    round_size: int = 2
+    threshold: float = 0.9
+    depth: bool = False
+    prior_strength: float = 4.0
+    discount: float = 1.0
+    beta: float = 3.0
+    n_clusters: int | None = None
 
 
 def default_configs(max_samples: int = 5) -> list[EnsembleConfig]:
@@ -187,6 +229,8 @@ class Replay:
         test_fraction: float = 0.3,
         experts: Sequence[str] | None = None,
         unit_costs: Mapping[str, float] | None = None,
+        fold: tuple[int, int] | None = None,
+        questions: Sequence[str] | None = None,
     ) -> None:
         self.experts = list(experts or matrix.experts)
         known = matrix.expert_costs() if unit_costs is None else unit_costs
@@ -197,7 +241,10 @@ class Replay:
             raise InvalidInputError("The matrix holds no responses.")
         self.samples = matrix.samples()
         self.dataset = {q["id"]: q["dataset"] for q in matrix.questions}
-        self.calibration, self.test = self._split(matrix, seed, test_fraction)
+        self.chance = {q["id"]: question_chance(q) for q in matrix.questions}
+        self.calibration, self.test = self._split(
+            matrix, seed, test_fraction, fold, set(questions) if questions is not None else None
+        )
         train = np.stack([vectors[qid] for qid in self.calibration])
         labels, self.centroids = cluster_questions(train, n_clusters, seed)
         self.vectors = vectors
@@ -206,13 +253,32 @@ class Replay:
 
     @staticmethod
     def _split(
-        matrix: ResponseMatrix, seed: int, test_fraction: float
+        matrix: ResponseMatrix,
+        seed: int,
+        test_fraction: float,
+        fold: tuple[int, int] | None = None,
+        within: set[str] | None = None,
     ) -> tuple[list[str], list[str]]:
         by_dataset: dict[str, list[str]] = defaultdict(list)
         for question in matrix.questions:
-            by_dataset[question["dataset"]].append(question["id"])
+            if within is None or question["id"] in within:
+                by_dataset[question["dataset"]].append(question["id"])
         calibration: list[str] = []
         test: list[str] = []
+        if fold is not None:
+            index, count = fold
+            if not 0 <= index < count or count < 2:
+                raise InvalidInputError(f"fold must be (index, count >= 2), got {fold}.")
+            for dataset, ids in by_dataset.items():
+                if len(ids) < count:
+                    raise InvalidInputError(
+                        f"Dataset {dataset!r} has {len(ids)} questions: too few for {count} folds."
+                    )
+                shuffled = sorted(ids)
+                random.Random(f"{seed}/{dataset}").shuffle(shuffled)  # noqa: S311 - a split
+                test += shuffled[index::count]
+                calibration += [q for i, q in enumerate(shuffled) if i % count != index]
+            return calibration, test
         for dataset, ids in by_dataset.items():
             n_test = round(len(ids) * test_fraction)
             if not 0 < n_test < len(ids):
@@ -262,7 +328,7 @@ class Replay:
         return self.vote(qid, [expert], [len(self.responses(qid, expert))]).accuracy == 1.0
 
     def _stats(self, labels: Mapping[str, int]) -> dict[int, dict[str, ExpertStats]]:
-        counts: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0])
+        counts: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0, 0, 0])
         for qid, cluster in labels.items():
             for expert in self.experts:
                 samples = self.responses(qid, expert)
@@ -273,10 +339,12 @@ class Replay:
                 entry[1] += 1
                 entry[2] += statistics.fmean(s.tokens for s in samples)
                 entry[3] += statistics.fmean(s.seconds for s in samples)
+                entry[4] += sum(s.correct for s in samples)
+                entry[5] += len(samples)
         stats: dict[int, dict[str, ExpertStats]] = defaultdict(dict)
-        for (cluster, expert), (correct, total, tokens, seconds) in counts.items():
+        for (cluster, expert), (correct, total, tokens, seconds, right, drawn) in counts.items():
             stats[cluster][expert] = ExpertStats(
-                int(correct), int(total), tokens / total, seconds / total
+                int(correct), int(total), tokens / total, seconds / total, int(right), int(drawn)
             )
         return dict(stats)
 
@@ -298,6 +366,40 @@ class Replay:
             )
 
         return max(self.experts, key=score)
+
+    def self_consistency(self, reference: str) -> Callable[[str], Outcome]:
+        """One model's best strategy (on calibration) with all its samples majority-voted.
+
+        Args:
+            reference: The model's name: its experts are ``reference`` and
+                ``reference:<strategy>``.
+        """
+        own = [e for e in self.experts if e == reference or e.startswith(f"{reference}:")]
+        if not own:
+            raise InvalidInputError(f"No expert of the model {reference!r} in the pool.")
+        by_dataset: dict[str, list[str]] = defaultdict(list)
+        for qid in self.calibration:
+            by_dataset[self.dataset[qid]].append(qid)
+
+        accuracy = {e: self._served_accuracy(e, by_dataset) for e in own}
+
+        def answer(qid: str) -> Outcome:
+            served = [e for e in own if self.responses(qid, e)]
+            if not served:
+                return NOTHING
+            best = max(served, key=accuracy.__getitem__)
+            return self.vote(qid, [best], [len(self.responses(qid, best))])
+
+        return answer
+
+    def _served_accuracy(self, expert: str, by_dataset: Mapping[str, list[str]]) -> float:
+        """First-sample calibration accuracy over the datasets the expert was asked."""
+        scores = [
+            self._first_sample_accuracy([q for q in ids if self.responses(q, expert)], expert)
+            for ids in by_dataset.values()
+            if any(self.responses(q, expert) for q in ids)
+        ]
+        return statistics.fmean(scores) if scores else 0.0
 
     def max_expert(self, dataset: str) -> str:
         """The expert with the best calibration accuracy on one dataset (first sample)."""
@@ -353,6 +455,64 @@ class Replay:
 
         return answer
 
+    def matches(self, qid: str, top_k: int, beta: float) -> list[ClusterMatch]:
+        """The ``top_k`` calibration clusters nearest a question, weighted."""
+        distances = 1.0 - self.centroids @ self.vectors[qid]
+        nearest = np.argsort(distances, kind="stable")[:top_k]
+        return match_clusters([(int(c), float(distances[c])) for c in nearest], beta)
+
+    def adaptive_answer(self, qid: str, config: AdaptiveConfig) -> tuple[Outcome, float]:
+        """One question answered by weighted votes with adaptive sampling.
+
+        Returns:
+            The outcome and the vote's confidence (the probability it claims of
+            being right; 0 when nothing was drawn).
+        """
+        eligible = [e for e in self.experts if self.responses(qid, e)]
+        if not eligible:
+            return NOTHING, 0.0
+        plan = plan_sampling(
+            self.matches(qid, config.top_k, config.beta),
+            self.stats,
+            eligible,
+            chance=self.chance[qid],
+            top_n=config.top_n,
+            per_expert=config.per_expert,
+            budget=config.budget,
+            round_size=config.round_size,
+            depth=config.depth,
+            prior_strength=config.prior_strength,
+            unit_costs=self.unit_costs,
+        )
+        rank = {name: i for i, name in enumerate(plan.evidence)}
+        drawn: list[Response] = []
+        taken: dict[str, int] = defaultdict(int)
+        result = None
+        for round_ in plan.rounds():
+            for name in round_:
+                recorded = self.responses(qid, name)
+                if taken[name] < len(recorded):
+                    drawn.append(recorded[taken[name]])
+                    taken[name] += 1
+            if not drawn:
+                continue
+            names = [r.expert for r in drawn]
+            result = weighted_vote(
+                [r.extracted for r in drawn],
+                repeated_weights(names, plan.evidence, config.discount),
+                [rank[name] for name in names],
+                chance=self.chance[qid],
+            )
+            if result.confidence >= config.threshold:
+                break
+        if result is None or not result.votes:
+            return (self._used(drawn, 0.0) if drawn else NOTHING), 0.0
+        return self._used(drawn, float(drawn[result.winner].correct)), result.confidence
+
+    def adaptive(self, config: AdaptiveConfig) -> Callable[[str], Outcome]:
+        """The per-question outcome function of an adaptive configuration."""
+        return lambda qid: self.adaptive_answer(qid, config)[0]
+
     def answers(self, strategy: Callable[[str], Outcome]) -> dict[str, Outcome]:
         """The strategy's outcome on every test question, by question id."""
         return {qid: strategy(qid) for qid in self.test}
@@ -373,6 +533,17 @@ class Replay:
         return per_dataset
 
 
+def question_chance(question: Mapping[str, object]) -> float:
+    """A recorded question's chance rate: its format's (open formats: ``OPEN_CHANCE``)."""
+    name = str(question.get("format") or question.get("kind") or "free")
+    if name == "text" and not question.get("format"):
+        name = "free"
+    options = question.get("options")
+    detected = Detected(name, tuple(options) if isinstance(options, list) else ())
+    chance = FORMATS[name].chance(detected) if name in FORMATS else 0.0
+    return chance if chance > 0 else OPEN_CHANCE
+
+
 @dataclass(frozen=True)
 class Summary:
     """Results of several strategies averaged over seeded splits."""
@@ -388,6 +559,10 @@ class Summary:
     :func:`compare` resamples)."""
     dataset_of: dict[str, str] = field(default_factory=dict)
     """Question id to its dataset."""
+    confidence: dict[str, list[tuple[float, bool]]] = field(default_factory=dict)
+    """Adaptive strategy name to ``(claimed confidence, right)`` per answered test question."""
+    chosen: list[str] = field(default_factory=list)
+    """Per split, the name of the configuration the nested selection chose."""
 
     def accuracy(self, strategy: str, dataset: str = AVERAGE) -> float:
         """Mean accuracy of a strategy on a dataset (default: the macro average)."""
@@ -396,6 +571,78 @@ class Summary:
     def gain(self, strategy: str, over: str) -> float:
         """Average-accuracy difference ``strategy - over`` (in accuracy points, 0-1)."""
         return self.accuracy(strategy) - self.accuracy(over)
+
+
+CHOSEN = "Ensemble (chosen on calibration)"
+"""The strategy :func:`evaluate` selects on each calibration split alone (nested)."""
+
+
+def _sc_name(reference: str) -> str:
+    return f"{reference} SC"
+
+
+def _replay_for(
+    cache: dict[int, Replay],
+    k: int,
+    build: Callable[[int], Replay],
+) -> Replay:
+    if k not in cache:
+        cache[k] = build(k)
+    return cache[k]
+
+
+def choose_on_calibration(
+    matrix: ResponseMatrix,
+    vectors: Mapping[str, np.ndarray],
+    calibration: Sequence[str],
+    grid: Sequence[AdaptiveConfig],
+    *,
+    n_clusters: int,
+    seed: int = 0,
+    inner_folds: int = 3,
+    experts: Sequence[str] | None = None,
+    reference: str | None = None,
+) -> AdaptiveConfig:
+    """The configuration of ``grid`` that does best on the calibration questions alone.
+
+    The calibration questions are cut into ``inner_folds`` folds; each configuration
+    is calibrated on the other folds and answers the held-out one, exactly as the outer
+    evaluation does. The most accurate configuration wins (ties: fewer tokens); with a
+    ``reference`` model, only configurations spending at most the tokens of its
+    self-consistency on those questions compete (if none does, the cheapest wins).
+    """
+    if not grid:
+        raise InvalidInputError("choose_on_calibration needs a non-empty grid.")
+    scores = {config.name: [0.0, 0.0] for config in grid}
+    budget = 0.0
+    for index in range(inner_folds):
+        replays: dict[int, Replay] = {}
+
+        def build(k: int, index: int = index) -> Replay:
+            return Replay(
+                matrix,
+                vectors,
+                n_clusters=k,
+                seed=seed,
+                experts=experts,
+                fold=(index, inner_folds),
+                questions=calibration,
+            )
+
+        base = _replay_for(replays, n_clusters, build)
+        if reference is not None:
+            sc = base.answers(base.self_consistency(reference))
+            budget += statistics.fmean(o.tokens for o in sc.values()) / inner_folds
+        for config in grid:
+            replay = _replay_for(replays, config.n_clusters or n_clusters, build)
+            answers = replay.answers(replay.adaptive(config))
+            mean = replay.per_dataset(answers)[AVERAGE]
+            scores[config.name][0] += mean.accuracy / inner_folds
+            scores[config.name][1] += mean.tokens / inner_folds
+    affordable = [c for c in grid if reference is None or scores[c.name][1] <= budget]
+    if not affordable:
+        return min(grid, key=lambda c: scores[c.name][1])
+    return max(affordable, key=lambda c: (scores[c.name][0], -scores[c.name][1]))
 
 
 def evaluate(
@@ -408,21 +655,59 @@ def evaluate(
     seeds: Sequence[int] = (0,),
     experts: Sequence[str] | None = None,
     test_fraction: float = 0.3,
+    adaptive: Sequence[AdaptiveConfig] = (),
+    grid: Sequence[AdaptiveConfig] = (),
+    folds: int | None = None,
+    inner_folds: int = 3,
+    reference: str | None = None,
 ) -> Summary:
     """Baselines and ensemble configurations on the same test questions, per split.
 
-    Each seed makes one split (and one K-means); outcomes are averaged over seeds.
+    Each seed makes one split (and one K-means); with ``folds``, the first seed's
+    ``folds``-fold cross-validation replaces the seeded splits (every question is
+    tested once). Outcomes are averaged over splits.
+
+    Args:
+        matrix: The recorded matrix.
+        vectors: Unit question vectors by id.
+        configs: Fixed ensemble configurations (majority votes).
+        baselines: Reference strategies to include.
+        n_clusters: K of K-means.
+        seeds: Seeds of the splits.
+        experts: The pool (default: every expert of the matrix).
+        test_fraction: Held-out share per dataset (seeded splits).
+        adaptive: Fixed adaptive configurations (weighted votes) to report.
+        grid: Adaptive configurations to choose from on each calibration split alone
+            (:func:`choose_on_calibration`); the choice is reported as :data:`CHOSEN`
+            and the confidence of its answers kept in ``Summary.confidence``.
+        folds: Cross-validation folds instead of seeded splits.
+        inner_folds: Folds of the nested selection.
+        reference: A model name prefix (``qwen2.5-coder-1.5b``): report its best
+            strategy's self-consistency, and let the selection spend no more tokens.
     """
     if not seeds:
         raise InvalidInputError("evaluate needs at least one seed.")
-    names = [*baselines, *(c.name for c in configs)]
+    names = [
+        *baselines,
+        *(c.name for c in configs),
+        *(c.name for c in adaptive),
+        *([CHOSEN] if grid else []),
+        *([_sc_name(reference)] if reference else []),
+    ]
     if len(set(names)) != len(names):
         raise InvalidInputError(f"Strategy names must be unique, got {names}.")
     runs: dict[str, list[dict[str, Outcome]]] = defaultdict(list)
     questions: dict[str, list[dict[str, float]]] = defaultdict(list)
+    confidence: dict[str, list[tuple[float, bool]]] = defaultdict(list)
+    chosen: list[str] = []
     datasets: list[str] = []
     dataset_of: dict[str, str] = {}
-    for seed in seeds:
+    splits = (
+        [(seeds[0], (index, folds)) for index in range(folds)]
+        if folds
+        else [(seed, None) for seed in seeds]
+    )
+    for seed, fold in splits:
         replay = Replay(
             matrix,
             vectors,
@@ -430,16 +715,53 @@ def evaluate(
             seed=seed,
             test_fraction=test_fraction,
             experts=experts,
+            fold=fold,
         )
         datasets, dataset_of = replay.datasets, replay.dataset
         strategies: list[tuple[str, Callable[[str], Outcome]]] = [
             *((b, replay.baseline(b)) for b in baselines),
             *((c.name, replay.ensemble(c)) for c in configs),
         ]
+        if reference:
+            strategies.append((_sc_name(reference), replay.self_consistency(reference)))
+        timed: list[tuple[str, AdaptiveConfig]] = [(c.name, c) for c in adaptive]
+        if grid:
+            pick = choose_on_calibration(
+                matrix,
+                vectors,
+                replay.calibration,
+                grid,
+                n_clusters=n_clusters,
+                seed=seed,
+                inner_folds=inner_folds,
+                experts=experts,
+                reference=reference,
+            )
+            chosen.append(pick.name)
+            timed.append((CHOSEN, pick))
         for name, strategy in strategies:
             answers = replay.answers(strategy)
             runs[name].append(replay.per_dataset(answers))
             questions[name].append({qid: o.accuracy for qid, o in answers.items()})
+        for name, config in timed:
+            own = (
+                replay
+                if config.n_clusters in (None, n_clusters)
+                else Replay(
+                    matrix,
+                    vectors,
+                    n_clusters=config.n_clusters or n_clusters,
+                    seed=seed,
+                    test_fraction=test_fraction,
+                    experts=experts,
+                    fold=fold,
+                )
+            )
+            pairs = {qid: own.adaptive_answer(qid, config) for qid in own.test}
+            answers = {qid: outcome for qid, (outcome, _) in pairs.items()}
+            runs[name].append(own.per_dataset(answers))
+            questions[name].append({qid: o.accuracy for qid, o in answers.items()})
+            confidence[name] += [(c, o.accuracy == 1.0) for o, c in pairs.values() if o.calls]
     results = {
         name: {key: Outcome.mean([run[key] for run in per_seed]) for key in per_seed[0]}
         for name, per_seed in runs.items()
@@ -453,10 +775,50 @@ def evaluate(
         datasets,
         results,
         spread,
-        len(seeds),
+        len(splits),
         dict(questions),
         {qid: dataset for qid, dataset in dataset_of.items() if qid in tested},
+        dict(confidence),
+        chosen,
     )
+
+
+def calibration_curve(
+    pairs: Sequence[tuple[float, bool]], bins: int = 10
+) -> tuple[list[dict[str, float]], float]:
+    """Reliability curve and expected calibration error of claimed confidences.
+
+    Args:
+        pairs: ``(confidence, right)`` per answered question.
+        bins: Equal-width confidence bins over [0, 1].
+
+    Returns:
+        One row per non-empty bin (``low``, ``high``, ``count``, ``confidence``: mean
+        claimed, ``accuracy``: share right) and the ECE: the count-weighted mean of
+        ``|accuracy - confidence|``.
+    """
+    if bins < 1:
+        raise InvalidInputError(f"bins must be >= 1, got {bins}.")
+    grouped: dict[int, list[tuple[float, bool]]] = defaultdict(list)
+    for conf, right in pairs:
+        grouped[min(int(conf * bins), bins - 1)].append((conf, right))
+    rows = []
+    error = 0.0
+    for index in sorted(grouped):
+        members = grouped[index]
+        mean_conf = statistics.fmean(c for c, _ in members)
+        accuracy = statistics.fmean(float(r) for _, r in members)
+        rows.append(
+            {
+                "low": index / bins,
+                "high": (index + 1) / bins,
+                "count": float(len(members)),
+                "confidence": mean_conf,
+                "accuracy": accuracy,
+            }
+        )
+        error += len(members) * abs(accuracy - mean_conf)
+    return rows, (error / len(pairs) if pairs else 0.0)
 
 
 @dataclass(frozen=True)

@@ -376,3 +376,211 @@ def blend(question: Sequence[float], context: Sequence[float], weight: float) ->
     mixed = [q + weight * c for q, c in zip(question, context, strict=True)]
     norm = math.sqrt(sum(v * v for v in mixed))
     return [v / norm for v in mixed] if norm > 0 else list(question)
+
+
+# ---------------------------------------------------------------------------
+# Reliability and adaptive sampling (ALGORITHM.md, "Beyond the paper")
+# ---------------------------------------------------------------------------
+
+RELIABILITY_FLOOR = 0.01
+"""Reliabilities are kept within ``[floor, 1 - floor]`` so no vote weighs infinitely."""
+
+
+def sample_accuracy(stats: Mapping[int, Mapping[str, ExpertStats]]) -> dict[str, float]:
+    """Each expert's chance that one of its samples is right, over every cluster."""
+    right: dict[str, float] = {}
+    drawn: dict[str, float] = {}
+    for cluster in stats.values():
+        for name, s in cluster.items():
+            count = s.samples or s.total
+            right[name] = right.get(name, 0.0) + s.sample_accuracy * count
+            drawn[name] = drawn.get(name, 0.0) + count
+    return {name: right[name] / drawn[name] if drawn[name] else 0.0 for name in right}
+
+
+def reliability(
+    clusters: Sequence[ClusterMatch],
+    stats: Mapping[int, Mapping[str, ExpertStats]],
+    experts: Sequence[str],
+    *,
+    prior_strength: float = 4.0,
+) -> dict[str, float]:
+    """The calibrated chance that one sample of each expert is right, for this question.
+
+    Per matched cluster, the expert's per-sample accuracy there, shrunk toward its
+    accuracy over every cluster by a Beta prior of ``prior_strength`` pseudo-samples (a
+    small cluster does not swing it), averaged with the clusters' weights; an expert
+    with no statistics in a cluster counts its overall accuracy there. Kept within
+    ``[RELIABILITY_FLOOR, 1 - RELIABILITY_FLOOR]``.
+
+    Args:
+        clusters: The matched clusters with their weights.
+        stats: Per-cluster, per-expert statistics.
+        experts: The experts to rate (an expert never calibrated rates at the floor).
+        prior_strength: Pseudo-samples of the prior.
+    """
+    if prior_strength < 0 or not math.isfinite(prior_strength):
+        raise InvalidInputError(f"prior_strength must be >= 0, got {prior_strength!r}.")
+    overall = sample_accuracy(stats)
+    total_weight = sum(match.weight for match in clusters) or 1.0
+    rated: dict[str, float] = {}
+    for name in experts:
+        prior = overall.get(name, 0.0)
+        value = 0.0
+        for match in clusters:
+            s = stats.get(match.id, {}).get(name)
+            count = (s.samples or s.total) if s is not None else 0
+            right = s.sample_accuracy * count if s is not None else 0.0
+            pseudo = count + prior_strength
+            local = (right + prior_strength * prior) / pseudo if pseudo else prior
+            value += match.weight * local
+        rated[name] = min(max(value / total_weight, RELIABILITY_FLOOR), 1 - RELIABILITY_FLOOR)
+    return rated
+
+
+def evidence(reliability: float, chance: float) -> float:
+    """How much one vote of an expert this reliable counts: ``logit(r) - logit(chance)``.
+
+    Zero at chance (a guesser's vote says nothing); negative below it.
+    """
+    r = min(max(reliability, RELIABILITY_FLOOR), 1 - RELIABILITY_FLOOR)
+    c = min(max(chance, RELIABILITY_FLOOR), 1 - RELIABILITY_FLOOR)
+    return math.log(r / (1 - r)) - math.log(c / (1 - c))
+
+
+def draw_order(
+    candidates: Sequence[str],
+    value: Mapping[str, float],
+    *,
+    per_expert: int,
+    budget: int,
+    depth: bool = False,
+) -> list[str]:
+    """The order in which adaptive sampling draws samples: one expert name per sample.
+
+    The candidates are sorted by ``value`` (evidence bought per unit of compute,
+    higher first; ties keep their order) and drawn round-robin (``depth``: each
+    expert's samples before the next expert's), each up to ``per_expert`` samples,
+    ``budget`` samples in all. The vote stops drawing as soon as it is confident
+    enough, so the cheapest informative samples come first and more samples or
+    experts join only while the answer is in doubt.
+    """
+    if per_expert < 1 or budget < 1:
+        raise InvalidInputError(f"per_expert and budget must be >= 1, got {per_expert}, {budget}.")
+    order = sorted(candidates, key=lambda name: -value.get(name, 0.0))
+    if depth:
+        sequence = [name for name in order for _ in range(per_expert)]
+    else:
+        sequence = [name for _ in range(per_expert) for name in order]
+    return sequence[:budget]
+
+
+GUESS_WEIGHT = 1e-3
+"""The vote weight of every expert when none beats chance on a question."""
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """Which experts adaptive sampling may draw from for one question, and in what order."""
+
+    order: list[str]
+    """One expert name per sample, in draw order (:func:`draw_order`)."""
+    evidence: dict[str, float]
+    """Each drawn expert's vote weight (:func:`evidence`)."""
+    reliability: dict[str, float]
+    """Each eligible expert's calibrated per-sample accuracy here (:func:`reliability`)."""
+    excluded: list[str]
+    """Eligible experts left out: at or below the chance rate here."""
+    round_size: int
+    """Samples drawn at once before the vote checks its confidence."""
+
+    def rounds(self) -> list[list[str]]:
+        """The order cut into rounds of ``round_size`` samples."""
+        size = self.round_size
+        return [self.order[i : i + size] for i in range(0, len(self.order), size)]
+
+
+def plan_sampling(
+    clusters: Sequence[ClusterMatch],
+    stats: Mapping[int, Mapping[str, ExpertStats]],
+    eligible: Sequence[str],
+    *,
+    chance: float,
+    top_n: int,
+    per_expert: int,
+    budget: int,
+    round_size: int = 2,
+    depth: bool = False,
+    prior_strength: float = 4.0,
+    unit_costs: Mapping[str, float] | None = None,
+) -> SamplingPlan:
+    """Plan adaptive sampling for one question (``ALGORITHM.md``, "Beyond the paper").
+
+    1. :func:`reliability` rates every eligible expert on the matched clusters;
+       experts whose vote would say nothing or worse (:func:`evidence` <= 0, at or
+       below the format's ``chance`` rate) are excluded. When none beats chance, all
+       stay, with equal small weights (:data:`GUESS_WEIGHT`): a plain majority of the
+       most reliable is still better than no answer.
+    2. The ``top_n`` most reliable of the rest are the candidates.
+    3. :func:`draw_order` orders their samples by evidence per unit of compute (mean
+       generated tokens in the matched clusters times ``unit_costs``), cheapest
+       informative first.
+
+    Args:
+        clusters: The matched clusters with their weights.
+        stats: Per-cluster, per-expert statistics.
+        eligible: Experts whose strategy serves the question's format, pool order.
+        chance: The format's chance rate (open answers: ``voting.OPEN_CHANCE``).
+        top_n: Most experts to draw from.
+        per_expert: Most samples of one expert.
+        budget: Most samples in all.
+        round_size: Samples drawn at once between confidence checks.
+        depth: Draw each expert's samples before the next expert's.
+        prior_strength: Pseudo-samples of :func:`reliability`'s prior.
+        unit_costs: Expert name to its cost per generated token (default 1).
+
+    Raises:
+        InvalidInputError: Non-positive counts or no eligible expert.
+    """
+    if top_n < 1 or round_size < 1:
+        raise InvalidInputError(f"top_n and round_size must be >= 1, got {top_n}, {round_size}.")
+    if not eligible:
+        raise InvalidInputError("No expert's strategy serves this question's format.")
+    rated = reliability(clusters, stats, eligible, prior_strength=prior_strength)
+    weights = {name: evidence(rated[name], chance) for name in eligible}
+    excluded = [name for name in eligible if weights[name] <= 0]
+    useful = [name for name in eligible if weights[name] > 0]
+    if not useful:  # nobody beats chance here: a plain majority of the least bad
+        excluded = []
+        useful = list(eligible)
+        weights = dict.fromkeys(eligible, GUESS_WEIGHT)
+    candidates = sorted(useful, key=lambda name: -rated[name])[:top_n]
+    costs = unit_costs or {}
+    value = {}
+    for name in candidates:
+        tokens = _mean_tokens(clusters, stats, name)
+        value[name] = weights[name] / max(tokens * costs.get(name, 1.0), 1e-9)
+    order = draw_order(candidates, value, per_expert=per_expert, budget=budget, depth=depth)
+    return SamplingPlan(
+        order=order,
+        evidence={name: weights[name] for name in candidates},
+        reliability=rated,
+        excluded=excluded,
+        round_size=round_size,
+    )
+
+
+def _mean_tokens(
+    clusters: Sequence[ClusterMatch], stats: Mapping[int, Mapping[str, ExpertStats]], name: str
+) -> float:
+    """The expert's mean generated tokens in the matched clusters (weighted), else overall."""
+    total = weight = 0.0
+    for match in clusters:
+        s = stats.get(match.id, {}).get(name)
+        if s is not None and s.total:
+            total += match.weight * s.mean_tokens
+            weight += match.weight
+    if weight:
+        return total / weight
+    every = [s.mean_tokens for cluster in stats.values() if (s := cluster.get(name))]
+    return sum(every) / len(every) if every else 1.0

@@ -1,71 +1,124 @@
-"""Run untrusted, model-written Python in a separate, restricted process.
+"""Run untrusted, model-written Python in an isolated, resource-limited process.
 
 :func:`run_python` never executes code in the calling process. Each call:
 
-1. creates a temporary directory holding an empty working directory for the program
-   and, beside it, the program file and files for stdin, stdout and stderr;
-2. starts ``sys.executable -s -S -P -B -c <bootstrap>`` in a new session (so it
-   leads its own process group) with a minimal environment: no variable of the
-   calling process (no API keys, no ``PATH``) is passed on. The flags are those of
-   isolated mode (``-I``) minus ``-E``, so that the environment we set ourselves
-   (a fixed ``PYTHONHASHSEED``, UTF-8 I/O) takes effect; without ``site`` (``-S``)
-   the standard library is importable but installed packages are not;
-3. the bootstrap, before running the program:
+1. creates a temporary directory holding the program file, the files for stdin,
+   stdout and stderr, and the path of the program's working directory;
+2. starts the interpreter (``-s -S -P -B``: isolated mode minus ``-E``, so that the
+   fixed environment we set takes effect; without ``site`` only the standard library
+   is importable) with a minimal environment (no variable of the calling process: no
+   API keys, no ``PATH``), inside the best isolation the host offers
+   (:func:`isolation`):
 
-   a. moves the process into a new, empty network namespace with ``unshare(2)``:
-      first ``CLONE_NEWUSER | CLONE_NEWNET`` (works unprivileged where user
-      namespaces are enabled; as root it also drops the capabilities that would let
-      the program re-enter the host's namespace), then plain ``CLONE_NEWNET``
-      (needs ``CAP_SYS_ADMIN``). In an empty namespace only a downed loopback
-      interface exists, so no packet can leave, whatever the program does (raw
-      syscalls through ``ctypes``, child processes, other interpreters);
-   b. sets resource limits: address space (``memory_mb``), CPU seconds, size of
-      written files, open files and, for non-root users, processes;
-   c. installs a guard that replaces ``socket.socket`` and ``_socket.socket``
-      (unless wrapping an existing descriptor, as ``socket.socketpair`` does),
-      ``socket.create_connection``, ``socket.create_server``, ``getaddrinfo`` and the
-      other resolver functions by ones raising
-      ``PermissionError("network disabled in sandbox")``;
-4. runs the program as ``__main__`` and waits for it at most ``timeout`` seconds of
-   wall-clock time, then kills the whole process group (the program and any child
-   it started) with ``SIGKILL``;
+   * :attr:`Isolation.BUBBLEWRAP`, where ``bwrap`` works (:func:`_bubblewrap_argv`):
+     new mount, pid, network, IPC and UTS namespaces. The file system is a fresh,
+     empty root holding only, read-only, ``/usr``, the ``/bin`` and ``/lib*``
+     links or folders, the interpreter's installation (``sys.base_prefix``) and the
+     program file; plus a minimal ``/dev``, the namespace's own ``/proc`` and three
+     small tmpfs that are the only writable places: the working directory, ``/tmp``
+     and ``/dev/shm`` (64 MiB each, gone with the sandbox). No ``/etc``, ``/home``,
+     ``/root`` content, project folder or other user's file exists inside. When the
+     caller is root, the program runs as an unprivileged uid of its own, chosen per
+     run, with no capability and no supplementary group (bubblewrap starts as root,
+     keeping only ``CAP_SETUID``/``CAP_SETGID`` until the bootstrap drops them); a
+     non-root caller's program keeps the caller's uid in a user namespace.
+     ``no_new_privs`` is set (setuid binaries and file capabilities give nothing)
+     and a seccomp filter (:func:`_seccomp_filter`, x86-64 and AArch64) refuses new
+     user namespaces, so the program can neither gain privileges nor mount its own
+     unbounded tmpfs. The program sees only its own processes and bubblewrap's
+     init (pid 1), cannot signal anything outside, and has no network interface but
+     its own loopback;
+   * :attr:`Isolation.PROCESS`, the fallback where bubblewrap is missing or cannot
+     start (a warning is logged once): a plain subprocess in its own session; the
+     bootstrap moves it into an empty network namespace where ``unshare(2)``
+     allows it. It can read every file the calling user can (as root: all of them,
+     ``/etc/shadow`` included), see the host's processes and signal the calling
+     user's, write wherever the user can, and, as root, fork without limit.
+     ``require_isolation=True`` refuses to run in this mode;
+
+3. the bootstrap (``_BOOTSTRAP``), before running the program: sets resource limits
+   (address space ``memory_mb``, CPU seconds, size of written files, open files and,
+   where the kernel enforces it, processes: not for root in the fallback), drops to
+   the run's uid (bubblewrap as root), and installs a guard that replaces the
+   ``socket`` constructors and resolver functions by ones raising
+   ``PermissionError("network disabled in sandbox")``. The guard is no boundary (the
+   program can undo it); it makes the common case fail fast with a clear message;
+4. runs the program as ``__main__`` and waits at most the run's wall-clock budget:
+   ``timeout`` seconds, or less when the caller's ``deadline`` comes first (sandbox
+   start-up included). At the budget, or as soon as the program exits, every
+   process it left is killed: with bubblewrap the namespace's init is killed through
+   a pidfd and the kernel kills the whole pid namespace (children that called
+   ``setsid`` included) before we return; in the fallback the program's process
+   group is killed, which a descendant that started its own session escapes;
 5. returns the exit status and the (bounded) output, and removes the directory.
 
-The guard alone is **not** a security boundary: the program can undo it, call the
-C library through ``ctypes`` or start another process. It makes the common case
-fail fast with a clear message; the network namespace is what actually cuts the
-network. Where namespaces are unavailable (for instance in a container without
-``CAP_SYS_ADMIN`` and without user namespaces) only the guard remains, so run
-untrusted code in a container or VM without network in that case. The sandbox does
-not isolate the file system: the program can read whatever the user can, so run it
-as an unprivileged user. A descendant that starts its own session escapes the
-process-group kill.
+What remains with bubblewrap: the program shares the host kernel (a kernel bug is
+an escape); it can read what ``/usr`` and the interpreter's installation hold
+(world-readable system files); memory limits are per process (``memory_mb`` times
+the process limit, plus the three tmpfs, in the worst case); CPU time is per
+process (bounded by the wall-clock kill). docs/reliability.md lists the escape
+attempts that are tested and their outcome.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import math
 import os
+import platform
+import secrets
+import select
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
-from avengers_graph.errors import InvalidInputError
+from avengers_graph.errors import AvengersError, InvalidInputError
 
-__all__ = ["SandboxResult", "run_python"]
+__all__ = [
+    "Isolation",
+    "SandboxError",
+    "SandboxResult",
+    "SandboxUnavailableError",
+    "isolation",
+    "run_python",
+]
+
+logger = logging.getLogger(__name__)
 
 _MAX_OUTPUT_BYTES = 1 << 20
 """At most this much of stdout and of stderr is returned."""
 _MAX_FILE_BYTES = 64 << 20
 """The program may not write a file (including its stdout/stderr) larger than this."""
 _MAX_OPEN_FILES = 256
-_MAX_PROCESSES = 1024
-"""Per-user process limit for non-root users (root ignores it); bounds fork bombs."""
+_MAX_PROCESSES = 64
+"""Processes and threads of the program (enforced where the program's uid is its own)."""
+_FALLBACK_MAX_PROCESSES = 1024
+"""The fallback's per-user process limit for non-root users (shared with their others)."""
+_TMPFS_BYTES = 64 << 20
+"""Size of each writable tmpfs inside bubblewrap (working directory, /tmp, /dev/shm)."""
 _KILL_GRACE_SECONDS = 5.0
+_PROBE_TIMEOUT_SECONDS = 30.0
 _TRUNCATION_NOTE = "\n[output truncated]"
+
+_UID_BASE = 0x71000000
+"""First uid of the per-run uids (bubblewrap as root): unused by Linux distributions
+(systemd leaves 0x70000000-0x7FFDFFFF unassigned); no /etc/passwd entry is needed."""
+_UID_RANGE = 1 << 20
+
+_READ_ONLY_HOST_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+"""System folders mounted read-only inside bubblewrap (a symlink is recreated as such)."""
 
 _ENVIRONMENT = {
     "PYTHONHASHSEED": "0",
@@ -74,7 +127,9 @@ _ENVIRONMENT = {
     "PYTHONIOENCODING": "utf-8",
 }
 
-# Runs inside the child before the program. argv: program path, then the limits.
+# Runs inside the child before the program. argv: isolation mode, program path, the
+# limits (address space, CPU seconds, file size, open files, processes; -1: not set),
+# then the uid to drop to (-1: keep).
 _BOOTSTRAP = r"""
 import sys
 
@@ -96,7 +151,6 @@ def _isolate_network():
 
 
 def _limit_resources(memory, cpu, file_size, open_files, processes):
-    import os
     import resource
 
     limits = [
@@ -106,13 +160,26 @@ def _limit_resources(memory, cpu, file_size, open_files, processes):
         (resource.RLIMIT_NOFILE, open_files),
         (resource.RLIMIT_CORE, 0),
     ]
-    if os.getuid() != 0 and hasattr(resource, "RLIMIT_NPROC"):
+    if processes >= 0 and hasattr(resource, "RLIMIT_NPROC"):
         limits.append((resource.RLIMIT_NPROC, processes))
     for which, value in limits:
         _, hard = resource.getrlimit(which)
         if hard != resource.RLIM_INFINITY:
             value = min(value, hard)
         resource.setrlimit(which, (value, value))
+
+
+def _drop_privileges(uid):
+    import ctypes
+    import os
+
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)  # clears the permitted, effective and ambient capabilities
+    if os.getresuid() != (uid, uid, uid) or os.getgroups():
+        raise SystemExit("sandbox: could not drop privileges")
+    # A uid change makes the process non-dumpable (/proc/self owned by root); undo that.
+    ctypes.CDLL(None, use_errno=True).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
 
 
 def _install_network_guard():
@@ -154,9 +221,13 @@ def _install_network_guard():
                 setattr(module, name, blocked)
 
 
-_program = sys.argv[1]
-_isolate_network()
-_limit_resources(*(int(value) for value in sys.argv[2:7]))
+_mode, _program = sys.argv[1], sys.argv[2]
+_memory, _cpu, _file_size, _open_files, _processes, _uid = (int(v) for v in sys.argv[3:9])
+if _mode == "process":
+    _isolate_network()
+_limit_resources(_memory, _cpu, _file_size, _open_files, _processes)
+if _uid >= 0:
+    _drop_privileges(_uid)
 _install_network_guard()
 sys.argv = [_program]
 
@@ -166,23 +237,580 @@ runpy.run_path(_program, run_name="__main__")
 """
 
 
+class Isolation(StrEnum):
+    """How :func:`run_python` isolates the program (see the module documentation)."""
+
+    BUBBLEWRAP = "bubblewrap"
+    """Namespaces, a read-only minimal file system and an unprivileged uid (bwrap)."""
+    PROCESS = "process"
+    """The fallback: a plain subprocess with resource limits; no file-system isolation."""
+
+
+class SandboxError(AvengersError, RuntimeError):
+    """The sandbox itself failed (not the program): bubblewrap could not set it up."""
+
+
+class SandboxUnavailableError(SandboxError):
+    """Isolation was required but bubblewrap is missing or cannot start on this host.
+
+    Install it (``apt-get install bubblewrap``; ``make install`` does as root) or run
+    where user namespaces, or root, are available.
+    """
+
+
 @dataclass(frozen=True)
 class SandboxResult:
     """The outcome of one sandboxed run."""
 
     returncode: int | None
-    """Exit status (negative: killed by that signal); None if the process could not be reaped."""
+    """Exit status (negative: killed by that signal); None if the process could not be
+    reaped, or never started because the caller's deadline had passed."""
     stdout: str
     """Standard output, decoded as UTF-8 and truncated to a bound."""
     stderr: str
     """Standard error, decoded as UTF-8 and truncated to a bound."""
     timed_out: bool
-    """Whether the program was still running at the deadline and was killed."""
+    """Whether the program was still running at the end of its budget and was killed."""
+    isolation: Isolation = field(default=Isolation.PROCESS, compare=False)
+    """How the program was isolated (not part of equality: it describes the run)."""
 
     @property
     def ok(self) -> bool:
         """Whether the program exited with status 0 before the deadline."""
         return self.returncode == 0 and not self.timed_out
+
+
+class _Streams(NamedTuple):
+    """The program's standard streams (files in the run's directory)."""
+
+    stdin: BinaryIO
+    stdout: BinaryIO
+    stderr: BinaryIO
+
+
+@dataclass(frozen=True)
+class _Bubblewrap:
+    """A working bubblewrap set-up: the executable and how to call it."""
+
+    executable: str
+    interpreter: str
+    """The resolved interpreter (a venv's ``python`` is a link to it)."""
+    drop_uid: bool
+    """Whether we run as root: the program then drops to a uid of its own."""
+    seccomp: bytes | None
+    """The compiled seccomp filter, None on an architecture we have none for."""
+
+
+def _seccomp_filter() -> bytes | None:
+    """A classic-BPF seccomp program refusing new user namespaces.
+
+    ``unshare`` and ``clone`` with ``CLONE_NEWUSER`` fail with ``EPERM``; ``clone3``
+    (whose flags sit in memory a filter cannot read) fails with ``ENOSYS``, so the C
+    library falls back to ``clone``; another architecture's system calls (x32, i386
+    on x86-64) kill the process. The array of ``struct sock_filter`` is what
+    ``bwrap --seccomp FD`` loads.
+
+    Returns:
+        The filter, or None on an architecture other than x86-64 and AArch64.
+    """
+    machine = platform.machine().lower()
+    # (AUDIT_ARCH_*, unshare, clone, clone3, whether syscall numbers >= 2**30 are x32)
+    tables = {
+        "x86_64": (0xC000003E, 272, 56, 435, True),
+        "amd64": (0xC000003E, 272, 56, 435, True),
+        "aarch64": (0xC00000B7, 97, 220, 435, False),
+        "arm64": (0xC00000B7, 97, 220, 435, False),
+    }
+    if machine not in tables or sys.byteorder != "little":
+        return None
+    arch, unshare, clone, clone3, x32 = tables[machine]
+    load, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|..|K
+    allow, kill = 0x7FFF0000, 0x80000000  # SECCOMP_RET_ALLOW, SECCOMP_RET_KILL_PROCESS
+    eperm, enosys = 0x00050000 | 1, 0x00050000 | 38  # SECCOMP_RET_ERRNO | errno
+    clone_newuser = 0x10000000
+    # struct seccomp_data: nr at 0, arch at 4, args[0] at 16 (low half, little-endian)
+    program = [
+        (load, 0, 0, 4),
+        (jeq, 1, 0, arch),
+        (ret, 0, 0, kill),
+        (load, 0, 0, 0),
+        *([(jge, 0, 1, 0x40000000), (ret, 0, 0, eperm)] if x32 else []),
+        (jeq, 0, 1, clone3),
+        (ret, 0, 0, enosys),
+        (jeq, 2, 0, unshare),
+        (jeq, 1, 0, clone),
+        (ret, 0, 0, allow),
+        (load, 0, 0, 16),
+        (jset, 0, 1, clone_newuser),
+        (ret, 0, 0, eperm),
+        (ret, 0, 0, allow),
+    ]
+    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+
+
+def _ancestors(path: str) -> list[str]:
+    """The folders above ``path``, outermost first (``/a/b/c`` -> ``/a``, ``/a/b``)."""
+    parents = [str(parent) for parent in Path(path).parents if str(parent) != "/"]
+    return parents[::-1]
+
+
+def _bubblewrap_argv(
+    config: _Bubblewrap, workdir: Path, program: Path, status_fd: int, seccomp_fd: int | None
+) -> list[str]:
+    """The ``bwrap`` command line up to (and including) ``--``.
+
+    Args:
+        config: The bubblewrap set-up.
+        workdir: The program's working directory (a tmpfs mounted at this path).
+        program: The program file (bound read-only at its own path).
+        status_fd: Where bwrap writes its JSON status (the namespace init's pid first).
+        seccomp_fd: A file descriptor to read the seccomp filter from, if any.
+    """
+    argv = [
+        config.executable,
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--hostname",
+        "sandbox",
+        "--die-with-parent",
+        "--new-session",
+        "--json-status-fd",
+        str(status_fd),
+    ]
+    if config.drop_uid:  # root: no user namespace, so the program's uid is a host uid
+        argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        argv += ["--unshare-user", "--disable-userns"]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    bound: list[str] = []  # host folders mounted: the folders below them exist already
+    made: set[str] = {"/dev"}  # folders created empty (by --dir, --tmpfs or --dev)
+
+    def make_parents(path: str) -> list[str]:
+        # bwrap would create missing parents with the host's modes (0700 for /root).
+        folders = [
+            folder
+            for folder in _ancestors(path)
+            if folder not in made and not any(Path(folder).is_relative_to(b) for b in bound)
+        ]
+        made.update(folders)
+        return [arg for folder in folders for arg in ("--perms", "0755", "--dir", folder)]
+
+    for path in _READ_ONLY_HOST_PATHS:
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+            bound.append(path)
+    homes = {sys.base_prefix, sys.base_exec_prefix, str(Path(config.interpreter).parent)}
+    for home in sorted(homes):
+        if not any(Path(home).is_relative_to(root) for root in bound):
+            argv += [*make_parents(home), "--ro-bind", home, home]
+            bound.append(home)
+    argv += ["--dev", "/dev", "--proc", "/proc"]
+    for folder in ("/tmp", "/dev/shm", str(workdir)):  # noqa: S108 - the sandbox's own
+        argv += make_parents(folder)
+        argv += ["--perms", "1777", "--size", str(_TMPFS_BYTES), "--tmpfs", folder]
+        made.add(folder)
+    argv += [*make_parents(str(program)), "--ro-bind", str(program), str(program)]
+    argv += ["--chdir", str(workdir), "--"]
+    return argv
+
+
+def _interpreter_command(
+    interpreter: str, mode: Isolation, program: Path, limits: tuple[int, ...], uid: int
+) -> list[str]:
+    return [
+        interpreter,
+        "-s",
+        "-S",
+        "-P",
+        "-B",
+        "-c",
+        _BOOTSTRAP,
+        mode.value,
+        str(program),
+        *(str(limit) for limit in limits),
+        str(uid),
+    ]
+
+
+_PROBE_LOCK = threading.Lock()
+_PROBED: list[tuple[_Bubblewrap | None, str]] = []
+
+
+def _bubblewrap() -> tuple[_Bubblewrap | None, str]:
+    """The working bubblewrap set-up, or None and why; probed once per process.
+
+    The probe runs a real sandboxed program (as a run would) that checks its uid, so a
+    bwrap that is installed but cannot create namespaces here counts as missing.
+    """
+    with _PROBE_LOCK:
+        if not _PROBED:
+            config, reason = _probe_bubblewrap()
+            if config is None:
+                logger.warning(
+                    "Model-written code runs WITHOUT isolation: %s. The fallback is a "
+                    "plain subprocess that can read and write every file this user can, "
+                    "see the host's processes and, as root, fork without limit.",
+                    reason,
+                )
+            _PROBED.append((config, reason))
+        return _PROBED[0]
+
+
+def _probe_bubblewrap() -> tuple[_Bubblewrap | None, str]:
+    if not sys.platform.startswith("linux"):
+        return None, f"bubblewrap needs Linux, this is {sys.platform}"
+    executable = shutil.which("bwrap")
+    if executable is None:
+        return None, (
+            "bubblewrap (`bwrap`) is not installed: `apt-get install bubblewrap` "
+            "(`make install` does it as root)"
+        )
+    cannot = (
+        "bubblewrap cannot start a sandbox here (it needs root or unprivileged user namespaces)"
+    )
+    config = _Bubblewrap(
+        executable=executable,
+        interpreter=os.path.realpath(sys.executable),
+        drop_uid=os.geteuid() == 0,
+        seccomp=_seccomp_filter(),
+    )
+    # Runs as the program would: after the uid drop, importing from the interpreter's
+    # installation, and it must not be root.
+    check = "import json, os, sys\nsys.exit(3 if os.getuid() == 0 == os.getgid() else 0)"
+    try:
+        result = _execute(check, _PROBE_TIMEOUT_SECONDS, 256, "", config)
+    except (SandboxError, OSError) as error:
+        return None, f"{cannot}: {error}"
+    if not result.ok:
+        detail = result.stderr.strip() or f"exit status {result.returncode}"
+        return None, f"{cannot}: {detail}"
+    return config, "bubblewrap works"
+
+
+def isolation() -> Isolation:
+    """How :func:`run_python` isolates programs on this host (probes bubblewrap once)."""
+    config, _ = _bubblewrap()
+    return Isolation.PROCESS if config is None else Isolation.BUBBLEWRAP
+
+
+def run_python(
+    code: str,
+    *,
+    timeout: float = 10.0,
+    memory_mb: int = 512,
+    stdin: str = "",
+    deadline: float | None = None,
+    require_isolation: bool = False,
+) -> SandboxResult:
+    """Run untrusted Python code in a fresh, isolated, resource-limited interpreter.
+
+    See the module documentation for what is isolated, and what is not.
+
+    Args:
+        code: The program's source.
+        timeout: Seconds of wall-clock time (sandbox start-up included) before the
+            program and every process it started are killed.
+        memory_mb: Address-space limit of each process of the program in MiB (the
+            interpreter alone takes some tens of MiB).
+        stdin: Text fed to the program's standard input.
+        deadline: A :func:`time.monotonic` instant the run must end by, such as the
+            end of the caller's own budget: the program gets ``min(timeout, deadline
+            - now)`` seconds. Past it, nothing runs and the result is a time-out
+            with ``returncode`` None.
+        require_isolation: Raise instead of running the program in the fallback
+            (:attr:`Isolation.PROCESS`) when bubblewrap is unavailable.
+
+    Returns:
+        The exit status, the output, whether the program timed out and how it was
+        isolated.
+
+    Raises:
+        InvalidInputError: If ``timeout`` or ``memory_mb`` is not positive, or
+            ``deadline`` is not finite.
+        SandboxUnavailableError: If ``require_isolation`` and bubblewrap is
+            unavailable here.
+        SandboxError: If bubblewrap failed to set up the sandbox.
+    """
+    if not timeout > 0 or not math.isfinite(timeout):
+        msg = f"`timeout` must be a positive number of seconds, got {timeout!r}."
+        raise InvalidInputError(msg)
+    if memory_mb <= 0:
+        msg = f"`memory_mb` must be a positive number of MiB, got {memory_mb!r}."
+        raise InvalidInputError(msg)
+    if deadline is not None and not math.isfinite(deadline):
+        msg = f"`deadline` must be a finite time.monotonic() instant, got {deadline!r}."
+        raise InvalidInputError(msg)
+    config, reason = _bubblewrap()
+    mode = Isolation.PROCESS if config is None else Isolation.BUBBLEWRAP
+    if config is None and require_isolation:
+        msg = f"Isolation is required but unavailable: {reason}."
+        raise SandboxUnavailableError(msg)
+    budget = timeout if deadline is None else min(timeout, deadline - time.monotonic())
+    if budget <= 0:
+        return SandboxResult(None, "", "", timed_out=True, isolation=mode)
+    return _execute(code, budget, memory_mb, stdin, config)
+
+
+def _execute(
+    code: str, budget: float, memory_mb: int, stdin: str, config: _Bubblewrap | None
+) -> SandboxResult:
+    """Run ``code`` for at most ``budget`` seconds, with bubblewrap if ``config``."""
+    mode = Isolation.PROCESS if config is None else Isolation.BUBBLEWRAP
+    processes = _MAX_PROCESSES
+    if config is None:
+        processes = -1 if os.geteuid() == 0 else _FALLBACK_MAX_PROCESSES
+    limits = (
+        memory_mb << 20,
+        math.ceil(budget) + 1,
+        _MAX_FILE_BYTES,
+        _MAX_OPEN_FILES,
+        processes,
+    )
+    with tempfile.TemporaryDirectory(
+        prefix="avengers-sandbox-", ignore_cleanup_errors=True
+    ) as root:
+        workdir, io = Path(root, "work"), Path(root, "io")
+        workdir.mkdir()
+        io.mkdir()
+        program = io / "main.py"
+        program.write_text(code, encoding="utf-8")
+        program.chmod(0o644)  # readable by the run's uid whatever the caller's umask
+        (io / "stdin").write_text(stdin, encoding="utf-8")
+        with (
+            (io / "stdin").open("rb") as stdin_file,
+            (io / "stdout").open("wb") as stdout_file,
+            (io / "stderr").open("wb") as stderr_file,
+        ):
+            streams = _Streams(stdin_file, stdout_file, stderr_file)
+            if config is None:
+                command = _interpreter_command(sys.executable, mode, program, limits, -1)
+                returncode, timed_out = _run_process_group(command, workdir, streams, budget)
+            else:
+                uid = _UID_BASE + secrets.randbelow(_UID_RANGE) if config.drop_uid else -1
+                command = _interpreter_command(config.interpreter, mode, program, limits, uid)
+                returncode, timed_out = _run_bubblewrap(
+                    config, command, workdir, program, streams, budget
+                )
+        stderr = _read_bounded(io / "stderr")
+        return SandboxResult(
+            returncode=returncode,
+            stdout=_read_bounded(io / "stdout"),
+            stderr=stderr,
+            timed_out=timed_out,
+            isolation=mode,
+        )
+
+
+def _run_process_group(
+    command: list[str], workdir: Path, streams: _Streams, budget: float
+) -> tuple[int | None, bool]:
+    """The fallback: run in a new session, then kill the process group."""
+    process = subprocess.Popen(  # noqa: S603 - fixed argv, the code is a file argument
+        command,
+        cwd=workdir,
+        env=_ENVIRONMENT,
+        start_new_session=True,
+        stdin=streams.stdin,
+        stdout=streams.stdout,
+        stderr=streams.stderr,
+    )
+    timed_out = False
+    returncode: int | None = None
+    try:
+        returncode = _wait(process, budget)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        # Kill the whole group: on timeout, on an interrupt, and also any child left
+        # running after a normal exit (the group id stays reserved while a member lives).
+        _kill_group(process.pid)
+        if returncode is None:
+            try:
+                returncode = _wait(process, _KILL_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                returncode = None
+    return returncode, timed_out
+
+
+class _StatusReader:
+    """Reads the JSON documents bwrap writes to ``--json-status-fd``, one per line."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = b""
+        self._eof = False
+
+    def next_document(self, until: float) -> dict[str, object] | None:
+        """The next document, or None at end of file or at ``until`` (monotonic)."""
+        while b"\n" not in self._buffer and not self._eof:
+            remaining = until - time.monotonic()
+            if remaining <= 0 or not select.select([self._fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(self._fd, 4096)
+            self._eof = not chunk
+            self._buffer += chunk
+        if b"\n" not in self._buffer:
+            return None
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        try:
+            document = json.loads(line)
+        except ValueError:
+            return None
+        return document if isinstance(document, dict) else None
+
+    def documents(self, until: float) -> list[dict[str, object]]:
+        """Every remaining document (until end of file or ``until``)."""
+        found = []
+        while (document := self.next_document(until)) is not None:
+            found.append(document)
+        return found
+
+
+def _open_namespace_init(pid: object) -> int | None:
+    """A pidfd on the sandbox's pid-namespace init (host pid ``pid``), if still there.
+
+    The pid is checked to be pid 1 of a child namespace after the pidfd is open, so a
+    recycled pid is never signalled.
+    """
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # gone already (or a kernel without pidfds: rely on --die-with-parent)
+        return None
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+    except OSError:
+        status = ""
+    nspids = next(
+        (line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), []
+    )
+    if len(nspids) < 2 or nspids[-1] != "1":
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+@contextlib.contextmanager
+def _closing(fd: int | None) -> Iterator[int | None]:
+    """Close a file descriptor on leaving the block."""
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _seccomp_pipe(data: bytes | None) -> contextlib.AbstractContextManager[int | None]:
+    """A pipe's read end holding ``data`` (the seccomp filter), closed on leaving."""
+    if data is None:
+        return _closing(None)
+    read_end, write_end = os.pipe()
+    with _closing(write_end):
+        os.write(write_end, data)  # a few hundred bytes, far below a pipe's capacity
+    return _closing(read_end)
+
+
+def _run_bubblewrap(
+    config: _Bubblewrap,
+    command: list[str],
+    workdir: Path,
+    program: Path,
+    streams: _Streams,
+    budget: float,
+) -> tuple[int | None, bool]:
+    """Run ``command`` inside bubblewrap; kill the whole pid namespace afterwards."""
+    end = time.monotonic() + budget
+    status_read, status_write = os.pipe()
+    with _closing(status_read):
+        with _closing(status_write), _seccomp_pipe(config.seccomp) as seccomp_fd:
+            process = subprocess.Popen(  # noqa: S603 - fixed argv, the code is a file argument
+                _bubblewrap_argv(config, workdir, program, status_write, seccomp_fd) + command,
+                cwd=program.parent,
+                env=_ENVIRONMENT,
+                start_new_session=True,
+                pass_fds=[fd for fd in (status_write, seccomp_fd) if fd is not None],
+                stdin=streams.stdin,
+                stdout=streams.stdout,
+                stderr=streams.stderr,
+            )
+        # Only bwrap holds the write end now: end of file once it has exited.
+        returncode, timed_out, finished = _wait_and_kill(process, _StatusReader(status_read), end)
+    if not timed_out and not any("exit-code" in document for document in finished):
+        # bwrap reports an exit code only once the command was started: this is a
+        # set-up failure, whose message bwrap wrote to the program's stderr.
+        detail = _read_bounded(program.parent / "stderr").strip()
+        msg = f"bubblewrap could not set up the sandbox: {detail or returncode}"
+        raise SandboxError(msg)
+    # bwrap reports a command killed by signal N as exit status 128 + N.
+    if returncode is not None and 128 < returncode <= 128 + 64:
+        returncode = 128 - returncode
+    return returncode, timed_out
+
+
+def _wait_and_kill(
+    process: subprocess.Popen[bytes], status: _StatusReader, end: float
+) -> tuple[int | None, bool, list[dict[str, object]]]:
+    """Wait for bwrap until ``end``, then kill what is left of the sandbox.
+
+    Returns:
+        bwrap's exit status (None if it could not be reaped), whether the program
+        timed out, and bwrap's last status documents.
+    """
+    pidfd: int | None = None
+    returncode: int | None = None
+    timed_out = False
+    try:
+        started = status.next_document(end)
+        if started is not None:
+            pidfd = _open_namespace_init(started.get("child-pid"))
+        returncode = _wait(process, max(0.0, end - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        # The program exited, timed out, or we were interrupted: kill the namespace's
+        # init, which makes the kernel kill every process left in the namespace.
+        if pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        if returncode is None:
+            _kill_group(process.pid)
+            try:
+                returncode = _wait(process, _KILL_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                returncode = None
+        if pidfd is not None:
+            # Readable once init has exited, which the kernel allows only after every
+            # other process of the namespace is gone.
+            select.select([pidfd], [], [], _KILL_GRACE_SECONDS)
+            os.close(pidfd)
+    finished = [] if returncode is None else status.documents(time.monotonic() + 1.0)
+    return returncode, timed_out, finished
+
+
+def _wait(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """``process.wait(timeout)``, woken by a pidfd at the exit where the OS has them.
+
+    ``Popen.wait`` with a timeout polls with sleeps growing to 50 ms, which adds up to
+    that much to every run.
+
+    Raises:
+        subprocess.TimeoutExpired: If the process is still running after ``timeout``.
+    """
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # not Linux, or already reaped
+        return process.wait(timeout=timeout)
+    with _closing(pidfd):
+        if not select.select([pidfd], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(process.args, timeout)
+    return process.wait(timeout=_KILL_GRACE_SECONDS)
 
 
 def _read_bounded(path: Path) -> str:
@@ -198,91 +826,3 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         return
-
-
-def run_python(
-    code: str, *, timeout: float = 10.0, memory_mb: int = 512, stdin: str = ""
-) -> SandboxResult:
-    """Run untrusted Python code in a fresh, restricted interpreter.
-
-    See the module documentation for what is restricted and what is not.
-
-    Args:
-        code: The program's source.
-        timeout: Seconds of wall-clock time before the program and every process it
-            started are killed.
-        memory_mb: Address-space limit of the program in MiB (the interpreter alone
-            takes some tens of MiB).
-        stdin: Text fed to the program's standard input.
-
-    Returns:
-        The exit status, the output and whether the program timed out.
-
-    Raises:
-        InvalidInputError: If ``timeout`` or ``memory_mb`` is not positive.
-    """
-    if not timeout > 0 or not math.isfinite(timeout):
-        msg = f"`timeout` must be a positive number of seconds, got {timeout!r}."
-        raise InvalidInputError(msg)
-    if memory_mb <= 0:
-        msg = f"`memory_mb` must be a positive number of MiB, got {memory_mb!r}."
-        raise InvalidInputError(msg)
-    limits = (
-        memory_mb << 20,
-        math.ceil(timeout) + 1,
-        _MAX_FILE_BYTES,
-        _MAX_OPEN_FILES,
-        _MAX_PROCESSES,
-    )
-    with tempfile.TemporaryDirectory(
-        prefix="avengers-sandbox-", ignore_cleanup_errors=True
-    ) as root:
-        workdir, io = Path(root, "work"), Path(root, "io")
-        workdir.mkdir()
-        io.mkdir()
-        program = io / "main.py"
-        program.write_text(code, encoding="utf-8")
-        (io / "stdin").write_text(stdin, encoding="utf-8")
-        with (
-            (io / "stdin").open("rb") as stdin_file,
-            (io / "stdout").open("wb") as stdout_file,
-            (io / "stderr").open("wb") as stderr_file,
-        ):
-            process = subprocess.Popen(  # noqa: S603 - fixed argv, the code is a file argument
-                [
-                    sys.executable,
-                    "-s",
-                    "-S",
-                    "-P",
-                    "-B",
-                    "-c",
-                    _BOOTSTRAP,
-                    str(program),
-                    *(str(limit) for limit in limits),
-                ],
-                stdin=stdin_file,
-                stdout=stdout_file,
-                stderr=stderr_file,
-                cwd=workdir,
-                env=_ENVIRONMENT,
-                start_new_session=True,
-            )
-            timed_out = False
-            try:
-                returncode: int | None = process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            # Kill the whole group: on timeout, and also any child left running after
-            # a normal exit (the group id stays reserved while a member lives).
-            _kill_group(process.pid)
-            if timed_out:
-                try:
-                    returncode = process.wait(timeout=_KILL_GRACE_SECONDS)
-                except subprocess.TimeoutExpired:
-                    returncode = None
-        return SandboxResult(
-            returncode=returncode,
-            stdout=_read_bounded(io / "stdout"),
-            stderr=_read_bounded(io / "stderr"),
-            timed_out=timed_out,
-        )

@@ -9,7 +9,7 @@ them at the start of every turn, so a graph with a checkpointer starts each ques
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, NotRequired
 
 from langchain_core.messages import AIMessage, AnyMessage
 from langgraph.graph.message import add_messages
@@ -45,6 +45,9 @@ class SampleTask(TypedDict):
     """Id shared by the turn's sample workers (their early decision)."""
     planned: int
     """How many samples the turn planned."""
+    answer_format: str
+    """The question's format (:data:`avengers_graph.formats.FORMATS`, or ``tools``,
+    ``custom``): the prompt contract the expert's strategy follows for it."""
 
 
 class ClusterRecord(TypedDict):
@@ -60,6 +63,11 @@ class ExpertRecord(TypedDict):
 
     name: str
     score: float
+    """Routing score (adaptive sampling: the calibrated reliability)."""
+    strategy: NotRequired[str]
+    """How it answers (``direct``, ``reason``, ``program``)."""
+    weight: NotRequired[float]
+    """The weight of each of its votes (1 when votes are not weighted)."""
 
 
 class SampleRecord(TypedDict):
@@ -79,10 +87,12 @@ class RoutingRecord(TypedDict):
     """Selected experts, best first, with their routing scores."""
     samples: list[SampleRecord]
     """Every successful sample with the answer extracted from it."""
-    votes: dict[str, int]
-    """Extracted answer to number of samples that gave it."""
+    votes: dict[str, float]
+    """Extracted answer to its votes: samples that gave it (weighted votes: their summed
+    weight)."""
     confidence: float
-    """The winning answer's share of the samples that voted."""
+    """The winning answer's share of the samples that voted; with weighted votes, the
+    calibrated probability that it is right (:func:`avengers_graph.voting.weighted_vote`)."""
     failures: dict[str, str]
     """Expert to the error that cost it its samples."""
     cancelled: int
@@ -91,6 +101,12 @@ class RoutingRecord(TypedDict):
     """The expert whose sample was returned."""
     answer_format: str
     """How answers were compared (``number``, ``choice``, ``text``, ``code``, ``semantic``...)."""
+    question_format: NotRequired[str]
+    """The question's format, as detected or set (``choice``, ``number``, ``free``...)."""
+    excluded: NotRequired[list[str]]
+    """Experts left out: at or below chance on this question, or not serving its format."""
+    rounds: NotRequired[int]
+    """Rounds of samples drawn (adaptive sampling stops once the vote is sure)."""
     seed: int
     """Base seed of the turn; sample ``j`` of the expert ranked ``r`` used
     ``seed + r * samples + j``."""
@@ -140,6 +156,21 @@ class AvengersState(TypedDict, total=False):
     """The previous human message's, when there is one (blended in by ``locate_cluster``)."""
     clusters: list[ClusterRecord]
     experts: list[ExpertRecord]
+    question_format: str
+    """The question's answer format (see :class:`SampleTask`)."""
+    options: list[str]
+    """The options the question offers (choice letters, label words)."""
+    plan: list[str]
+    """One expert name per planned sample, in draw order."""
+    weights: dict[str, float]
+    """Vote weight of each planned expert."""
+    excluded: list[str]
+    round_start: int
+    """First position of ``plan`` in the round being drawn."""
+    round_end: int
+    """Position of ``plan`` after the round being drawn."""
+    more: bool
+    """Written by ``vote``: adaptive sampling draws another round."""
     seed: int
     turn: str
     """Id of this turn's sample workers (they share an early-decision tally)."""

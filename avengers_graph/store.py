@@ -6,52 +6,78 @@ back on every question: :meth:`ClusterStore.nearest` finds the closest centroids
 :meth:`ClusterStore.stats` gives the experts' per-cluster statistics.
 
 Layout (schema version :data:`SCHEMA_VERSION`), for a pool named ``name``. Several pools
-share one Chroma database; each pool only ever touches its own two collections.
+share one Chroma database; each pool only ever touches its own collections.
 
-* ``f"{name}-centroids"``: one record per cluster, id ``str(cluster)``, embedding = the
-  centroid, metadata ``{"cluster": int, "size": int, "stats": JSON}`` where ``stats``
-  is ``{expert: ExpertStats.to_dict()}``. The collection metadata holds the
-  :class:`StoreInfo`: ``schema_version``, ``name``, ``embedding_model``,
-  ``embedding_dim``, ``n_clusters``, ``created_at``, ``experts`` (a JSON list) and
-  ``seed``; the ``seed`` key is absent when the seed is ``None``.
-* ``f"{name}-questions"``: one record per validation question, id = question id,
-  embedding = the question's vector, document = the question text, metadata
-  ``{"cluster": int, "answer": str, "kind": str, "position": int}``; ``position`` keeps
-  the order in which the questions were written.
+* ``f"{name}-centroids"``: the info collection, holding no records. Its metadata is
+  the :class:`StoreInfo` (``schema_version``, ``name``, ``embedding_model``,
+  ``embedding_dim``, ``n_clusters``, ``created_at``, ``experts`` as a JSON list, and
+  ``seed``, absent when the seed is ``None``) plus ``centroids_generation`` and
+  ``questions_generation``: the generations that are live.
+* ``f"{name}-centroids.{generation}"``: one record per cluster, id ``str(cluster)``,
+  embedding = the centroid, metadata ``{"cluster": int, "size": int, "stats": JSON}``
+  where ``stats`` is ``{expert: ExpertStats.to_dict()}``.
+* ``f"{name}-questions.{generation}"``: one record per validation question, id =
+  question id, embedding = the question's vector, document = the question text,
+  metadata ``{"cluster": int, "answer": str, "kind": str, "position": int}``;
+  ``position`` keeps the order in which the questions were written.
+* ``f"{name}-writer"``: the writer lease of a server store, while a writer holds it.
 
-Both collections use cosine space (Chroma returns ``1 - cos`` as the distance) and have
+A generation is ``"g"`` and 16 hex digits. A write builds a new generation beside the
+live one, switches the info collection's metadata to it in one update (the commit),
+then deletes the old generation: readers see the old calibration or the new one,
+never a mix, and a write killed at any moment leaves a complete calibration.
+
+Schema version 1 (avengers-graph before the generations) kept the centroid records in
+``f"{name}-centroids"`` itself and the questions in ``f"{name}-questions"``. Such a
+store is read as it is; the next write (``calibrate --replace``, or adding an expert)
+migrates it to the current layout. An older avengers-graph refuses a schema-2 store
+with a clear "upgrade" message, since it reads the same info collection.
+
+All collections use cosine space (Chroma returns ``1 - cos`` as the distance) and have
 no embedding function: vectors are always given explicitly, so Chroma never tries to
-download its default embedding model. The :class:`StoreInfo` is written last, so an
-interrupted write leaves a store that reads as empty rather than a half-written one.
+download its default embedding model.
 
 Chroma is imported lazily (it costs about a second) and the client is created on first
-use, so constructing a :class:`ClusterStore` does no I/O.
+use, so constructing a :class:`ClusterStore` does no I/O. Every Chroma call is bounded by
+the store's ``timeout``, and a damaged database file is reported as such (Chroma itself
+would silently start an empty database over a zero-byte file).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import operator
 import os
+import queue
 import re
+import socket
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from avengers_graph.errors import (
+    AvengersError,
+    DamagedStoreError,
     EmbeddingMismatchError,
     EmptyStoreError,
     InvalidInputError,
     SchemaVersionError,
+    StoreBusyError,
     StoreError,
+    StoreTimeoutError,
 )
+from avengers_graph.redact import redact
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -60,6 +86,8 @@ if TYPE_CHECKING:
     from chromadb.api.types import Include, Metadata
 
 __all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "LEASE_TTL_S",
     "SCHEMA_VERSION",
     "ClusterStore",
     "ExpertStats",
@@ -67,17 +95,32 @@ __all__ = [
     "StoredQuestion",
 ]
 
-SCHEMA_VERSION: int = 1
-"""Version of the store layout written by this release of avengers-graph."""
+SCHEMA_VERSION: int = 2
+"""Version of the store layout written by this release (version 1 is still read)."""
+
+DEFAULT_TIMEOUT_S = 30.0
+"""Seconds a Chroma call may take by default before it fails with StoreTimeoutError."""
+
+LEASE_TTL_S = 60.0
+"""Seconds after which a server store's writer lease that was not renewed is taken over."""
 
 _CENTROIDS_SUFFIX = "-centroids"
 _QUESTIONS_SUFFIX = "-questions"
+_LEASE_SUFFIX = "-writer"
+_GENERATION_HEX = 16
+_GENERATION_PATTERN = re.compile(rf"g[0-9a-f]{{{_GENERATION_HEX}}}")
 # Chroma's collection-name rules: 3-512 characters from [a-zA-Z0-9._-], starting and
 # ending with a letter or digit, no "..", not an IPv4 address. The suffixes make the
 # collection names long enough and never an address; the pool name follows the rest.
-_MAX_NAME_LENGTH = 512 - len(_CENTROIDS_SUFFIX)
+# The longest name is a generation's: name + "-centroids." + "g" + 16 hex digits.
+_MAX_NAME_LENGTH = 512 - len(_CENTROIDS_SUFFIX) - 2 - _GENERATION_HEX
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 _DEFAULT_BATCH_SIZE = 1000
+_log = logging.getLogger(__name__)
+_LIST_PAGE = 100
+_LOCK_FILE = "avengers-writer.lock"
+_SQLITE_FILE = "chroma.sqlite3"
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 _T = TypeVar("_T")
 
@@ -129,6 +172,10 @@ class ExpertStats:
     """Mean number of generated tokens per answer."""
     mean_seconds: float = 0.0
     """Mean seconds per answer."""
+    sample_correct: int = 0
+    """Samples (single answers, before any vote) that were right."""
+    samples: int = 0
+    """Samples graded (0: recorded before per-sample counts were kept)."""
 
     def __post_init__(self) -> None:
         correct = _as_int(self.correct, "ExpertStats.correct")
@@ -137,8 +184,17 @@ class ExpertStats:
             raise InvalidInputError(
                 f"ExpertStats needs 0 <= correct <= total, got correct={correct}, total={total}."
             )
+        sample_correct = _as_int(self.sample_correct, "ExpertStats.sample_correct")
+        samples = _as_int(self.samples, "ExpertStats.samples")
+        if sample_correct < 0 or samples < 0 or sample_correct > samples:
+            raise InvalidInputError(
+                "ExpertStats needs 0 <= sample_correct <= samples, got "
+                f"sample_correct={sample_correct}, samples={samples}."
+            )
         object.__setattr__(self, "correct", correct)
         object.__setattr__(self, "total", total)
+        object.__setattr__(self, "sample_correct", sample_correct)
+        object.__setattr__(self, "samples", samples)
         object.__setattr__(
             self, "mean_tokens", _as_float(self.mean_tokens, "ExpertStats.mean_tokens")
         )
@@ -151,6 +207,14 @@ class ExpertStats:
         """Fraction of correct answers, ``0.0`` when the expert was never scored."""
         return self.correct / self.total if self.total else 0.0
 
+    @property
+    def sample_accuracy(self) -> float:
+        """Fraction of right samples: the chance that one answer is right.
+
+        ``accuracy`` when per-sample counts were not kept.
+        """
+        return self.sample_correct / self.samples if self.samples else self.accuracy
+
     def to_dict(self) -> dict[str, float | int]:
         """Return the statistics as a JSON-ready dict, including ``accuracy``."""
         return {
@@ -159,6 +223,8 @@ class ExpertStats:
             "accuracy": self.accuracy,
             "mean_tokens": self.mean_tokens,
             "mean_seconds": self.mean_seconds,
+            "sample_correct": self.sample_correct,
+            "samples": self.samples,
         }
 
     @classmethod
@@ -167,7 +233,7 @@ class ExpertStats:
 
         Args:
             data: A mapping with ``correct`` and ``total``, and optionally
-                ``mean_tokens`` and ``mean_seconds``.
+                ``mean_tokens``, ``mean_seconds``, ``sample_correct`` and ``samples``.
 
         Raises:
             InvalidInputError: A required key is missing or a value is invalid.
@@ -180,6 +246,8 @@ class ExpertStats:
             total=data["total"],
             mean_tokens=data.get("mean_tokens", 0.0),
             mean_seconds=data.get("mean_seconds", 0.0),
+            sample_correct=data.get("sample_correct", 0),
+            samples=data.get("samples", 0),
         )
 
 
@@ -322,7 +390,7 @@ def _as_matrix(values: object, what: str, *, nonzero: bool) -> npt.NDArray[np.fl
 
 
 def _collection_configuration() -> CreateCollectionConfiguration:
-    """Return the configuration of both collections: HNSW in cosine space."""
+    """Return the configuration of the collections: HNSW in cosine space."""
     return {"hnsw": {"space": "cosine"}}
 
 
@@ -332,6 +400,55 @@ def _location(path: str | None, host: str | None, port: int, ssl: bool) -> str:
     if host is not None:
         return f"the Chroma server at {'https' if ssl else 'http'}://{host}:{port}"
     return "the given Chroma client"
+
+
+def _new_generation() -> str:
+    return "g" + uuid.uuid4().hex[:_GENERATION_HEX]
+
+
+def _collection_name(collection: Any) -> str:
+    """The name of an item of ``list_collections`` (a Collection, or a name in old clients)."""
+    return collection if isinstance(collection, str) else str(collection.name)
+
+
+class _Worker:
+    """One daemon thread running a store's Chroma calls, so that a caller can stop waiting.
+
+    The embedded Chroma runs in-process and has no timeout of its own: a call blocks
+    as long as another process holds the database's SQLite lock. Running it here lets
+    the caller give up after the store's timeout; the call itself finishes (or not) in
+    the background, and, the thread being a daemon, never keeps the process alive.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._tasks: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name=name, daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            function, future = self._tasks.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function())
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                future.set_exception(exc)
+
+    def run(self, function: Callable[[], _T], timeout: float) -> _T:
+        """Return ``function()``, or raise :class:`_Timeout` after ``timeout`` seconds."""
+        future: Future[_T] = Future()
+        self._tasks.put((function, future))
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            if future.done():
+                raise  # the call itself raised a TimeoutError
+            future.cancel()
+            raise _Timeout from None
+
+
+class _Timeout(Exception):  # noqa: N818 - internal signal, turned into StoreTimeoutError
+    """A bounded call did not finish in time."""
 
 
 class ClusterStore:
@@ -345,20 +462,32 @@ class ClusterStore:
     routing reads them for every question; writes through this instance update them,
     and :meth:`refresh` drops them after another process rewrote the pool.
 
+    Every Chroma call is bounded by ``timeout``: the HTTP client of a server store
+    sends its requests with that timeout; the calls of an embedded (or given) client
+    run on a helper thread that the caller stops waiting for. Either way a call that
+    does not answer in time is a :class:`~avengers_graph.errors.StoreTimeoutError`
+    naming the database or the server.
+
+    Writes (:meth:`write`, :meth:`add_expert_stats`, :meth:`delete`) take the store's
+    writer lock (:meth:`write_lock`): a file lock in the folder of an embedded
+    database, a lease record (the ``f"{name}-writer"`` collection) on a server. A
+    second writer gets a :class:`~avengers_graph.errors.StoreBusyError` at once.
+
     Args:
         path: Folder of an embedded (persistent) Chroma database.
         host: Host name of a Chroma server.
         port: Port of the Chroma server.
         ssl: Connect to the server over HTTPS.
         headers: Extra HTTP headers for the server (for example an auth token); never
-            shown by ``repr``.
+            shown by ``repr`` nor in error messages.
         client: An existing Chroma client (``chromadb.ClientAPI``) to use as is.
         name: Pool name; a database holds several pools side by side.
+        timeout: Seconds a Chroma call may take before it fails (``None``: no bound).
 
     Raises:
         InvalidInputError: Not exactly one of ``path``, ``host`` and ``client`` is
-            given, ``port`` is out of range, or ``name`` breaks Chroma's
-            collection-name rules.
+            given, ``port`` or ``timeout`` is out of range, or ``name`` breaks
+            Chroma's collection-name rules.
     """
 
     def __init__(
@@ -371,6 +500,7 @@ class ClusterStore:
         headers: Mapping[str, str] | None = None,
         client: Any = None,
         name: str = "avengers",
+        timeout: float | None = DEFAULT_TIMEOUT_S,
     ) -> None:
         given = [
             what
@@ -387,18 +517,31 @@ class ClusterStore:
         port = _as_int(port, "`port`")
         if not 0 < port < 65536:
             raise InvalidInputError(f"`port` must be in 1..65535, got {port}.")
+        if timeout is not None:
+            timeout = _as_float(timeout, "`timeout`")
+            if timeout == 0:
+                raise InvalidInputError("`timeout` must be > 0 seconds (or None for no bound).")
         self.name: str = _validate_name(name)
+        self.timeout: float | None = timeout
         self._path: str | None = os.fspath(path) if path is not None else None
         self._host = host
         self._port = port
         self._ssl = bool(ssl)
         self._headers: dict[str, str] | None = dict(headers) if headers is not None else None
         self._client: ClientAPI | None = client
+        self._bounded_requests = False  # True once our HTTP client carries the timeout
         self._lock = threading.Lock()
+        self._worker_lock = threading.Lock()
+        self._worker: _Worker | None = None
         self._batch_size: int | None = None
         self._collections: dict[str, Collection] = {}
         self._info: StoreInfo | None = None
+        self._live: tuple[str, str] | None = None
         self._clusters: tuple[dict[int, dict[str, ExpertStats]], dict[int, int]] | None = None
+        self._writer = threading.RLock()
+        self._write_depth = 0
+        self._file_lock: Any = None
+        self._lease: _Lease | None = None
 
     def __repr__(self) -> str:
         if self._path is not None:
@@ -414,27 +557,72 @@ class ClusterStore:
         parts.append(f"name={self.name!r}")
         return f"ClusterStore({', '.join(parts)})"
 
-    # ------------------------------------------------------------------ connection
+    # ------------------------------------------------------------------ names
 
     @property
     def centroids_collection_name(self) -> str:
-        """Name of the Chroma collection holding this pool's centroids and info."""
+        """Name of the collection holding this pool's info and live-generation pointer.
+
+        In a schema-1 store it also holds the centroids; from schema 2 on they live in
+        the generation collections named by :meth:`collection_names`.
+        """
         return self.name + _CENTROIDS_SUFFIX
 
     @property
     def questions_collection_name(self) -> str:
-        """Name of the Chroma collection holding this pool's validation questions."""
+        """Name of the questions collection of a schema-1 store (see :meth:`collection_names`)."""
         return self.name + _QUESTIONS_SUFFIX
+
+    @property
+    def _lease_name(self) -> str:
+        return self.name + _LEASE_SUFFIX
+
+    def _generation_name(self, kind: str, generation: str) -> str:
+        suffix = _CENTROIDS_SUFFIX if kind == "centroids" else _QUESTIONS_SUFFIX
+        return f"{self.name}{suffix}.{generation}"
+
+    def _is_generation_collection(self, collection_name: str) -> bool:
+        prefix, dot, generation = collection_name.rpartition(".")
+        return (
+            bool(dot)
+            and _GENERATION_PATTERN.fullmatch(generation) is not None
+            and prefix in (self.centroids_collection_name, self.questions_collection_name)
+        )
+
+    def collection_names(self) -> dict[str, str]:
+        """Return the Chroma collections of the live calibration.
+
+        Returns:
+            ``{"info": ..., "centroids": ..., "questions": ...}``.
+
+        Raises:
+            EmptyStoreError: Nothing was written to this pool.
+        """
+        self.info()
+        if self._live is None:  # pragma: no cover - info() sets it
+            raise self._empty_error()
+        centroids, questions = self._live
+        return {
+            "info": self.centroids_collection_name,
+            "centroids": centroids,
+            "questions": questions,
+        }
 
     @property
     def _where(self) -> str:
         return f"pool {self.name!r} in {_location(self._path, self._host, self._port, self._ssl)}"
 
+    @property
+    def _secrets(self) -> list[str]:
+        return list((self._headers or {}).values())
+
+    # ------------------------------------------------------------------ connection
+
     def _get_client(self) -> ClientAPI:
         """Return the Chroma client, creating it on first use.
 
         Raises:
-            StoreError: The Chroma server cannot be reached.
+            StoreError: The Chroma server cannot be reached, or the database is damaged.
         """
         client = self._client
         if client is not None:
@@ -450,73 +638,202 @@ class ClusterStore:
 
         settings = Settings(anonymized_telemetry=False)
         if self._path is not None:
-            return chromadb.PersistentClient(path=self._path, settings=settings)
+            self._check_database_file()
+            path = self._path
+            return self._call(
+                "open the database", lambda: chromadb.PersistentClient(path=path, settings=settings)
+            )
         if self._host is None:  # pragma: no cover - __init__ guarantees one of them
             raise InvalidInputError("ClusterStore has neither a path nor a host.")
+        host, port, ssl, headers = self._host, self._port, self._ssl, self._headers
         try:
-            return chromadb.HttpClient(
-                host=self._host,
-                port=self._port,
-                ssl=self._ssl,
-                headers=self._headers,
-                settings=settings,
+            # Creating the client already asks the server for its identity and database,
+            # so it runs bounded like the embedded calls; then its own requests carry
+            # the timeout.
+            client = self._call(
+                "connect",
+                lambda: chromadb.HttpClient(
+                    host=host, port=port, ssl=ssl, headers=headers, settings=settings
+                ),
             )
         except ValueError as exc:
             raise StoreError(
-                f"Cannot reach {_location(None, self._host, self._port, self._ssl)} ({exc}). "
-                "Start it with `chroma run --path <folder> --port <port>` or fix host/port."
+                f"Cannot reach {_location(None, host, port, ssl)} "
+                f"({redact(str(exc), self._secrets)}). Start it with "
+                "`chroma run --path <folder> --port <port>` or fix host/port."
             ) from exc
+        self._bounded_requests = self._set_request_timeout(client)
+        return client
+
+    def _set_request_timeout(self, client: Any) -> bool:
+        """Give the HTTP client's requests the store's timeout; ``False`` if not possible.
+
+        Chroma's ``HttpClient`` sends its requests through an ``httpx.Client`` created
+        with no timeout and offers no setting for it.
+        """
+        import httpx
+
+        session = getattr(getattr(client, "_server", None), "_session", None)
+        if self.timeout is None or not isinstance(session, httpx.Client):
+            return False
+        session.timeout = httpx.Timeout(self.timeout)
+        return True
+
+    def _check_database_file(self) -> None:
+        """Refuse a damaged embedded database before Chroma opens it.
+
+        Chroma silently turns an empty ``chroma.sqlite3`` into a new, empty database,
+        so a truncated store would read as "not calibrated yet".
+
+        Raises:
+            DamagedStoreError: The database file is empty or not an SQLite database.
+        """
+        if self._path is None:  # pragma: no cover - only called for embedded stores
+            return
+        database = Path(self._path) / _SQLITE_FILE
+        try:
+            size = database.stat().st_size
+            with database.open("rb") as file:
+                header = file.read(len(_SQLITE_HEADER))
+        except FileNotFoundError:
+            return  # a new store
+        except OSError as exc:
+            raise StoreError(f"Cannot read the Chroma database {database}: {exc}.") from exc
+        if size == 0:
+            raise self._damaged(database, "it is empty (0 bytes)")
+        if header != _SQLITE_HEADER:
+            raise self._damaged(database, "it is not an SQLite database")
+
+    def _damaged(self, database: Path | str, what: str) -> DamagedStoreError:
+        folder = Path(self._path) if self._path is not None else Path(database).parent
+        return DamagedStoreError(
+            f"The Chroma database {database} of pool {self.name!r} is damaged: {what}. "
+            f"Restore the folder {folder} from a backup, or move it aside "
+            f"(mv '{folder}' '{folder}.damaged') and run `avengers calibrate` to rebuild it."
+        )
+
+    def _call(self, what: str, function: Callable[[], _T]) -> _T:
+        """Run one Chroma call, bounded by the timeout, with Chroma's errors made ours.
+
+        Chroma's ``NotFoundError`` passes through (callers turn it into an empty store
+        or a retry); every other Chroma or transport failure becomes a
+        :class:`StoreError` naming the store, with any secret redacted.
+        """
+        import httpx
+        from chromadb.errors import ChromaError, NotFoundError
+
+        try:
+            if self.timeout is None or self._bounded_requests:
+                return function()
+            with self._worker_lock:
+                if self._worker is None:
+                    self._worker = _Worker(f"avengers-store-{self.name}")
+                worker = self._worker
+            return worker.run(function, self.timeout)
+        except (_Timeout, httpx.TimeoutException) as exc:
+            hint = (
+                "is the server stopped or overloaded?"
+                if self._host is not None
+                else "another process may be holding the database's lock"
+            )
+            raise StoreTimeoutError(
+                f"Could not {what}: {self._where} did not answer within {self.timeout:g} s "
+                f"({hint}). Check it, or raise ClusterStore(timeout=...)."
+            ) from exc
+        except httpx.TransportError as exc:
+            raise StoreError(
+                f"Could not {what}: cannot reach {self._where} ({redact(str(exc), self._secrets)})."
+            ) from exc
+        except NotFoundError:
+            raise
+        except ChromaError as exc:
+            text = redact(str(exc), self._secrets)
+            if any(sign in text.lower() for sign in ("not a database", "malformed", "corrupt")):
+                database = Path(self._path) / _SQLITE_FILE if self._path else self._where
+                raise self._damaged(database, text) from exc
+            raise StoreError(f"Could not {what} in {self._where}: {text}") from exc
 
     def _max_batch(self) -> int:
         if self._batch_size is None:
-            getter: Callable[[], int] | None = getattr(
-                self._get_client(), "get_max_batch_size", None
-            )
-            size = getter() if getter is not None else _DEFAULT_BATCH_SIZE
-            self._batch_size = max(1, int(size))
+            client = self._get_client()
+            getter: Callable[[], int] | None = getattr(client, "get_max_batch_size", None)
+            size = self._call("read the batch size", getter) if getter is not None else None
+            self._batch_size = max(1, int(size or _DEFAULT_BATCH_SIZE))
         return self._batch_size
 
-    def _collection(self, collection_name: str) -> Collection:
-        """Return an existing collection of this pool (cached handle).
+    def _get_collection(self, collection_name: str) -> Collection:
+        """Return a collection's handle, fetched anew (raises Chroma's NotFoundError)."""
+        client = self._get_client()
+        return self._call(
+            f"open the collection {collection_name!r}",
+            lambda: client.get_collection(collection_name, embedding_function=None),
+        )
+
+    def _data(self, kind: str) -> Collection:
+        """Return the live ``centroids`` or ``questions`` collection (cached handle).
 
         Raises:
-            EmptyStoreError: The collection does not exist.
+            EmptyStoreError: Nothing was written to this pool.
+            chromadb.errors.NotFoundError: The collection is gone (another writer
+                replaced the calibration): :meth:`_retrying` refreshes and reads again.
         """
-        from chromadb.errors import NotFoundError
-
+        if self._live is None:
+            self._info = None  # read the info and its live generation together
+        self.info()
+        if self._live is None:  # pragma: no cover - info() sets it
+            raise self._empty_error()
+        collection_name = self._live[0] if kind == "centroids" else self._live[1]
         cached = self._collections.get(collection_name)
-        if cached is not None:
-            return cached
-        try:
-            collection = self._get_client().get_collection(collection_name, embedding_function=None)
-        except NotFoundError:
-            raise self._empty_error() from None
-        self._collections[collection_name] = collection
-        return collection
+        if cached is None:
+            cached = self._get_collection(collection_name)
+            self._collections[collection_name] = cached
+        return cached
 
-    def _create_collection(self, collection_name: str) -> Collection:
-        collection = self._get_client().create_collection(
-            collection_name,
-            configuration=_collection_configuration(),
-            embedding_function=None,
+    def _create_collection(self, collection_name: str, **kwargs: Any) -> Collection:
+        client = self._get_client()
+        return self._call(
+            f"create the collection {collection_name!r}",
+            lambda: client.create_collection(
+                collection_name,
+                configuration=_collection_configuration(),
+                embedding_function=None,
+                **kwargs,
+            ),
         )
-        self._collections[collection_name] = collection
-        return collection
 
-    def _delete_collections(self) -> None:
+    def _delete_collection(self, collection_name: str) -> None:
         from chromadb.errors import NotFoundError
 
         client = self._get_client()
-        # Centroids (with the info) first: a store caught half-deleted reads as empty.
-        for collection_name in (self.centroids_collection_name, self.questions_collection_name):
-            with contextlib.suppress(NotFoundError):
-                client.delete_collection(collection_name)
-        self.refresh()
+        self._collections.pop(collection_name, None)
+        with contextlib.suppress(NotFoundError):
+            self._call(
+                f"delete the collection {collection_name!r}",
+                lambda: client.delete_collection(collection_name),
+            )
+
+    def _list_collection_names(self) -> list[str]:
+        client = self._get_client()
+        names: list[str] = []
+        offset = 0
+        while True:
+            page = self._call(
+                "list the collections",
+                lambda: client.list_collections(limit=_LIST_PAGE, offset=offset),  # noqa: B023
+            )
+            names.extend(_collection_name(collection) for collection in page)
+            if len(page) < _LIST_PAGE:
+                return names
+            offset += _LIST_PAGE
 
     def _retrying(self, read: Callable[[], _T]) -> _T:
-        """Run ``read``; if a cached collection handle went stale, refresh and retry once.
+        """Run ``read``; if a collection went missing, refresh and retry once.
 
-        A collection handle goes stale when another client deleted or rewrote the pool.
+        A collection goes missing when another writer replaced the calibration (the
+        old generation is deleted once the new one is live).
+
+        Raises:
+            StoreError: The live calibration's collection is still missing.
         """
         from chromadb.errors import NotFoundError
 
@@ -524,7 +841,13 @@ class ClusterStore:
             return read()
         except NotFoundError:
             self.refresh()
+        try:
             return read()
+        except NotFoundError as exc:
+            raise StoreError(
+                f"The store of {self._where} is incomplete: a collection of its live "
+                "calibration is missing. Re-run calibrate with --replace to rebuild it."
+            ) from exc
 
     def _empty_error(self) -> EmptyStoreError:
         return EmptyStoreError(
@@ -532,33 +855,119 @@ class ClusterStore:
             "run calibrate first to build it (or check the pool name and location)."
         )
 
+    # ------------------------------------------------------------------ writer lock
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Hold this store's writer lock for the block; re-entrant in the same thread.
+
+        An embedded store is locked by a file lock in its folder (the whole database:
+        its pools are written one at a time; the operating system releases the lock
+        of a process that dies); a server store by a lease record, the
+        ``f"{name}-writer"`` collection, renewed while held and taken over once it is
+        :data:`LEASE_TTL_S` seconds old by the server's clock (its holder died).
+        :func:`~avengers_graph.calibrate` holds it for the whole run.
+
+        Raises:
+            StoreBusyError: Another writer holds it; the message names the store.
+        """
+        if not self._writer.acquire(blocking=False):
+            raise StoreBusyError(
+                f"Another thread of this process is writing to {self._where}; one writer at a time."
+            )
+        try:
+            if self._write_depth == 0:
+                self._take_writer_lock()
+            self._write_depth += 1
+            try:
+                yield
+            finally:
+                self._write_depth -= 1
+                if self._write_depth == 0:
+                    self._release_writer_lock()
+        finally:
+            self._writer.release()
+
+    def _take_writer_lock(self) -> None:
+        if self._path is None:
+            self._lease = _Lease(self)
+            self._lease.take()
+            return
+        from filelock import FileLock, Timeout
+
+        folder = Path(self._path)
+        lock_path = folder / _LOCK_FILE
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(lock_path, timeout=0, thread_local=False)
+            lock.acquire()
+        except Timeout:
+            raise StoreBusyError(
+                f"Another process is writing to {self._where} (it holds {lock_path}): "
+                "one writer at a time. Wait for it to finish and run again; the lock of a "
+                "process that died is released by the system."
+            ) from None
+        except OSError as exc:
+            raise StoreError(f"Cannot take the writer lock {lock_path}: {exc}.") from exc
+        self._file_lock = lock
+
+    def _release_writer_lock(self) -> None:
+        if self._file_lock is not None:
+            self._file_lock.release()
+            self._file_lock = None
+        if self._lease is not None:
+            lease, self._lease = self._lease, None
+            lease.release()
+
     # ------------------------------------------------------------------ reading
 
     def refresh(self) -> None:
         """Drop the in-process cache (info, statistics, sizes, collection handles)."""
         self._info = None
+        self._live = None
         self._clusters = None
         self._collections = {}
 
-    def _read_info_metadata(self) -> dict[str, Any] | None:
-        """Return the centroids collection's metadata, ``None`` if nothing was written.
+    def _read_pointer(self) -> dict[str, Any] | None:
+        """Return the info collection's metadata, ``None`` if nothing was written.
 
         A collection handle carries the metadata of the moment it was fetched, so the
         handle is always fetched anew here.
         """
-        self._collections.pop(self.centroids_collection_name, None)
+        from chromadb.errors import NotFoundError
+
         try:
-            collection = self._collection(self.centroids_collection_name)
-        except EmptyStoreError:
+            collection = self._get_collection(self.centroids_collection_name)
+        except NotFoundError:
             return None
         metadata = dict(collection.metadata or {})
         return metadata if "schema_version" in metadata else None
 
+    def _live_names(self, metadata: Mapping[str, Any], version: int) -> tuple[str, str]:
+        """The live centroids and questions collections named by the info metadata."""
+        if version == 1:
+            return self.centroids_collection_name, self.questions_collection_name
+        names = []
+        for kind in ("centroids", "questions"):
+            generation = metadata.get(f"{kind}_generation")
+            if not isinstance(generation, str) or not _GENERATION_PATTERN.fullmatch(generation):
+                raise StoreError(
+                    f"The store metadata of {self._where} names no valid {kind} generation "
+                    f"({generation!r}); re-run calibrate with --replace to rebuild it."
+                )
+            names.append(self._generation_name(kind, generation))
+        return names[0], names[1]
+
     def is_empty(self) -> bool:
-        """Return whether this pool holds no (complete) calibration."""
+        """Return whether this pool holds no (complete) calibration.
+
+        Raises:
+            DamagedStoreError: The database is damaged (it is not reported as empty).
+            StoreTimeoutError: The database did not answer in time.
+        """
         if self._info is not None:
             return False
-        return self._read_info_metadata() is None
+        return self._read_pointer() is None
 
     def info(self) -> StoreInfo:
         """Return what the stored calibration was built with.
@@ -566,13 +975,17 @@ class ClusterStore:
         Raises:
             EmptyStoreError: Nothing was written to this pool.
             SchemaVersionError: The store was written by a newer avengers-graph.
+            DamagedStoreError: The database is damaged.
+            StoreTimeoutError: The database did not answer in time.
             StoreError: The stored metadata is corrupt.
         """
         if self._info is None:
-            metadata = self._read_info_metadata()
+            metadata = self._read_pointer()
             if metadata is None:
                 raise self._empty_error()
-            self._info = self._parse_info(metadata)
+            info = self._parse_info(metadata)
+            self._live = self._live_names(metadata, info.schema_version)
+            self._info = info
         return self._info
 
     def _parse_info(self, metadata: Mapping[str, Any]) -> StoreInfo:
@@ -580,7 +993,7 @@ class ClusterStore:
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise StoreError(
                 f"The store of {self._where} has an invalid schema_version {version!r}; "
-                "re-run calibrate to rebuild it."
+                "re-run calibrate with --replace to rebuild it."
             )
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(
@@ -604,7 +1017,7 @@ class ClusterStore:
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(
                 f"The store metadata of {self._where} is corrupt ({exc!r}); "
-                "re-run calibrate to rebuild it."
+                "re-run calibrate with --replace to rebuild it."
             ) from exc
 
     @staticmethod
@@ -651,8 +1064,10 @@ class ClusterStore:
 
             def read() -> tuple[StoreInfo, dict[str, Any]]:
                 info = self.info()
-                collection = self._collection(self.centroids_collection_name)
-                return info, dict(collection.get(include=["metadatas"]))
+                collection = self._data("centroids")
+                return info, dict(
+                    self._call("read the centroids", lambda: collection.get(include=["metadatas"]))
+                )
 
             info, records = self._retrying(read)
             stats: dict[int, dict[str, ExpertStats]] = {}
@@ -664,7 +1079,7 @@ class ClusterStore:
             if sorted(stats) != list(range(info.n_clusters)):
                 raise StoreError(
                     f"The store of {self._where} should hold clusters 0..{info.n_clusters - 1} "
-                    f"but holds {sorted(stats)}; re-run calibrate to rebuild it."
+                    f"but holds {sorted(stats)}; re-run calibrate with --replace to rebuild it."
                 )
             self._clusters = (stats, sizes)
         return self._clusters
@@ -681,7 +1096,7 @@ class ClusterStore:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StoreError(
                 f"A centroid record of {self._where} is corrupt ({exc!r}); "
-                "re-run calibrate to rebuild it."
+                "re-run calibrate with --replace to rebuild it."
             ) from exc
 
     def stats(self) -> dict[int, dict[str, ExpertStats]]:
@@ -715,15 +1130,17 @@ class ClusterStore:
 
         def read() -> tuple[StoreInfo, dict[str, Any]]:
             info = self.info()
-            collection = self._collection(self.centroids_collection_name)
-            return info, dict(collection.get(include=["embeddings"]))
+            collection = self._data("centroids")
+            return info, dict(
+                self._call("read the centroids", lambda: collection.get(include=["embeddings"]))
+            )
 
         info, records = self._retrying(read)
         ids = [int(record_id) for record_id in records["ids"]]
         if sorted(ids) != list(range(info.n_clusters)):
             raise StoreError(
                 f"The store of {self._where} should hold clusters 0..{info.n_clusters - 1} "
-                f"but holds {sorted(ids)}; re-run calibrate to rebuild it."
+                f"but holds {sorted(ids)}; re-run calibrate with --replace to rebuild it."
             )
         embeddings = np.asarray(records["embeddings"], dtype=np.float32)
         return embeddings[np.argsort(ids)].reshape(info.n_clusters, info.embedding_dim)
@@ -767,12 +1184,15 @@ class ClusterStore:
                     f"(dim {info.embedding_dim}). Embed questions with the calibration's "
                     "model, or re-run calibrate with the model in use."
                 )
-            collection = self._collection(self.centroids_collection_name)
+            collection = self._data("centroids")
             return dict(
-                collection.query(
-                    query_embeddings=query.astype(np.float32)[np.newaxis, :],
-                    n_results=min(k, info.n_clusters),
-                    include=["distances"],
+                self._call(
+                    "query the centroids",
+                    lambda: collection.query(
+                        query_embeddings=query.astype(np.float32)[np.newaxis, :],
+                        n_results=min(k, info.n_clusters),
+                        include=["distances"],
+                    ),
                 )
             )
 
@@ -792,15 +1212,16 @@ class ClusterStore:
 
         def read() -> list[tuple[int, str, Any, Any, Any]]:
             self.info()  # the empty and schema checks
-            collection = self._collection(self.questions_collection_name)
+            collection = self._data("questions")
             rows: list[tuple[int, str, Any, Any, Any]] = []
             batch = self._max_batch()
             offset = 0
             while True:
-                page = collection.get(
-                    limit=batch,
-                    offset=offset,
-                    include=include,
+                page = self._call(
+                    "read the questions",
+                    lambda start=offset: collection.get(  # type: ignore[misc]
+                        limit=batch, offset=start, include=include
+                    ),
                 )
                 ids = page["ids"]
                 empty: list[Any] = [None] * len(ids)
@@ -814,7 +1235,7 @@ class ClusterStore:
                     if not isinstance(position, int):
                         raise StoreError(
                             f"Question {record_id!r} of {self._where} has no position; "
-                            "re-run calibrate to rebuild the store."
+                            "re-run calibrate with --replace to rebuild the store."
                         )
                     rows.append((position, record_id, documents[i], metadata, vector))
                 if len(ids) < batch:
@@ -824,7 +1245,8 @@ class ClusterStore:
         rows = sorted(self._retrying(read), key=lambda row: row[0])
         if [row[0] for row in rows] != list(range(len(rows))):
             raise StoreError(
-                f"The questions of {self._where} are incomplete; re-run calibrate to rebuild it."
+                f"The questions of {self._where} are incomplete; re-run calibrate with --replace "
+                "to rebuild it."
             )
         return rows
 
@@ -849,7 +1271,7 @@ class ClusterStore:
             except (KeyError, InvalidInputError) as exc:
                 raise StoreError(
                     f"Question {record_id!r} of {self._where} is corrupt ({exc!r}); "
-                    "re-run calibrate to rebuild the store."
+                    "re-run calibrate with --replace to rebuild the store."
                 ) from exc
         return questions
 
@@ -869,6 +1291,8 @@ class ClusterStore:
 
     # ------------------------------------------------------------------ writing
 
+    # ------------------------------------------------------------------ writing
+
     def _batches(self, n: int) -> Iterator[slice]:
         batch = self._max_batch()
         for start in range(0, n, batch):
@@ -883,11 +1307,15 @@ class ClusterStore:
         questions: Sequence[StoredQuestion],
         question_vectors: npt.NDArray[Any],
     ) -> StoreInfo:
-        """Replace this pool's calibration with a new one.
+        """Replace this pool's calibration with a new one, atomically.
 
-        Both collections of the pool are deleted and recreated; other pools in the
-        database are untouched. Records are written in batches of the client's maximum
-        batch size, and the info last.
+        The new calibration is written beside the live one, into collections of a new
+        generation, in batches of the client's maximum batch size; then the info
+        collection is switched to it in one step (a single metadata update, written
+        last); then the old generation is deleted. A write interrupted at any moment
+        (an error, a kill) leaves the previous calibration serving, or the new one
+        once the switch is done, never a mix or nothing; the next write deletes what
+        an interrupted one left. Other pools in the database are untouched.
 
         Args:
             info: What the calibration was built with. An empty ``name`` or
@@ -906,6 +1334,7 @@ class ClusterStore:
         Raises:
             InvalidInputError: A shape, a cluster id, an expert name, ``info.name`` or
                 ``info.schema_version`` does not fit.
+            StoreBusyError: Another writer holds the store.
         """
         stored, centroid_matrix, size_list, clean_stats, question_matrix = self._validate_write(
             info=info,
@@ -915,45 +1344,139 @@ class ClusterStore:
             questions=questions,
             question_vectors=question_vectors,
         )
-        self._delete_collections()
-
-        questions_collection = self._create_collection(self.questions_collection_name)
-        for part in self._batches(len(questions)):
-            batch = questions[part]
-            questions_collection.add(
-                ids=[q.id for q in batch],
-                embeddings=question_matrix[part],
-                documents=[q.question for q in batch],
-                metadatas=[
-                    {
-                        "cluster": q.cluster,
-                        "answer": q.answer,
-                        "kind": q.kind,
-                        "position": part.start + i,
-                    }
-                    for i, q in enumerate(batch)
+        with self.write_lock():
+            self._sweep()  # what an interrupted write left
+            generation = _new_generation()
+            self._add_questions(
+                self._generation_name("questions", generation),
+                [q.id for q in questions],
+                [q.question for q in questions],
+                [
+                    {"cluster": q.cluster, "answer": q.answer, "kind": q.kind, "position": i}
+                    for i, q in enumerate(questions)
                 ],
+                question_matrix,
             )
-
-        centroids_collection = self._create_collection(self.centroids_collection_name)
-        for part in self._batches(stored.n_clusters):
-            clusters = range(stored.n_clusters)[part]
-            centroids_collection.add(
-                ids=[str(c) for c in clusters],
-                embeddings=centroid_matrix[part],
-                metadatas=[
+            self._add_centroids(
+                self._generation_name("centroids", generation),
+                centroid_matrix,
+                [
                     self._cluster_metadata(c, size_list[c], clean_stats.get(c, {}))
-                    for c in clusters
+                    for c in range(stored.n_clusters)
                 ],
             )
-        centroids_collection.modify(metadata=self._info_metadata(stored))
-
+            self._switch(stored, centroids=generation, questions=generation)
+            self._sweep()
         self._info = stored
         self._clusters = (
             {c: dict(clean_stats.get(c, {})) for c in range(stored.n_clusters)},
             dict(enumerate(size_list)),
         )
         return stored
+
+    def _add_questions(
+        self,
+        collection_name: str,
+        ids: Sequence[str],
+        documents: Sequence[str | None],
+        metadatas: Sequence[Metadata],
+        vectors: npt.NDArray[np.float32],
+    ) -> None:
+        collection = self._create_collection(collection_name)
+        id_list, metadata_list = list(ids), list(metadatas)
+        document_list = [d if d is not None else "" for d in documents]
+        for part in self._batches(len(id_list)):
+
+            def add(part: slice = part) -> None:
+                collection.add(
+                    ids=id_list[part],
+                    embeddings=vectors[part],
+                    documents=document_list[part],
+                    metadatas=metadata_list[part],
+                )
+
+            self._call("write the questions", add)
+
+    def _add_centroids(
+        self,
+        collection_name: str,
+        matrix: npt.NDArray[np.float32],
+        metadatas: Sequence[Metadata],
+    ) -> None:
+        collection = self._create_collection(collection_name)
+        metadata_list = list(metadatas)
+        for part in self._batches(len(metadata_list)):
+
+            def add(part: slice = part) -> None:
+                collection.add(
+                    ids=[str(c) for c in range(len(metadata_list))[part]],
+                    embeddings=matrix[part],
+                    metadatas=metadata_list[part],
+                )
+
+            self._call("write the centroids", add)
+
+    def _switch(self, info: StoreInfo, *, centroids: str, questions: str) -> None:
+        """Make the given generations live: one update of the info collection's metadata."""
+        from chromadb.errors import NotFoundError
+
+        if self._lease is not None:
+            self._lease.check()
+        previous = self._read_pointer()
+        if previous is not None and previous.get("schema_version") == 1:
+            _log.info(
+                "Migrating %s from schema version 1 to %d (generation collections).",
+                self._where,
+                SCHEMA_VERSION,
+            )
+        metadata = {
+            **self._info_metadata(info),
+            "centroids_generation": centroids,
+            "questions_generation": questions,
+        }
+        try:
+            pointer = self._get_collection(self.centroids_collection_name)
+        except NotFoundError:
+            self._create_collection(self.centroids_collection_name, metadata=metadata)
+        else:
+            self._call("switch to the new calibration", lambda: pointer.modify(metadata=metadata))
+        self.refresh()
+        self._info = info
+        self._live = (
+            self._generation_name("centroids", centroids),
+            self._generation_name("questions", questions),
+        )
+
+    def _sweep(self) -> None:
+        """Delete this pool's collections that the live calibration does not use.
+
+        Those are generations left by an interrupted write or replaced by a finished
+        one, and, once a schema-1 store was rewritten, its old questions collection and
+        the centroid records of its info collection. Only called under the writer lock.
+        """
+        metadata = self._read_pointer()
+        live: set[str] = set()
+        version = 0
+        if metadata is not None:
+            try:
+                info = self._parse_info(metadata)
+                version = info.schema_version
+                live = set(self._live_names(metadata, version))
+            except SchemaVersionError:
+                raise  # written by a newer avengers-graph: leave it alone
+            except StoreError:
+                metadata = None  # corrupt: nothing in it is live; a replace rebuilds it
+        names = self._list_collection_names()
+        for collection_name in names:
+            if self._is_generation_collection(collection_name) and collection_name not in live:
+                self._delete_collection(collection_name)
+        if (version >= 2 or metadata is None) and self.questions_collection_name in names:
+            self._delete_collection(self.questions_collection_name)
+        if version >= 2:
+            pointer = self._get_collection(self.centroids_collection_name)
+            ids = self._call("read the old centroid ids", lambda: pointer.get(include=[])["ids"])
+            if ids:
+                self._call("delete the old centroids", lambda: pointer.delete(ids=ids))
 
     @staticmethod
     def _cluster_metadata(cluster: int, size: int, stats: Mapping[str, ExpertStats]) -> Metadata:
@@ -1071,6 +1594,8 @@ class ClusterStore:
         Clusters are not recomputed. For each given cluster and expert the statistics
         are replaced; other experts' statistics stay as they are. New experts are
         appended to ``info.experts`` in the order they first appear in ``stats``.
+        Like :meth:`write`, the merged centroids are written as a new generation and
+        switched in at once (a schema-1 store is migrated: its questions are copied).
 
         Args:
             stats: ``{cluster: {expert: ExpertStats}}`` for existing clusters.
@@ -1082,44 +1607,190 @@ class ClusterStore:
             InvalidInputError: A cluster id is out of range or a value is not an
                 ExpertStats.
             EmptyStoreError: Nothing was written to this pool.
+            StoreBusyError: Another writer holds the store.
         """
-        self.refresh()  # merge into what is stored now, not into a stale cache
-        info = self.info()
-        clean = self._validate_stats(stats, info.n_clusters)
-        if not clean:
-            return info
-        collection = self._collection(self.centroids_collection_name)
-        ids = [str(cluster) for cluster in clean]
-        records = collection.get(ids=ids, include=["metadatas"])
-        current = {
-            cluster: (size, cluster_stats)
-            for cluster, size, cluster_stats in map(
-                self._parse_cluster_metadata, records["metadatas"] or []
-            )
-        }
-        missing = sorted(set(clean) - set(current))
-        if missing:
-            raise StoreError(
-                f"The store of {self._where} lacks clusters {missing}; "
-                "re-run calibrate to rebuild it."
-            )
-        metadatas: list[Metadata] = []
-        for cluster, experts in clean.items():
-            size, merged = current[cluster]
-            merged.update(experts)
-            metadatas.append(self._cluster_metadata(cluster, size, merged))
-        collection.update(ids=ids, metadatas=metadatas)
+        with self.write_lock():
+            self.refresh()  # merge into what is stored now, not into a stale cache
+            info = self.info()
+            clean = self._validate_stats(stats, info.n_clusters)
+            if not clean:
+                return info
 
-        new_experts = list(info.experts)
-        for experts in clean.values():
-            new_experts.extend(e for e in experts if e not in new_experts)
-        updated = replace(info, experts=tuple(new_experts))
-        if updated.experts != info.experts:
-            collection.modify(metadata=self._info_metadata(updated))
-        self.refresh()
+            def read() -> tuple[dict[str, Any], tuple[str, str]]:
+                collection = self._data("centroids")
+                live = self._live or ("", "")
+                records = self._call(
+                    "read the centroids",
+                    lambda: collection.get(include=["metadatas", "embeddings"]),
+                )
+                return dict(records), live
+
+            records, (_, questions_name) = self._retrying(read)
+            current: dict[int, tuple[int, dict[str, ExpertStats], Any]] = {}
+            for metadata, vector in zip(
+                records["metadatas"] or [], records["embeddings"], strict=True
+            ):
+                cluster, size, cluster_stats = self._parse_cluster_metadata(metadata)
+                current[cluster] = (size, cluster_stats, vector)
+            if sorted(current) != list(range(info.n_clusters)):
+                raise StoreError(
+                    f"The store of {self._where} should hold clusters 0..{info.n_clusters - 1} "
+                    f"but holds {sorted(current)}; re-run calibrate with --replace to rebuild it."
+                )
+            for cluster, experts in clean.items():
+                current[cluster][1].update(experts)
+            new_experts = list(info.experts)
+            for experts in clean.values():
+                new_experts.extend(e for e in experts if e not in new_experts)
+            updated = replace(info, experts=tuple(new_experts), schema_version=SCHEMA_VERSION)
+
+            self._sweep()
+            generation = _new_generation()
+            questions_generation = questions_name.rpartition(".")[2]
+            if info.schema_version < 2:  # migrate: the questions move to a generation too
+                questions_generation = generation
+                rows = self._question_records(include_vectors=True)
+                self._add_questions(
+                    self._generation_name("questions", generation),
+                    [row[1] for row in rows],
+                    [row[2] for row in rows],
+                    [row[3] for row in rows],
+                    np.asarray([row[4] for row in rows], dtype=np.float32).reshape(
+                        len(rows), info.embedding_dim
+                    ),
+                )
+            self._add_centroids(
+                self._generation_name("centroids", generation),
+                np.asarray([current[c][2] for c in range(info.n_clusters)], dtype=np.float32),
+                [
+                    self._cluster_metadata(c, current[c][0], current[c][1])
+                    for c in range(info.n_clusters)
+                ],
+            )
+            self._switch(updated, centroids=generation, questions=questions_generation)
+            self._sweep()
         self._info = updated
         return updated
 
     def delete(self) -> None:
-        """Delete this pool's collections; other pools in the database are untouched."""
-        self._delete_collections()
+        """Delete this pool's collections; other pools in the database are untouched.
+
+        The info collection goes first, so a pool caught half-deleted reads as empty.
+
+        Raises:
+            StoreBusyError: Another writer holds the store.
+        """
+        with self.write_lock():
+            self._delete_collection(self.centroids_collection_name)
+            self._sweep()
+            self.refresh()
+
+
+class _Lease:
+    """The writer lease of a server store: a collection whose creation is the claim.
+
+    Creating a collection that exists fails on the server, so two writers cannot both
+    create ``f"{name}-writer"``. The holder renews it every ``LEASE_TTL_S / 4``
+    seconds; a lease not renewed for :data:`LEASE_TTL_S` seconds (by the server's
+    clock) belongs to a writer that died and is taken over. Before switching a new
+    calibration in, the holder checks the lease is still its own.
+    """
+
+    def __init__(self, store: ClusterStore) -> None:
+        self._store = store
+        self._owner = uuid.uuid4().hex
+        self._collection_id: Any = None
+        self._stop = threading.Event()
+
+    def _now(self) -> float:
+        client = self._store._get_client()
+        return int(self._store._call("read the server clock", client.heartbeat)) / 1e9
+
+    def _busy(self, metadata: Mapping[str, Any]) -> StoreBusyError:
+        holder = f"pid {metadata.get('pid')} on {metadata.get('host')!r}"
+        return StoreBusyError(
+            f"Another writer ({holder}) is writing to {self._store._where}: one writer at "
+            f"a time. Wait for it to finish and run again; a lease its holder stopped "
+            f"renewing is taken over after {LEASE_TTL_S:g} s."
+        )
+
+    def take(self) -> None:
+        """Create the lease, or take over a stale one.
+
+        Raises:
+            StoreBusyError: A live writer holds it.
+        """
+        from chromadb.errors import NotFoundError
+
+        store = self._store
+        name = store._lease_name
+        for _ in range(2):
+            now = self._now()
+            metadata = {
+                "owner": self._owner,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "taken_at": now,
+                "renewed_at": now,
+            }
+            try:
+                collection = store._create_collection(name, metadata=metadata)
+            except StoreError:
+                try:
+                    existing = store._get_collection(name)
+                except NotFoundError:
+                    continue  # released in between: try again
+                held = dict(existing.metadata or {})
+                if held.get("owner") == self._owner:  # created, though the answer was lost
+                    collection = existing
+                    break
+                renewed = held.get("renewed_at")
+                if isinstance(renewed, (int, float)) and now - renewed < LEASE_TTL_S:
+                    raise self._busy(held) from None
+                store._delete_collection(name)  # its holder stopped renewing it
+                continue
+            break
+        else:
+            raise StoreBusyError(
+                f"Could not take the writer lease of {store._where}: another writer took it "
+                "at the same moment. Run again once it is done."
+            )
+        self._collection_id = collection.id
+        threading.Thread(
+            target=self._renew, args=(collection,), name=f"{name}-lease", daemon=True
+        ).start()
+
+    def _renew(self, collection: Collection) -> None:
+        while not self._stop.wait(LEASE_TTL_S / 4):
+            with contextlib.suppress(AvengersError):
+                metadata: dict[str, Any] = {
+                    **(collection.metadata or {}),
+                    "renewed_at": self._now(),
+                }
+
+                def renew(metadata: dict[str, Any] = metadata) -> None:
+                    collection.modify(metadata=metadata)
+
+                self._store._call("renew the writer lease", renew)
+
+    def check(self) -> None:
+        """Raise :class:`StoreBusyError` unless the lease is still this writer's."""
+        from chromadb.errors import NotFoundError
+
+        try:
+            current = self._store._get_collection(self._store._lease_name)
+        except NotFoundError:
+            current = None
+        if current is None or current.id != self._collection_id:
+            raise StoreBusyError(
+                f"This writer lost the writer lease of {self._store._where} (it was not "
+                f"renewed for {LEASE_TTL_S:g} s and another writer took it over); the "
+                "calibration it wrote was not switched in. Run again."
+            )
+
+    def release(self) -> None:
+        """Stop renewing and delete the lease if it is still this writer's."""
+        self._stop.set()
+        with contextlib.suppress(AvengersError):
+            self.check()
+            self._store._delete_collection(self._store._lease_name)

@@ -56,6 +56,8 @@ class ScriptedExpert(BaseChatModel):
     fail_with: Callable[[], Exception] = Field(default=lambda: ConnectionError("server down"))
     delay: float = 0.0
     call_tools: ToolCaller | None = None
+    respond_to: Callable[[list[BaseMessage], int | None], str] | None = None
+    """Replies from the whole conversation (system instruction included) when set."""
     _calls: int = PrivateAttr(default=0)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _seen: list[dict[str, Any]] = PrivateAttr(default_factory=list)
@@ -120,7 +122,10 @@ class ScriptedExpert(BaseChatModel):
                     ]
                 )
         question = _last_human(messages)
-        text = self.respond(question, kwargs.get("seed"))
+        if self.respond_to is not None:
+            text = self.respond_to(messages, kwargs.get("seed"))
+        else:
+            text = self.respond(question, kwargs.get("seed"))
         for token in stop or []:
             if token in text:
                 text = text[: text.index(token)]

@@ -510,7 +510,7 @@ def calibrated_store(settings: Settings, pool: PoolConfig) -> ClusterStore:
         read_jsonl(bundled("validation.jsonl")),
         store,
         cache=cache,
-        **pool.calibration,
+        **pool.calibration.as_kwargs(),
     )
     print(f"calibrated {store}: {report.calls} expert calls, {report.cached} recorded answers")
     return store
@@ -539,7 +539,9 @@ def record(path: Path, samples: int, threads: int | None) -> None:
             name: Recording(expert=name, inner=expert, sink=sink)
             for name, expert in _experts(pool, local_urls(settings, pool)).items()
         }
-        routing = {k: v for k, v in pool.routing.items() if k not in _llm_options(samples)}
+        routing = {
+            k: v for k, v in pool.routing.as_kwargs().items() if k not in _llm_options(samples)
+        }
         routing["timeout"] = TIMEOUT
         llm = ChatAvengers(
             experts=experts,
@@ -616,7 +618,7 @@ def _replayed_vote(
         for e in pool.experts
         if e.name in by_expert
     }
-    routing = {k: v for k, v in pool.routing.items() if k not in _llm_options(samples)}
+    routing = {k: v for k, v in pool.routing.as_kwargs().items() if k not in _llm_options(samples)}
     routing.pop("timeout", None)
     llm = ChatAvengers(
         experts=experts,

@@ -57,7 +57,7 @@ def main() -> None:
         print(f"{path.name}: {added} recorded answers of {sorted(experts)} imported")
     try:
         servers.up(local, threads=args.threads)
-        options = dict(pool.calibration)
+        options = pool.calibration.as_kwargs()
         rows = read_jsonl(bundled("validation.jsonl"))
         store = ClusterStore(path=args.work / "store", name="record")
         started_at = time.perf_counter()

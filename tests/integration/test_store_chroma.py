@@ -146,3 +146,27 @@ def test_unreachable_server_is_a_store_error() -> None:
     store = ClusterStore(host="127.0.0.1", port=port, name="nowhere")
     with pytest.raises(StoreError, match=rf"Cannot reach the Chroma server at .*:{port}"):
         store.info()
+
+
+def test_a_replace_through_the_server_keeps_only_the_live_generation(
+    chroma_server: tuple[str, int], pool_name: str
+) -> None:
+    import chromadb
+    from chromadb.config import Settings
+
+    reader = remote(chroma_server, pool_name)
+    write(remote(chroma_server, pool_name))
+    first = reader.collection_names()
+    assert reader.nearest([0.0, 0.1, 0.0, 1.0], 1)[0][0] == 3  # handles cached
+    write(remote(chroma_server, pool_name))  # another writer replaces the calibration
+    # The reader's cached collections are gone: it finds the new generation by itself.
+    assert reader.nearest([0.0, 0.1, 0.0, 1.0], 1)[0][0] == 3
+    second = reader.collection_names()
+    assert second["info"] == first["info"] == f"{pool_name}-centroids"
+    assert second["centroids"] != first["centroids"]
+    host, port = chroma_server
+    client = chromadb.HttpClient(
+        host=host, port=port, settings=Settings(anonymized_telemetry=False)
+    )
+    names = {c.name for c in client.list_collections() if c.name.startswith(pool_name + "-")}
+    assert names == set(second.values())  # the old generation and the writer lease are gone

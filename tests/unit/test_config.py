@@ -18,12 +18,13 @@ def test_example_pool_builds_openai_compatible_experts_without_io() -> None:
     pool = load_pool_config(EXAMPLE)
     experts = pool.build_experts()
     assert list(experts) == ["qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "smollm2-135m"]
-    first = experts["qwen2.5-coder-1.5b"]
+    first = experts["qwen2.5-coder-1.5b"].model
+    assert experts["qwen2.5-coder-1.5b"].strategy == "reason"
     assert isinstance(first, ChatOpenAI)
     assert first.openai_api_base == "http://127.0.0.1:8081/v1"
     assert first.max_tokens == 384
     assert first.extra_body is None
-    assert pool.routing == {"top_k": 1, "top_n": 2, "samples": 3, "timeout": 120}
+    assert pool.routing.as_kwargs() == {"top_k": 1, "top_n": 2, "samples": 3, "timeout": 120}
 
 
 def test_api_key_comes_from_the_named_variable_and_never_shows(tmp_path, monkeypatch) -> None:
@@ -36,7 +37,7 @@ def test_api_key_comes_from_the_named_variable_and_never_shows(tmp_path, monkeyp
     with pytest.raises(InvalidInputError, match=r"\$POOL_KEY"):
         load_pool_config(config).build_experts()
     monkeypatch.setenv("POOL_KEY", "sk-very-secret")
-    expert = load_pool_config(config).build_experts()["a"]
+    expert = load_pool_config(config).build_experts()["a"].model
     assert "sk-very-secret" not in repr(expert)
     assert expert.openai_api_key is not None
     assert expert.openai_api_key.get_secret_value() == "sk-very-secret"
@@ -45,7 +46,7 @@ def test_api_key_comes_from_the_named_variable_and_never_shows(tmp_path, monkeyp
 def test_keyless_servers_get_the_documented_placeholder(tmp_path) -> None:
     config = tmp_path / "pool.yaml"
     config.write_text("experts:\n  - {name: a, base_url: 'http://h/v1', model: m}\n")
-    expert = load_pool_config(config).build_experts()["a"]
+    expert = load_pool_config(config).build_experts()["a"].model
     assert expert.openai_api_key.get_secret_value() == KEYLESS_API_KEY  # type: ignore[union-attr]
 
 
@@ -146,7 +147,7 @@ def test_production_example_points_at_servers_and_a_chroma_server(monkeypatch) -
     monkeypatch.setenv("VLLM_API_KEY", "k1")
     monkeypatch.setenv("SGLANG_API_KEY", "k2")
     experts = pool.build_experts()
-    assert [e.openai_api_base for e in experts.values()] == [  # type: ignore[attr-defined]
+    assert [e.model.openai_api_base for e in experts.values()] == [  # type: ignore[attr-defined]
         "http://vllm-qwen.internal:8000/v1",
         "http://ollama.internal:11434/v1",
         "http://sglang-mistral.internal:30000/v1",
@@ -167,7 +168,7 @@ def test_local_experts_need_their_server_and_exactly_one_endpoint(tmp_path) -> N
     assert pool.local_models() == ["smollm2-135m"]
     with pytest.raises(InvalidInputError, match="avengers local up smollm2-135m"):
         pool.build_experts({})
-    expert = pool.build_experts({"smollm2-135m": "http://127.0.0.1:8123/v1"})["a"]
+    expert = pool.build_experts({"smollm2-135m": "http://127.0.0.1:8123/v1"})["a"].model
     assert expert.openai_api_base == "http://127.0.0.1:8123/v1"  # type: ignore[attr-defined]
     assert expert.model_name == "smollm2-135m"  # type: ignore[attr-defined]
 
@@ -189,7 +190,7 @@ def test_tool_call_parser_defaults_to_the_local_models_and_can_be_set(tmp_path) 
         "smollm2-135m": "http://127.0.0.1:8124/v1",
     }
     experts = pool.build_experts(urls)
-    assert {name: expert.tool_call_parser for name, expert in experts.items()} == {  # type: ignore[attr-defined]
+    assert {name: expert.model.tool_call_parser for name, expert in experts.items()} == {  # type: ignore[attr-defined]
         "qwen": "hermes",
         "qwen-off": None,
         "smol": None,

@@ -16,7 +16,7 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.outputs import ChatResult
 from pydantic import PrivateAttr
 
-from avengers_graph import ChatAvengers, ClusterStore, create_avengers_graph, voting
+from avengers_graph import ChatAvengers, ClusterStore, create_avengers_graph, formats, voting
 from tests.fakes import KeywordEmbeddings, ScriptedExpert, constant
 
 MATH = {"messages": [HumanMessage("a math problem: what is 6 * 7?")]}
@@ -96,13 +96,13 @@ def test_is_decided(keys, pending, decided) -> None:
 
 def test_auto_extractor_is_settled_only_when_the_rest_cannot_flip_it() -> None:
     boxed = ["\\boxed{42}"] * 4
-    assert voting.settled_extractor(boxed, "auto", 2) is voting.extract_number
+    assert voting.settled_extractor(boxed, "auto", 2) is formats.extract_number
     # one boxed number, one to come: a boxed letter would make it a choice question
     assert voting.settled_extractor(boxed[:1], "auto", 1) is voting.UNSETTLED
     # short answers so far: a long one to come would make it free text
     assert voting.settled_extractor(["Paris", "Paris"], "auto", 1) is voting.UNSETTLED
-    assert voting.settled_extractor(["Paris", "Paris"], "auto", 0) is voting.extract_text
-    assert voting.settled_extractor(["Paris"], "text", 5) is voting.extract_text
+    assert voting.settled_extractor(["Paris", "Paris"], "auto", 0) is formats.extract_text
+    assert voting.settled_extractor(["Paris"], "text", 5) is formats.extract_text
     # with nothing to come it is resolve_extractor
     texts = ["The answer is (B).", "Answer: B", "I think it is C, maybe"]
     assert voting.settled_extractor(texts, "auto", 0) is voting.resolve_extractor(texts)

@@ -3,16 +3,14 @@ from __future__ import annotations
 import pytest
 
 from avengers_graph.errors import InvalidInputError
-from avengers_graph.grading import (
-    GRADERS,
-    KIND_EXTRACTORS,
+from avengers_graph.formats import (
+    FORMATS,
     get_grader,
     grade_choice,
     grade_code,
     grade_number,
     grade_text,
 )
-from avengers_graph.voting import extract_choice, extract_code, extract_number, extract_text
 
 
 @pytest.mark.parametrize(
@@ -150,16 +148,22 @@ def test_grade_code_rejects_invalid_tests() -> None:
 
 
 def test_registries() -> None:
-    assert set(GRADERS) == {"number", "math", "choice", "text", "code"}
-    assert set(KIND_EXTRACTORS) == set(GRADERS)
-    assert GRADERS["math"] is grade_number
-    assert KIND_EXTRACTORS["number"] is extract_number
-    assert KIND_EXTRACTORS["math"] is extract_number
-    assert KIND_EXTRACTORS["choice"] is extract_choice
-    assert KIND_EXTRACTORS["text"] is extract_text
-    assert KIND_EXTRACTORS["code"] is extract_code
+    gradable = {name for name, fmt in FORMATS.items() if fmt.gradable}
+    assert gradable == {"number", "math", "choice", "label", "text", "code"}
+    assert FORMATS["math"].grade is grade_number
     with pytest.raises(TypeError):
-        GRADERS["new"] = grade_text  # type: ignore[index]
+        FORMATS["new"] = FORMATS["text"]  # type: ignore[index]
+
+
+def test_the_old_grading_module_still_works_with_a_warning() -> None:
+    import importlib
+    import sys
+
+    sys.modules.pop("avengers_graph.grading", None)
+    with pytest.warns(DeprecationWarning, match="avengers_graph.formats"):
+        grading = importlib.import_module("avengers_graph.grading")
+    assert grading.GRADERS["code"] is grade_code
+    assert grading.get_grader("choice") is grade_choice
 
 
 def test_get_grader() -> None:

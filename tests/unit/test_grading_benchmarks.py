@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from avengers_graph.grading import grade_code, grade_number
+from avengers_graph.formats import grade_code, grade_number
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from avengers_graph import (
     build_avengers_graph,
     create_avengers_graph,
 )
+from avengers_graph.contract import contract
 from avengers_graph.graph import is_transient_error
 from tests.fakes import KeywordEmbeddings, ScriptedExpert, constant
 from tests.unit.conftest import write_two_domain_store
@@ -70,9 +71,11 @@ def test_output_appends_winner_with_summed_usage(experts, embeddings, store) -> 
     assert answer.text == "So the result is \\boxed{42}."
     assert answer.response_metadata["model_name"] == "avengers"
     assert answer.response_metadata["expert"] == "mathy"
-    # 4 calls; ScriptedExpert reports len(words) tokens: prompt 8, answer 5 / 2 words
+    # 4 calls; ScriptedExpert reports len(words) tokens: prompt 8 plus the prompt
+    # contract's instruction for a number question, answer 5 / 2 words
+    instruction = contract(MATH["messages"], "reason").instruction or ""
     assert answer.usage_metadata is not None
-    assert answer.usage_metadata["input_tokens"] == 4 * 8
+    assert answer.usage_metadata["input_tokens"] == 4 * (8 + len(instruction.split()))
     assert answer.usage_metadata["output_tokens"] == 2 * 5 + 2 * 2
     record = out["avengers"]
     assert record["votes"] == {"42": 4}
@@ -203,6 +206,25 @@ def test_transient_errors_are_retried(embeddings, store) -> None:
     assert experts["mathy"].calls == 2
 
 
+def test_max_retries_is_a_per_run_option(embeddings, store) -> None:
+    no_wait = RetryPolicy(
+        max_attempts=11, initial_interval=0.0, jitter=False, retry_on=is_transient_error
+    )
+    experts = {
+        "mathy": ScriptedExpert(always_fail=True),  # ConnectionError: transient
+        "bard": ScriptedExpert(respond=constant("\\boxed{42}")),
+    }
+    g = build_avengers_graph(
+        experts, embeddings, store, top_n=2, samples=1, seed=1, retry_policy=no_wait
+    ).compile()
+    g.invoke(MATH, context={"max_retries": 0})
+    assert experts["mathy"].calls == 1
+    g.invoke(MATH, context={"max_retries": 3})
+    assert experts["mathy"].calls == 1 + 4
+    g.invoke(MATH)  # the graph's default: 2
+    assert experts["mathy"].calls == 1 + 4 + 3
+
+
 def test_transient_errors_give_up_after_max_retries(embeddings, store) -> None:
     experts = {
         "mathy": ScriptedExpert(always_fail=True),  # ConnectionError: transient
@@ -295,6 +317,15 @@ def test_usable_as_a_node_in_a_parent_graph(experts, embeddings, store) -> None:
     out = parent.compile().invoke(MATH)
     assert [m.type for m in out["messages"]] == ["human", "ai"]
     assert out["messages"][-1].text == "So the result is \\boxed{42}."
+
+
+def test_a_parent_graph_passes_its_context_to_the_ensemble(experts, embeddings, store) -> None:
+    parent = StateGraph(MessagesState, context_schema=AvengersContext)
+    parent.add_node("ensemble", graph(experts, embeddings, store, top_n=2, samples=3))
+    parent.add_edge(START, "ensemble")
+    out = parent.compile().invoke(MATH, context={"top_n": 1, "samples": 2})
+    assert sum(e.calls for e in experts.values()) == 2
+    assert [m.type for m in out["messages"]] == ["human", "ai"]
 
 
 @pytest.mark.parametrize("messages", [[], [AIMessage("no question")], [HumanMessage("")]])

@@ -14,16 +14,15 @@ from typing import Any
 import pytest
 
 from avengers_graph.cache import AnswerCache
-from avengers_graph.calibration import DEFAULT_INSTRUCTIONS
 from avengers_graph.errors import InvalidInputError
 from avengers_graph.recording import (
     PACKAGES,
     PROVENANCE_FILE,
     QUESTIONS_FILE,
-    RECORD_MAX_TOKENS,
     RESPONSES_FILE,
     Response,
     ResponseMatrix,
+    contract_snapshot,
     record,
 )
 from tests.fakes import ScriptedExpert
@@ -52,7 +51,7 @@ ITEMS: list[dict[str, str]] = [
         "id": "mbpp-1",
         "dataset": "mbpp",
         "kind": "code",
-        "question": "Q-code: write add(a, b).",
+        "question": "Q-code: write a function add(a, b).",
         "answer": "assert add(1, 2) == 3\nassert add(-1, 1) == 0\n",
         "source": "mbpp #1",
     },
@@ -161,17 +160,15 @@ def test_samples_naming_an_unknown_expert_is_refused(cache: AnswerCache) -> None
     assert expert.calls == 0
 
 
-def test_per_kind_max_tokens_reaches_the_expert(cache: AnswerCache) -> None:
+def test_the_contracts_budgets_reach_the_expert(cache: AnswerCache) -> None:
     expert = ScriptedExpert(model="m", respond=_by_prefix(RIGHT))
     # one worker: calls are made in plan order, which is item order
     record({"a": expert}, ITEMS, cache, samples=1, max_concurrency=1)
-    assert [call["max_tokens"] for call in expert.seen] == [
-        RECORD_MAX_TOKENS[item["kind"]] for item in ITEMS
-    ]
-    assert [call["max_tokens"] for call in expert.seen] == [384, 48, 384, 16]
+    # the reason strategy's budgets for number, choice, code and label questions
+    assert [call["max_tokens"] for call in expert.seen] == [1024, 1024, 1024, 512]
 
 
-def test_kind_left_out_of_max_tokens_is_not_capped(cache: AnswerCache) -> None:
+def test_max_tokens_caps_the_budget_of_the_kinds_it_names(cache: AnswerCache) -> None:
     expert = ScriptedExpert(model="m", respond=_by_prefix(RIGHT))
     record(
         {"a": expert},
@@ -182,7 +179,7 @@ def test_kind_left_out_of_max_tokens_is_not_capped(cache: AnswerCache) -> None:
         max_tokens={"number": 7, "code": 9},
         temperature=None,
     )
-    assert [call.get("max_tokens") for call in expert.seen] == [7, None, 9, None]
+    assert [call.get("max_tokens") for call in expert.seen] == [7, 1024, 9, 512]
     assert all("temperature" not in call for call in expert.seen)
 
 
@@ -210,7 +207,13 @@ def test_extracted_and_correct_by_kind(cache: AnswerCache) -> None:
         replies = RIGHT if expert == "right" else WRONG
         assert response.output == replies[prefix[question_id]]
         assert response.tokens == len(response.output.split())
-    assert report.matrix.questions == ITEMS
+    formats = {"gsm8k-1": "number", "arc-1": "choice", "mbpp-1": "code", "sst2-1": "label"}
+    assert report.matrix.questions == [
+        {**item, "format": formats[item["id"]], "options": options}
+        for item, options in zip(
+            ITEMS, [[], ["A", "B", "C"], [], ["positive", "negative"]], strict=True
+        )
+    ]
 
 
 def test_failed_calls_are_reported_and_retried_alone(cache: AnswerCache) -> None:
@@ -310,7 +313,6 @@ def test_an_export_counts_no_call_even_when_the_cache_grows_meanwhile(tmp_path: 
         {"seed": 5},
         {"temperature": 0.1},
         {"max_tokens": 100},
-        {"instructions": {"number": "Box it."}},
     ],
 )
 def test_changed_prompt_or_sampling_misses_the_cache(
@@ -424,7 +426,6 @@ def test_samples_are_grouped_in_sample_order() -> None:
 
 def test_provenance(cache: AnswerCache) -> None:
     experts = {"a": _doubler(model="a-1b"), "b": _doubler(model="b-1b")}
-    instructions = {"number": "Box it."}
     report = record(
         experts,
         _numbers(2),
@@ -432,7 +433,6 @@ def test_provenance(cache: AnswerCache) -> None:
         samples={"a": 3, "b": 1},
         seed=7,
         temperature=0.5,
-        instructions=instructions,
         provenance={
             "experts": {"a": {"file": "a-1b.Q4_K_M.gguf", "sha256": "ab12"}},
             "benchmark": {"names": ["gsm8k"], "per_dataset": 2, "seed": 3},
@@ -440,26 +440,28 @@ def test_provenance(cache: AnswerCache) -> None:
     )
     provenance = report.matrix.provenance
     assert provenance["experts"] == {
-        "a": {"samples": 3, "file": "a-1b.Q4_K_M.gguf", "sha256": "ab12"},
-        "b": {"samples": 1},
+        "a": {"samples": 3, "strategy": "reason", "file": "a-1b.Q4_K_M.gguf", "sha256": "ab12"},
+        "b": {"samples": 1, "strategy": "reason"},
     }
     assert provenance["benchmark"] == {"names": ["gsm8k"], "per_dataset": 2, "seed": 3}
     assert provenance["sampling"]["temperature"] == 0.5
     assert provenance["sampling"]["seed"] == 7
-    assert provenance["sampling"]["max_tokens"] == dict(RECORD_MAX_TOKENS)
+    assert provenance["sampling"]["max_tokens"] is None
     assert "seed + j" in provenance["sampling"]["seeds"]
-    assert provenance["prompt"]["instructions"] == instructions
+    assert provenance["prompt"]["contract"] == contract_snapshot()
     assert set(provenance["packages"]) == set(PACKAGES)
     assert isinstance(provenance["packages"]["avengers-graph"], str)
     assert isinstance(provenance["packages"]["langchain-core"], str)
     assert datetime.fromisoformat(provenance["created"]).tzinfo is not None
 
 
-def test_default_provenance_records_default_instructions(cache: AnswerCache) -> None:
+def test_provenance_records_the_prompt_contract(cache: AnswerCache) -> None:
     report = record({"a": _doubler()}, _numbers(1), cache, samples=1)
     provenance = report.matrix.provenance
-    assert provenance["prompt"]["instructions"] == dict(DEFAULT_INSTRUCTIONS)
-    assert provenance["experts"] == {"a": {"samples": 1}}
+    contract = provenance["prompt"]["contract"]
+    assert contract["number"]["instructions"]["reason"].endswith("in \\boxed{}.")
+    assert contract["choice"]["max_tokens"] == {"direct": 16, "reason": 1024}
+    assert provenance["experts"] == {"a": {"samples": 1, "strategy": "reason"}}
     json.dumps(provenance)  # serialisable as recorded
 
 
@@ -467,7 +469,7 @@ def test_read_only_max_tokens_mapping_can_be_saved(cache: AnswerCache, tmp_path:
     # Bug: provenance keeps max_tokens as passed; a read-only Mapping (MappingProxyType,
     # as the package's own registries are) is not JSON serialisable, so save() fails
     # after writing the two row files, leaving a folder that loads with no provenance.
-    caps = MappingProxyType(dict(RECORD_MAX_TOKENS))
+    caps = MappingProxyType({"number": 7, "choice": 5})
     report = record({"a": _doubler()}, _numbers(1), cache, samples=1, max_tokens=caps)
     folder = report.matrix.save(tmp_path / "m")
     assert ResponseMatrix.load(folder).provenance["sampling"]["max_tokens"] == dict(caps)

@@ -57,7 +57,7 @@ def test_a_saved_matrix_seeds_a_fresh_cache(tmp_path: Path) -> None:
 
 def test_a_matrix_recorded_with_other_settings_is_refused(tmp_path: Path) -> None:
     report = record({"a": _expert()}, ITEMS, AnswerCache(tmp_path / "one.sqlite"), samples=1)
-    with pytest.raises(InvalidInputError, match="other instructions, temperature or caps"):
+    with pytest.raises(InvalidInputError, match="another prompt contract, temperature or caps"):
         record(
             {"a": _expert()},
             ITEMS,

@@ -19,10 +19,13 @@ from avengers_graph import InvalidInputError
 from avengers_graph.recording import Response, ResponseMatrix
 from avengers_graph.replay import (
     AVERAGE,
+    CHOSEN,
+    AdaptiveConfig,
     EnsembleConfig,
     Outcome,
     Replay,
     Summary,
+    calibration_curve,
     compare,
     evaluate,
 )
@@ -271,3 +274,71 @@ def test_compare_refuses_unpaired_results() -> None:
         compare(summary, "a", "nobody")
     with pytest.raises(InvalidInputError, match="level"):
         compare(summary, "a", "a", level=1.0)
+
+
+# --------------------------------------------------------------------------- adaptive
+
+
+def _adaptive(threshold: float, **kwargs: object) -> AdaptiveConfig:
+    options: dict[str, object] = {
+        "top_n": 3,
+        "per_expert": 3,
+        "budget": 3,
+        "round_size": 1,
+        "prior_strength": 0.0,
+        **kwargs,
+    }
+    return AdaptiveConfig(f"adaptive {threshold}", threshold=threshold, **options)  # type: ignore[arg-type]
+
+
+def test_adaptive_draws_until_the_weighted_vote_is_sure() -> None:
+    replay = _replay()
+    algebra = next(q for q in replay.test if q.startswith("algebra"))
+    trivia = next(q for q in replay.test if q.startswith("trivia"))
+    # algebra: only math beats chance (2/3 of its samples right; chance 0.05 for numbers);
+    # its first sample is wrong (sure 38/57), the second ties, the third makes "1" win
+    # with exp(2 ln 38) / (38^2 + 38 + 18) = 0.963
+    outcome, confidence = replay.adaptive_answer(algebra, _adaptive(0.9))
+    assert (outcome.accuracy, outcome.calls, outcome.tokens) == (1.0, 3, 30)
+    assert confidence == pytest.approx(38**2 / (38**2 + 38 + 18))
+    # a lower threshold stops after the first, wrong sample
+    outcome, confidence = replay.adaptive_answer(algebra, _adaptive(0.6))
+    assert (outcome.accuracy, outcome.calls) == (0.0, 1)
+    assert confidence == pytest.approx(38 / 57)
+    # trivia: facts is always right (0.99 after clipping): one sample is enough
+    outcome, confidence = replay.adaptive_answer(trivia, _adaptive(0.9))
+    assert (outcome.accuracy, outcome.calls, outcome.tokens) == (1.0, 1, 20)
+    assert confidence > 0.98
+
+
+def test_folds_test_every_question_once() -> None:
+    tested = []
+    for index in range(5):
+        replay = _replay(fold=(index, 5))
+        assert len(replay.test) == 4
+        assert not set(replay.test) & set(replay.calibration)
+        tested += replay.test
+    assert sorted(tested) == sorted(q["id"] for q in MATRIX.questions)
+
+
+def test_the_configuration_is_chosen_on_calibration_data() -> None:
+    grid = [_adaptive(0.6), _adaptive(0.9)]
+    summary = evaluate(
+        MATRIX, VECTORS, [], baselines=["Best-Single"], n_clusters=2, folds=5, grid=grid
+    )
+    assert summary.chosen == ["adaptive 0.9"] * 5
+    assert summary.accuracy(CHOSEN) == 1.0
+    assert summary.accuracy("Best-Single") == 0.5
+    claimed = summary.confidence[CHOSEN]
+    assert len(claimed) == 20  # every question, tested once
+    assert all(right for _, right in claimed)
+
+
+def test_calibration_curve_by_hand() -> None:
+    pairs = [(0.95, True), (0.95, False), (0.55, True), (0.52, True)]
+    rows, ece = calibration_curve(pairs, bins=10)
+    assert [(r["low"], r["count"], r["accuracy"]) for r in rows] == [
+        (0.5, 2.0, 1.0),
+        (0.9, 2.0, 0.5),
+    ]
+    assert ece == pytest.approx((2 * abs(1.0 - 0.535) + 2 * abs(0.5 - 0.95)) / 4)

@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 
 from avengers_graph.errors import (
+    DamagedStoreError,
     EmbeddingMismatchError,
     EmptyStoreError,
     InvalidInputError,
     SchemaVersionError,
+    StoreBusyError,
     StoreError,
+    StoreTimeoutError,
 )
 from avengers_graph.store import (
     SCHEMA_VERSION,
@@ -141,9 +144,17 @@ def test_expert_stats_accuracy_and_dict_round_trip() -> None:
         "accuracy": 0.75,
         "mean_tokens": 10.5,
         "mean_seconds": 0.75,
+        "sample_correct": 0,
+        "samples": 0,
     }
     assert ExpertStats.from_dict(json.loads(json.dumps(data))) == stats
     assert ExpertStats(0, 0).accuracy == 0.0
+    assert stats.sample_accuracy == 0.75  # no per-sample counts: the majority's accuracy
+    sampled = ExpertStats(3, 4, sample_correct=5, samples=12)
+    assert sampled.sample_accuracy == 5 / 12
+    assert ExpertStats.from_dict(sampled.to_dict()) == sampled
+    with pytest.raises(InvalidInputError, match="sample_correct <= samples"):
+        ExpertStats(1, 2, sample_correct=3, samples=2)
 
 
 def test_expert_stats_accepts_numpy_numbers_as_plain_python() -> None:
@@ -204,14 +215,14 @@ def test_construction_does_no_io(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["", "-pool", "pool-", "po ol", "pööl", "a..b", "x" * 503, "pool/a"],
+    ["", "-pool", "pool-", "po ol", "pööl", "a..b", "x" * 485, "pool/a"],
 )
 def test_invalid_pool_names_are_refused_with_the_rules(tmp_path: Path, name: str) -> None:
     with pytest.raises(InvalidInputError, match=r"\[a-zA-Z0-9._-\]"):
         ClusterStore(path=tmp_path, name=name)
 
 
-@pytest.mark.parametrize("name", ["a", "p1", "my_pool.v2", "x" * 502])
+@pytest.mark.parametrize("name", ["a", "p1", "my_pool.v2", "x" * 484])
 def test_valid_pool_names_make_valid_collections(tmp_path: Path, name: str) -> None:
     store = ClusterStore(path=tmp_path, name=name)
     write_default(store)
@@ -374,7 +385,8 @@ def test_writes_in_batches_of_the_clients_max_batch_size(tmp_path: Path) -> None
     # 5 questions, then 3 centroids, in batches of at most 2.
     assert client.batches == [2, 2, 1, 2, 1]
     raw = raw_client(tmp_path)
-    assert raw.get_collection("pool-a-questions", embedding_function=None).count() == 5
+    questions = store.collection_names()["questions"]
+    assert raw.get_collection(questions, embedding_function=None).count() == 5
     # Reading pages through the same small batches still gives everything, in order.
     assert_round_trip(ClusterStore(client=client, name="pool-a"))
 
@@ -488,7 +500,7 @@ def test_collections_have_cosine_space_and_no_embedding_function(
     written: ClusterStore, tmp_path: Path
 ) -> None:
     client = raw_client(tmp_path)
-    for name in ("pool-a-centroids", "pool-a-questions"):
+    for name in written.collection_names().values():
         collection = client.get_collection(name, embedding_function=None)
         with warnings.catch_warnings():
             # Chroma calls a collection created without embedding function "legacy".
@@ -507,13 +519,20 @@ def test_collection_records_follow_the_documented_layout(
     written: ClusterStore, tmp_path: Path
 ) -> None:
     client = raw_client(tmp_path)
-    centroids = client.get_collection("pool-a-centroids", embedding_function=None)
+    names = written.collection_names()
+    info = client.get_collection("pool-a-centroids", embedding_function=None)
+    assert info.count() == 0  # the info collection holds the metadata only
+    assert json.loads(info.metadata["experts"]) == ["alpha", "beta"]
+    assert info.metadata["schema_version"] == SCHEMA_VERSION == 2
+    generation = info.metadata["centroids_generation"]
+    assert names["centroids"] == f"pool-a-centroids.{generation}"
+    assert names["questions"] == f"pool-a-questions.{info.metadata['questions_generation']}"
+    centroids = client.get_collection(names["centroids"], embedding_function=None)
     record = centroids.get(ids=["0"], include=["metadatas"])["metadatas"][0]
     assert record["cluster"] == 0
     assert record["size"] == 2
     assert json.loads(record["stats"])["beta"]["accuracy"] == 0.5
-    assert json.loads(centroids.metadata["experts"]) == ["alpha", "beta"]
-    questions = client.get_collection("pool-a-questions", embedding_function=None)
+    questions = client.get_collection(names["questions"], embedding_function=None)
     got = questions.get(ids=["q-2"], include=["metadatas", "documents"])
     assert got["documents"] == ["Write hello world."]
     assert got["metadatas"][0]["cluster"] == 2
@@ -540,7 +559,7 @@ def test_two_pools_in_one_database_are_isolated(tmp_path: Path) -> None:
     assert second.is_empty()
     assert_round_trip(ClusterStore(path=tmp_path, name="pool-a"))
     names = {c.name for c in raw_client(tmp_path).list_collections()}
-    assert names == {"pool-a-centroids", "pool-a-questions"}
+    assert names == set(ClusterStore(path=tmp_path, name="pool-a").collection_names().values())
 
 
 def test_delete_empties_the_pool_and_is_idempotent(written: ClusterStore) -> None:
@@ -664,3 +683,275 @@ def test_stored_question_validates_its_fields() -> None:
     with pytest.raises(InvalidInputError):
         StoredQuestion("id", "q", "a", "number", 0.5)  # type: ignore[arg-type]
     assert StoredQuestion("id", "q", "a", "number", np.int64(2)).cluster == 2  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- reliability
+
+
+def test_a_second_writer_gets_a_busy_error_naming_the_store(tmp_path: Path) -> None:
+    first = ClusterStore(path=tmp_path, name="pool-a")
+    second = ClusterStore(path=tmp_path, name="pool-a")
+    with first.write_lock():
+        write_default(first)  # re-entrant for the holder
+        with pytest.raises(StoreBusyError) as excinfo:
+            write_default(
+                second,
+                info=make_info(n_clusters=2),
+                centroids=CENTROIDS[:2],
+                sizes=[1, 1],
+                stats={},
+                questions=[],
+                question_vectors=np.zeros((0, 4)),
+            )
+        with pytest.raises(StoreBusyError):
+            second.add_expert_stats({0: {"gamma": ExpertStats(1, 1)}})
+        with pytest.raises(StoreBusyError):
+            second.delete()
+    message = str(excinfo.value)
+    assert str(tmp_path) in message
+    assert "one writer at a time" in message
+    assert_round_trip(ClusterStore(path=tmp_path, name="pool-a"))  # the refused writes did nothing
+    write_default(second)  # released: the next writer goes ahead
+
+
+class FailingClient:
+    """A real Chroma client whose ``fail_at``-th mutating call raises (a crash mid-write)."""
+
+    MUTATING = frozenset({"add", "modify", "delete", "create_collection", "delete_collection"})
+
+    def __init__(self, client: Any, fail_at: int) -> None:
+        self._client = client
+        self.fail_at = fail_at
+        self.calls = 0
+
+    def _count(self, what: str) -> None:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError(f"injected crash at mutating call {self.calls} ({what})")
+
+    def _wrap(self, collection: Any) -> Any:
+        owner = self
+
+        class Wrapped:
+            def __getattr__(self, name: str) -> Any:
+                attribute = getattr(collection, name)
+                if name not in owner.MUTATING:
+                    return attribute
+
+                def call(*args: Any, **kwargs: Any) -> Any:
+                    owner._count(name)
+                    return attribute(*args, **kwargs)
+
+                return call
+
+        return Wrapped()
+
+    def create_collection(self, *args: Any, **kwargs: Any) -> Any:
+        self._count("create_collection")
+        return self._wrap(self._client.create_collection(*args, **kwargs))
+
+    def get_collection(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrap(self._client.get_collection(*args, **kwargs))
+
+    def delete_collection(self, *args: Any, **kwargs: Any) -> Any:
+        self._count("delete_collection")
+        return self._client.delete_collection(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+NEW_CALIBRATION: dict[str, Any] = {
+    "info": make_info(n_clusters=2, experts=("gamma",)),
+    "centroids": CENTROIDS[[1, 0]],
+    "sizes": [1, 1],
+    "stats": {0: {"gamma": ExpertStats(1, 1)}},
+    "questions": QUESTIONS[:2],
+    "question_vectors": QUESTION_VECTORS[:2],
+}
+
+
+def assert_new_calibration(store: ClusterStore) -> None:
+    assert store.info().experts == ("gamma",)
+    assert store.stats() == {0: {"gamma": ExpertStats(1, 1)}, 1: {}}
+    assert [q.id for q in store.questions()] == ["q-3", "q-1"]
+    assert [c for c, _ in store.nearest([0.0, 1.0, 0.0, 0.0], 2)] == [0, 1]
+
+
+def test_a_write_interrupted_at_any_step_leaves_a_complete_calibration(tmp_path: Path) -> None:
+    # Count the mutating calls of one replacing write, then crash it at each of them.
+    probe_dir = tmp_path / "probe"
+    write_default(ClusterStore(path=probe_dir, name="pool-a"))
+    probe = FailingClient(raw_client(probe_dir), fail_at=0)
+    write_default(ClusterStore(client=probe, name="pool-a"), **NEW_CALIBRATION)
+    steps = probe.calls
+    assert steps >= 8  # lease, 2 creates, 2+ adds, the switch, the deletes
+    outcomes = {"old": 0, "new": 0}
+    for fail_at in range(1, steps + 1):
+        folder = tmp_path / f"crash-{fail_at}"
+        write_default(ClusterStore(path=folder, name="pool-a"))
+        failing = FailingClient(raw_client(folder), fail_at=fail_at)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            write_default(ClusterStore(client=failing, name="pool-a"), **NEW_CALIBRATION)
+        reader = ClusterStore(path=folder, name="pool-a")
+        if reader.info().experts == ("alpha", "beta"):
+            assert_round_trip(reader)
+            outcomes["old"] += 1
+        else:
+            assert_new_calibration(reader)
+            outcomes["new"] += 1
+        # The next write deletes whatever the crashed one left behind (a lease whose
+        # release crashed stays until it expires: only server writers use it).
+        write_default(ClusterStore(path=folder, name="pool-a"), **NEW_CALIBRATION)
+        names = {c.name for c in raw_client(folder).list_collections()}
+        if fail_at == steps:
+            names.discard("pool-a-writer")
+        assert names == set(ClusterStore(path=folder, name="pool-a").collection_names().values())
+    assert outcomes["old"] > 0
+    assert outcomes["new"] > 0  # crashes after the switch (while deleting the old one)
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [(b"", "empty (0 bytes)"), (b"garbage " * 500, "not an SQLite database")],
+)
+def test_a_damaged_database_file_is_reported_not_read_as_empty(
+    written: ClusterStore, tmp_path: Path, content: bytes, what: str
+) -> None:
+    database = tmp_path / "chroma.sqlite3"
+    database.write_bytes(content)
+    store = ClusterStore(path=tmp_path, name="pool-a")
+    for read in (store.is_empty, store.info, store.stats):
+        with pytest.raises(DamagedStoreError) as excinfo:
+            read()
+        message = str(excinfo.value)
+        assert str(database) in message
+        assert what in message
+        assert "backup" in message
+        assert "calibrate" in message
+    assert database.read_bytes() == content  # Chroma did not start a new database over it
+
+
+def test_a_chroma_call_that_never_returns_is_a_timeout_error(tmp_path: Path) -> None:
+    import threading
+
+    release = threading.Event()
+
+    class HungClient:
+        def get_collection(self, *args: Any, **kwargs: Any) -> Any:
+            release.wait(60)
+            raise AssertionError("released")
+
+    store = ClusterStore(client=HungClient(), name="pool-a", timeout=0.2)
+    try:
+        with pytest.raises(StoreTimeoutError) as excinfo:
+            store.info()
+        assert "did not answer within 0.2 s" in str(excinfo.value)
+        assert "pool 'pool-a'" in str(excinfo.value)
+    finally:
+        release.set()
+
+
+def test_timeout_must_be_positive() -> None:
+    with pytest.raises(InvalidInputError, match="timeout"):
+        ClusterStore(host="h", timeout=0)
+    with pytest.raises(InvalidInputError, match="timeout"):
+        ClusterStore(host="h", timeout=-1)
+
+
+def write_schema_1(path: Path) -> None:
+    """Write the default calibration in the layout of schema version 1 (before generations)."""
+    client = raw_client(path)
+    config = {"hnsw": {"space": "cosine"}}
+    questions = client.create_collection(
+        "pool-a-questions", configuration=config, embedding_function=None
+    )
+    questions.add(
+        ids=[q.id for q in QUESTIONS],
+        embeddings=QUESTION_VECTORS,
+        documents=[q.question for q in QUESTIONS],
+        metadatas=[
+            {"cluster": q.cluster, "answer": q.answer, "kind": q.kind, "position": i}
+            for i, q in enumerate(QUESTIONS)
+        ],
+    )
+    centroids = client.create_collection(
+        "pool-a-centroids", configuration=config, embedding_function=None
+    )
+    centroids.add(
+        ids=["0", "1", "2"],
+        embeddings=CENTROIDS,
+        metadatas=[
+            {
+                "cluster": c,
+                "size": SIZES[c],
+                "stats": json.dumps({e: s.to_dict() for e, s in STATS[c].items()}),
+            }
+            for c in range(3)
+        ],
+    )
+    centroids.modify(
+        metadata={
+            "schema_version": 1,
+            "name": "pool-a",
+            "embedding_model": "tiny-test-embedding",
+            "embedding_dim": 4,
+            "n_clusters": 3,
+            "experts": json.dumps(["alpha", "beta"]),
+            "created_at": "2026-01-01T00:00:00+00:00",
+            "seed": 7,
+        }
+    )
+
+
+def test_a_schema_1_store_is_read_then_migrated_by_the_next_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_schema_1(tmp_path)
+    old = ClusterStore(path=tmp_path, name="pool-a")
+    assert old.info().schema_version == 1
+    assert old.stats() == STATS
+    assert old.questions() == QUESTIONS
+    np.testing.assert_allclose(old.centroids(), CENTROIDS, atol=1e-7)
+    assert old.nearest([0.0, 1.0, 0.0, 0.0], 1)[0][0] == 1
+
+    with caplog.at_level("INFO", logger="avengers_graph.store"):
+        info = old.add_expert_stats({1: {"gamma": ExpertStats(1, 1)}})
+    assert "from schema version 1 to 2" in caplog.text
+    assert info.schema_version == SCHEMA_VERSION
+    fresh = ClusterStore(path=tmp_path, name="pool-a")
+    assert fresh.info().experts == ("alpha", "beta", "gamma")
+    assert fresh.stats() == {**STATS, 1: {**STATS[1], "gamma": ExpertStats(1, 1)}}
+    assert fresh.questions() == QUESTIONS
+    np.testing.assert_allclose(fresh.question_vectors(), QUESTION_VECTORS, atol=1e-7)
+    np.testing.assert_allclose(fresh.centroids(), CENTROIDS, atol=1e-7)
+    names = {c.name for c in raw_client(tmp_path).list_collections()}
+    assert names == set(fresh.collection_names().values())
+    assert "pool-a-questions" not in names
+    assert raw_client(tmp_path).get_collection("pool-a-centroids").count() == 0
+
+
+def test_a_schema_1_store_is_replaced_by_a_write(tmp_path: Path) -> None:
+    write_schema_1(tmp_path)
+    write_default(ClusterStore(path=tmp_path, name="pool-a"), **NEW_CALIBRATION)
+    fresh = ClusterStore(path=tmp_path, name="pool-a")
+    assert_new_calibration(fresh)
+    names = {c.name for c in raw_client(tmp_path).list_collections()}
+    assert names == set(fresh.collection_names().values())
+
+
+def test_a_store_with_corrupt_metadata_is_rebuilt_by_a_write(
+    written: ClusterStore, tmp_path: Path
+) -> None:
+    collection = raw_client(tmp_path).get_collection("pool-a-centroids", embedding_function=None)
+    metadata = dict(collection.metadata)
+    metadata["centroids_generation"] = "not-a-generation"
+    collection.modify(metadata=metadata)
+    fresh = ClusterStore(path=tmp_path, name="pool-a")
+    with pytest.raises(StoreError, match="--replace"):
+        fresh.stats()
+    write_default(fresh, **NEW_CALIBRATION)  # what calibrate --replace does
+    rebuilt = ClusterStore(path=tmp_path, name="pool-a")
+    assert_new_calibration(rebuilt)
+    names = {c.name for c in raw_client(tmp_path).list_collections()}
+    assert names == set(rebuilt.collection_names().values())

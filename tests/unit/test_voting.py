@@ -9,15 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from avengers_graph.errors import InvalidInputError
-from avengers_graph.voting import (
-    EXTRACTORS,
-    VoteResult,
+from avengers_graph.formats import (
     canonical_math,
     extract_choice,
     extract_code,
     extract_number,
     extract_text,
     last_code_block,
+)
+from avengers_graph.voting import (
+    EXTRACTORS,
+    VoteResult,
     majority_answer,
     majority_vote,
     resolve_extractor,
