@@ -93,6 +93,10 @@ DEFAULT_SLOTS = 3
 DRAFT_MAX = 8
 """Tokens the draft model proposes per step (``--spec-draft-n-max``)."""
 
+REPEAT_PENALTY = "1.1"
+"""``--repeat-penalty`` of every server: llama-cpp-python's server's default, the sampling
+the bundled answers and the benchmark matrix were recorded with."""
+
 _STATE_VERSION = 2
 _ENGINE = "llama-server"
 _LEGACY_ENGINE = "llama-cpp-python"
@@ -504,6 +508,10 @@ class LocalPool:
             str(threads),
             "--metrics",
             "--no-webui",
+            # the sampling the pool was calibrated and recorded with: llama-cpp-python's
+            # default penalty (llama-server's is off, and small models then loop)
+            "--repeat-penalty",
+            REPEAT_PENALTY,
         ]
         if spec is not None and spec.chat_format is not None:
             # the GGUF has no template: a built-in one (by name, which needs --no-jinja:

@@ -281,6 +281,7 @@ def test_the_command_line_gives_slots_context_threads_and_the_jinja_template(
     assert _option(command, "--threads") == "2"
     assert _option(command, "--threads-batch") == "2"
     assert "--jinja" in command
+    assert _option(command, "--repeat-penalty") == "1.1"  # llama-cpp-python's sampling
     assert "--chat-template" not in command
     assert "--spec-draft-model" not in command
 
