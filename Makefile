@@ -6,9 +6,6 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-# llama.cpp is compiled from source once (pip caches the wheel); a portable build
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF
-
 .PHONY: install install-local bubblewrap demo test unit integration lint format bench bench-perf bench-sandbox benchmarks-doc clean
 
 $(BIN)/python:
@@ -38,10 +35,13 @@ bubblewrap:
 	  fi; }
 
 $(VENV)/.installed-local: $(VENV)/.installed
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[local]'
+	$(BIN)/pip install --quiet -e '.[local]'
 	touch $@
 
+# llama.cpp's llama-server, compiled once per pinned version into the user cache
+# (~/.cache/avengers-graph/llama-server/; about 10 min on 2 cores), then only checked
 install-local: $(VENV)/.installed-local
+	$(BIN)/avengers local build
 
 demo: install-local bubblewrap
 	$(BIN)/avengers demo
@@ -68,10 +68,12 @@ format: install
 bench: install
 	$(BIN)/python tools/bench_routing.py --chroma-server
 
-# routing, orchestration, a real llama.cpp ensemble against one call, calibration, cache
+# routing, orchestration, the engine (llama-server against llama-cpp-python's server when
+# OLD_ENGINE_PYTHON names an interpreter that has it), a real ensemble, calibration, cache
 bench-perf: install-local
-	$(BIN)/avengers local fetch smollm2-135m
-	$(BIN)/python tools/bench_perf.py --chroma-server --out docs/benchmarks/perf.md
+	$(BIN)/avengers local fetch smollm2-135m gemma3-270m qwen2.5-coder-0.5b qwen2.5-coder-1.5b
+	$(BIN)/python tools/bench_perf.py --chroma-server --out docs/benchmarks/perf.md \
+		$(if $(OLD_ENGINE_PYTHON),--old-engine-python $(OLD_ENGINE_PYTHON))
 
 # one sandboxed run with bubblewrap against the fallback (docs/reliability.md)
 bench-sandbox: install

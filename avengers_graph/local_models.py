@@ -54,6 +54,7 @@ __all__ = [
 
 _CHUNK_BYTES = 8 * 1024 * 1024
 _PIP_TAIL_LINES = 15
+_LOCK_TIMEOUT_S = 1800.0
 
 
 class ModelFileError(AvengersError):
@@ -71,11 +72,20 @@ class LocalModelSpec:
         filename: Name of the joined file in the cache folder.
         size: Size of the joined file in bytes.
         sha256: Pinned sha256 of the joined file.
-        chat_format: llama.cpp ``chat_format``; ``None`` uses the GGUF's own template.
-        n_ctx: Context size the server loads the model with.
-        tool_call_parser: Client-side parser of the tool calls the model writes as
-            text (see :mod:`avengers_graph.experts.tool_parsers`); ``None`` for a model whose
-            chat template has no tool support, which cannot call tools.
+        chat_format: A llama.cpp built-in chat template (``llama-server
+            --chat-template``) for a GGUF that has none; ``None`` uses the GGUF's own
+            template through ``--jinja`` (tool calls parsed by the server).
+        n_ctx: Context of one server slot, in tokens (a server with ``S`` slots gets
+            ``S * n_ctx``).
+        tool_call_parser: Client-side parser of the tool calls the server returns as
+            text (see :mod:`avengers_graph.experts.tool_parsers`); ``None`` for a model that
+            cannot call tools. ``llama-server --jinja`` parses the calls written in the
+            template's own format (``<tool_call>`` JSON for Qwen2.5) into
+            ``tool_calls``, but the small Qwen2.5-Coder models mostly write them
+            otherwise (bare or fenced JSON), which the server leaves as text: the
+            parser reads those, and only answers that came back without ``tool_calls``.
+        draft: A registry model that drafts tokens for this one (speculative
+            decoding, same tokenizer), when its server is started with one.
     """
 
     name: str
@@ -87,6 +97,7 @@ class LocalModelSpec:
     chat_format: str | None
     n_ctx: int = 2048
     tool_call_parser: ToolCallParser | None = None
+    draft: str | None = None
 
 
 def _numbered(prefix: str, count: int, version: str) -> tuple[str, ...]:
@@ -122,7 +133,7 @@ MODELS: Mapping[str, LocalModelSpec] = MappingProxyType(
                 size=253_113_024,
                 sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
                 chat_format="gemma",  # a base model: the GGUF has no chat template
-                # no tool parser: llama.cpp's "gemma" format does not render tools
+                # cannot call tools: llama.cpp's "gemma" template does not render them
             ),
             LocalModelSpec(
                 name="qwen2.5-coder-0.5b",
@@ -134,8 +145,8 @@ MODELS: Mapping[str, LocalModelSpec] = MappingProxyType(
                 filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
                 size=491_400_064,
                 sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-                chat_format=None,  # the GGUF's own Qwen template
-                # the template renders the tools; llama.cpp returns the calls as text
+                chat_format=None,  # the GGUF's own Qwen template (--jinja)
+                # the server parses <tool_call> JSON; bare or fenced JSON stays text
                 tool_call_parser="hermes",
             ),
             LocalModelSpec(
@@ -314,19 +325,22 @@ def _is_verified(spec: LocalModelSpec, path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``lock_path`` (no-op where ``fcntl`` is missing)."""
+def _exclusive(lock_path: Path, timeout: float = _LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (``filelock``) while the block runs.
+
+    Raises:
+        ModelFileError: Another process held it for ``timeout`` seconds.
+    """
+    from filelock import FileLock, Timeout
+
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
+        with FileLock(lock_path, timeout=timeout):
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    except Timeout as exc:
+        raise ModelFileError(
+            f"Another process held {lock_path} for over {timeout:.0f} s. If none is "
+            "joining model files any more, delete the lock file."
+        ) from exc
 
 
 def _copy_parts(spec: LocalModelSpec, parts: list[Path], out: BinaryIO) -> tuple[int, str]:

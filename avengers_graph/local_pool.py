@@ -1,86 +1,118 @@
-"""A pool of local llama.cpp servers, one process per model, reachable through ``ChatOpenAI``.
+"""A pool of local ``llama-server`` processes, one per model, reachable through ``ChatOpenAI``.
 
 :class:`LocalPool` keeps its files in one cache folder:
 
 - ``models/``: the verified GGUF files (:func:`avengers_graph.local_models.ensure_model`);
-- ``servers/<name>.json``: the llama.cpp server config of each model;
 - ``logs/<name>.log``: each server's output;
-- ``servers.json``: the state file, a reviewable JSON record of the running servers
-  (model, port, pid, host, file, start time, holders), so another process (the CLI)
-  can find and stop them later.
+- ``servers.json``: the state file, a reviewable JSON record of the servers (model,
+  port, pid and process start time, slots, threads, draft model, holders), so another
+  process (the CLI) can find and stop them later.
 
-:meth:`LocalPool.up` joins the model file if needed, writes the config (one model
-per server, ``logits_all`` off, ``interrupt_requests`` off, a share of the cores),
-starts ``python -m llama_cpp.server --config_file <config>`` in its own session and
-polls ``GET /v1/models`` until the server answers. :meth:`LocalPool.experts` makes
-the ``ChatOpenAI`` clients; :meth:`LocalPool.down` stops only processes whose
-``/proc/<pid>/cmdline`` still names the server module and this pool's config file,
-so a reused pid is never killed. Process checks read ``/proc``: Linux only.
+:meth:`LocalPool.up` joins the model files if needed and starts llama.cpp's own server
+(:mod:`avengers_graph.llama_server` builds it) for each model::
+
+    llama-server --model FILE --alias NAME --host 127.0.0.1 --port P
+        --parallel S --ctx-size S*n_ctx --threads T --threads-batch T --jinja
+        [--spec-type draft-simple --spec-draft-model DRAFT ...]
+
+- ``--parallel S``: ``S`` slots decode ``S`` requests together in one batch; the
+  default is :data:`DEFAULT_SLOTS`, the graph's default ``samples``, so one expert's
+  samples run at once. The clients :meth:`LocalPool.experts` makes never send more
+  than ``S`` at a time (``max_concurrent_requests``).
+- ``--ctx-size``: llama.cpp splits it over the slots, so each slot gets the model's
+  ``n_ctx``.
+- ``--threads``: the cores are split over the servers started together, never more
+  threads in all than cores when there are fewer servers than cores: llama.cpp's
+  threads wait for each other at every step, and a core shared with another busy
+  server turned a 5 s call into 100 s.
+- ``--jinja``: the GGUF's own chat template; tool calls are parsed by the server.
+  A GGUF without a template gets a llama.cpp built-in one instead (Gemma).
+- ``--spec-draft-model``: speculative decoding with a small model of the same tokenizer.
+
+Each server starts in its own session with an environment cut down to
+:data:`_PASSED_ENV` (``LLAMA_ARG_*``, ``LLAMA_API_KEY``, ``HOST``, ``PORT`` or proxy
+variables of the user cannot reconfigure it). Its pid and start time are recorded in
+the state file before it is polled for health (``GET /health``), so a launcher that is
+killed meanwhile leaves a server :meth:`LocalPool.down` (or the next hold) can stop;
+SIGINT, SIGTERM or SIGHUP during :meth:`LocalPool.up` stop the servers that call
+started, then take their usual effect. :meth:`LocalPool.down` signals only a process
+whose start time still matches the record (``psutil``), so a reused pid is never
+killed.
 
 Servers started by :meth:`LocalPool.up` run until :meth:`LocalPool.down`. The ones
 started by :meth:`LocalPool.hold` (what :func:`~avengers_graph.embedded.local_avengers`
 uses) are shared: every process that holds a server is recorded with it, and the
 server stops when the last live holder lets go. Two scripts on one cache folder share
 one set of servers, and the first to finish does not stop the other's.
-
-llama.cpp quirks handled here: the server ignores ``max_completion_tokens`` (what
-``ChatOpenAI`` sends for ``max_tokens``), so the clients are
-:class:`~avengers_graph.openai_compatible.ChatOpenAICompatible`; its ``/v1/models``
-waits while a request is generating, so a busy server can probe as ``"unhealthy"``; the
-``CONFIG_FILE``, ``HOST`` and ``PORT`` environment variables override its config, so
-they are removed from the server's environment.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import signal
 import socket
 import subprocess
-import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from importlib.util import find_spec
 from pathlib import Path
+from types import FrameType, ModuleType
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 
 from avengers_graph.config import KEYLESS_API_KEY
 from avengers_graph.errors import AvengersError, InvalidInputError, MissingExtraError
-from avengers_graph.local_models import MODELS, _exclusive, ensure_model
+from avengers_graph.local_models import MODELS, ensure_model
 
-__all__ = ["LocalPool", "PortInUseError", "ServerError", "ServerInfo", "ServerState"]
+__all__ = [
+    "DEFAULT_SLOTS",
+    "LocalPool",
+    "PortInUseError",
+    "ServerError",
+    "ServerInfo",
+    "ServerSpec",
+    "ServerState",
+]
 
 logger = logging.getLogger(__name__)
 
 ServerState = Literal["healthy", "unhealthy", "dead"]
 
-_STATE_VERSION = 1
-_SERVER_MODULE = "llama_cpp.server"
-_SERVER_IMPORTS = (
-    "llama_cpp",
-    "uvicorn",
-    "fastapi",
-    "sse_starlette",
-    "starlette_context",
-    "pydantic_settings",
-)
-_OVERRIDING_ENV = ("CONFIG_FILE", "HOST", "PORT")
+DEFAULT_SLOTS = 3
+"""Parallel slots of a server unless told otherwise: the graph's default ``samples``."""
+DRAFT_MAX = 8
+"""Tokens the draft model proposes per step (``--spec-draft-n-max``)."""
+
+REPEAT_PENALTY = "1.1"
+"""``--repeat-penalty`` of every server: llama-cpp-python's server's default, the sampling
+the bundled answers and the benchmark matrix were recorded with."""
+
+_STATE_VERSION = 2
+_ENGINE = "llama-server"
+_LEGACY_ENGINE = "llama-cpp-python"
+_LEGACY_MODULE = "llama_cpp.server"
+_PASSED_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+"""The only variables (with ``LC_*``) a server inherits: llama-server reads many others
+(``LLAMA_ARG_*``, ``LLAMA_API_KEY``...) as its own options."""
 _PROBE_TIMEOUT_S = 2.0
 _POLL_INTERVAL_S = 0.2
 _STOP_GRACE_S = 10.0
+_LOCK_TIMEOUT_S = 3600.0
 _LOG_TAIL_LINES = 20
 _PORT_ATTEMPTS = 3
-_PORT_RACE_MARKER = "address already in use"
+_PORT_RACE_MARKERS = ("address already in use", "couldn't bind")
+_START_TIME_TOLERANCE_S = 0.05
+_STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
 class ServerError(AvengersError):
@@ -89,6 +121,23 @@ class ServerError(AvengersError):
 
 class PortInUseError(ServerError):
     """The port asked for a server is taken by another process."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to serve one model: the fields left ``None`` take :meth:`LocalPool.up`'s defaults."""
+
+    model: str
+    """Registry name or path of a ``.gguf`` file (served under its stem)."""
+    slots: int | None = None
+    """Parallel slots (``--parallel``); default :data:`DEFAULT_SLOTS`."""
+    threads: int | None = None
+    """Threads (``--threads`` and ``--threads-batch``); default: a share of the cores."""
+    draft: str | None = None
+    """Draft model for speculative decoding (registry name or ``.gguf``); default: the
+    registry's ``draft`` of the model, if any. ``""`` turns it off."""
+    n_ctx: int | None = None
+    """Context per slot, in tokens; default: the registry's, else 2048."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +155,16 @@ class ServerInfo:
     transient: bool = False
     """Started by :meth:`LocalPool.hold`: stops when its last holder lets go."""
     holders: tuple[str, ...] = ()
-    """The processes holding it, as ``pid:start-ticks`` (a reused pid is another key)."""
+    """The processes holding it, as ``pid:start-time`` (a reused pid is another key)."""
+    slots: int = 1
+    """Parallel slots: requests it decodes at once."""
+    threads: int = 1
+    draft_path: str | None = None
+    """The draft model's file, when it decodes speculatively."""
+    create_time: float | None = None
+    """The process's start time (``psutil``): tells it from a later one with its pid."""
+    engine: str = _ENGINE
+    """``llama-server``; ``llama-cpp-python`` for servers recorded by older versions."""
 
     @property
     def base_url(self) -> str:
@@ -119,14 +177,14 @@ def server_name(model: str) -> str:
     return model if model in MODELS else Path(model).stem
 
 
-def _require_server() -> None:
-    missing = [module for module in _SERVER_IMPORTS if find_spec(module) is None]
-    if missing:
+def _psutil() -> ModuleType:
+    try:
+        import psutil
+    except ImportError as exc:
         raise MissingExtraError(
-            f"Local llama.cpp servers need llama-cpp-python's server ({', '.join(missing)} "
-            "missing): pip install 'avengers-graph[local]' (it compiles llama.cpp, "
-            "which takes several minutes)."
-        )
+            "Managing local llama.cpp servers needs psutil: pip install 'avengers-graph[local]'."
+        ) from exc
+    return psutil
 
 
 def _cpu_count() -> int:
@@ -142,7 +200,7 @@ def _free_port(host: str) -> int:
 
 
 def _port_is_free(host: str, port: int) -> bool:
-    """Whether a server could listen on ``host:port`` (the way uvicorn binds)."""
+    """Whether a server could listen on ``host:port``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -152,31 +210,48 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def _proc_cmdline(pid: int) -> list[str] | None:
-    """The arguments of process ``pid``, or ``None`` if it is gone, a zombie or unreadable."""
+def _process(pid: int) -> Any:
+    """The live process ``pid`` (a ``psutil.Process``), or ``None`` if gone or a zombie."""
+    psutil = _psutil()
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    if stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] in {"Z", "X"}:
+    return process
+
+
+def _create_time(pid: int) -> float | None:
+    process = _process(pid)
+    if process is None:
         return None
-    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+    psutil = _psutil()
+    try:
+        return float(process.create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    """The arguments of the live process ``pid``, or ``None``."""
+    process = _process(pid)
+    if process is None:
+        return None
+    psutil = _psutil()
+    try:
+        return [str(arg) for arg in process.cmdline()]
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
 
 
 def _process_key(pid: int) -> str | None:
-    """``pid:start-ticks`` of a live process (``None`` if gone or a zombie).
+    """``pid:start-time`` of a live process (``None`` if gone or a zombie).
 
     The start time tells a process from a later one that got its pid back.
     """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()  # fields 3 (state) onwards
-    if len(fields) < 20 or fields[0] in {"Z", "X"}:
-        return None
-    return f"{pid}:{fields[19]}"  # field 22: start time, in clock ticks since boot
+    started = _create_time(pid)
+    return None if started is None else f"{pid}:{started:.2f}"
 
 
 def _holder_alive(key: str) -> bool:
@@ -192,46 +267,122 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.strip().splitlines()[-lines:]) or "(empty log)"
 
 
+def _server_env() -> dict[str, str]:
+    """The environment of a server: :data:`_PASSED_ENV` and ``LC_*`` only."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if key in _PASSED_ENV or key.startswith("LC_")
+    }
+
+
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _probe(info: ServerInfo, timeout: float = _PROBE_TIMEOUT_S) -> bool:
-    """Whether the server answers ``GET /v1/models`` and lists its model."""
+    """Whether the server answers ``GET /health`` with status ``ok`` (model loaded)."""
+    url = f"http://{info.host}:{info.port}/health"
+    if info.engine == _LEGACY_ENGINE:
+        url = f"{info.base_url}/models"
     try:
-        with _NO_PROXY.open(f"{info.base_url}/models", timeout=timeout) as response:
+        with _NO_PROXY.open(url, timeout=timeout) as response:
             body = json.loads(response.read())
-    except (OSError, ValueError):  # URLError, refused, timeouts, bad JSON
+    except (OSError, ValueError):  # URLError (503 while loading), refused, timeouts, bad JSON
         return False
-    data = body.get("data") if isinstance(body, dict) else None
-    return isinstance(data, list) and any(
-        isinstance(entry, dict) and entry.get("id") == info.model for entry in data
-    )
+    if info.engine == _LEGACY_ENGINE:
+        return isinstance(body, dict) and isinstance(body.get("data"), list)
+    return isinstance(body, dict) and body.get("status") == "ok"
+
+
+class _StopSignal(BaseException):
+    """SIGTERM or SIGHUP arrived while servers were starting."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_signals_raise() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into an exception while the block runs, then re-deliver.
+
+    The exception unwinds the block's cleanup (stopping the servers it started); the
+    signal is then raised again with its previous handler in place, so it takes its
+    usual effect. SIGINT already raises ``KeyboardInterrupt``. Signals the process
+    ignores, or handles itself, are left alone; so is everything outside the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_stop(signum: int, frame: FrameType | None) -> None:
+        raise _StopSignal(signum)
+
+    previous: dict[int, Any] = {}
+    for name in _STOP_SIGNALS[1:]:
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) is signal.SIG_DFL:
+            previous[number] = signal.signal(number, raise_stop)
+    try:
+        yield
+    except _StopSignal as stopped:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        previous.clear()
+        signal.raise_signal(stopped.signum)  # the default action: the process ends
+        raise  # pragma: no cover - only if the default action did not end it
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 class LocalPool:
-    """Start, probe and stop local llama.cpp servers (one process per model).
+    """Start, probe and stop local ``llama-server`` processes (one per model).
 
     Args:
-        cache_dir: Folder of the model files, server configs, logs and the state
-            file ``servers.json``.
+        cache_dir: Folder of the model files, logs and the state file ``servers.json``.
         host: IPv4 address the servers listen on (keep the loopback unless you mean it).
+        server_binary: A ``llama-server`` executable to run instead of the checked
+            build of :func:`avengers_graph.llama_server.server_binary` (found when a
+            server is started).
     """
 
-    def __init__(self, cache_dir: Path, *, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, cache_dir: Path, *, host: str = "127.0.0.1", server_binary: Path | None = None
+    ) -> None:
         self.cache_dir = Path(cache_dir)
         self.host = host
+        self.server_binary = server_binary
         self.state_path = self.cache_dir / "servers.json"
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     # -- files --------------------------------------------------------------------
 
-    def config_path(self, name: str) -> Path:
-        """The llama.cpp server config of model ``name``."""
-        return self.cache_dir / "servers" / f"{name}.json"
-
     def log_path(self, name: str) -> Path:
         """The server log of model ``name``."""
         return self.cache_dir / "logs" / f"{name}.log"
+
+    def _binary(self) -> Path:
+        if self.server_binary is not None:
+            return Path(self.server_binary)
+        from avengers_graph.llama_server import server_binary
+
+        return server_binary()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        from filelock import FileLock, Timeout
+
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        lock = self.cache_dir / ".servers.lock"
+        try:
+            with FileLock(lock, timeout=_LOCK_TIMEOUT_S):
+                yield
+        except Timeout as exc:
+            raise ServerError(
+                f"Another process held {lock} for over {_LOCK_TIMEOUT_S:.0f} s. If no "
+                "`avengers local` command runs any more, delete the lock file."
+            ) from exc
 
     def _read_state(self) -> dict[str, ServerInfo]:
         try:
@@ -240,8 +391,12 @@ class LocalPool:
             return {}
         try:
             record = json.loads(text)
-            return {
-                name: ServerInfo(
+            legacy = record.get("version", 1) < _STATE_VERSION
+            servers = {}
+            for name, entry in record["servers"].items():
+                draft = entry.get("draft_path")
+                created = entry.get("create_time")
+                servers[name] = ServerInfo(
                     model=str(entry["model"]),
                     port=int(entry["port"]),
                     pid=int(entry["pid"]),
@@ -250,24 +405,24 @@ class LocalPool:
                     started_at=str(entry["started_at"]),
                     transient=bool(entry.get("transient", False)),
                     holders=tuple(str(key) for key in entry.get("holders", ())),
+                    slots=int(entry.get("slots", 1)),
+                    threads=int(entry.get("threads", 1)),
+                    draft_path=None if draft is None else str(draft),
+                    create_time=None if created is None else float(created),
+                    engine=_LEGACY_ENGINE if legacy else str(entry.get("engine", _ENGINE)),
                 )
-                for name, entry in record["servers"].items()
-            }
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ServerError(
                 f"The server state file {self.state_path} is unreadable ({exc}). Stop its "
                 "servers by hand if any run, then delete the file."
             ) from exc
+        return servers
 
     def _write_state(self, servers: Mapping[str, ServerInfo]) -> None:
         record = {
             "version": _STATE_VERSION,
             "servers": {
-                name: {
-                    **asdict(info),
-                    "config_path": str(self.config_path(name)),
-                    "log_path": str(self.log_path(name)),
-                }
+                name: {**asdict(info), "log_path": str(self.log_path(name))}
                 for name, info in sorted(servers.items())
             },
         }
@@ -279,16 +434,20 @@ class LocalPool:
     # -- processes ----------------------------------------------------------------
 
     def _is_ours(self, info: ServerInfo) -> bool:
-        """Whether ``info.pid`` is alive and still this pool's server of ``info.model``."""
+        """Whether ``info.pid`` is alive and still the process this pool started."""
         child = self._children.get(info.pid)
         if child is not None and child.poll() is not None:
             del self._children[info.pid]  # reaped: its pid may be reused from now on
             return False
-        cmdline = _proc_cmdline(info.pid)
+        if info.engine == _LEGACY_ENGINE:  # recorded by an older version: by its arguments
+            cmdline = _cmdline(info.pid)
+            config = str(self.cache_dir / "servers" / f"{info.model}.json")
+            return cmdline is not None and _LEGACY_MODULE in cmdline and config in cmdline
+        started = _create_time(info.pid)
         return (
-            cmdline is not None
-            and _SERVER_MODULE in cmdline
-            and str(self.config_path(info.model)) in cmdline
+            started is not None
+            and info.create_time is not None
+            and abs(started - info.create_time) < _START_TIME_TOLERANCE_S
         )
 
     def _wait_exit(self, pid: int, timeout: float) -> bool:
@@ -301,7 +460,7 @@ class LocalPool:
             del self._children[pid]
             return True
         deadline = time.monotonic() + timeout
-        while _proc_cmdline(pid) is not None:
+        while _process(pid) is not None:
             if time.monotonic() > deadline:
                 return False
             time.sleep(_POLL_INTERVAL_S)
@@ -316,47 +475,86 @@ class LocalPool:
                 return
         raise ServerError(f"Server {info.model!r} (pid {info.pid}) survived SIGKILL.")
 
-    def _server_config(
-        self, name: str, model_path: Path, port: int, threads: int
-    ) -> dict[str, Any]:
+    def _command(
+        self,
+        name: str,
+        model_path: Path,
+        port: int,
+        *,
+        slots: int,
+        threads: int,
+        n_ctx: int,
+        draft_path: Path | None,
+    ) -> list[str]:
+        """The ``llama-server`` command line of one model (see the module docstring)."""
         spec = MODELS.get(name)
-        model: dict[str, Any] = {
-            "model": str(model_path),
-            "model_alias": name,
-            "n_ctx": spec.n_ctx if spec else 2048,
-            "n_threads": threads,
-            "n_threads_batch": threads,
-            "logits_all": False,  # True costs ~4x the memory and only serves logprobs
-            "verbose": False,
-        }
+        command = [
+            str(self._binary()),
+            "--model",
+            str(model_path),
+            "--alias",
+            name,
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            "--parallel",
+            str(slots),
+            "--ctx-size",
+            str(slots * n_ctx),  # split over the slots: n_ctx each
+            "--threads",
+            str(threads),
+            "--threads-batch",
+            str(threads),
+            "--metrics",
+            "--no-webui",
+            # the sampling the pool was calibrated and recorded with: llama-cpp-python's
+            # default penalty (llama-server's is off, and small models then loop)
+            "--repeat-penalty",
+            REPEAT_PENALTY,
+        ]
         if spec is not None and spec.chat_format is not None:
-            model["chat_format"] = spec.chat_format
-        return {
-            "host": self.host,
-            "port": port,
-            # A new request must not cut off a running one (the graph sends several).
-            "interrupt_requests": False,
-            "models": [model],
-        }
+            # the GGUF has no template: a built-in one (by name, which needs --no-jinja:
+            # with Jinja on, the name itself would be taken as the template's text)
+            command += ["--no-jinja", "--chat-template", spec.chat_format]
+        else:
+            command.append("--jinja")  # the GGUF's template; tool calls parsed server-side
+        if draft_path is not None:
+            command += [
+                "--spec-type",
+                "draft-simple",
+                "--spec-draft-model",
+                str(draft_path),
+                "--spec-draft-threads",
+                str(threads),
+                "--spec-draft-n-max",
+                str(DRAFT_MAX),
+            ]
+        return command
 
-    def _launch(self, name: str, model_path: Path, port: int, threads: int) -> ServerInfo:
-        config = self.config_path(name)
-        config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(
-            json.dumps(self._server_config(name, model_path, port, threads), indent=2) + "\n",
-            encoding="utf-8",
+    def _launch(
+        self, name: str, port: int, plan: _Plan, files: tuple[Path, Path | None]
+    ) -> ServerInfo:
+        model_path, draft_path = files
+        command = self._command(
+            name,
+            model_path,
+            port,
+            slots=plan.slots,
+            threads=plan.threads,
+            n_ctx=plan.n_ctx,
+            draft_path=draft_path,
         )
         log = self.log_path(name)
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = {key: value for key, value in os.environ.items() if key not in _OVERRIDING_ENV}
         with log.open("wb") as output:
-            process = subprocess.Popen(  # noqa: S603 - our interpreter, our config file
-                [sys.executable, "-m", _SERVER_MODULE, "--config_file", str(config)],
+            process = subprocess.Popen(  # noqa: S603 - our checked binary, our arguments
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 cwd=self.cache_dir,
-                env=env,
+                env=_server_env(),
                 start_new_session=True,
             )
         self._children[process.pid] = process
@@ -367,6 +565,10 @@ class LocalPool:
             host=self.host,
             model_path=str(model_path),
             started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            slots=plan.slots,
+            threads=plan.threads,
+            draft_path=None if draft_path is None else str(draft_path),
+            create_time=_create_time(process.pid),
         )
 
     def _wait_healthy(self, info: ServerInfo, timeout: float) -> None:
@@ -392,29 +594,39 @@ class LocalPool:
             time.sleep(_POLL_INTERVAL_S)
 
     def _start(
-        self, name: str, model_path: Path, port: int | None, threads: int, timeout: float
+        self,
+        name: str,
+        plan: _Plan,
+        files: tuple[Path, Path | None],
+        port: int | None,
+        timeout: float,
+        record: Callable[[ServerInfo | None], None],
     ) -> ServerInfo:
+        """Launch, record (``record(info)``, before waiting), wait until healthy.
+
+        A free port we picked can be taken before the server binds it: then again, on
+        another port. A server that fails is stopped and ``record(None)`` forgets it.
+        """
+        self._binary()  # built and checked? (before any port is picked)
         attempt = 0
         while True:
             attempt += 1
-            chosen = _free_port(self.host) if port is None else port
             if port is not None and not _port_is_free(self.host, port):
                 raise PortInUseError(
                     f"Port {port} on {self.host} is in use by another process, so the server "
                     f"of {name!r} cannot listen there. Stop that process, give another port, "
                     "or give none to pick a free one."
                 )
-            info = self._launch(name, model_path, chosen, threads)
+            chosen = _free_port(self.host) if port is None else port
+            info = self._launch(name, chosen, plan, files)
+            record(info)
             try:
                 self._wait_healthy(info, timeout)
-            except (KeyboardInterrupt, SystemExit):
-                # not recorded in the state file yet: stop it, or nothing ever would
-                if info.pid in self._children:
-                    self._stop(info, grace=2.0)
-                raise
             except ServerError:
+                record(None)
                 # A free port picked by us can be taken before the server binds it.
-                raced = _PORT_RACE_MARKER in _tail(self.log_path(name)).lower()
+                log = _tail(self.log_path(name)).lower()
+                raced = any(marker in log for marker in _PORT_RACE_MARKERS)
                 if port is None and raced and attempt < _PORT_ATTEMPTS:
                     continue
                 if port is not None and raced:
@@ -429,8 +641,9 @@ class LocalPool:
 
     def up(
         self,
-        models: Sequence[str],
+        models: Sequence[str | ServerSpec],
         *,
+        slots: int | None = None,
         threads: int | None = None,
         ports: Mapping[str, int] | None = None,
         timeout: float = 120.0,
@@ -438,29 +651,41 @@ class LocalPool:
         """Start a server for each model not running yet; return every model's server.
 
         The servers run until :meth:`down`. A server already running for a model is
-        left alone, except that one a :meth:`hold` started now runs until
-        :meth:`down` too. The servers started before a failure keep running and are
-        recorded; :meth:`down` stops them.
+        left alone (with the slots it has), except that one a :meth:`hold` started now
+        runs until :meth:`down` too. The servers started before a failure keep running
+        and are recorded; :meth:`down` stops them. SIGINT, SIGTERM or SIGHUP while it
+        runs stop the servers this call started, then take their usual effect.
 
         Args:
-            models: Registry names (see :data:`avengers_graph.local_models.MODELS`) or
-                paths of ``.gguf`` files (served under their stem).
+            models: Registry names (see :data:`avengers_graph.local_models.MODELS`),
+                paths of ``.gguf`` files (served under their stem), or
+                :class:`ServerSpec` with per-model slots, threads or draft model.
+            slots: Parallel slots of each server (default :data:`DEFAULT_SLOTS`).
             threads: Threads per server; default: the cores shared among ``models``.
             ports: Port of some models (by name); the others get a free port.
             timeout: Seconds to wait for each server to answer.
 
         Raises:
-            MissingExtraError: llama-cpp-python's server is not installed.
+            ServerBinaryError: llama-server is not built (``avengers local build``).
+            MissingExtraError: psutil is not installed.
             ModelFileError: A model file cannot be provided (packages missing...).
             PortInUseError: A port given in ``ports`` is taken.
             ServerError: A server exited or did not answer in time; the message ends
                 with its log.
         """
-        return self._up(models, threads=threads, ports=ports, timeout=timeout, holder=None)
+        with _stop_signals_raise():
+            return self._up(
+                models, slots=slots, threads=threads, ports=ports, timeout=timeout, holder=None
+            )
 
     @contextmanager
     def hold(
-        self, models: Sequence[str], *, threads: int | None = None, timeout: float = 120.0
+        self,
+        models: Sequence[str | ServerSpec],
+        *,
+        slots: int | None = None,
+        threads: int | None = None,
+        timeout: float = 120.0,
     ) -> Iterator[list[ServerInfo]]:
         """Servers for ``models`` while the block runs, shared with other processes.
 
@@ -476,65 +701,143 @@ class LocalPool:
             The errors of :meth:`up`.
         """
         holder = _process_key(os.getpid())
-        if holder is None:  # pragma: no cover - /proc is unreadable: not Linux
-            raise ServerError("Holding servers needs /proc (Linux).")
-        names = [server_name(model) for model in dict.fromkeys(models)]
+        if holder is None:  # pragma: no cover - our own process is always alive
+            raise ServerError("Cannot read this process's start time.")
+        names = [server_name(_spec(model).model) for model in models]
+        with _stop_signals_raise():
+            try:
+                started = self._up(
+                    models,
+                    slots=slots,
+                    threads=threads,
+                    ports=None,
+                    timeout=timeout,
+                    holder=holder,
+                )
+            except BaseException:
+                self._let_go(list(dict.fromkeys(names)), holder)
+                raise
         try:
-            yield self._up(models, threads=threads, ports=None, timeout=timeout, holder=holder)
+            yield started
         finally:
-            self._let_go(names, holder)
+            self._let_go(list(dict.fromkeys(names)), holder)
+
+    def _plans(
+        self, specs: Sequence[ServerSpec], slots: int | None, threads: int | None
+    ) -> dict[str, _Plan]:
+        """The resolved options of each server to start (no file touched yet)."""
+        for value, what in ((slots, "slots"), (threads, "threads")):
+            if value is not None and value < 1:
+                raise InvalidInputError(f"{what} must be >= 1, got {value!r}.")
+        shared = max(1, _cpu_count() // len(specs))
+        plans: dict[str, _Plan] = {}
+        for spec in specs:
+            name = server_name(spec.model)
+            registry = MODELS.get(spec.model)
+            draft = spec.draft
+            if draft is None and registry is not None:
+                draft = registry.draft
+            n_ctx = spec.n_ctx or (registry.n_ctx if registry is not None else 2048)
+            plans[name] = _Plan(
+                spec=spec,
+                slots=spec.slots or slots or DEFAULT_SLOTS,
+                threads=spec.threads or threads or shared,
+                n_ctx=n_ctx,
+                draft=draft or None,
+            )
+        return plans
 
     def _up(
         self,
-        models: Sequence[str],
+        models: Sequence[str | ServerSpec],
         *,
+        slots: int | None,
         threads: int | None,
         ports: Mapping[str, int] | None,
         timeout: float,
         holder: str | None,
     ) -> list[ServerInfo]:
-        names = list(dict.fromkeys(models))
-        if not names:
+        specs = list({server_name(s.model): s for s in map(_spec, models)}.values())
+        if not specs:
             return []
-        if threads is not None and threads < 1:
-            raise InvalidInputError(f"threads must be >= 1, got {threads!r}.")
-        _require_server()
-        per_server = threads or max(1, _cpu_count() // len(names))
+        plans = self._plans(specs, slots, threads)
         given_ports = dict(ports or {})
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        started: list[ServerInfo] = []
-        with _exclusive(self.cache_dir / ".servers.lock"):
+        result: list[ServerInfo] = []
+        launched: list[ServerInfo] = []
+        with self._locked():
             state = self._read_state()
-            self._reap(state, keep={server_name(model) for model in names})
-            for model in names:
-                name = server_name(model)
-                running = state.get(name)
-                if running is not None and self._is_ours(running):
-                    info = (
-                        replace(running, transient=False)
-                        if holder is None
-                        else replace(running, holders=(*running.holders, holder))
-                    )
+            self._reap(state, keep=set(plans))
+
+            def record(name: str, info: ServerInfo | None) -> None:
+                if info is None:
+                    state.pop(name, None)
+                else:
+                    if holder is not None:
+                        info = replace(info, transient=True, holders=(holder,))
                     state[name] = info
-                    started.append(info)
-                    continue
-                state.pop(name, None)
-                model_path = ensure_model(model, self.cache_dir)
-                port = given_ports.get(model, given_ports.get(name))
-                info = self._start(name, model_path, port, per_server, timeout)
-                if holder is not None:
-                    info = replace(info, transient=True, holders=(holder,))
-                state[name] = info
+                    launched.append(info)
                 self._write_state(state)
-                started.append(info)
-            self._write_state(state)
-        return started
+
+            ready: set[str] = set()
+            try:
+                for name, plan in plans.items():
+                    running = state.get(name)
+                    if running is not None and self._is_ours(running):
+                        if plan.slots > running.slots:
+                            logger.warning(
+                                "Server %r already runs with %d slots (asked for %d); its "
+                                "clients send at most %d requests at once.",
+                                name,
+                                running.slots,
+                                plan.slots,
+                                running.slots,
+                            )
+                        state[name] = (
+                            replace(running, transient=False)
+                            if holder is None
+                            else replace(running, holders=(*running.holders, holder))
+                        )
+                        result.append(state[name])
+                        continue
+                    state.pop(name, None)
+                    model_path, draft_path = plan.files(self.cache_dir)
+                    port = given_ports.get(plan.spec.model, given_ports.get(name))
+                    self._start(
+                        name,
+                        plan,
+                        (model_path, draft_path),
+                        port,
+                        timeout,
+                        functools.partial(record, name),
+                    )
+                    ready.add(name)
+                    result.append(state[name])
+                self._write_state(state)
+            except Exception:
+                # the servers that were ready keep running, recorded; `down` stops them
+                self._forget(state, [info for info in launched if info.model not in ready])
+                raise
+            except BaseException:
+                # Ctrl-C, SIGTERM, SIGHUP: stop everything this call started
+                self._forget(state, launched)
+                raise
+        return result
+
+    def _forget(self, state: dict[str, ServerInfo], infos: Sequence[ServerInfo]) -> None:
+        """Stop these launched servers (if still running) and drop them from the state."""
+        for info in infos:
+            if self._is_ours(info):
+                self._stop(info, grace=2.0)
+            current = state.get(info.model)
+            if current is not None and current.pid == info.pid:
+                del state[info.model]
+        self._write_state(state)
 
     def _let_go(self, names: Sequence[str], holder: str) -> None:
         """Drop ``holder`` from the servers, then stop every idle transient one."""
         if not names or not self.state_path.exists():
             return
-        with _exclusive(self.cache_dir / ".servers.lock"):
+        with self._locked():
             state = self._read_state()
             for name in names:
                 info = state.get(name)
@@ -574,7 +877,7 @@ class LocalPool:
         if not self.state_path.exists():
             return []
         stopped: list[str] = []
-        with _exclusive(self.cache_dir / ".servers.lock"):
+        with self._locked():
             state = self._read_state()
             wanted = list(state) if models is None else [server_name(m) for m in models]
             for name in wanted:
@@ -602,8 +905,8 @@ class LocalPool:
         """Every recorded server with its state.
 
         ``"dead"``: the process is gone (or its pid is another program now);
-        ``"healthy"``: it answers ``GET /v1/models``; ``"unhealthy"``: it runs but does
-        not answer in time (loading, or busy generating).
+        ``"healthy"``: it answers ``GET /health`` (model loaded); ``"unhealthy"``: it
+        runs but does not answer in time (still loading, or stuck).
         """
         result: list[tuple[ServerInfo, ServerState]] = []
         for info in self._read_state().values():
@@ -624,8 +927,8 @@ class LocalPool:
     ) -> dict[str, BaseChatModel]:
         """``ChatOpenAI`` clients of running servers (all by default), by model name.
 
-        Registry models whose answers hold tool calls as text get their
-        ``tool_call_parser`` (see :class:`~avengers_graph.local_models.LocalModelSpec`).
+        Each client sends at most as many requests at once as its server has slots
+        (``max_concurrent_requests``); the others wait in the client.
 
         Args:
             models: Names of the servers to use; each must be running.
@@ -655,7 +958,28 @@ class LocalPool:
                 max_completion_tokens=max_tokens,
                 timeout=timeout,
                 max_retries=1,
+                max_concurrent_requests=running[name].slots,
                 tool_call_parser=MODELS[name].tool_call_parser if name in MODELS else None,
             )
             for name in names
         }
+
+
+def _spec(model: str | ServerSpec) -> ServerSpec:
+    return model if isinstance(model, ServerSpec) else ServerSpec(model=model)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The resolved options of one server to start."""
+
+    spec: ServerSpec
+    slots: int
+    threads: int
+    n_ctx: int
+    draft: str | None
+
+    def files(self, cache_dir: Path) -> tuple[Path, Path | None]:
+        """The verified model file and draft model file (joined if needed)."""
+        model_path = ensure_model(self.spec.model, cache_dir)
+        return model_path, None if self.draft is None else ensure_model(self.draft, cache_dir)

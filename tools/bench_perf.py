@@ -12,10 +12,17 @@ One run measures, side by side:
 (c) calibration throughput (questions/s, expert calls/s): instant experts on the
     synthetic questions, the real servers on the validation questions;
 (d) each of those calibrations run again on the same answer cache (``replace=True``):
-    wall time, ratio to the first run, and the expert calls it made (expected: 0).
+    wall time, ratio to the first run, and the expert calls it made (expected: 0);
+(e) the engine (``tools/bench_engine.py``): llama.cpp's ``llama-server`` against
+    llama-cpp-python's server for 1, 3 and 6 samples of one expert and for the default
+    ensemble (2 experts x 3 samples), generated tokens per second, memory, the
+    speculative-decoding speed-up and the cost of the build. The old engine's column
+    needs ``--old-engine-python`` (an interpreter with ``llama-cpp-python[server]``);
+    without it, it is skipped with a message.
 
     python tools/bench_perf.py [--questions 200] [--llama-questions 10] [--samples 3]
-        [--max-tokens 128] [--no-llama] [--chroma-server] [--out perf.json|perf.md]
+        [--max-tokens 128] [--no-llama] [--no-engine] [--old-engine-python PY]
+        [--engine-tokens 128] [--engine-repeats 3] [--chroma-server] [--out perf.json|perf.md]
 
 Ends with one summary table; ``--out`` also writes it as JSON or markdown (by suffix),
 with the settings, the machine's load and the library versions.
@@ -45,6 +52,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench_engine import ONE, Row, engine_rows, has_old_engine
 from bench_routing import (
     instant_experts,
     measure_routing,
@@ -84,6 +92,7 @@ SECTIONS = {
     "b": "llama.cpp ensemble",
     "c": "calibration throughput",
     "d": "cached re-run",
+    "e": "engine",
 }
 DIGITS = {"ms": 2, "s": 2, "x": 2, "/s": 1, "tokens": 1, "calls": 0, "%": 0}
 
@@ -382,6 +391,35 @@ def llama_measures(
     return measures
 
 
+def engine_section(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Section (e), in a pool folder of its own; the old engine only if it can run."""
+    old = args.old_engine_python
+    skipped = None
+    if old is None:
+        skipped = "no --old-engine-python given (an interpreter with llama-cpp-python[server])"
+    elif not has_old_engine(old):
+        skipped = f"{old} cannot import llama_cpp.server (pip install 'llama-cpp-python[server]')"
+        old = None
+    if skipped:
+        print(f"(e) WARNING: the old engine's column is skipped: {skipped}")
+    rows, memory, build = engine_rows(
+        work / "engine",
+        old_python=old,
+        tokens=args.engine_tokens,
+        repeats=args.engine_repeats,
+        spec_repeats=args.spec_repeats,
+    )
+    return {
+        "rows": rows,
+        "memory": memory,
+        "build": build,
+        "tokens": args.engine_tokens,
+        "repeats": args.engine_repeats,
+        "spec_repeats": args.spec_repeats,
+        "old_engine_skipped": skipped,
+    }
+
+
 # -- output -----------------------------------------------------------------------------
 
 
@@ -410,7 +448,6 @@ def environment(load_start: tuple[float, float, float]) -> dict[str, Any]:
         "langgraph",
         "langchain-core",
         "chromadb",
-        "llama-cpp-python",
         "torch",
         "sentence-transformers",
     ):
@@ -429,24 +466,107 @@ def environment(load_start: tuple[float, float, float]) -> dict[str, Any]:
     }
 
 
+def engine_markdown(engine: Mapping[str, Any] | None) -> list[str]:
+    """Section (e) as markdown: the side-by-side table, every case, memory, build cost."""
+    if engine is None:
+        return []
+    rows: list[Row] = engine["rows"]
+    by = {(row.engine, row.case): row for row in rows}
+    engines = [e for e in ("llama-cpp-python", "llama-server") if any(r.engine == e for r in rows)]
+    cases = list(dict.fromkeys(row.case for row in rows if not row.case.startswith("speculative")))
+    lines = [
+        "",
+        "## (e) The engine: llama-server against llama-cpp-python's server",
+        "",
+        f"Same GGUF files, same prompt, {engine['tokens']} generated tokens at most per sample, "
+        f"temperature 0.7, medians of {engine['repeats']} runs; every sample its own seed, "
+        "sent at once (as the graph sends one expert's samples). Ratio: to one sample of the "
+        "same expert on the same engine, or to one call of the ensemble's slowest expert.",
+        "",
+    ]
+    if engine.get("old_engine_skipped"):
+        lines += [f"Old engine not measured: {engine['old_engine_skipped']}", ""]
+    header = "| case | " + " | ".join(f"{e}: wall s (ratio), tok/s" for e in engines) + " |"
+    lines += [header, "| --- |" + " ---: |" * len(engines)]
+    for case in cases:
+        cells = []
+        for e in engines:
+            row = by.get((e, case))
+            if row is None:
+                cells.append("-")
+                continue
+            ratio = "" if row.ratio is None else f" ({row.ratio:.2f}x)"
+            cells.append(f"{row.seconds:.2f}{ratio}, {row.tokens_per_second:.1f}")
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    three = by.get(("llama-server", f"{ONE}: 3 sample(s) at once"))
+    pair = by.get(("llama-server", "ensemble: 2 experts x 3 samples at once"))
+    if three is not None and three.ratio is not None and pair is not None and pair.ratio:
+        lines += [
+            "",
+            f"Goals on llama-server: 3 samples within 1.5x one call: {three.ratio:.2f}x "
+            f"({'met' if three.ratio <= 1.5 else 'missed'}); the 2 x 3 ensemble within 2.0x "
+            f"one call of its slowest expert: {pair.ratio:.2f}x "
+            f"({'met' if pair.ratio <= 2.0 else 'missed'}).",
+        ]
+    spec = [row for row in rows if row.case.startswith("speculative")]
+    if spec:
+        lines += [
+            "",
+            f"Speculative decoding, {engine['spec_repeats']} run(s) per case:",
+            "",
+            "| speculative decoding (llama-server) | wall s | generated tokens | tok/s |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| {row.case.removeprefix('speculative: ')} | {row.seconds:.2f} | {row.tokens:.0f} | "
+            f"{row.tokens_per_second:.1f} |"
+            for row in spec
+        ]
+    lines += ["", "| server | peak RSS MiB |", "| --- | ---: |"]
+    lines += [f"| {name} | {mib:.0f} |" for name, mib in engine["memory"].items()]
+    build = engine["build"]
+    lines += [
+        "",
+        f"The llama-server build (`avengers local build`, once per pinned version): "
+        f"{build['build_seconds']} s on this machine, a {build['binary_mib']} MiB static binary "
+        f"(llama.cpp commit {build['llama_cpp_commit']}, flags {' '.join(build['cmake_flags'])}).",
+    ]
+    return lines
+
+
 def write_out(
-    path: Path, measures: Sequence[Measure], settings: Mapping[str, Any], env: Mapping[str, Any]
+    path: Path,
+    measures: Sequence[Measure],
+    settings: Mapping[str, Any],
+    env: Mapping[str, Any],
+    engine: Mapping[str, Any] | None = None,
 ) -> None:
     if path.suffix == ".md":
         load = ", ".join(f"{x:.2f}" for x in env["load_average_start"])
         lines = [
             "# avengers-graph performance benchmark",
             "",
-            f"{env['created']}, {env['cpus']} cores, load average at start {load}; "
+            f"{env['created']}, {env['cpus']} cores, load average at start {load}, at end "
+            f"{', '.join(f'{x:.2f}' for x in env['load_average_end'])}; "
             f"settings: {json.dumps(settings)}",
+            "",
+            f"Command: `python tools/bench_perf.py {' '.join(sys.argv[1:])}` (`make bench-perf "
+            "OLD_ENGINE_PYTHON=/path/to/python` runs it; that interpreter needs "
+            "`pip install 'llama-cpp-python[server]==0.3.36'` for the old engine's column).",
             "",
             "| section | measure | p50/value | p95 | unit |",
             "| --- | --- | ---: | ---: | --- |",
             *(f"| {' | '.join(cells)} |" for cells in table(measures)),
+            *engine_markdown(engine),
         ]
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     else:
         record = {**env, "settings": settings, "results": [asdict(m) for m in measures]}
+        if engine is not None:
+            record["engine"] = {
+                **{k: v for k, v in engine.items() if k != "rows"},
+                "rows": [asdict(row) for row in engine["rows"]],
+            }
         path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(f"\nwrote {path}")
 
@@ -466,6 +586,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--llama-servers", type=int, choices=(1, 2), default=2)
     parser.add_argument("--threads", type=int, default=None, help="per server (default: shared)")
     parser.add_argument("--max-tokens", type=int, default=128, help="cap of every real call")
+    parser.add_argument("--no-engine", action="store_true", help="skip the engine section (e)")
+    parser.add_argument(
+        "--old-engine-python",
+        default=None,
+        help="an interpreter with llama-cpp-python[server], for the old engine's column (e)",
+    )
+    parser.add_argument("--engine-tokens", type=int, default=128, help="tokens per sample (e)")
+    parser.add_argument("--engine-repeats", type=int, default=3, help="runs per case (e)")
+    parser.add_argument(
+        "--spec-repeats", type=int, default=1, help="runs per speculative-decoding case (e)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the summary (.json or .md)")
     args = parser.parse_args()
     if args.out is not None and args.out.suffix not in {".json", ".md"}:
@@ -493,17 +624,20 @@ def main() -> None:
         if not args.no_llama:
             measures += llama_section(args, embeddings, work)
         measures.sort(key=lambda m: m.section)  # stable: each section keeps its order
+        engine = None if args.no_engine else engine_section(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     env = environment(load_start)
     print(f"\nsummary ({env['cpus']} cores, load average {load_start[0]:.2f} at start)")
     print_table(measures)
+    if engine is not None:
+        print("\n".join(engine_markdown(engine)))
     if args.out is not None:
         settings = {
             key: str(value) if isinstance(value, Path) else value
             for key, value in vars(args).items()
         }
-        write_out(args.out, measures, settings, env)
+        write_out(args.out, measures, settings, env, engine)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""Integration fixtures: a real Chroma server, and sockets allowed for integration tests.
+"""Integration fixtures: a real Chroma server, llama-server checks, sockets allowed.
 
 Unit tests run with ``--disable-socket --allow-unix-socket``; every test collected
 under ``tests/integration`` gets the ``enable_socket`` and ``integration`` markers.
+``requires_llama_server`` skips a test when llama.cpp's ``llama-server`` is not built
+(``avengers local build``, which ``make test`` runs first); a build that fails its
+check is an error, not a skip.
 """
 
 from __future__ import annotations
@@ -16,8 +19,39 @@ from pathlib import Path
 
 import pytest
 
+from avengers_graph.llama_server import find_server
+
 _INTEGRATION_DIR = Path(__file__).resolve().parent
 _STARTUP_TIMEOUT_S = 30.0
+
+
+requires_llama_server = pytest.mark.skipif(
+    find_server() is None,
+    reason="llama-server is not built: run `avengers local build` (make install-local does)",
+)
+
+
+def server_metrics(base_url: str) -> dict[str, float]:
+    """The Prometheus gauges and counters of a llama-server (``--metrics``), by name."""
+    import httpx
+
+    root = base_url.removesuffix("/v1")
+    values: dict[str, float] = {}
+    for line in httpx.get(f"{root}/metrics", timeout=5).text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name.removeprefix("llamacpp:")] = float(value)
+    return values
+
+
+def busy_slots(base_url: str) -> int:
+    """How many of a llama-server's slots are processing a request now (``GET /slots``)."""
+    import httpx
+
+    root = base_url.removesuffix("/v1")
+    return sum(
+        bool(slot.get("is_processing")) for slot in httpx.get(f"{root}/slots", timeout=5).json()
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

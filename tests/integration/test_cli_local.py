@@ -1,16 +1,17 @@
-"""The CLI against a real llama.cpp server: local up/status, calibrate, ask, inspect, down."""
+"""The CLI against a real llama-server: local build/up/status, calibrate, ask, inspect, down."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from avengers_graph.cli import app
+from avengers_graph.llama_server import find_server
+from tests.integration.conftest import requires_llama_server
 
-pytest.importorskip("llama_cpp", reason="the local extra (llama-cpp-python) is not installed")
+pytestmark = requires_llama_server
 runner = CliRunner()
 
 
@@ -38,11 +39,24 @@ def test_cli_lifecycle_on_a_real_server(tmp_path: Path) -> None:
         )
     )
     try:
-        up = runner.invoke(app, ["local", "up", "smollm2-135m"], env=env)
+        built = runner.invoke(app, ["local", "build"], env=env)
+        assert built.exit_code == 0, built.output
+        assert str(find_server()) in flat(built.output)  # the user-wide build: no rebuild
+        up = runner.invoke(app, ["local", "up", "--config", str(config)], env=env)
         assert up.exit_code == 0, up.output
         assert "smollm2-135m: http://127.0.0.1:" in up.output
+        assert "2 slots" in up.output  # the pool's samples
         status = runner.invoke(app, ["local", "status"], env=env)
         assert "healthy" in status.output
+        as_json = runner.invoke(app, ["local", "status", "--json"], env=env)
+        [server] = [json.loads(line) for line in as_json.stdout.splitlines()]
+        assert server["name"] == "smollm2-135m"
+        assert server["url"].startswith("http://127.0.0.1:")
+        assert server["url"].endswith("/v1")
+        assert server["slots"] == 2
+        assert server["threads"] >= 1
+        assert server["state"] == "healthy"
+        assert isinstance(server["pid"], int)
 
         calibrated = runner.invoke(
             app, ["calibrate", "--config", str(config), "--dataset", str(dataset)], env=env

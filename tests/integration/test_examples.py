@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import requires_llama_server
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 TESTS = ROOT / "tests"
-pytest.importorskip("llama_cpp", reason="the local extra (llama-cpp-python) is not installed")
+pytestmark = requires_llama_server
 
 _HANG_GUARD_S = 1800  # not a timing assertion: only stops a wedged example
 

@@ -16,7 +16,6 @@ reason seen; the capability flags are the chat model's (``tests/standard.py``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from importlib.util import find_spec
 from typing import Any
 
 import pytest
@@ -29,6 +28,8 @@ from avengers_graph.embedded import bundled, calibrate_pool, local_urls
 from avengers_graph.experts.cache import AnswerCache
 from avengers_graph.local_models import MODELS, missing_packages
 from avengers_graph.local_pool import LocalPool
+from avengers_graph.app.settings import Settings
+from tests.integration.conftest import requires_llama_server
 from tests.standard import ChatAvengersCapabilities
 
 POOL = load_pool_config(bundled("tools_pool.yaml"))
@@ -38,10 +39,7 @@ pytestmark = [
     # langchain-openai caches one async HTTP client per endpoint: its pooled connections
     # belong to the loop that opened them, so the suite's async tests share one loop
     pytest.mark.asyncio(loop_scope="module"),
-    pytest.mark.skipif(
-        find_spec("llama_cpp") is None,
-        reason="llama-cpp-python[server] is not installed (pip install 'avengers-graph[local]')",
-    ),
+    requires_llama_server,
     pytest.mark.skipif(
         any(missing_packages(MODELS[name].packages) for name in MODELS_NEEDED),
         reason=f"the packages of {', '.join(MODELS_NEEDED)} are not installed "

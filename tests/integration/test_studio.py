@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from avengers_graph import ClusterStore, LocalEmbeddings, calibrate
+from tests.integration.conftest import requires_llama_server
 
 ROOT = Path(__file__).resolve().parents[2]
-pytest.importorskip("llama_cpp", reason="the local extra (llama-cpp-python) is not installed")
+pytestmark = requires_llama_server
 
 
 def _free_port() -> int:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import httpx
+import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from pydantic import SecretStr
 
-from avengers_graph.openai_compatible import ChatOpenAICompatible
+from avengers_graph.errors import InvalidInputError
+from avengers_graph.openai_compatible import ChatOpenAICompatible, RequestLimiter
 
 
 def _client(**kwargs: object) -> ChatOpenAICompatible:
@@ -286,3 +292,214 @@ def test_assistant_content_blocks_go_out_as_text() -> None:
     assert plain["content"] == "Let me compute. One moment."
     hermes = _client(tool_call_parser="hermes")._get_request_payload(history)["messages"][1]
     assert hermes["content"].startswith("Let me compute. One moment.\n<tool_call>\n")
+
+
+# -- at most as many requests as the server has slots ---------------------------------
+
+
+class SlowServer:
+    """Counts the requests in flight at once; each takes a little while (threads, or a loop)."""
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        self.seconds = seconds
+        self.lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+        self.served = 0
+
+    def _enter(self) -> None:
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+
+    def _leave(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            self.active -= 1
+            self.served += 1
+        if not json.loads(request.content).get("stream"):
+            return httpx.Response(200, json=_completion("ok"))
+        chunk = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}],
+        }
+        body = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n"
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self._enter()
+        time.sleep(self.seconds)
+        return self._leave(request)
+
+    async def ahandle(self, request: httpx.Request) -> httpx.Response:
+        self._enter()
+        await asyncio.sleep(self.seconds)
+        return self._leave(request)
+
+
+def _limited(server: SlowServer, limit: int | None) -> ChatOpenAICompatible:
+    return _client(
+        max_concurrent_requests=limit,
+        http_client=httpx.Client(transport=httpx.MockTransport(server.handle)),
+        http_async_client=httpx.AsyncClient(transport=httpx.MockTransport(server.ahandle)),
+        max_retries=0,
+    )
+
+
+def test_sync_calls_from_many_threads_never_exceed_the_slots() -> None:
+    server = SlowServer()
+    expert = _limited(server, 2)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(lambda i: expert.invoke(f"q{i}").text, range(6)))
+    assert answers == ["ok"] * 6
+    assert server.peak == 2
+    assert expert.limiter is not None
+    assert expert.limiter.active == 0
+
+
+def test_without_a_limit_every_call_goes_at_once() -> None:
+    server = SlowServer(seconds=0.2)
+    expert = _limited(server, None)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda i: expert.invoke(f"q{i}"), range(4)))
+    assert server.peak > 2  # what the limit prevents
+    assert expert.limiter is None
+
+
+async def test_async_calls_and_streams_never_exceed_the_slots() -> None:
+    server = SlowServer()
+    expert = _limited(server, 3)
+
+    async def streamed(i: int) -> str:
+        return "".join([chunk.text async for chunk in expert.astream(f"s{i}")])
+
+    results = await asyncio.gather(
+        *(expert.ainvoke(f"q{i}") for i in range(6)), *(streamed(i) for i in range(3))
+    )
+    assert len(results) == 9
+    assert server.served == 9
+    assert server.peak == 3
+
+
+def test_bound_tools_and_structured_output_share_the_client_s_slots() -> None:
+    server = SlowServer()
+    expert = _limited(server, 1)
+    bound = expert.bind_tools([calculator])
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda i: (bound if i % 2 else expert).invoke(f"q{i}"), range(4)))
+    assert server.peak == 1
+
+
+def test_sync_and_async_calls_share_one_count() -> None:
+    limiter = RequestLimiter(2)
+    lock = threading.Lock()
+    active = [0, 0]  # now, peak
+
+    def note(delta: int) -> None:
+        with lock:
+            active[0] += delta
+            active[1] = max(active[1], active[0])
+
+    def work() -> None:
+        with limiter.slot():
+            note(1)
+            time.sleep(0.03)
+            note(-1)
+
+    async def awork() -> None:
+        async with limiter.aslot():
+            note(1)
+            await asyncio.sleep(0.03)
+            note(-1)
+
+    async def tasks() -> None:
+        await asyncio.gather(*(awork() for _ in range(6)))
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    asyncio.run(tasks())
+    for thread in threads:
+        thread.join(timeout=30)
+    assert active == [0, 2]
+    assert limiter.active == 0
+
+
+async def test_a_cancelled_waiter_does_not_keep_a_slot() -> None:
+    limiter = RequestLimiter(1)
+    await limiter.aacquire()
+    waiting = asyncio.create_task(limiter.aacquire())
+    await asyncio.sleep(0)  # it queues
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    limiter.release()
+    assert limiter.active == 0
+    await asyncio.wait_for(limiter.aacquire(), timeout=5)  # free again
+    limiter.release()
+
+
+async def test_a_waiter_cancelled_as_its_slot_arrives_passes_it_on() -> None:
+    limiter = RequestLimiter(1)
+    await limiter.aacquire()
+    first = asyncio.create_task(limiter.aacquire())
+    second = asyncio.create_task(limiter.aacquire())
+    await asyncio.sleep(0)
+    limiter.release()  # handed to `first`...
+    first.cancel()  # ...which is cancelled before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.wait_for(second, timeout=5)  # the slot went on to `second`
+    assert limiter.active == 1
+    limiter.release()
+    assert limiter.active == 0
+
+
+def test_a_limit_below_one_is_refused() -> None:
+    with pytest.raises(InvalidInputError, match="must be >= 1"):
+        RequestLimiter(0)
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        _client(max_concurrent_requests=0)
+
+
+# -- a required call forced by a JSON schema (hermes parser) ---------------------------
+
+
+@tool
+def weather(city: str) -> str:
+    """The weather of a city."""
+    return city
+
+
+def test_a_required_call_is_forced_by_a_schema_of_the_allowed_calls() -> None:
+    server = FakeServer(_completion('{"name": "calculator", "arguments": {"expression": "1+1"}}'))
+    message = _served(server).bind_tools([calculator, weather], tool_choice="any").invoke("hi")
+    [call] = message.tool_calls
+    assert call["name"] == "calculator"
+    [request] = server.requests
+    assert request["tool_choice"] == "none"  # the server's own forcing does not hold
+    assert [t["function"]["name"] for t in request["tools"]] == ["calculator", "weather"]
+    names = [option["properties"]["name"]["const"] for option in request["json_schema"]["anyOf"]]
+    assert names == ["calculator", "weather"]
+
+
+def test_a_named_call_is_forced_to_that_tool() -> None:
+    server = FakeServer(_completion('{"name": "weather", "arguments": {"city": "Paris"}}'))
+    message = _served(server).bind_tools([calculator, weather], tool_choice="weather").invoke("hi")
+    assert [call["name"] for call in message.tool_calls] == ["weather"]
+    schema = server.requests[0]["json_schema"]
+    assert schema["properties"]["name"] == {"const": "weather"}
+    assert schema["properties"]["arguments"]["required"] == ["city"]
+
+
+def test_auto_and_servers_that_parse_are_left_alone() -> None:
+    server = FakeServer(_completion("no call"))
+    _served(server).bind_tools([calculator], tool_choice="auto").invoke("hi")
+    _served(server, parser=None).bind_tools([calculator], tool_choice="any").invoke("hi")
+    auto, trusted = server.requests
+    assert "json_schema" not in auto
+    assert auto["tool_choice"] == "auto"
+    assert "json_schema" not in trusted
+    assert trusted["tool_choice"] == "required"
