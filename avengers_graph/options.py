@@ -13,7 +13,7 @@ derives from it instead of repeating it:
 - :class:`~avengers_graph.chat_models.ChatAvengers` inherits these fields; every call
   sends their current values, merged with the call's options, as the run's context.
 - A pool file's ``routing:`` section is an ``AvengersOptions``
-  (:class:`~avengers_graph.config.PoolConfig`).
+  (:class:`~avengers_graph.app.config.PoolConfig`).
 
 Every path rejects an unknown option with the same :class:`InvalidInputError`, which
 names the key and the closest valid one; non-finite numbers are rejected with the

@@ -39,7 +39,7 @@ from typing import Literal, get_args
 from langchain_core.messages import BaseMessage, HumanMessage
 
 from avengers_graph.errors import InvalidInputError
-from avengers_graph.stores.chroma import ExpertStats
+from avengers_graph.stores.base import ExpertStats
 
 RANK_OFFSET = 0.1
 """Added to the 0-based rank so the best expert scores ``1 / 0.1 = 10`` per unit weight."""

@@ -39,7 +39,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.tools import tool
 from langgraph.errors import GraphRecursionError
 
-from avengers_graph.embedded import bundled, load, local_avengers
+from avengers_graph.app.embedded import bundled, load, local_avengers
 from avengers_graph.experts.cache import AnswerCache
 
 POOL = bundled("tools_pool.yaml")

@@ -28,7 +28,7 @@ from langgraph.graph.state import CompiledStateGraph
 from typing_extensions import TypedDict
 
 from avengers_graph import AvengersContext, RoutingRecord, create_avengers_graph
-from avengers_graph.embedded import local_avengers
+from avengers_graph.app.embedded import local_avengers
 
 TURNS = [
     "I have 3 cats and 2 dogs. How many pets do I have?",

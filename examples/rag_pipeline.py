@@ -34,7 +34,7 @@ from langchain_core.runnables import Runnable, RunnableParallel, RunnablePassthr
 from pydantic import ConfigDict
 
 from avengers_graph import ChatAvengers
-from avengers_graph.embedded import local_avengers
+from avengers_graph.app.embedded import local_avengers
 
 DOCUMENTS = {
     "history.md": "The Heliotrope Observatory opened in 1987 on Mount Caldera. "

@@ -18,7 +18,7 @@ import sys
 
 from pydantic import BaseModel, Field
 
-from avengers_graph.embedded import local_avengers
+from avengers_graph.app.embedded import local_avengers
 
 
 class Order(BaseModel):

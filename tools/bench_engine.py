@@ -37,11 +37,11 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from avengers_graph.config import KEYLESS_API_KEY
-from avengers_graph.llama_server import install_dir, server_binary
-from avengers_graph.local_models import MODELS, ensure_model
-from avengers_graph.local_pool import LocalPool, ServerSpec
-from avengers_graph.openai_compatible import ChatOpenAICompatible
+from avengers_graph.app.config import KEYLESS_API_KEY
+from avengers_graph.experts.openai_compatible import ChatOpenAICompatible
+from avengers_graph.local.models import MODELS, ensure_model
+from avengers_graph.local.pool import LocalPool, ServerSpec
+from avengers_graph.local.server import install_dir, server_binary
 
 ONE = "qwen2.5-coder-0.5b"
 PAIR = ("qwen2.5-coder-0.5b", "gemma3-270m")

@@ -76,10 +76,10 @@ from avengers_graph import (
     calibrate,
     create_avengers_graph,
 )
+from avengers_graph.app.embedded import bundled, read_jsonl
 from avengers_graph.calibration import DEFAULT_INSTRUCTIONS, build_prompt, load_dataset
-from avengers_graph.embedded import bundled, read_jsonl
-from avengers_graph.local_models import ensure_model
-from avengers_graph.local_pool import LocalPool
+from avengers_graph.local.models import ensure_model
+from avengers_graph.local.pool import LocalPool
 
 MODEL = "smollm2-135m"
 """The llama.cpp model of section (b): the smallest of the registry."""

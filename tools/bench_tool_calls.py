@@ -58,15 +58,15 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict
 
 from avengers_graph import ChatAvengers, ClusterStore
+from avengers_graph.app.config import PoolConfig
+from avengers_graph.app.embedded import bundled
 from avengers_graph.app.settings import Settings
-from avengers_graph.config import PoolConfig
-from avengers_graph.embedded import bundled
+from avengers_graph.experts.openai_compatible import HERMES_STOP, ChatOpenAICompatible
 from avengers_graph.experts.tool_parsers import (
     ToolCallParser,
     bound_tool_parameters,
     parse_message_tool_calls,
 )
-from avengers_graph.openai_compatible import HERMES_STOP, ChatOpenAICompatible
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = bundled("tools_pool.yaml")
@@ -492,8 +492,8 @@ def calibrated_store(settings: Settings, pool: PoolConfig) -> ClusterStore:
     running get an address that cannot resolve (``.invalid``), and a missing answer
     fails loudly with a connection error instead of calling anything.
     """
+    from avengers_graph.app.embedded import RECORDED_ANSWERS, local_urls, read_jsonl
     from avengers_graph.calibration import calibrate
-    from avengers_graph.embedded import RECORDED_ANSWERS, local_urls, read_jsonl
     from avengers_graph.experts.cache import AnswerCache
 
     store = pool.build_store(settings)
@@ -518,8 +518,8 @@ def calibrated_store(settings: Settings, pool: PoolConfig) -> ClusterStore:
 
 def record(path: Path, samples: int, threads: int | None) -> None:
     """Ask the real pool every prompt not recorded yet; append each to ``path``."""
-    from avengers_graph.embedded import fetch_models, load, local_urls
-    from avengers_graph.local_pool import LocalPool
+    from avengers_graph.app.embedded import fetch_models, load, local_urls
+    from avengers_graph.local.pool import LocalPool
 
     settings, pool = load(POOL)
     done = read_record(path)
@@ -601,7 +601,7 @@ def _replayed_vote(
     rows: Mapping[str, Mapping[str, Any]], samples: int
 ) -> Iterator[tuple[str, AIMessage]]:
     """The vote of ChatAvengers over the recorded samples of each prompt."""
-    from avengers_graph.embedded import load
+    from avengers_graph.app.embedded import load
 
     settings, pool = load(POOL)
     store = calibrated_store(settings, pool)
@@ -634,7 +634,7 @@ def _replayed_vote(
 
 def score(rows: Mapping[str, Mapping[str, Any]], samples: int) -> Scores:
     """Score the recorded samples and the vote replayed over them."""
-    from avengers_graph.embedded import load
+    from avengers_graph.app.embedded import load
 
     parsers = _parsers(load(POOL)[1])
     names = {t.name for t in TOOLS}

@@ -19,8 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from avengers_graph.calibration import calibrate
-from avengers_graph.embedded import (
+from avengers_graph.app.embedded import (
     RECORDED_ANSWERS,
     bundled,
     fetch_models,
@@ -28,8 +27,9 @@ from avengers_graph.embedded import (
     local_urls,
     read_jsonl,
 )
+from avengers_graph.calibration import calibrate
 from avengers_graph.experts.cache import AnswerCache
-from avengers_graph.local_pool import LocalPool
+from avengers_graph.local.pool import LocalPool
 from avengers_graph.stores.chroma import ClusterStore
 
 

@@ -8,7 +8,7 @@
 - ``AVENGERS_CHROMA_HOST`` / ``AVENGERS_CHROMA_PORT``: a Chroma server instead of the
   embedded store (default unset / ``8000``).
 - ``AVENGERS_POOL``: pool name inside the store (default ``avengers``).
-- ``AVENGERS_CONFIG``: pool config file, YAML or JSON (see :mod:`avengers_graph.config`).
+- ``AVENGERS_CONFIG``: pool config file, YAML or JSON (see :mod:`avengers_graph.app.config`).
 
 ``.env.example`` at the repository root documents the same variables.
 """

@@ -4,7 +4,7 @@ Some OpenAI-compatible servers render the tools into the prompt but do not parse
 model's answer: llama-cpp-python's server with a GGUF's own chat template and
 ``tool_choice="auto"`` returns Qwen2.5's calls as plain ``content``. vLLM parses the
 same answers server-side with ``--tool-call-parser hermes``; :func:`parse_hermes_tool_calls`
-does it client-side, for :class:`~avengers_graph.openai_compatible.ChatOpenAICompatible`.
+does it client-side, for :class:`~avengers_graph.experts.openai_compatible.ChatOpenAICompatible`.
 
 A *call object* is a JSON object ``{"name": <a bound tool>, "arguments": {...}}``
 (``arguments`` may also be a JSON string holding an object; ``parameters`` is read as a

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from avengers_graph.llama_server import find_server
+from avengers_graph.local.server import find_server
 
 _INTEGRATION_DIR = Path(__file__).resolve().parent
 _STARTUP_TIMEOUT_S = 30.0

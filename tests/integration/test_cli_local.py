@@ -7,8 +7,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from avengers_graph.cli import app
-from avengers_graph.llama_server import find_server
+from avengers_graph.app.cli import app
+from avengers_graph.local.server import find_server
 from tests.integration.conftest import requires_llama_server
 
 pytestmark = requires_llama_server

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from avengers_graph.cli import app
+from avengers_graph.app.cli import app
 from avengers_graph.eval.recording import ResponseMatrix
-from avengers_graph.local_models import MODELS
+from avengers_graph.local.models import MODELS
 from tests.integration.conftest import requires_llama_server
 
 pytestmark = requires_llama_server

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from avengers_graph.config import load_pool_config
-from avengers_graph.embedded import bundled
-from avengers_graph.local_models import MODELS, missing_packages
+from avengers_graph.app.config import load_pool_config
+from avengers_graph.app.embedded import bundled
+from avengers_graph.local.models import MODELS, missing_packages
 from tests.integration.conftest import requires_llama_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +70,6 @@ def test_the_agent_completes_its_two_step_task(tmp_path: Path) -> None:
     assert calls
     assert [name for name, _ in results] == calls  # every call ran, in order
     # the servers the example started are stopped again
-    from avengers_graph.local_pool import LocalPool
+    from avengers_graph.local.pool import LocalPool
 
     assert LocalPool(tmp_path / "cache").servers() == {}

@@ -30,9 +30,9 @@ _HANG_GUARD_S = 1800  # not a timing assertion: only stops a wedged example
 @pytest.fixture(scope="module")
 def example_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
     """A working folder and the environment of an example; the pool's servers up."""
-    from avengers_graph.config import load_pool_config
-    from avengers_graph.embedded import bundled
-    from avengers_graph.local_pool import LocalPool
+    from avengers_graph.app.config import load_pool_config
+    from avengers_graph.app.embedded import bundled
+    from avengers_graph.local.pool import LocalPool
 
     work = tmp_path_factory.mktemp("examples")
     env = {

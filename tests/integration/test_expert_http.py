@@ -22,7 +22,7 @@ from langchain_core.messages import HumanMessage
 from langchain_openai import ChatOpenAI
 
 from avengers_graph import AllExpertsFailedError, ChatAvengers, create_avengers_graph
-from avengers_graph.config import load_pool_config
+from avengers_graph.app.config import load_pool_config
 from tests.fakes import KeywordEmbeddings
 from tests.unit.conftest import KEYWORDS, write_two_domain_store
 

@@ -31,12 +31,12 @@ from avengers_graph import (
     LocalEmbeddings,
     calibrate,
     create_avengers_graph,
-    local_pool,
 )
-from avengers_graph.config import KEYLESS_API_KEY
-from avengers_graph.local_models import MODELS, missing_packages
-from avengers_graph.local_pool import LocalPool, PortInUseError, ServerInfo
-from avengers_graph.openai_compatible import ChatOpenAICompatible
+from avengers_graph.app.config import KEYLESS_API_KEY
+from avengers_graph.experts.openai_compatible import ChatOpenAICompatible
+from avengers_graph.local import pool as local_pool
+from avengers_graph.local.models import MODELS, missing_packages
+from avengers_graph.local.pool import LocalPool, PortInUseError, ServerInfo
 from tests.fakes import ScriptedExpert, constant
 from tests.integration.conftest import busy_slots, requires_llama_server, server_metrics
 
@@ -301,7 +301,7 @@ def test_down_stops_the_server(pool: LocalPool) -> None:
 HOLDER = """
 import sys
 from pathlib import Path
-from avengers_graph.local_pool import LocalPool
+from avengers_graph.local.pool import LocalPool
 with LocalPool(Path(sys.argv[1])).hold([sys.argv[2]]) as [info]:
     print(info.pid, flush=True)
     sys.stdin.readline()

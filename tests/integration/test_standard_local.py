@@ -22,13 +22,12 @@ import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from avengers_graph import ChatAvengers
+from avengers_graph.app.config import load_pool_config
+from avengers_graph.app.embedded import bundled, calibrate_pool, local_urls
 from avengers_graph.app.settings import Settings
-from avengers_graph.config import load_pool_config
-from avengers_graph.embedded import bundled, calibrate_pool, local_urls
 from avengers_graph.experts.cache import AnswerCache
-from avengers_graph.local_models import MODELS, missing_packages
-from avengers_graph.local_pool import LocalPool
-from avengers_graph.app.settings import Settings
+from avengers_graph.local.models import MODELS, missing_packages
+from avengers_graph.local.pool import LocalPool
 from tests.integration.conftest import requires_llama_server
 from tests.standard import ChatAvengersCapabilities
 

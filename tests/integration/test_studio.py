@@ -32,8 +32,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from avengers_graph.config import load_pool_config
-    from avengers_graph.local_pool import LocalPool
+    from avengers_graph.app.config import load_pool_config
+    from avengers_graph.local.pool import LocalPool
 
     work = tmp_path_factory.mktemp("studio")
     cache = work / "cache"

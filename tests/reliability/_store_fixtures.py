@@ -258,7 +258,7 @@ def write_dataset(path: Path, n: int) -> Path:
 CLI = [
     sys.executable,
     "-c",
-    "from avengers_graph.cli import app; app(prog_name='avengers')",
+    "from avengers_graph.app.cli import app; app(prog_name='avengers')",
 ]
 """The ``avengers`` command of this checkout (the module has no ``__main__`` block)."""
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from avengers_graph.app.config import load_pool_config
+from avengers_graph.app.embedded import RECORDED_ANSWERS, bundled, read_jsonl
 from avengers_graph.calibration import _plan_calls, load_dataset
-from avengers_graph.config import load_pool_config
-from avengers_graph.embedded import RECORDED_ANSWERS, bundled, read_jsonl
 
 
 @pytest.mark.xfail(

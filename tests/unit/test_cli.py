@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from avengers_graph.cli import app, explain
-from avengers_graph.embedded import read_jsonl
+from avengers_graph.app.cli import app, explain
+from avengers_graph.app.embedded import read_jsonl
 from avengers_graph.errors import InvalidInputError
 from tests.unit.conftest import write_two_domain_store
 

@@ -8,8 +8,8 @@ import pytest
 from langchain_openai import ChatOpenAI
 
 from avengers_graph import ClusterStore, InvalidInputError
+from avengers_graph.app.config import KEYLESS_API_KEY, graph_from_settings, load_pool_config
 from avengers_graph.app.settings import Settings, default_cache_path
-from avengers_graph.config import KEYLESS_API_KEY, graph_from_settings, load_pool_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pool.yaml"
 

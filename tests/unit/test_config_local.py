@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from avengers_graph.config import load_pool_config
+from avengers_graph.app.config import load_pool_config
 from avengers_graph.errors import InvalidInputError
-from avengers_graph.local_pool import ServerSpec
+from avengers_graph.local.pool import ServerSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore:A test tried to use socket.socket:UserWarning")
 

@@ -25,7 +25,7 @@ from langgraph.types import RetryPolicy
 from pydantic import PrivateAttr
 
 from avengers_graph import AllExpertsFailedError, ChatAvengers, create_avengers_graph
-from avengers_graph.config import ExpertConfig
+from avengers_graph.app.config import ExpertConfig
 from avengers_graph.experts.calls import request_timeout, retry_free
 from avengers_graph.graph import is_transient_error
 from tests.fakes import ScriptedExpert, constant

@@ -73,6 +73,11 @@ MOVED = {
     "avengers_graph.recording": "avengers_graph.eval.recording",
     "avengers_graph.replay": "avengers_graph.eval.replay",
     "avengers_graph.settings": "avengers_graph.app.settings",
+    "avengers_graph.config": "avengers_graph.app.config",
+    "avengers_graph.cli": "avengers_graph.app.cli",
+    "avengers_graph.local_pool": "avengers_graph.local.pool",
+    "avengers_graph.local_models": "avengers_graph.local.models",
+    "avengers_graph.openai_compatible": "avengers_graph.experts.openai_compatible",
 }
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from avengers_graph import llama_server
-from avengers_graph.llama_server import (
+from avengers_graph.local import server as llama_server
+from avengers_graph.local.server import (
     LLAMA_CPP_COMMIT,
     LLAMA_CPP_PYTHON,
     ServerBinaryError,

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from avengers_graph import local_models
-from avengers_graph.local_models import (
+from avengers_graph.local import models as local_models
+from avengers_graph.local.models import (
     DEMO_MODELS,
     MODELS,
     LocalModelSpec,

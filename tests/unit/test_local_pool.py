@@ -20,9 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from avengers_graph import local_pool
-from avengers_graph.llama_server import ServerBinaryError
-from avengers_graph.local_pool import LocalPool, ServerError, ServerInfo, ServerSpec
+from avengers_graph.local import pool as local_pool
+from avengers_graph.local.pool import LocalPool, ServerError, ServerInfo, ServerSpec
+from avengers_graph.local.server import ServerBinaryError
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
 
@@ -420,8 +420,8 @@ def test_an_interrupt_stops_the_servers_this_up_already_started(
 UP_SCRIPT = """
 import sys
 from pathlib import Path
-from avengers_graph import local_pool
-from avengers_graph.local_pool import LocalPool
+from avengers_graph.local import pool as local_pool
+from avengers_graph.local.pool import LocalPool
 local_pool._probe = lambda info, timeout=2.0: False  # never healthy: up() keeps waiting
 local_pool._free_port = lambda host: 1
 LocalPool(Path(sys.argv[1]), server_binary=Path(sys.argv[2])).up([sys.argv[3]], timeout=300)

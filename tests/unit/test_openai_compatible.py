@@ -16,7 +16,7 @@ from langchain_core.tools import tool
 from pydantic import SecretStr
 
 from avengers_graph.errors import InvalidInputError
-from avengers_graph.openai_compatible import ChatOpenAICompatible, RequestLimiter
+from avengers_graph.experts.openai_compatible import ChatOpenAICompatible, RequestLimiter
 
 
 def _client(**kwargs: object) -> ChatOpenAICompatible:

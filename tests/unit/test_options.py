@@ -19,7 +19,7 @@ from avengers_graph import (
     calibrate,
     create_avengers_graph,
 )
-from avengers_graph.config import CalibrationOptions, PoolConfig, load_pool_config
+from avengers_graph.app.config import CalibrationOptions, PoolConfig, load_pool_config
 from avengers_graph.options import DEFAULT_TIMEOUT, resolve_options
 from tests.fakes import ScriptedExpert, constant
 

@@ -26,7 +26,7 @@ A new pin gets a new folder: the build runs again only when the pin changes.
 size and sha256 against the file, and ``--version`` against the pin (once per process
 and file). ``<root>`` is the project's cache folder (``AVENGERS_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/avengers-graph`` or ``~/.cache/avengers-graph``, see
-:func:`avengers_graph.settings.default_cache_path`); when ``AVENGERS_CACHE_DIR`` points
+:func:`avengers_graph.experts.cache.default_cache_path`); when ``AVENGERS_CACHE_DIR`` points
 elsewhere and holds no build, the user-wide one is used, so a temporary cache folder
 does not cost a rebuild.
 """
@@ -51,7 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from avengers_graph.errors import AvengersError
-from avengers_graph.settings import default_cache_path
+from avengers_graph.experts.cache import default_cache_path
 
 __all__ = [
     "CMAKE_FLAGS",
