@@ -204,8 +204,9 @@ def _plan_calls(
     temperature: float | None,
     max_tokens: int | Mapping[str, int] | None,
 ) -> list[_Call]:
-    # interleaved (question, sample, expert) so that concurrent calls spread over the
-    # experts; an expert whose strategy does not serve a question's format is not asked
+    # in (question, expert, sample) order: one expert's samples of a prompt follow each
+    # other, so a llama.cpp slot that just read the prompt serves the next sample from
+    # its prompt cache; an expert whose strategy does not serve the format is not asked
     pool = {name: as_expert(expert) for name, expert in experts.items()}
     models = {name: _model_identity(expert.model) for name, expert in pool.items()}
     counts = {name: samples if isinstance(samples, int) else samples.get(name, 0) for name in pool}
@@ -214,10 +215,8 @@ def _plan_calls(
         cap = max_tokens.get(item.kind) if isinstance(max_tokens, Mapping) else max_tokens
         asked = {name: item_contract(item, e) for name, e in pool.items() if serves(e, item)}
         prompts = {name: c.messages([HumanMessage(item.question)]) for name, c in asked.items()}
-        for index in range(max(counts.values(), default=0)):
-            for name, terms in asked.items():
-                if index >= counts[name]:
-                    continue
+        for name, terms in asked.items():
+            for index in range(counts[name]):
                 params: dict[str, Any] = {"seed": seed + index, **terms.options(cap)}
                 if temperature is not None:
                     params["temperature"] = temperature
