@@ -194,6 +194,38 @@ def curves_figure(
                     color=style["color"],
                 )
     low, high = _view(series, references, percent=percent)
+    handles += _draw_references(ax, references, (low, high), percent=percent)
+    ax.set_ylim(low, high)
+    if any(line.point_labels for line in series):
+        ax.margins(x=0.1)  # room for the labels beside the last points
+    _format_x(ax, [x for line in series for x in line.x], log_x=log_x)
+    if percent:
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if right is not None:
+        right.set_ylabel(secondary_label or "")
+    if len(handles) > 1:
+        ax.legend(  # below the axes: long names do not narrow the plot
+            handles=handles,
+            title=legend_title,
+            fontsize=8,
+            title_fontsize=8,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.14),
+            ncols=2,
+        )
+    return fig
+
+
+def _draw_references(
+    ax: Axes, references: Sequence[Reference], view: tuple[float, float], *, percent: bool
+) -> list[Any]:
+    """Horizontal lines (with their spread as a band); one outside ``view`` is named at the edge."""
+    low, high = view
+    handles = []
     for (colour, dash), reference in zip(_REFERENCE_STYLES, references, strict=False):
         shown = f"{reference.value:.1%}" if percent else f"{reference.value:.3g}"
         label = f"{reference.name}: {shown}"
@@ -223,28 +255,7 @@ def curves_figure(
         handles.append(
             ax.axhline(reference.value, color=colour, linestyle=dash, linewidth=1.3, label=label)
         )
-    ax.set_ylim(low, high)
-    ax.margins(x=0.06)  # room for the points' labels
-    _format_x(ax, [x for line in series for x in line.x], log_x=log_x)
-    if percent:
-        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    if right is not None:
-        right.set_ylabel(secondary_label or "")
-    if len(handles) > 1:
-        ax.legend(  # below the axes: long names do not narrow the plot
-            handles=handles,
-            title=legend_title,
-            fontsize=8,
-            title_fontsize=8,
-            loc="upper center",
-            bbox_to_anchor=(0.5, -0.14),
-            ncols=2,
-        )
-    return fig
+    return handles
 
 
 def _dodge(series: Sequence[Series], *, log_x: bool) -> list[float]:
@@ -321,7 +332,7 @@ def accuracy_figure(store: CalibrationStore) -> Figure:
         for col, expert in enumerate(experts):
             if expert in stats[cluster]:
                 grid[row, col] = stats[cluster][expert].accuracy
-    fig, ax = _subplots(2.8 + 1.2 * max(len(experts), 2), 1.8 + 0.42 * max(len(clusters), 2))
+    fig, ax = _subplots(3.2 + 1.2 * max(len(experts), 3), 2.4 + 0.42 * max(len(clusters), 3))
     from matplotlib.ticker import PercentFormatter
 
     image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
@@ -343,10 +354,10 @@ def accuracy_figure(store: CalibrationStore) -> Figure:
         )
     fig.colorbar(image, ax=ax, label="accuracy (%)", format=PercentFormatter(xmax=1.0))
     ax.set_xlabel("expert")
-    ax.set_ylabel("cluster (#id and its validation questions)")
+    ax.set_ylabel("cluster #id (validation questions)")
     ax.set_title(
         f"Expert accuracy per cluster: {info.name}\n"
-        "majority answer graded on each cluster's validation questions (right/asked)"
+        "majority answer graded per question (right/asked)"
     )
     return fig
 
@@ -519,7 +530,23 @@ def cluster_figure(store: CalibrationStore) -> Figure:
         "projected to 2-D by PCA"
     )
     ax.grid(alpha=0.2)
+    _widen_flat_axis(ax, np.vstack([projection.points, projection.centres]))
     return fig
+
+
+def _widen_flat_axis(ax: Axes, drawn: npt.NDArray[np.float64]) -> None:
+    """Give an axis along which the points barely vary a third of the other's range.
+
+    Without it matplotlib zooms into rounding noise (a component of no variance) and
+    points that coincide look far apart.
+    """
+    spans = np.ptp(drawn, axis=0) if len(drawn) else np.zeros(2)
+    least = spans.max() / 3
+    for axis, span in enumerate(spans):
+        if span < least:
+            middle = (drawn[:, axis].max() + drawn[:, axis].min()) / 2
+            limits = (middle - 0.6 * least, middle + 0.6 * least)
+            ax.set_xlim(*limits) if axis == 0 else ax.set_ylim(*limits)
 
 
 def plot_store(store: CalibrationStore, folder: Path) -> list[Path]:

@@ -23,10 +23,11 @@ from tests.fakes import KeywordEmbeddings, ScriptedExpert
 
 pytest.importorskip("matplotlib", reason="the plot extra is not installed")
 
-import matplotlib.image  # noqa: E402 - only with the plot extra
-from matplotlib.container import ErrorbarContainer  # noqa: E402
+# matplotlib only once it is known to be installed
+import matplotlib.image
+from matplotlib.container import ErrorbarContainer
 
-from avengers_graph.eval.plots import (  # noqa: E402
+from avengers_graph.eval.plots import (
     Reference,
     Series,
     accuracy_figure,
@@ -42,7 +43,8 @@ def assert_png(path: Path) -> None:
     """The file is a PNG that decodes to a non-empty image."""
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = matplotlib.image.imread(path)
-    assert image.shape[0] > 100 and image.shape[1] > 100
+    assert image.shape[0] > 100
+    assert image.shape[1] > 100
 
 
 def legend_texts(ax: Any) -> list[str]:
@@ -92,8 +94,10 @@ def test_curves_have_title_labels_legend_error_bars_and_reference_lines(tmp_path
 def test_a_far_reference_is_named_at_the_edge_not_squeezing_the_curves() -> None:
     ax = curves_figure(TWO_SERIES, title="t", xlabel="x", references=REFERENCES).axes[0]
     low, high = ax.get_ylim()
-    assert low <= 0.36 and 0.47 <= high < 0.81  # curves with their bars, not the Oracle
-    assert low <= 0.39 and 0.43 <= high  # Best-Single and its band are near: in view
+    assert low <= 0.36
+    assert 0.47 <= high < 0.81
+    assert low <= 0.39
+    assert high >= 0.43
     texts = legend_texts(ax)
     assert "Oracle: 81.0% (off the axis, above)" in texts
     assert "Best-Single: 41.0%" in texts
@@ -134,8 +138,7 @@ TOPICS = {"math": "sum", "code": "loop", "poem": "rhyme"}
 DATASET = [
     {
         "id": f"{topic}-{i}",
-        "question": f"{topic} {' '.join([word] * (i % 3))} {'math' if i % 4 == 0 else ''} "
-        f"item {i}",
+        "question": f"{topic} {' '.join([word] * (i % 3))} {'math' if i % 4 == 0 else ''} item {i}",
         "answer": "B",
         "kind": "choice",
     }
@@ -295,7 +298,8 @@ def test_many_clusters_get_a_colour_bar_instead_of_a_long_legend() -> None:
     assert bar.get_ylabel() == "cluster id"
     assert legend_texts(ax) == ["centroid (#id and its questions)"]
     points, centres = _drawn(fig)
-    assert len(points) == 24 and len(centres) == 24
+    assert len(points) == 24
+    assert len(centres) == 24
 
 
 def test_a_store_without_questions_still_maps_its_centroids() -> None:
@@ -304,3 +308,20 @@ def test_a_store_without_questions_still_maps_its_centroids() -> None:
     assert all(len(p) == 0 for p in points.values())
     assert centres.shape == (3, 2)
     assert "0 questions" in fig.axes[0].get_title()
+
+
+def test_an_axis_without_variance_is_not_zoomed_into_rounding_noise() -> None:
+    # two questions, each its own cluster's centroid: the second component is empty
+    vectors = np.eye(3)[:2]
+    calibration = validate_calibration(
+        StoreInfo("flat", "toy", 3, 2, 0, ("only",)),
+        vectors,
+        [1, 1],
+        {},
+        [StoredQuestion(f"q{c}", f"q {c}", "1", "number", c) for c in range(2)],
+        vectors,
+    )
+    ax = cluster_figure(MemoryStore("flat", calibration)).axes[0]
+    (x_low, x_high), (y_low, y_high) = ax.get_xlim(), ax.get_ylim()
+    assert y_high - y_low >= (x_high - x_low) / 4
+    assert ax.get_ylabel() == "principal component 2 (0% of the variance)"
