@@ -563,6 +563,9 @@ class Summary:
     """Adaptive strategy name to ``(claimed confidence, right)`` per answered test question."""
     chosen: list[str] = field(default_factory=list)
     """Per split, the name of the configuration the nested selection chose."""
+    split_accuracy: dict[str, list[float]] = field(default_factory=dict)
+    """Strategy name to its average accuracy in each split, in split order (``spread``
+    is their standard deviation; plots draw error bars from them)."""
 
     def accuracy(self, strategy: str, dataset: str = AVERAGE) -> float:
         """Mean accuracy of a strategy on a dataset (default: the macro average)."""
@@ -766,10 +769,10 @@ def evaluate(
         name: {key: Outcome.mean([run[key] for run in per_seed]) for key in per_seed[0]}
         for name, per_seed in runs.items()
     }
-    spread = {
-        name: statistics.pstdev(run[AVERAGE].accuracy for run in per_seed)
-        for name, per_seed in runs.items()
+    split_accuracy = {
+        name: [run[AVERAGE].accuracy for run in per_seed] for name, per_seed in runs.items()
     }
+    spread = {name: statistics.pstdev(values) for name, values in split_accuracy.items()}
     tested = {qid for per_split in questions.values() for split in per_split for qid in split}
     return Summary(
         datasets,
@@ -780,6 +783,7 @@ def evaluate(
         {qid: dataset for qid, dataset in dataset_of.items() if qid in tested},
         dict(confidence),
         chosen,
+        split_accuracy,
     )
 
 
