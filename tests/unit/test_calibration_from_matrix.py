@@ -24,7 +24,7 @@ def _matrix() -> ResponseMatrix:
                     "question": f"{topic} {i}",
                     "answer": "1",
                     "source": "",
-                }  # fmt: skip
+                }
             )
             for expert, good_at in (("m:reason", "math"), ("c:program", "code")):
                 for j in range(3):
@@ -41,7 +41,7 @@ def _matrix() -> ResponseMatrix:
                             right,
                             10 if expert == "m:reason" else 4,
                             0.5,
-                        )  # fmt: skip
+                        )
                     )
     return ResponseMatrix(questions, responses)
 
