@@ -156,7 +156,7 @@ def _is_request_timeout(exc: BaseException) -> bool:
 
 def _expired(seconds: float, *, by_deadline: bool = False) -> ExpertTimeoutError:
     if by_deadline:
-        return ExpertTimeoutError(f"no answer before the run's deadline ({seconds:.3g} s left)")
+        return ExpertTimeoutError(f"no answer before the run's deadline (waited {seconds:.3g} s)")
     return ExpertTimeoutError(f"no answer within {seconds:g} s")
 
 
