@@ -31,6 +31,9 @@ The twins are made in the graph rather than by building the pool file's clients 
 ``max_retries=0``: that covers every path that builds an expert (pool file,
 ``LocalPool``, a user's own ``ChatOpenAI(...)``), and calibration, which calls the
 pool's experts directly and has no retry layer of its own, keeps the client's retries.
+LangGraph logs every retry with the error's text and traceback (INFO), and an upstream
+server's error body may quote the request's key: the graph redacts an error in place
+(:func:`redact_exception`) before raising it for another attempt.
 
 **Timeouts.** No process-wide thread pool: one call's stuck work can never delay or
 fail another call.
@@ -63,18 +66,20 @@ expert's ``timeout``, ended it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import enum
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableConfig
 
 from avengers_graph.errors import ExpertTimeoutError
+from avengers_graph.redact import redact
 
 
 class Interrupted(enum.Enum):
@@ -158,6 +163,27 @@ def _expired(seconds: float, *, by_deadline: bool = False) -> ExpertTimeoutError
     if by_deadline:
         return ExpertTimeoutError(f"no answer before the run's deadline (waited {seconds:.3g} s)")
     return ExpertTimeoutError(f"no answer within {seconds:g} s")
+
+
+def redact_exception(exc: BaseException, secrets: Iterable[str]) -> None:
+    """Redact the text of ``exc`` and of every exception it chains, in place.
+
+    The type stays (a retry policy matches on it); the string arguments that make up
+    the message (``str(exc)``) go through :func:`~avengers_graph.redact.redact`.
+    """
+    secrets = list(secrets)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.args = tuple(
+            redact(arg, secrets) if isinstance(arg, str) else arg for arg in current.args
+        )
+        message = getattr(current, "message", None)
+        if isinstance(message, str):
+            with contextlib.suppress(AttributeError):  # a read-only property keeps it
+                current.message = redact(message, secrets)  # type: ignore[attr-defined]
+        current = current.__cause__ or current.__context__
 
 
 def call_budget(timeout: float, deadline: float | None) -> tuple[float, bool]:

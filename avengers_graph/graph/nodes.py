@@ -595,6 +595,7 @@ class _Nodes:
         attempt = runtime.execution_info.node_attempt if runtime.execution_info else 1
         retry = attempt <= settings.max_retries and attempt < self.max_attempts
         if retry and is_transient_error(exc) and self._retry_fits(task, settings, attempt):
+            expert_calls.redact_exception(exc, self.secrets)  # LangGraph logs the retry
             raise exc  # LangGraph's RetryPolicy runs the task again
         error = redact(f"{type(exc).__name__}: {exc}", self.secrets)
         if turn is not None:
