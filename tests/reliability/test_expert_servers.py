@@ -17,22 +17,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from langchain_core.messages import HumanMessage
 from pydantic import SecretStr
 
 from avengers_graph import AllExpertsFailedError, ChatAvengers, create_avengers_graph
-from avengers_graph.embeddings import MINILM_NAME, LocalEmbeddings
+from avengers_graph.embeddings import LocalEmbeddings
 from avengers_graph.errors import ExpertTimeoutError
 from avengers_graph.experts.openai_compatible import ChatOpenAICompatible
-from avengers_graph.stores.chroma import ClusterStore, ExpertStats, StoreInfo
+from avengers_graph.stores.chroma import ClusterStore
+from tests.reliability._run_fixtures import GUARD_S, finishes, one_cluster_store
 from tests.reliability._store_fixtures import (
     FakeOpenAI,
     child_env,
@@ -48,8 +47,6 @@ KEY = "opaque-key-0123456789-abcdef"  # no well-known shape: only the expert's o
 QUESTION = "What is 3 + 4?"
 ANSWER = "The answer is \\boxed{7}."
 RUN_TIMEOUT = 3.0
-GUARD_S = 120.0
-"""How long a test waits for a run before calling it hung (every wait is bounded)."""
 
 Run = Callable[[dict[str, Any], ClusterStore, LocalEmbeddings, dict[str, Any]], Any]
 
@@ -57,28 +54,6 @@ Run = Callable[[dict[str, Any], ClusterStore, LocalEmbeddings, dict[str, Any]], 
 @pytest.fixture(scope="module")
 def embeddings() -> LocalEmbeddings:
     return LocalEmbeddings()
-
-
-def one_cluster_store(path: Path, experts: list[str]) -> ClusterStore:
-    """A calibration of one cluster where ``experts`` are ranked in the order given."""
-    vector = np.ones((1, 384)) / np.sqrt(384)
-    store = ClusterStore(path=path, name="rel")  # the pool files' store name
-    store.write(
-        StoreInfo(
-            name="",
-            embedding_model=MINILM_NAME,
-            embedding_dim=384,
-            n_clusters=1,
-            seed=0,
-            experts=tuple(experts),
-        ),
-        centroids=vector,
-        sizes=[0],
-        stats={0: {name: ExpertStats(9 - i, 10) for i, name in enumerate(experts)}},
-        questions=[],
-        question_vectors=np.zeros((0, 384)),
-    )
-    return store
 
 
 def client(server: FakeOpenAI, **kwargs: Any) -> ChatOpenAICompatible:
@@ -135,26 +110,6 @@ RUNS: dict[str, Run] = {
     "ChatAvengers.invoke": _chat_sync,
     "ChatAvengers.ainvoke": _chat_async,
 }
-
-
-def finishes(call: Callable[[], Any], seconds: float = GUARD_S) -> Any:
-    """Run ``call`` on a thread; return its result, raise what it raised; fail if it hangs."""
-    outcome: list[tuple[bool, Any]] = []
-
-    def target() -> None:
-        try:
-            outcome.append((True, call()))
-        except BaseException as exc:  # noqa: BLE001 - re-raised for the assertions
-            outcome.append((False, exc))
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"the run was still waiting after {seconds} s"
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value
 
 
 @pytest.fixture
