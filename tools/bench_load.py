@@ -214,14 +214,13 @@ async def _main(args: argparse.Namespace) -> int:
         for wave in range(args.waves):
             seconds, problems = await _wave(llm, experts, wave * args.concurrency, args.concurrency)
             gc.collect()
-            traced = (
-                tracemalloc.get_traced_memory()[0] / 2**20 if args.tracemalloc else float("nan")
-            )
+            traced = tracemalloc.get_traced_memory()[0] / 2**20 if args.tracemalloc else 0.0
             rows.append((_rss_mib(), len(gc.get_objects()), traced))
             rss, objects, _ = rows[-1]
             print(
                 f"| {wave + 1} | {args.concurrency} | {seconds:.2f} | "
-                f"{args.concurrency / seconds:.0f} | {rss:.1f} | {objects} | {traced:.1f} | "
+                f"{args.concurrency / seconds:.0f} | {rss:.1f} | {objects} | "
+                f"{f'{traced:.1f}' if args.tracemalloc else '-'} | "
                 f"{len(problems)} |"
             )
             for problem in problems[:5]:
