@@ -26,7 +26,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import re
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
@@ -130,20 +132,72 @@ class _CliLogFilter(RedactingFilter):
         return True
 
 
+OPTION_MINIMUMS: dict[str, int] = {
+    "top_n": 1,
+    "samples": 1,
+    "clusters": 1,
+    "max_tokens": 1,
+    "seed": 0,
+    "slots": 1,
+    "threads": 1,
+    "jobs": 1,
+    "per_dataset": 1,
+    "temperature": 0,
+    "max_concurrency": 1,
+    "limit": 1,
+    "splits": 1,
+}
+"""The smallest value of every numeric command-line option, by parameter name (the
+same bounds as :class:`~avengers_graph.options.AvengersOptions` and the calibration
+options): checked by :func:`friendly` before the command does any work."""
+
+
+def _flag(command: Callable[..., Any], name: str) -> str:
+    """The command-line flag of a command's parameter (``top_n`` -> ``--top-n``)."""
+    hints = typing.get_type_hints(command, include_extras=True)
+    for meta in getattr(hints.get(name), "__metadata__", ()):
+        if isinstance(meta, typer.models.ParameterInfo):
+            decls = getattr(meta, "param_decls", None) or ()
+            long = [str(d) for d in decls if str(d).startswith("--")]
+            if long:
+                return long[0]
+    return "--" + name.replace("_", "-")
+
+
+def check_options(command: Callable[..., Any], options: Mapping[str, Any]) -> None:
+    """Refuse a numeric option below its minimum (:data:`OPTION_MINIMUMS`) or not finite.
+
+    Raises:
+        InvalidInputError: Naming the option as it is typed (``--top-n``).
+    """
+    for name, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidInputError(f"{_flag(command, name)} must be a finite number, got {value}.")
+        minimum = OPTION_MINIMUMS.get(name)
+        if minimum is not None and value < minimum:
+            raise InvalidInputError(
+                f"{_flag(command, name)} must be at least {minimum}, got {value}."
+            )
+
+
 def friendly(command: Callable[P, R]) -> Callable[P, R]:
     """Print library errors as one red line and exit 1, instead of a traceback.
 
-    The line is redacted (API keys, bearer tokens) and stripped of terminal control
-    sequences: an error can quote an upstream server's response.
+    The command's numeric options are checked first (:func:`check_options`). The line
+    is redacted (API keys, bearer tokens), stripped of terminal control sequences (an
+    error can quote an upstream server's response) and never wrapped.
     """
 
     @functools.wraps(command)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         _redact_logs()
         try:
+            check_options(command, kwargs)
             return command(*args, **kwargs)
         except AvengersError as exc:
-            console.print(f"[bold red]error:[/] {escape(shown(exc))}")
+            console.print(f"[bold red]error:[/] {escape(shown(exc))}", soft_wrap=True)
             raise typer.Exit(1) from exc
 
     return run

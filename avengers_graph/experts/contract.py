@@ -160,19 +160,33 @@ class Contract:
             options["response_format"] = constraint
         return options
 
-    def answer(self, reply: AIMessage, *, timeout: float = PROGRAM_TIMEOUT) -> AIMessage:
+    def answer(
+        self,
+        reply: AIMessage,
+        *,
+        timeout: float = PROGRAM_TIMEOUT,
+        deadline: float | None = None,
+    ) -> AIMessage:
         """The reply as the answer that votes (see the module docstring).
 
         The reply's usage and metadata are kept; ``response_metadata["strategy"]``
         names the strategy, and a program's source and output go in
         ``response_metadata["program"]``.
+
+        Args:
+            reply: The expert's reply.
+            timeout: Seconds a program may run.
+            deadline: A :func:`time.monotonic` instant a program must end by (the
+                caller's remaining budget): it runs ``min(timeout, deadline - now)``
+                seconds, and not at all once the deadline has passed (an empty
+                answer, ``timed_out`` in its record).
         """
         text = str(reply.text)
         metadata: dict[str, Any] = {**reply.response_metadata, "strategy": self.strategy}
         if self.strategy == "direct" and not reply.tool_calls:
             text = self._unwrap(text)
         elif self.strategy == "program" and not reply.tool_calls:
-            text, metadata["program"] = self._run(text, timeout)
+            text, metadata["program"] = self._run(text, timeout, deadline)
         if text == reply.text and metadata == reply.response_metadata:
             return reply
         return reply.model_copy(update={"content": text, "response_metadata": metadata})
@@ -194,12 +208,12 @@ class Contract:
             return f"{answer}) {option}"
         return answer
 
-    def _run(self, text: str, timeout: float) -> tuple[str, dict[str, Any]]:
+    def _run(self, text: str, timeout: float, deadline: float | None) -> tuple[str, dict[str, Any]]:
         code = last_code_block(text)
         if code is None:
             return "", {"source": None, "returncode": None, "output": ""}
         try:
-            result = run_python(code, timeout=timeout, require_isolation=True)
+            result = run_python(code, timeout=timeout, deadline=deadline, require_isolation=True)
         except SandboxError as error:  # no isolation here: the program does not run
             return "", {"source": code, "returncode": None, "output": "", "error": str(error)}
         printed = [line.strip() for line in result.stdout.splitlines() if line.strip()]
