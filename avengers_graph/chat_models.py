@@ -22,19 +22,20 @@ does. One call:
    routing record) and ``usage_metadata`` summed over every expert call.
 
 ``stream``/``astream`` run the graph in LangGraph's ``custom`` and ``values`` stream
-modes: each progress event of the graph (routing, each sample's status, the vote;
-without the samples' texts) goes to the callbacks as a custom event named
-``"avengers"`` (``astream_events`` shows it as ``on_custom_event``), and the voted
-answer is emitted as one chunk once the vote is decided; they stop waiting for (and,
-async, cancel) the samples that can no longer change the winner (``early_stop``, on by
-default when streaming). No expert's tokens reach the caller's stream.
+modes and emit the voted answer as one chunk once the vote is decided; they stop
+waiting for (and, async, cancel) the samples that can no longer change the winner
+(``early_stop``, on by default when streaming). No expert's tokens reach the caller's
+stream (the graph hides expert calls from streaming handlers). Inside
+:func:`progress_to`, each progress event of the graph (routing, each sample's status,
+the vote; without the samples' texts) also goes to a callback as it happens:
+``avengers serve`` shows them and counts them in its metrics.
 
-Feedback: every run's routing record is kept for the last :data:`FEEDBACK_RUNS` runs,
-by run id (the answer's ``id`` is ``"lc_run--<run id>"``).
+Feedback: the routing records of the last :data:`FEEDBACK_RUNS` answers are kept, by
+the answer's ``id`` (and, for ``invoke``, the run id too).
 :meth:`ChatAvengers.record_feedback` grades the experts' samples against the user's
 verdict (:func:`~avengers_graph.stores.base.grade_feedback`) and counts the result into
 the statistics of the clusters that routed the question, in the store, so the next
-questions are routed on it; a verdict is recorded once per run.
+questions are routed on it; a verdict is recorded once per answer.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from typing import Any, Literal
@@ -90,15 +93,15 @@ from avengers_graph.stores.base import (
 )
 
 FEEDBACK_RUNS = 1024
-"""Routing records kept for :meth:`ChatAvengers.record_feedback`: the most recent runs'."""
+"""Routing records kept for :meth:`ChatAvengers.record_feedback`: the most recent answers'."""
 
 
 @dataclass(frozen=True)
 class FeedbackResult:
     """What one verdict on an answer changed."""
 
-    run_id: str
-    """The run the verdict is about."""
+    answer_id: str
+    """The answer the verdict is about, as it was named."""
     correct: bool
     """The verdict."""
     clusters: list[int] = field(default_factory=list)
@@ -119,29 +122,31 @@ class _Answered:
     feedback: FeedbackResult | None = None
 
 
-def run_key(run_id: UUID | str) -> UUID:
-    """The run id that ``run_id`` names.
+def run_keys(answer_id: UUID | str) -> list[UUID | str]:
+    """The keys an answer may be remembered by, from what names it.
 
-    Accepted: a UUID, its text, an answer's ``id`` (``lc_run--...``) or an OpenAI-style
-    completion id of ``avengers serve`` (``chatcmpl-<hex>``).
+    Accepted: the answer's ``id`` (``message.id``), the run's UUID (or its text, or
+    ``lc_run--<uuid>``), or a completion id of ``avengers serve`` (``chatcmpl-<hex>``).
 
     Raises:
-        InvalidInputError: Nothing that names a run.
+        InvalidInputError: Nothing that names an answer.
     """
-    if isinstance(run_id, UUID):
-        return run_id
-    if isinstance(run_id, str):
-        text = run_id.strip()
-        for prefix in (f"{LC_ID_PREFIX}-", "chatcmpl-", "run-"):
-            text = text.removeprefix(prefix)
-        try:
-            return UUID(text)
-        except ValueError:
-            pass
-    raise InvalidInputError(
-        f"{run_id!r} is not a run id: pass the answer's `id` (lc_run--...), the run's UUID "
-        "or the server's completion id (chatcmpl-...)."
-    )
+    if isinstance(answer_id, UUID):
+        return [answer_id, str(answer_id)]
+    if not isinstance(answer_id, str) or not answer_id.strip():
+        raise InvalidInputError(
+            f"{answer_id!r} does not name an answer: pass the answer's `id`, its run's UUID "
+            "or the server's completion id (chatcmpl-...)."
+        )
+    text = answer_id.strip()
+    keys: list[UUID | str] = [text]
+    for prefix in (f"{LC_ID_PREFIX}-", "chatcmpl-", "run-"):
+        text = text.removeprefix(prefix)
+    try:
+        parsed = UUID(text)
+    except ValueError:
+        return keys
+    return [*keys, parsed, str(parsed)]
 
 
 def winning_key(record: Mapping[str, Any]) -> str | None:
@@ -173,19 +178,27 @@ def _progress(data: Any) -> dict[str, Any] | None:
     return {key: value for key, value in data.items() if key not in ("text", "tool_calls")}
 
 
-def _handlers_of(
-    run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun,
-) -> dict[str, Any]:
-    """The chat model run's handlers, tags and metadata: to send it custom events."""
-    return {
-        "handlers": run_manager.handlers,
-        "inheritable_handlers": run_manager.inheritable_handlers,
-        "parent_run_id": run_manager.parent_run_id,
-        "tags": run_manager.tags,
-        "inheritable_tags": run_manager.inheritable_tags,
-        "metadata": run_manager.metadata,
-        "inheritable_metadata": run_manager.inheritable_metadata,
-    }
+_PROGRESS: ContextVar[Callable[[dict[str, Any]], None] | None] = ContextVar(
+    "avengers_progress", default=None
+)
+
+
+@contextmanager
+def progress_to(callback: Callable[[dict[str, Any]], None]) -> Iterator[None]:
+    """Send the progress events of the ChatAvengers streams run in the block to ``callback``.
+
+    ``stream``/``astream`` (and ``invoke`` with ``streaming=True``) started inside the
+    block, in the same thread or task, call ``callback`` with each of the graph's
+    custom stream events as it happens: ``{"avengers": "routing", "clusters",
+    "experts", "seed"}``, one ``{"avengers": "sample", "expert", "index", "status",
+    ...}`` per planned call (without the sample's text) and ``{"avengers": "vote",
+    "winner", "answer", "votes", "confidence", "cancelled", ...}``.
+    """
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
 
 
 def _child_callbacks(
@@ -261,7 +274,7 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
 
     _graph: CompiledStateGraph[Any, Any, Any, Any] | None = PrivateAttr(default=None)
     _graph_key: tuple[Any, ...] | None = PrivateAttr(default=None)
-    _answered: OrderedDict[UUID, _Answered] = PrivateAttr(default_factory=OrderedDict)
+    _answered: OrderedDict[UUID | str, _Answered] = PrivateAttr(default_factory=OrderedDict)
     _answered_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _feedback_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
@@ -523,7 +536,7 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
             )
         finally:
             var_child_runnable_config.reset(token)
-        self._remember(run_manager, state)
+        self._remember(state, run_manager)
         return self._to_result(state, kwargs)
 
     async def _agenerate(
@@ -541,7 +554,7 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
             )
         finally:
             var_child_runnable_config.reset(token)
-        self._remember(run_manager, state)
+        self._remember(state, run_manager)
         return self._to_result(state, kwargs)
 
     def _streaming_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -559,9 +572,7 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
     ) -> Iterator[ChatGenerationChunk]:
         kwargs = self._streaming_options(kwargs)
         context = self._run_context(stop, kwargs)
-        events = None
-        if run_manager is not None:
-            events = CallbackManager(**_handlers_of(run_manager))
+        report = _PROGRESS.get()
         state: Mapping[str, Any] = {}
         token = var_child_runnable_config.set(None)  # see _generate
         try:
@@ -573,11 +584,11 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
             ):
                 if mode == "values" and isinstance(data, Mapping):
                     state = data
-                elif events is not None and run_manager is not None and (event := _progress(data)):
-                    events.on_custom_event("avengers", event, run_id=run_manager.run_id)
+                elif report is not None and (event := _progress(data)) is not None:
+                    report(event)
         finally:
             var_child_runnable_config.reset(token)
-        self._remember(run_manager, state)
+        self._remember(state, run_manager)
         chunk = as_generation_chunk(self._to_result(state, kwargs))
         if run_manager is not None:
             run_manager.on_llm_new_token(chunk.text, chunk=chunk)
@@ -592,9 +603,7 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
     ) -> AsyncIterator[ChatGenerationChunk]:
         kwargs = self._streaming_options(kwargs)
         context = self._run_context(stop, kwargs)
-        events = None
-        if run_manager is not None:
-            events = AsyncCallbackManager(**_handlers_of(run_manager))
+        report = _PROGRESS.get()
         state: Mapping[str, Any] = {}
         token = var_child_runnable_config.set(None)  # see _generate
         try:
@@ -606,11 +615,11 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
             ):
                 if mode == "values" and isinstance(data, Mapping):
                     state = data
-                elif events is not None and run_manager is not None and (event := _progress(data)):
-                    await events.on_custom_event("avengers", event, run_id=run_manager.run_id)
+                elif report is not None and (event := _progress(data)) is not None:
+                    report(event)
         finally:
             var_child_runnable_config.reset(token)
-        self._remember(run_manager, state)
+        self._remember(state, run_manager)
         chunk = as_generation_chunk(self._to_result(state, kwargs))
         if run_manager is not None:
             await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
@@ -619,37 +628,47 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
     # feedback -------------------------------------------------------------------------
     def _remember(
         self,
-        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
         state: Mapping[str, Any],
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
     ) -> None:
-        """Keep the run's routing record for feedback (the last :data:`FEEDBACK_RUNS`)."""
-        if run_manager is None or "avengers" not in state:
+        """Keep the answer's routing record for feedback (the last :data:`FEEDBACK_RUNS`).
+
+        Kept by the answer's ``id`` (what ``invoke`` and every stream chunk carry), and
+        by the run id when the run manager is known (``invoke``, ``batch``).
+        """
+        if "avengers" not in state or not state.get("messages"):
             return
+        answered = _Answered(dict(state["avengers"]))
+        keys: list[UUID | str] = [str(state["messages"][-1].id)]
+        if run_manager is not None:
+            keys.append(run_manager.run_id)
         with self._answered_lock:
-            self._answered[run_manager.run_id] = _Answered(dict(state["avengers"]))
-            self._answered.move_to_end(run_manager.run_id)
-            while len(self._answered) > FEEDBACK_RUNS:
+            for key in keys:
+                self._answered[key] = answered
+                self._answered.move_to_end(key)
+            while len(self._answered) > 2 * FEEDBACK_RUNS:  # at most two keys per answer
                 self._answered.popitem(last=False)
 
-    def routing_record(self, run_id: UUID | str) -> dict[str, Any]:
-        """The routing record of a recent run (one of the last :data:`FEEDBACK_RUNS`).
+    def routing_record(self, answer_id: UUID | str) -> dict[str, Any]:
+        """The routing record of a recent answer (one of the last :data:`FEEDBACK_RUNS`).
 
         Raises:
-            UnknownRunError: This chat model did not answer that run, or not recently.
+            UnknownRunError: This chat model did not give that answer, or not recently.
         """
-        return dict(self._remembered(run_key(run_id)).record)
+        return dict(self._remembered(answer_id).record)
 
-    def _remembered(self, key: UUID) -> _Answered:
+    def _remembered(self, answer_id: UUID | str) -> _Answered:
+        keys = run_keys(answer_id)
         with self._answered_lock:
-            answered = self._answered.get(key)
+            answered = next((self._answered[k] for k in keys if k in self._answered), None)
         if answered is None:
             raise UnknownRunError(
-                f"No answer with run id {key} among the last {FEEDBACK_RUNS} runs of this "
-                "chat model: feedback goes to the process that answered, soon after."
+                f"No answer {answer_id!s} among the last {FEEDBACK_RUNS} answers of this chat "
+                "model: feedback goes to the process that answered, soon after."
             )
         return answered
 
-    def record_feedback(self, run_id: UUID | str, correct: bool) -> FeedbackResult:
+    def record_feedback(self, answer_id: UUID | str, correct: bool) -> FeedbackResult:
         """Tell the ensemble whether one of its answers was right; routing learns from it.
 
         The experts' samples of that run are graded against the verdict
@@ -660,34 +679,33 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
         atomic write of the store. Repeated "wrong" verdicts on an expert's answers in a
         cluster lower its accuracy there until routing prefers another expert.
 
-        A run takes one verdict: the same verdict again changes nothing (the result
+        An answer takes one verdict: the same verdict again changes nothing (the result
         says ``duplicate``), the opposite one is refused.
 
         Args:
-            run_id: The answer's ``id`` (``"lc_run--<run id>"``), the run's UUID (a
-                ``run_id`` passed in the call's config) or a completion id of
-                ``avengers serve`` (``"chatcmpl-<hex>"``).
+            answer_id: The answer's ``id`` (``message.id``; every chunk of a stream
+                carries it), or the run's UUID for ``invoke``/``batch`` (a ``run_id``
+                passed in the call's config).
             correct: Whether the answer was right.
 
         Returns:
             What the verdict graded and the statistics it wrote.
 
         Raises:
-            UnknownRunError: Not one of this chat model's last :data:`FEEDBACK_RUNS` runs.
-            FeedbackConflictError: The opposite verdict was recorded for this run.
+            UnknownRunError: Not one of this chat model's last :data:`FEEDBACK_RUNS` answers.
+            FeedbackConflictError: The opposite verdict was recorded for this answer.
             InvalidInputError: ``correct`` is not a bool, or the store takes no feedback.
         """
         if not isinstance(correct, bool):
             raise InvalidInputError(f"`correct` must be True or False, got {correct!r}.")
-        key = run_key(run_id)
-        with self._feedback_lock:  # one verdict per run, even from two threads at once
-            answered = self._remembered(key)
+        with self._feedback_lock:  # one verdict per answer, even from two threads at once
+            answered = self._remembered(answer_id)
             if answered.feedback is not None:
                 if answered.feedback.correct != correct:
                     raise FeedbackConflictError(
-                        f"Run {key} was already marked "
-                        f"{'correct' if answered.feedback.correct else 'wrong'}; a run takes "
-                        "one verdict."
+                        f"Answer {answer_id!s} was already marked "
+                        f"{'correct' if answered.feedback.correct else 'wrong'}; an answer "
+                        "takes one verdict."
                     )
                 return replace(answered.feedback, duplicate=True)
             record = answered.record
@@ -708,7 +726,11 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
                     )
                 updated = self.store.add_feedback(dict.fromkeys(clusters, graded))
             result = FeedbackResult(
-                run_id=str(key), correct=correct, clusters=clusters, graded=graded, updated=updated
+                answer_id=str(answer_id),
+                correct=correct,
+                clusters=clusters,
+                graded=graded,
+                updated=updated,
             )
             answered.feedback = result
             return result

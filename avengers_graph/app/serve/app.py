@@ -15,7 +15,8 @@ request to ``POST /v1/chat/completions`` goes:
    lists both).
 3. :meth:`_Server._pumped` runs the answer in a task of its own: the ensemble through
    ``ChatAvengers.astream``, whose progress events (routing, each sample, the vote)
-   arrive through a callback handler (:class:`_Progress`) and feed ``/metrics``; a
+   arrive through :func:`~avengers_graph.chat_models.progress_to` and feed
+   ``/metrics``; a
    single expert through its own ``astream``, token by token. The request's deadline
    (``timeout``) bounds every wait; past it the answer is a 504.
 4. The answer: one ``chat.completion`` whose ``usage`` sums every expert call and whose
@@ -39,18 +40,17 @@ import hmac
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
-from uuid import UUID
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessageChunk, BaseMessage
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables import Runnable
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -58,7 +58,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from avengers_graph.app.serve import protocol
 from avengers_graph.app.serve.metrics import Metrics
 from avengers_graph.app.serve.settings import ServeSettings
-from avengers_graph.chat_models import ChatAvengers
+from avengers_graph.chat_models import FEEDBACK_RUNS, ChatAvengers, progress_to
 from avengers_graph.errors import (
     AllExpertsFailedError,
     AvengersError,
@@ -221,28 +221,6 @@ class _Slots:
         self.metrics.in_flight.dec()
 
 
-class _Progress(AsyncCallbackHandler):
-    """Receives the ensemble's progress events (custom events named ``avengers``)."""
-
-    def __init__(self, on_event: Callable[[Mapping[str, Any]], None]) -> None:
-        self.on_event = on_event
-
-    async def on_custom_event(
-        self,
-        name: str,
-        data: Any,
-        *,
-        run_id: UUID,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Pass an ``avengers`` event on."""
-        del run_id, tags, metadata, kwargs
-        if name == "avengers" and isinstance(data, Mapping):
-            self.on_event(data)
-
-
 class _EventStream(StreamingResponse):
     """Server-sent events that give their slot back however the stream ends."""
 
@@ -315,6 +293,8 @@ class _Server:
         self.metrics = Metrics()
         self.slots = _Slots(settings.max_concurrency, self.metrics)
         self.created = int(time.time())
+        self.answers: OrderedDict[str, str] = OrderedDict()
+        """Completion id to the ensemble's answer id, for feedback (the most recent)."""
         experts = chat_model.experts.values()
         models = [e.model if isinstance(e, Expert) else e for e in experts]
         self.secrets = [*settings.secrets(), *secrets_of(models), *environment_secrets()]
@@ -366,9 +346,9 @@ class _Server:
             )
             options = protocol.to_options(chat)
             target = self._target(chat.model)
-            run_id, completion_id = protocol.new_id()
+            completion_id = protocol.new_id()
             if target is None:
-                produce = self._ensemble(messages, options, run_id, stream=chat.stream)
+                produce = self._ensemble(messages, options, stream=chat.stream)
             else:
                 produce = self._expert(target, messages, options)
             events = self._pumped(produce, arrived + self.settings.timeout)
@@ -378,7 +358,7 @@ class _Server:
                 return _EventStream(stream, self.slots.release)
             async with contextlib.aclosing(events):
                 answer = await self._collect(events)
-            extension = self._extension(answer, target)
+            extension = self._extension(completion_id, answer, target)
             return JSONResponse(protocol.completion(completion_id, chat.model, answer, extension))
         except ApiError:
             raise
@@ -403,7 +383,6 @@ class _Server:
         self,
         messages: list[BaseMessage],
         options: dict[str, Any],
-        run_id: UUID,
         *,
         stream: bool,
     ) -> Callable[[Callable[[Event], None]], Awaitable[None]]:
@@ -420,9 +399,9 @@ class _Server:
                 self.metrics.progress(event)
                 put(("progress", dict(event)))
 
-            config = RunnableConfig(run_id=run_id, callbacks=[_Progress(progress)])
-            async for piece in self.chat_model.astream(messages, config=config, **options):
-                put(("chunk", piece))
+            with progress_to(progress):  # this task's streams report to it
+                async for piece in self.chat_model.astream(messages, **options):
+                    put(("chunk", piece))
 
         return produce
 
@@ -516,9 +495,16 @@ class _Server:
             raise ApiError(502, "The model returned no answer.", "no_answer")
         return answer
 
-    def _extension(self, answer: AIMessageChunk, target: str | None) -> dict[str, Any]:
+    def _extension(
+        self, completion_id: str, answer: AIMessageChunk, target: str | None
+    ) -> dict[str, Any]:
+        """The response's ``avengers`` field; an ensemble answer is remembered for feedback."""
         if target is not None:
             return {"expert": target}
+        if answer.id is not None:
+            self.answers[completion_id] = answer.id
+            while len(self.answers) > FEEDBACK_RUNS:
+                self.answers.popitem(last=False)
         record = answer.response_metadata.get("avengers")
         return protocol.routing_extension(record, self.secrets)
 
@@ -559,7 +545,7 @@ class _Server:
                 raise ApiError(502, "The model returned no answer.", "no_answer")
             yield chunk(
                 finish=protocol.finish_reason(answer),
-                extra={"avengers": self._extension(answer, target)},
+                extra={"avengers": self._extension(completion_id, answer, target)},
             )
             if chat.include_usage:
                 yield chunk(no_choice=True, extra={"usage": protocol.usage(answer)})
@@ -575,8 +561,9 @@ class _Server:
         try:
             body = await read_body(request, min(self.settings.max_body_bytes, 16_384))
             verdict = protocol.parse(protocol.FeedbackRequest, body)
+            answer_id = self.answers.get(verdict.id, verdict.id)
             result = await asyncio.to_thread(
-                self.chat_model.record_feedback, verdict.id, verdict.correct
+                self.chat_model.record_feedback, answer_id, verdict.correct
             )
         except ApiError:
             raise

@@ -289,10 +289,9 @@ def to_options(request: ChatRequest) -> dict[str, Any]:
     return options
 
 
-def new_id() -> tuple[uuid.UUID, str]:
-    """A run id and the completion id that names it (``chatcmpl-<hex>``)."""
-    run_id = uuid.uuid4()
-    return run_id, f"chatcmpl-{run_id.hex}"
+def new_id() -> str:
+    """A new completion id (``chatcmpl-<hex>``)."""
+    return f"chatcmpl-{uuid.uuid4().hex}"
 
 
 def finish_reason(message: AIMessage | AIMessageChunk) -> str:
