@@ -292,9 +292,8 @@ def test_feedback_is_persisted_in_the_store(server: Served, sdk: openai.OpenAI) 
     assert total > 10
     store_path = Path(server.log).parent / "store"
     assert ClusterStore(path=store_path, name="serve-test").stats()[0]["mathy"].total == total
-    again = httpx.post(
-        f"{server.url}/v1/feedback", headers=AUTH, json={"id": answer.id, "correct": False}
-    )
+    # the README's way, through the SDK's client
+    again = sdk.post("/feedback", cast_to=httpx.Response, body={"id": answer.id, "correct": False})
     assert again.json()["duplicate"] is True
 
 
