@@ -11,11 +11,12 @@
    and the server's own counters (``/metrics``) grown by exactly that many answers and
    ``6 x`` that many expert calls. Reports p50/p99 latency, p50/p99 time to first
    token of the streams, and the server's resident memory before and after.
-2. **The local pool** (``--local N``, skipped when the 1-minute load is above
-   ``--max-load``): ``avengers serve`` on the bundled pool (three ``llama-server``
-   processes, own cache folder): time to first token of a streamed answer of the
-   ensemble against a single expert streaming its own tokens, then ``N`` concurrent
-   short requests, each answered exactly once, p50/p99 latency.
+2. **The local pool** (``--local N``): ``avengers serve`` on the bundled pool (three
+   ``llama-server`` processes, in a cache folder of its own): time to first token of a
+   streamed answer of the ensemble against each expert alone streaming its own tokens,
+   one request at a time; then, unless ``N`` is 0 or the 1-minute load is above
+   ``--max-load``, ``N`` concurrent short requests, each answered exactly once,
+   p50/p99 latency.
 
 Every request loop is bounded in count and time and sends traffic to 127.0.0.1 only.
 """
@@ -318,7 +319,11 @@ LOCAL_QUESTIONS = (
 )
 
 
-def local(n: int, workdir: Path, max_tokens: int) -> list[str]:
+def local(n: int, workdir: Path, max_tokens: int, max_load: float) -> list[str]:
+    """The local pool: time to first token (ensemble against one expert), then ``n`` at once.
+
+    The concurrent part runs only while the 1-minute load is at most ``max_load``.
+    """
     env = {
         "AVENGERS_CACHE_DIR": str(workdir / "cache"),
         "AVENGERS_STORE_PATH": str(workdir / "store"),
@@ -326,33 +331,46 @@ def local(n: int, workdir: Path, max_tokens: int) -> list[str]:
         "ANONYMIZED_TELEMETRY": "False",
     }
     server = start([], env, workdir / "local.log")
+    lines = []
     try:
-        experts = [
-            model["id"]
-            for model in httpx.get(f"{server.url}/v1/models", headers=server.headers).json()[
-                "data"
-            ][1:]
-        ]
-        single = experts[-1]
-        ttft: dict[str, list[float]] = {"avengers": [], single: []}
-        for i in range(3):
-            for model in ttft:
-                question = {"role": "user", "content": LOCAL_QUESTIONS[i % 3].format(i=i)}
-                result = asyncio.run(
-                    burst(
-                        server,
-                        [
-                            {
-                                "model": model,
-                                "messages": [question],
-                                "stream": True,
-                                "max_tokens": max_tokens,
-                            }
-                        ],
-                    )
-                )
-                ttft[model] += result.first_tokens
+        listed = httpx.get(f"{server.url}/v1/models", headers=server.headers).json()["data"]
+        experts = [model["id"] for model in listed[1:]]
         load = load_average()
+        ttft: dict[str, list[float]] = {"avengers": [], **{name: [] for name in experts}}
+        total: dict[str, list[float]] = {name: [] for name in ttft}
+        for i in range(3):
+            question = {"role": "user", "content": LOCAL_QUESTIONS[i % 3].format(i=i)}
+            for model in ttft:
+                request = {
+                    "model": model,
+                    "messages": [question],
+                    "stream": True,
+                    "max_tokens": max_tokens,
+                }
+                result = asyncio.run(burst(server, [request]))
+                ttft[model] += result.first_tokens
+                total[model] += result.latencies
+        lines += [
+            f"Streamed answers, one at a time, 3 questions each (`max_tokens={max_tokens}`); "
+            f"1-min load before: {load:.2f}.",
+            "",
+            "| model | first token, median s | whole answer, median s |",
+            "| --- | --- | --- |",
+        ]
+        for model, firsts in ttft.items():
+            name = "ensemble (`avengers`)" if model == "avengers" else f"`{model}` alone"
+            first = statistics.median(firsts) if firsts else float("nan")
+            lines.append(f"| {name} | {first:.2f} | {statistics.median(total[model]):.2f} |")
+        lines.append("")
+        load = load_average()
+        if not n:
+            return lines
+        if load > max_load:
+            lines.append(
+                f"{n} concurrent requests: not run, the 1-minute load was {load:.2f} (above "
+                f"{max_load}); llama.cpp on shared cores measures the neighbours."
+            )
+            return lines
         before = server.counter(
             "avengers_requests_total", route="/v1/chat/completions", status="200"
         )
@@ -368,21 +386,20 @@ def local(n: int, workdir: Path, max_tokens: int) -> list[str]:
         once = check_once(server, result, n, before, (0, 0.0))
     finally:
         server.stop()
-    return [
-        f"Time to first token, streamed, 3 questions each (median s): ensemble "
-        f"{statistics.median(ttft['avengers']):.2f}, single expert `{single}` "
-        f"{statistics.median(ttft[single]):.2f}.",
-        "",
+    lines.append(
         f"{n} concurrent requests to the ensemble (`max_tokens={max_tokens}`), 1-min load "
         f"before: {load:.2f}: answered exactly once: {once}; wall {result.wall:.1f} s, "
-        f"p50 {pct(result.latencies, 50):.1f} s, p99 {pct(result.latencies, 99):.1f} s.",
-    ]
+        f"p50 {pct(result.latencies, 50):.1f} s, p99 {pct(result.latencies, 99):.1f} s."
+    )
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--local", type=int, default=0, help="concurrent requests, local pool")
+    parser.add_argument(
+        "--local", type=int, default=-1, help="concurrent requests to the local pool (0: TTFT only)"
+    )
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--max-load", type=float, default=0.5)
     parser.add_argument("--out", type=Path)
@@ -391,15 +408,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as folder:
         workdir = Path(folder)
         lines += ["## Instant experts", "", *instant(options.requests, workdir), ""]
-        if options.local:
+        if options.local >= 0:
             lines += ["## The local pool", ""]
-            if load_average() > options.max_load:
-                lines.append(
-                    f"Not run: the 1-minute load was {load_average():.2f} (above "
-                    f"{options.max_load}); llama.cpp on shared cores measures the neighbours."
-                )
-            else:
-                lines += local(options.local, workdir, options.max_tokens)
+            lines += local(options.local, workdir, options.max_tokens, options.max_load)
     text = "\n".join(lines) + "\n"
     print(text)
     if options.out is not None:
