@@ -529,7 +529,8 @@ class _Server:
             async with contextlib.aclosing(events):
                 async for kind, item in events:
                     if kind == "progress":
-                        yield f": {json.dumps(item, ensure_ascii=False)}\n\n".encode()
+                        line = redact(json.dumps(item, ensure_ascii=False), self.secrets)
+                        yield f": {line}\n\n".encode()
                         continue
                     answer = item if answer is None else answer + item
                     delta = protocol.delta_of(item)

@@ -92,8 +92,9 @@ class ChatRequest(BaseModel):
     @model_validator(mode="after")
     def _stop_sequences(self) -> ChatRequest:
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
-        if len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
-            raise ValueError("stop takes at most 4 non-empty strings")
+        # OpenAI takes 4; some IDE plugins send more, which local servers accept
+        if len(stops) > 16 or not all(isinstance(s, str) and s for s in stops):
+            raise ValueError("stop takes at most 16 non-empty strings")
         return self
 
     @property
