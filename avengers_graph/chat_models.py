@@ -21,16 +21,34 @@ does. One call:
    ``response_metadata["model_name"]``, ``response_metadata["avengers"]`` (the
    routing record) and ``usage_metadata`` summed over every expert call.
 
-``stream``/``astream`` emit the voted answer as one chunk once the vote is decided;
-they stop waiting for (and, async, cancel) the samples that can no longer change the
-winner (``early_stop``, on by default when streaming).
+``stream``/``astream`` run the graph in LangGraph's ``custom`` and ``values`` stream
+modes and emit the voted answer as one chunk once the vote is decided; they stop
+waiting for (and, async, cancel) the samples that can no longer change the winner
+(``early_stop``, on by default when streaming). No expert's tokens reach the caller's
+stream (the graph hides expert calls from streaming handlers). Inside
+:func:`progress_to`, each progress event of the graph (routing, each sample's status,
+the vote; without the samples' texts) also goes to a callback as it happens:
+``avengers serve`` shows them and counts them in its metrics.
+
+Feedback: the routing records of the last :data:`FEEDBACK_RUNS` answers are kept, by
+the answer's ``id`` (and, for ``invoke``, the run id too).
+:meth:`ChatAvengers.record_feedback` grades the experts' samples against the user's
+verdict (:func:`~avengers_graph.stores.base.grade_feedback`) and counts the result into
+the statistics of the clusters that routed the question, in the store, so the next
+questions are routed on it; a verdict is recorded once per answer.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from typing import Any, Literal
+from uuid import UUID
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -55,17 +73,132 @@ from langchain_core.tools import BaseTool
 from langchain_core.tracers import BaseTracer
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
+from langchain_core.utils.utils import LC_ID_PREFIX
 from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from avengers_graph.embeddings import LocalEmbeddings
-from avengers_graph.errors import InvalidInputError
+from avengers_graph.errors import FeedbackConflictError, InvalidInputError, UnknownRunError
 from avengers_graph.experts.contract import Expert
 from avengers_graph.experts.tool_parsers import as_generation_chunk
 from avengers_graph.graph import check_expert_costs, create_avengers_graph, validate_experts
 from avengers_graph.options import AvengersContext, AvengersOptions
-from avengers_graph.stores.base import CalibrationStore
+from avengers_graph.stores.base import (
+    CalibrationStore,
+    ExpertStats,
+    Feedback,
+    FeedbackStore,
+    grade_feedback,
+)
+
+FEEDBACK_RUNS = 1024
+"""Routing records kept for :meth:`ChatAvengers.record_feedback`: the most recent answers'."""
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """What one verdict on an answer changed."""
+
+    answer_id: str
+    """The answer the verdict is about, as it was named."""
+    correct: bool
+    """The verdict."""
+    clusters: list[int] = field(default_factory=list)
+    """The clusters that routed the question, whose statistics the verdict updates."""
+    graded: dict[str, Feedback] = field(default_factory=dict)
+    """Expert to the outcomes the verdict gives its samples (in each of ``clusters``)."""
+    updated: dict[int, dict[str, ExpertStats]] = field(default_factory=dict)
+    """The statistics after the update, ``{cluster: {expert: ExpertStats}}``."""
+    duplicate: bool = False
+    """The same verdict had been recorded for this run: nothing was written again."""
+
+
+@dataclass
+class _Answered:
+    """A remembered run: its routing record, and the verdict once one was recorded."""
+
+    record: dict[str, Any]
+    feedback: FeedbackResult | None = None
+
+
+def run_keys(answer_id: UUID | str) -> list[UUID | str]:
+    """The keys an answer may be remembered by, from what names it.
+
+    Accepted: the answer's ``id`` (``message.id``), the run's UUID (or its text, or
+    ``lc_run--<uuid>``), or a completion id of ``avengers serve`` (``chatcmpl-<hex>``).
+
+    Raises:
+        InvalidInputError: Nothing that names an answer.
+    """
+    if isinstance(answer_id, UUID):
+        return [answer_id, str(answer_id)]
+    if not isinstance(answer_id, str) or not answer_id.strip():
+        raise InvalidInputError(
+            f"{answer_id!r} does not name an answer: pass the answer's `id`, its run's UUID "
+            "or the server's completion id (chatcmpl-...)."
+        )
+    text = answer_id.strip()
+    keys: list[UUID | str] = [text]
+    for prefix in (f"{LC_ID_PREFIX}-", "chatcmpl-", "run-"):
+        text = text.removeprefix(prefix)
+    try:
+        parsed = UUID(text)
+    except ValueError:
+        return keys
+    return [*keys, parsed, str(parsed)]
+
+
+def winning_key(record: Mapping[str, Any]) -> str | None:
+    """The key of the answer a routing record returned, or None when no sample's key is it.
+
+    The winner's sample is the best-ranked one with the most-voted key among the winner
+    expert's samples (ties and ranks as :func:`~avengers_graph.voting.majority_vote`
+    breaks them). An answer voted field by field (``answer_format`` ``...+fields``) is no
+    sample's answer.
+    """
+    if str(record.get("answer_format", "")).endswith("+fields"):
+        return None
+    votes = record.get("votes", {})
+    keys = [
+        sample["answer"]
+        for sample in record.get("samples", [])
+        if sample["expert"] == record.get("winner") and sample["answer"] is not None
+    ]
+    if not keys:
+        return None
+    best: str = max(dict.fromkeys(keys), key=lambda key: float(votes.get(key, 0.0)))
+    return best
+
+
+def _progress(data: Any) -> dict[str, Any] | None:
+    """A graph's custom stream event as a progress event (no sample text), or None."""
+    if not isinstance(data, Mapping) or "avengers" not in data:
+        return None
+    return {key: value for key, value in data.items() if key not in ("text", "tool_calls")}
+
+
+_PROGRESS: ContextVar[Callable[[dict[str, Any]], None] | None] = ContextVar(
+    "avengers_progress", default=None
+)
+
+
+@contextmanager
+def progress_to(callback: Callable[[dict[str, Any]], None]) -> Iterator[None]:
+    """Send the progress events of the ChatAvengers streams run in the block to ``callback``.
+
+    ``stream``/``astream`` (and ``invoke`` with ``streaming=True``) started inside the
+    block, in the same thread or task, call ``callback`` with each of the graph's
+    custom stream events as it happens: ``{"avengers": "routing", "clusters",
+    "experts", "seed"}``, one ``{"avengers": "sample", "expert", "index", "status",
+    ...}`` per planned call (without the sample's text) and ``{"avengers": "vote",
+    "winner", "answer", "votes", "confidence", "cancelled", ...}``.
+    """
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
 
 
 def _child_callbacks(
@@ -141,6 +274,9 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
 
     _graph: CompiledStateGraph[Any, Any, Any, Any] | None = PrivateAttr(default=None)
     _graph_key: tuple[Any, ...] | None = PrivateAttr(default=None)
+    _answered: OrderedDict[UUID | str, _Answered] = PrivateAttr(default_factory=OrderedDict)
+    _answered_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _feedback_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @field_validator("experts")
     @classmethod
@@ -400,6 +536,7 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
             )
         finally:
             var_child_runnable_config.reset(token)
+        self._remember(state, run_manager)
         return self._to_result(state, kwargs)
 
     async def _agenerate(
@@ -417,6 +554,7 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
             )
         finally:
             var_child_runnable_config.reset(token)
+        self._remember(state, run_manager)
         return self._to_result(state, kwargs)
 
     def _streaming_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -433,7 +571,25 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         kwargs = self._streaming_options(kwargs)
-        chunk = as_generation_chunk(self._generate(messages, stop, run_manager, **kwargs))
+        context = self._run_context(stop, kwargs)
+        report = _PROGRESS.get()
+        state: Mapping[str, Any] = {}
+        token = var_child_runnable_config.set(None)  # see _generate
+        try:
+            for mode, data in self.graph.stream(
+                {"messages": messages},
+                config=self._run_config(run_manager),
+                context=context,
+                stream_mode=["custom", "values"],
+            ):
+                if mode == "values" and isinstance(data, Mapping):
+                    state = data
+                elif report is not None and (event := _progress(data)) is not None:
+                    report(event)
+        finally:
+            var_child_runnable_config.reset(token)
+        self._remember(state, run_manager)
+        chunk = as_generation_chunk(self._to_result(state, kwargs))
         if run_manager is not None:
             run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         yield chunk
@@ -446,8 +602,135 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         kwargs = self._streaming_options(kwargs)
-        result = await self._agenerate(messages, stop, run_manager, **kwargs)
-        chunk = as_generation_chunk(result)
+        context = self._run_context(stop, kwargs)
+        report = _PROGRESS.get()
+        state: Mapping[str, Any] = {}
+        token = var_child_runnable_config.set(None)  # see _generate
+        try:
+            async for mode, data in self.graph.astream(
+                {"messages": messages},
+                config=self._run_config(run_manager),
+                context=context,
+                stream_mode=["custom", "values"],
+            ):
+                if mode == "values" and isinstance(data, Mapping):
+                    state = data
+                elif report is not None and (event := _progress(data)) is not None:
+                    report(event)
+        finally:
+            var_child_runnable_config.reset(token)
+        self._remember(state, run_manager)
+        chunk = as_generation_chunk(self._to_result(state, kwargs))
         if run_manager is not None:
             await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         yield chunk
+
+    # feedback -------------------------------------------------------------------------
+    def _remember(
+        self,
+        state: Mapping[str, Any],
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+    ) -> None:
+        """Keep the answer's routing record for feedback (the last :data:`FEEDBACK_RUNS`).
+
+        Kept by the answer's ``id`` (what ``invoke`` and every stream chunk carry), and
+        by the run id when the run manager is known (``invoke``, ``batch``).
+        """
+        if "avengers" not in state or not state.get("messages"):
+            return
+        answered = _Answered(dict(state["avengers"]))
+        keys: list[UUID | str] = [str(state["messages"][-1].id)]
+        if run_manager is not None:
+            keys.append(run_manager.run_id)
+        with self._answered_lock:
+            for key in keys:
+                self._answered[key] = answered
+                self._answered.move_to_end(key)
+            while len(self._answered) > 2 * FEEDBACK_RUNS:  # at most two keys per answer
+                self._answered.popitem(last=False)
+
+    def routing_record(self, answer_id: UUID | str) -> dict[str, Any]:
+        """The routing record of a recent answer (one of the last :data:`FEEDBACK_RUNS`).
+
+        Raises:
+            UnknownRunError: This chat model did not give that answer, or not recently.
+        """
+        return dict(self._remembered(answer_id).record)
+
+    def _remembered(self, answer_id: UUID | str) -> _Answered:
+        keys = run_keys(answer_id)
+        with self._answered_lock:
+            answered = next((self._answered[k] for k in keys if k in self._answered), None)
+        if answered is None:
+            raise UnknownRunError(
+                f"No answer {answer_id!s} among the last {FEEDBACK_RUNS} answers of this chat "
+                "model: feedback goes to the process that answered, soon after."
+            )
+        return answered
+
+    def record_feedback(self, answer_id: UUID | str, correct: bool) -> FeedbackResult:
+        """Tell the ensemble whether one of its answers was right; routing learns from it.
+
+        The experts' samples of that run are graded against the verdict
+        (:func:`~avengers_graph.stores.base.grade_feedback`: when the answer was right,
+        samples that agreed with it were right and the others wrong; when it was wrong,
+        the samples that gave it, or no answer, were wrong), and the outcomes are added
+        to those experts' statistics in every cluster that routed the question, in one
+        atomic write of the store. Repeated "wrong" verdicts on an expert's answers in a
+        cluster lower its accuracy there until routing prefers another expert.
+
+        An answer takes one verdict: the same verdict again changes nothing (the result
+        says ``duplicate``), the opposite one is refused.
+
+        Args:
+            answer_id: The answer's ``id`` (``message.id``; every chunk of a stream
+                carries it), or the run's UUID for ``invoke``/``batch`` (a ``run_id``
+                passed in the call's config).
+            correct: Whether the answer was right.
+
+        Returns:
+            What the verdict graded and the statistics it wrote.
+
+        Raises:
+            UnknownRunError: Not one of this chat model's last :data:`FEEDBACK_RUNS` answers.
+            FeedbackConflictError: The opposite verdict was recorded for this answer.
+            InvalidInputError: ``correct`` is not a bool, or the store takes no feedback.
+        """
+        if not isinstance(correct, bool):
+            raise InvalidInputError(f"`correct` must be True or False, got {correct!r}.")
+        with self._feedback_lock:  # one verdict per answer, even from two threads at once
+            answered = self._remembered(answer_id)
+            if answered.feedback is not None:
+                if answered.feedback.correct != correct:
+                    raise FeedbackConflictError(
+                        f"Answer {answer_id!s} was already marked "
+                        f"{'correct' if answered.feedback.correct else 'wrong'}; an answer "
+                        "takes one verdict."
+                    )
+                return replace(answered.feedback, duplicate=True)
+            record = answered.record
+            clusters = [int(cluster["id"]) for cluster in record.get("clusters", [])]
+            answer = winning_key(record)
+            graded: dict[str, Feedback] = {}
+            if answer is not None:
+                answers: dict[str, list[str | None]] = {}
+                for sample in record.get("samples", []):
+                    answers.setdefault(sample["expert"], []).append(sample["answer"])
+                graded = grade_feedback(answers, answer, correct)
+            updated: dict[int, dict[str, ExpertStats]] = {}
+            if graded and clusters:
+                if not isinstance(self.store, FeedbackStore):
+                    raise InvalidInputError(
+                        f"The store {type(self.store).__name__} takes no feedback: it has no "
+                        "add_feedback (ClusterStore and MemoryStore have)."
+                    )
+                updated = self.store.add_feedback(dict.fromkeys(clusters, graded))
+            result = FeedbackResult(
+                answer_id=str(answer_id),
+                correct=correct,
+                clusters=clusters,
+                graded=graded,
+                updated=updated,
+            )
+            answered.feedback = result
+            return result

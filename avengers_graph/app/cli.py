@@ -12,6 +12,8 @@ Commands:
   (:mod:`avengers_graph.local.server`, :mod:`avengers_graph.local.models`,
   :mod:`avengers_graph.local.pool`).
 - ``avengers demo``: fetch, serve, calibrate when no store exists, answer a few questions.
+- ``avengers serve``: the ensemble behind an OpenAI-compatible API
+  (:mod:`avengers_graph.app.serve`, the ``server`` extra).
 - ``avengers eval record | replay``: record every expert's answers to a benchmark mix
   (:mod:`avengers_graph.eval.recording`), then measure routing and voting on them offline
   (:mod:`avengers_graph.eval.replay`).
@@ -558,6 +560,46 @@ def demo(
             console.print("Store already calibrated: skipping calibration.")
         console.rule("Asking the ensemble")
         ask_pool(settings, pool, DEMO_QUESTIONS, {})
+
+
+@app.command("serve")
+@friendly
+def serve_command(
+    config: ConfigOption = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; any but loopback needs an API key.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    factory: Annotated[
+        str | None,
+        typer.Option(help="module:function that returns the ChatAvengers to serve."),
+    ] = None,
+    api_keys_file: Annotated[
+        Path | None, typer.Option(help="API keys, one a line (or AVENGERS_API_KEYS).")
+    ] = None,
+    max_concurrency: Annotated[
+        int | None, typer.Option(help="Requests answered at once (429 beyond).")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds per request (504 after).")] = None,
+    max_body: Annotated[
+        int | None, typer.Option(help="Largest body in bytes (413 beyond).")
+    ] = None,
+) -> None:
+    """Serve the ensemble over an OpenAI-compatible API (pip install 'avengers-graph[server]')."""
+    from avengers_graph.app import serve as server
+
+    settings = server.ServeSettings.from_env(
+        keys_file=api_keys_file,
+        max_concurrency=max_concurrency,
+        timeout=timeout,
+        max_body_bytes=max_body,
+    )
+    server.check_binding(host, settings)  # before any model starts
+    if factory is not None:
+        server.serve(server.load_factory(factory)(), host=host, port=port, settings=settings)
+        return
+    with server.pool_chat_model(config) as llm:
+        server.serve(llm, host=host, port=port, settings=settings)
 
 
 def _assignments(values: Sequence[str] | None, what: str) -> dict[str, int]:

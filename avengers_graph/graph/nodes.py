@@ -30,7 +30,10 @@ and async pair of :class:`_Nodes` methods:
    retry-free twin and gives up after ``timeout``; the contract reads the reply
    (a program runs in the sandbox). A transient error is retried by LangGraph's
    ``RetryPolicy`` (the one retry layer) up to ``max_retries``; any other failure is
-   recorded, redacted, in ``failures``.
+   recorded, redacted, in ``failures``. The call runs with :func:`expert_config`: it
+   is traced like any call, but no handler that streams to the caller (LangGraph's
+   ``messages`` mode, ``astream_events``, ``astream_log``) sees it, so only the voted
+   answer reaches a caller's token stream.
 5. ``vote``: :meth:`_Nodes._keys` keys the samples by the question's format (tool
    calls by their calls, code by behaviour, free text by meaning);
    :func:`~avengers_graph.voting.weighted_vote` (or
@@ -61,12 +64,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from langchain_core.callbacks import BaseCallbackManager
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, ToolCall
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.runnables import Runnable, RunnableConfig
+
+# LangGraph's own messages handler is found the same way (langgraph.pregel._messages)
+from langchain_core.tracers._streaming import _StreamingCallbackHandler
 from langgraph.config import get_stream_writer
+from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph import END
 from langgraph.runtime import get_runtime
 from langgraph.types import RetryPolicy, Send
@@ -117,6 +125,41 @@ def is_transient_error(exc: BaseException) -> bool:
         return status in (408, 429) or status >= 500
     retry_on = _DEFAULT_RETRY_ON
     return isinstance(exc, Exception) and callable(retry_on) and bool(retry_on(exc))
+
+
+def _streams_to_caller(handler: Any) -> bool:
+    """Whether a callback handler feeds a caller's stream (messages mode, stream events)."""
+    return isinstance(handler, _StreamingCallbackHandler)
+
+
+def expert_config(config: RunnableConfig) -> RunnableConfig:
+    """The config of one expert call: traced like any call, streamed to no caller.
+
+    The node's callback manager loses the handlers that turn a run's tokens into a
+    caller's stream (LangGraph's ``messages`` stream mode, ``astream_events``,
+    ``astream_log``: every ``_StreamingCallbackHandler``); tracers (LangSmith) and
+    other handlers (usage counters) still see the call. The run is also tagged
+    ``nostream``, which LangGraph's messages mode skips, for handlers attached further
+    down. Without this, streaming the graph interleaved the tokens of the parallel
+    samples ("L", "ad", "ies", "The", " is", ...) ahead of the voted answer, and a
+    streaming handler made every expert stream its answer.
+    """
+    callbacks = config.get("callbacks")
+    if isinstance(callbacks, BaseCallbackManager):
+        callbacks = callbacks.copy()
+        callbacks.handlers = [h for h in callbacks.handlers if not _streams_to_caller(h)]
+        callbacks.inheritable_handlers = [
+            h for h in callbacks.inheritable_handlers if not _streams_to_caller(h)
+        ]
+        callbacks.add_tags([TAG_NOSTREAM])
+    elif isinstance(callbacks, list):
+        callbacks = [h for h in callbacks if not _streams_to_caller(h)]
+    tags = list(config.get("tags") or [])
+    return {
+        **config,
+        "callbacks": callbacks,
+        "tags": tags if TAG_NOSTREAM in tags else [*tags, TAG_NOSTREAM],
+    }
 
 
 def check_expert_costs(
@@ -636,7 +679,7 @@ class _Nodes:
             answer = expert_calls.invoke(
                 self._expert(settings, task["expert"]),
                 terms.messages(task["messages"]) if terms else task["messages"],
-                config,
+                expert_config(config),
                 self._call_kwargs(settings, task, terms),
                 client=self.experts[task["expert"]],
                 timeout=settings.timeout,
@@ -667,7 +710,7 @@ class _Nodes:
             answer = await expert_calls.ainvoke(
                 self._expert(settings, task["expert"]),
                 terms.messages(task["messages"]) if terms else task["messages"],
-                config,
+                expert_config(config),
                 self._call_kwargs(settings, task, terms),
                 timeout=settings.timeout,
                 wake=wake,
