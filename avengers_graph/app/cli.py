@@ -43,8 +43,10 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar, cast
@@ -166,6 +168,8 @@ def friendly(command: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(command)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         _redact_logs()
+        # the embedding model's loading bar would tear the CLI's own status lines
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         try:
             return command(*args, **kwargs)
         except AvengersError as exc:
@@ -198,9 +202,12 @@ def progress_bar(*, transient: bool = False) -> Progress:
     )
 
 
-def table(*columns: str, title: str | None = None, numeric: Sequence[str] = ()) -> Table:
-    """A table that never cuts a cell: long text wraps, numbers stay whole on one line."""
-    grid = Table(title=title, title_justify="left")
+def table(*columns: str, numeric: Sequence[str] = ()) -> Table:
+    """A table that never cuts a cell: long text wraps, numbers stay whole on one line.
+
+    Print its title as a line of its own: a table's title wraps at the table's width.
+    """
+    grid = Table()
     for column in columns:
         if column in numeric:
             grid.add_column(column, justify="right", no_wrap=True)
@@ -227,7 +234,13 @@ def run_calibration(
     from avengers_graph.app.embedded import calibrate_pool
 
     with progress_bar() as bar:
-        task = bar.add_task("expert calls", total=None)
+        tasks: list[Any] = []
+
+        def progress(done: int, total: int) -> None:
+            if not tasks:  # shown from the first call on
+                tasks.append(bar.add_task("expert calls", total=total))
+            bar.update(tasks[0], completed=done, total=total)
+
         report = calibrate_pool(
             settings,
             pool,
@@ -235,18 +248,16 @@ def run_calibration(
             answers=answers,
             replace=replace,
             overrides=overrides,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=progress,
             on_import=lambda added, path: console.print(
                 f"{added} recorded answers added to the cache from {escape(path.name)}."
             ),
             on_plan=lambda note: console.print(escape(note)),
         )
-    grid = table(
-        "expert",
-        "accuracy",
-        title=f"Calibration: {report.n_questions} questions, {report.n_clusters} clusters",
-        numeric=["accuracy"],
+    console.print(
+        f"[bold]Calibration: {report.n_questions} questions, {report.n_clusters} clusters[/]"
     )
+    grid = table("expert", "accuracy", numeric=["accuracy"])
     for name, accuracy in sorted(report.experts.items(), key=lambda item: -item[1]):
         grid.add_row(escape(shown(name)), f"{accuracy:.1%}")
     console.print(grid)
@@ -356,8 +367,8 @@ def explain(
         yield "[bold]votes:[/] -"
     rounds = record.get("rounds", 1)
     extra = f", {rounds} rounds" if rounds != 1 else ""
-    if record["cancelled"]:
-        extra += f", {record['cancelled']} not waited for"
+    if cancelled := record.get("cancelled", 0):
+        extra += f", {cancelled} not waited for"
     yield (
         f"[bold]confidence:[/] {record['confidence']:.0%}  [bold]winner:[/] "
         f"{escape(shown(record['winner']))}  ({len(record['samples'])} samples{extra})"
@@ -408,30 +419,35 @@ def safe_json(record: Mapping[str, Any]) -> str:
 
 
 class StatusLine:
-    """What the ensemble is doing, from the graph's custom stream events, in one line."""
+    """What the ensemble is doing, from the graph's custom stream events, in one line.
 
-    def __init__(self) -> None:
-        self.planned = 0
+    Args:
+        clock: Seconds from any origin (the line shows the time since it was made).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.start = clock()
         self.done = 0
         self.failed = 0
-        self.experts: list[str] = []
 
     def update(self, event: Mapping[str, Any]) -> str | None:
         """Take one event; return the new status text (``None``: no change)."""
         kind = event.get("avengers")
+        elapsed = f"{self.clock() - self.start:.0f} s"
         if kind == "routing":
-            self.experts = [shown(e["name"]) for e in event.get("experts", [])]
-            return f"routed to {', '.join(self.experts)}; waiting for the first answer"
+            experts = ", ".join(shown(e["name"]) for e in event.get("experts", []))
+            return f"{elapsed}: asking {experts}"
         if kind == "sample":
-            self.planned = max(self.planned, self.done + 1)
             if event.get("status") == "failed":
                 self.failed += 1
             self.done += 1
-            last = f"{shown(event.get('expert', '?'))} {event.get('status', '')}"
+            answers = "1 answer" if self.done == 1 else f"{self.done} answers"
             failed = f", {self.failed} failed" if self.failed else ""
-            return f"{self.done} answers so far{failed} (last: {last})"
+            last = f"{shown(event.get('expert', '?'))} {shown(event.get('status', ''))}"
+            return f"{elapsed}: {answers}{failed} (last: {last})"
         if kind == "vote":
-            return "voted"
+            return f"{elapsed}: voted"
         return None
 
 
@@ -1216,11 +1232,8 @@ def eval_replay(
     )
     datasets = list(summary.datasets) if wide else []
     columns = ["strategy", *datasets, "average", "+/- std", "vs Best-Single", "tokens/q"]
-    grid = table(
-        *columns,
-        title=f"Test accuracy (%), mean of {splits} splits, K={clusters}",
-        numeric=columns[1:],
-    )
+    console.print(f"[bold]Test accuracy (%), mean of {splits} splits, K={clusters}[/]")
+    grid = table(*columns, numeric=columns[1:])
     for row in summary_rows(summary):
         gain = row.get("gain vs Best-Single")
         grid.add_row(

@@ -61,6 +61,7 @@ from avengers_graph.app.settings import Settings
 from avengers_graph.embeddings import LocalEmbeddings
 from avengers_graph.errors import EmptyStoreError, InvalidInputError
 from avengers_graph.experts.contract import Expert
+from avengers_graph.experts.openai_compatible import KEYLESS_API_KEY
 from avengers_graph.experts.tool_parsers import ToolCallParser
 from avengers_graph.formats import Strategy
 from avengers_graph.options import AvengersOptions, OptionsModel
@@ -197,10 +198,7 @@ class ExpertConfig(BaseModel):
             InvalidInputError: A missing API key variable, or a local model that is not
                 running.
         """
-        from avengers_graph.experts.openai_compatible import (
-            KEYLESS_API_KEY,
-            ChatOpenAICompatible,
-        )
+        from avengers_graph.experts.openai_compatible import ChatOpenAICompatible
 
         base_url = self.base_url
         if self.local is not None:

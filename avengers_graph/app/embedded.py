@@ -247,20 +247,25 @@ def calibration_plan(
                 f"Cannot re-cluster into {k} clusters: there are only {len(questions)} "
                 "questions. Ask for fewer clusters."
             )
+        reuse = (
+            "the new seed also draws new samples, so the experts are asked again"
+            if seed != info.seed
+            else "the experts' answers come from the answer cache where it holds them"
+        )
         return CalibrationPlan(
             replace=True,
             rows=questions,
             note=(
                 f"Re-clustering the calibration ({', '.join(changes)}) on "
-                f"{len(questions)} questions; the experts' answers come from the answer "
-                "cache where it holds them."
+                f"{len(questions)} questions; {reuse}."
             ),
         )
     unused = sorted(name for name in _RUN_OPTIONS if (explicit or {}).get(name) is not None)
     note = f"The store is calibrated ({kept}): only experts it lacks are run"
     if unused:
         flags = ", ".join("--" + name.replace("_", "-") for name in unused)
-        note += f"; {flags} apply to those only (--replace runs every expert again)"
+        verb = "applies" if len(unused) == 1 else "apply"
+        note += f"; {flags} {verb} to those only (--replace runs every expert again)"
     return CalibrationPlan(replace=False, rows=rows, note=note + ".")
 
 
@@ -302,10 +307,11 @@ def calibrate_pool(
     if plan.note is not None and on_plan is not None:
         on_plan(plan.note)
     rows = plan.rows
-    if rows is None and (plan.replace or store.is_empty()):
+    default_set = rows is None and (plan.replace or store.is_empty())
+    if default_set:
         rows = read_jsonl(bundled("validation.jsonl"))
     cache = AnswerCache(options.pop("cache", settings.cache_dir / "answers.sqlite"))
-    recorded = answers or (None if dataset else bundled(RECORDED_ANSWERS))
+    recorded = answers or (bundled(RECORDED_ANSWERS) if default_set else None)
     if recorded is not None and recorded.is_file():
         added = cache.import_jsonl(recorded)
         if on_import is not None:
