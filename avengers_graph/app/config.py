@@ -36,7 +36,8 @@ A pool file (YAML or JSON) names the experts, each an OpenAI-compatible server
 ``ChatOpenAI`` clients (local experts take the address of their running llama.cpp
 server, and send at most ``slots`` requests at once); :meth:`PoolConfig.local_servers`
 says how ``avengers local up --config`` and the embedded default serve the local
-models; :func:`graph_from_settings` builds the graph LangGraph Studio serves.
+models; :func:`graph_from_settings` builds the graph LangGraph Studio serves, and
+:func:`studio_graph` serves it with no setup (``graphs/avengers.py``).
 
 Relative paths in a pool file (``store.path``, ``calibration.cache``,
 ``embeddings.path``, a ``local:`` or ``draft:`` ``.gguf`` file) are read relative to
@@ -46,6 +47,7 @@ the file's folder, never to the working directory.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from importlib import resources
@@ -59,7 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from avengers_graph.app.settings import Settings
 from avengers_graph.embeddings import LocalEmbeddings
-from avengers_graph.errors import EmptyStoreError, InvalidInputError
+from avengers_graph.errors import AvengersError, EmptyStoreError, InvalidInputError
 from avengers_graph.experts.contract import Expert
 from avengers_graph.experts.openai_compatible import KEYLESS_API_KEY
 from avengers_graph.experts.tool_parsers import ToolCallParser
@@ -531,3 +533,41 @@ def graph_from_settings(settings: Settings | None = None) -> CompiledStateGraph[
         expert_costs=pool.expert_costs(),
         **pool.routing.as_kwargs(),
     )
+
+
+SETUP_NODE = "setup_needed"
+"""The one node of the graph :func:`studio_graph` serves while the pool is not ready."""
+
+_log = logging.getLogger("avengers_graph.studio")
+
+
+def studio_graph(settings: Settings | None = None) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """The graph ``langgraph dev`` serves (``graphs/avengers.py``), whatever the setup.
+
+    The pool's graph (:func:`graph_from_settings`: ``AVENGERS_CONFIG``, else the
+    bundled local pool) when its servers run and its store is calibrated. Otherwise
+    one line says what to run, logged once instead of a traceback, and the server
+    starts with a one-node graph (:data:`SETUP_NODE`) whose runs fail with that same
+    line; restart ``langgraph dev`` once the pool is ready.
+    """
+    try:
+        return graph_from_settings(settings)
+    except AvengersError as exc:
+        message = f"{exc} Then restart `langgraph dev`."
+    _log.error("avengers-graph is not ready: %s", message)
+    return _setup_graph(message)
+
+
+def _setup_graph(message: str) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """A graph of one node that fails with ``message`` (what to run first)."""
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    def setup_needed(state: MessagesState) -> MessagesState:
+        del state
+        raise InvalidInputError(message)
+
+    builder = StateGraph(MessagesState)
+    builder.add_node(SETUP_NODE, setup_needed)
+    builder.add_edge(START, SETUP_NODE)
+    builder.add_edge(SETUP_NODE, END)
+    return builder.compile(name="avengers")
