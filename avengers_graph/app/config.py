@@ -57,7 +57,15 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from avengers_graph.app.settings import Settings
 from avengers_graph.embeddings import LocalEmbeddings
@@ -312,6 +320,14 @@ class PoolConfig(BaseModel):
     the defaults of the graph and of ``ChatAvengers`` built from this file."""
     calibration: CalibrationOptions = Field(default_factory=CalibrationOptions)
     """Keyword options of :func:`avengers_graph.calibrate`."""
+    _source: Path | None = PrivateAttr(default=None)
+    """The file it was read from (:func:`load_pool_config`)."""
+
+    def up_command(self) -> str:
+        """The command that serves this pool's local models."""
+        if self._source is None or self._source == bundled_pool("local"):
+            return "avengers local up"
+        return f"avengers local up --config {self._source}"
 
     def local_models(self) -> list[str]:
         """The local models this pool needs running, in order."""
@@ -403,6 +419,11 @@ class PoolConfig(BaseModel):
             servers = LocalPool(settings.cache_dir).servers()
             urls = {name: server.base_url for name, server in servers.items()}
             slots = {name: server.slots for name, server in servers.items()}
+        if missing := [name for name in self.local_models() if name not in urls]:
+            raise InvalidInputError(
+                f"The pool's local models are not running ({', '.join(missing)} in "
+                f"{settings.cache_dir}): start them with `{self.up_command()}`."
+            )
         return self.build_experts(urls, local_slots=slots)
 
     def expert_costs(self) -> dict[str, float]:
@@ -482,7 +503,9 @@ def load_pool_config(path: str | os.PathLike[str]) -> PoolConfig:
         pool = PoolConfig.model_validate(data)
     except ValidationError as exc:
         raise InvalidInputError(f"Pool config {file} is invalid:\n{exc}") from exc
-    return pool.relative_to(file.parent)
+    pool = pool.relative_to(file.parent)
+    pool._source = file.absolute()  # set once, where the file is read
+    return pool
 
 
 def check_calibrated(pool: PoolConfig, settings: Settings) -> None:

@@ -122,7 +122,7 @@ def test_local_expert_that_is_not_running_says_how_to_start_it(tmp_path: Path) -
         app, ["ask", "hi", "--config", str(config)], env={"AVENGERS_CACHE_DIR": str(tmp_path / "c")}
     )
     assert result.exit_code == 1
-    assert "start it with `avengers local up smollm2-135m`" in flat(result.output)
+    assert f"start them with `avengers local up --config {config}`" in flat(result.output)
 
 
 def test_read_jsonl_names_the_bad_line(tmp_path: Path) -> None:

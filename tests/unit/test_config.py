@@ -257,3 +257,25 @@ def test_an_unknown_tool_call_parser_is_refused(tmp_path) -> None:
     )
     with pytest.raises(InvalidInputError, match="tool_call_parser"):
         load_pool_config(config)
+
+
+def test_studio_graph_starts_without_setup_and_says_what_to_run(tmp_path, caplog) -> None:
+    from avengers_graph.app.config import SETUP_NODE, studio_graph
+
+    settings = Settings.from_env({"AVENGERS_CACHE_DIR": str(tmp_path / "c")})  # bundled pool
+    with caplog.at_level("ERROR", logger="avengers_graph.studio"):
+        graph = studio_graph(settings)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "\n" not in line
+    assert "start them with `avengers local up`" in line
+    assert "restart `langgraph dev`" in line
+    assert SETUP_NODE in graph.get_graph().nodes
+    with pytest.raises(InvalidInputError, match="avengers local up"):
+        graph.invoke({"messages": [("user", "hi")]})
+
+
+def test_studio_graph_is_the_pool_graph_once_ready(tmp_path) -> None:
+    from avengers_graph.app.config import studio_graph
+
+    env = {**calibrated(tmp_path / "s"), "AVENGERS_CONFIG": str(EXAMPLE)}
+    assert "select_experts" in studio_graph(Settings.from_env(env)).get_graph().nodes
