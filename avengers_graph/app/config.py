@@ -323,11 +323,15 @@ class PoolConfig(BaseModel):
     _source: Path | None = PrivateAttr(default=None)
     """The file it was read from (:func:`load_pool_config`)."""
 
+    def command(self, name: str) -> str:
+        """``avengers <name>`` for this pool (``--config FILE`` unless it is the default)."""
+        if self._source is None or self._source == bundled_pool("local"):
+            return f"avengers {name}"
+        return f"avengers {name} --config {self._source}"
+
     def up_command(self) -> str:
         """The command that serves this pool's local models."""
-        if self._source is None or self._source == bundled_pool("local"):
-            return "avengers local up"
-        return f"avengers local up --config {self._source}"
+        return self.command("local up")
 
     def local_models(self) -> list[str]:
         """The local models this pool needs running, in order."""
@@ -523,8 +527,8 @@ def check_calibrated(pool: PoolConfig, settings: Settings) -> None:
     name = pool.store_name(settings)
     where = f"in {folder}" if folder is not None else "on the Chroma server"
     message = (
-        f"No calibration of the pool {name!r} {where}: run `avengers calibrate` (with the "
-        "same --config) to build it."
+        f"No calibration of the pool {name!r} {where}: run `{pool.command('calibrate')}` "
+        "to build it."
     )
     if folder is not None and not folder.is_dir():
         raise EmptyStoreError(message)

@@ -124,9 +124,11 @@ def test_studio_says_what_to_run_then_serves_the_bundled_pool(
     from langgraph_sdk import get_sync_client
 
     before = tmp_path / "before.log"
-    with langgraph_dev(newcomer, checkout, before) as url:
-        out, _ = _ask(url, "What is 4 + 4?")
-        assert "avengers calibrate" in str(out)  # the run fails with what to run
+    with (
+        langgraph_dev(newcomer, checkout, before) as url,
+        pytest.raises(Exception, match=r"run `avengers calibrate` to build it"),
+    ):
+        _ask(url, "What is 4 + 4?")  # the run fails with what to run
     text = before.read_text()
     [line] = [line for line in text.splitlines() if "avengers-graph is not ready" in line]
     assert "run `avengers calibrate`" in line

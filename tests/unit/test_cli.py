@@ -354,7 +354,7 @@ def test_ask_on_an_uncalibrated_store_fails_at_once_and_leaves_nothing(
     env = {"AVENGERS_CACHE_DIR": str(tmp_path / "cache")}
     result = runner.invoke(app, ["ask", "hi", "--config", str(config)], env=env)
     assert result.exit_code == 1
-    assert "run `avengers calibrate`" in flat(result.output)
+    assert f"run `avengers calibrate --config {config}`" in flat(result.output)
     assert str(tmp_path / "cache" / "store") in flat(result.output)
     assert list(elsewhere.iterdir()) == []  # no .avengers/ in the working directory
     assert not (tmp_path / "cache" / "store").exists()

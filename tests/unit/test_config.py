@@ -159,7 +159,7 @@ def test_graph_from_settings_defaults_to_the_bundled_local_pool(tmp_path) -> Non
 
 def test_graph_from_settings_says_the_store_needs_calibrating(tmp_path) -> None:
     env = {"AVENGERS_STORE_PATH": str(tmp_path / "s"), "AVENGERS_CONFIG": str(EXAMPLE)}
-    with pytest.raises(EmptyStoreError, match="run `avengers calibrate`"):
+    with pytest.raises(EmptyStoreError, match=f"run `avengers calibrate --config {EXAMPLE}`"):
         graph_from_settings(Settings.from_env(env))
     assert not (tmp_path / "s").exists()  # nothing left behind
 
