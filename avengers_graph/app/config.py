@@ -464,25 +464,22 @@ class PoolConfig(BaseModel):
             resolved = Path(path).expanduser()
             return str(resolved if resolved.is_absolute() else (folder / resolved).absolute())
 
+        def moved(model: BaseModel, fields: Mapping[str, bool]) -> Any:
+            """``model`` with its path ``fields`` (name: ``.gguf`` only) made absolute."""
+            update = {
+                name: absolute(getattr(model, name), gguf_only=gguf_only)
+                for name, gguf_only in fields.items()
+            }
+            changed = {k: v for k, v in update.items() if v != getattr(model, k)}
+            return model.model_copy(update=changed) if changed else model  # fields set kept
+
         update: dict[str, Any] = {
-            "experts": [
-                expert.model_copy(
-                    update={
-                        "local": absolute(expert.local, gguf_only=True),
-                        "draft": absolute(expert.draft, gguf_only=True),
-                    }
-                )
-                for expert in self.experts
-            ],
-            "embeddings": self.embeddings.model_copy(
-                update={"path": absolute(self.embeddings.path)}
-            ),
-            "calibration": self.calibration.model_copy(
-                update={"cache": absolute(self.calibration.cache)}
-            ),
+            "experts": [moved(e, {"local": True, "draft": True}) for e in self.experts],
+            "embeddings": moved(self.embeddings, {"path": False}),
+            "calibration": moved(self.calibration, {"cache": False}),
         }
         if self.store is not None:
-            update["store"] = self.store.model_copy(update={"path": absolute(self.store.path)})
+            update["store"] = moved(self.store, {"path": False})
         return self.model_copy(update=update)
 
 

@@ -147,6 +147,8 @@ def test_pool_file_paths_are_relative_to_the_file(tmp_path, monkeypatch) -> None
     assert pool.experts[1].local == "smollm2-135m"  # a registry name, not a path
     no_store = load_pool_config(EXAMPLE)
     assert no_store.store_folder(settings) == tmp_path / "c" / "store"
+    assert "cache" not in no_store.calibration.as_kwargs()  # unset stays unset
+    assert no_store.experts[0].model_fields_set == {"name", "base_url", "model", "max_tokens"}
     remote = Settings.from_env({"AVENGERS_CHROMA_HOST": "h"})
     assert no_store.store_folder(remote) is None
 
