@@ -202,15 +202,18 @@ def progress_bar(*, transient: bool = False) -> Progress:
     )
 
 
-def table(*columns: str, numeric: Sequence[str] = ()) -> Table:
-    """A table that never cuts a cell: long text wraps, numbers stay whole on one line.
+def table(*columns: str, numeric: Sequence[str] = (), whole: Sequence[str] = ()) -> Table:
+    """A table that never cuts a cell: text wraps, numbers and URLs stay whole.
 
-    Print its title as a line of its own: a table's title wraps at the table's width.
+    ``numeric`` columns are right-aligned, ``whole`` ones (URLs) left-aligned; neither
+    wraps. Print its title as a line of its own: a table's title wraps at the table's width.
     """
     grid = Table()
     for column in columns:
         if column in numeric:
             grid.add_column(column, justify="right", no_wrap=True)
+        elif column in whole:
+            grid.add_column(column, no_wrap=True)
         else:
             grid.add_column(column, overflow="fold")
     return grid
@@ -849,7 +852,7 @@ def local_fetch(
 
         def joined(name: str, done: int, total: int) -> None:
             if name not in tasks:
-                tasks[name] = bar.add_task(f"joining {name} (MB)", total=total // 2**20)
+                tasks[name] = bar.add_task(f"joining {name} (MiB)", total=total // 2**20)
             bar.update(tasks[name], completed=done // 2**20)
 
         def installing(name: str, requirements: list[str]) -> None:
@@ -909,7 +912,7 @@ def _servers_table(servers: Sequence[tuple[Any, str]], wide: bool) -> Table:
     columns = ["model", "url", "state", "pid"]
     if wide:
         columns += ["slots", "threads", "runs until", "model file"]
-    grid = table(*columns, numeric=["url", "pid", "slots", "threads"])
+    grid = table(*columns, numeric=["pid", "slots", "threads"], whole=["url"])
     for server, state in servers:
         row = [escape(server.model), server.base_url, state, str(server.pid)]
         if wide:
