@@ -18,8 +18,22 @@ does. One call:
    costs, name; rebuilt when one of them changes), runs with that context: it embeds
    the question, routes it, samples the experts in parallel and votes.
 4. :meth:`ChatAvengers._to_result` returns the winning message with
-   ``response_metadata["model_name"]``, ``response_metadata["avengers"]`` (the
-   routing record) and ``usage_metadata`` summed over every expert call.
+   ``response_metadata["model_name"]`` (the ensemble's name), ``response_metadata
+   ["expert_models"]`` (each expert model that answered, with its calls and tokens,
+   gathered by :class:`_ExpertUsage` from the expert runs), ``response_metadata
+   ["avengers"]`` (the routing record) and ``usage_metadata`` summed over every
+   expert call.
+
+Pricing: LangSmith prices each expert call, a run nested under the chat model's with
+its own ``ls_model_name`` (the served model) and usage; the chat model's own run names
+the ensemble (``ls_model_name``, unpriced, so its summed usage is not counted twice)
+and lists the pool's models in ``ls_expert_models``. ``expert_models`` gives the same
+split to code that prices a call from its message.
+
+Token counts (``get_num_tokens``, ``get_num_tokens_from_messages``, so
+``trim_messages(token_counter=llm)`` trims) come from the experts' own tokenizers
+(llama.cpp's ``/tokenize``), else from an estimate of 4 characters per token
+(:class:`~avengers_graph.experts.tokens.TokenCounter`).
 
 ``stream``/``astream`` run the graph in LangGraph's ``custom`` and ``values`` stream
 modes and emit the voted answer as one chunk once the vote is decided; they stop
@@ -47,12 +61,13 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from uuid import UUID
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
+    BaseCallbackHandler,
     CallbackManager,
     CallbackManagerForLLMRun,
 )
@@ -66,7 +81,7 @@ from langchain_core.output_parsers import (
     PydanticOutputParser,
     PydanticToolsParser,
 )
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tools import BaseTool
@@ -80,7 +95,8 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_vali
 
 from avengers_graph.embeddings import LocalEmbeddings
 from avengers_graph.errors import FeedbackConflictError, InvalidInputError, UnknownRunError
-from avengers_graph.experts.contract import Expert
+from avengers_graph.experts.contract import Expert, as_expert
+from avengers_graph.experts.tokens import TokenCounter
 from avengers_graph.experts.tool_parsers import as_generation_chunk
 from avengers_graph.graph import check_expert_costs, create_avengers_graph, validate_experts
 from avengers_graph.options import AvengersContext, AvengersOptions
@@ -228,6 +244,49 @@ def _child_callbacks(
     return manager
 
 
+_USAGE_KEYS = ("input_tokens", "output_tokens", "total_tokens")
+
+
+class _ExpertUsage(BaseCallbackHandler):
+    """The expert calls of one ``ChatAvengers`` call, by the model that answered.
+
+    Added to the graph run's callbacks; every expert call that returns adds its
+    tokens under the model name its server reported (else the client's).
+    """
+
+    run_inline = True  # async runs: called on the loop, in order
+
+    def __init__(self) -> None:
+        self.models: dict[str, dict[str, int]] = {}
+        self._lock = threading.Lock()
+
+    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+        """Count the call's tokens under its model's name."""
+        del kwargs
+        fallback = (response.llm_output or {}).get("model_name")
+        for generations in response.generations:
+            for generation in generations:
+                message = getattr(generation, "message", None)
+                if not isinstance(message, AIMessage):
+                    continue
+                name = str(message.response_metadata.get("model_name") or fallback or "unknown")
+                usage: Mapping[str, Any] = message.usage_metadata or {}
+                with self._lock:
+                    entry = self.models.setdefault(name, dict.fromkeys(("calls", *_USAGE_KEYS), 0))
+                    entry["calls"] += 1
+                    for key in _USAGE_KEYS:
+                        entry[key] += int(usage.get(key) or 0)
+
+
+def _model_name(model: BaseChatModel) -> str:
+    """The model name a chat model sends (``model_name`` or ``model``), else its type."""
+    for attribute in ("model_name", "model"):
+        value = getattr(model, attribute, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(model).__name__
+
+
 class ChatAvengers(BaseChatModel, AvengersOptions):
     """An ensemble of chat models routed by question cluster and combined by vote.
 
@@ -277,6 +336,8 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
     _answered: OrderedDict[UUID | str, _Answered] = PrivateAttr(default_factory=OrderedDict)
     _answered_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _feedback_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _tokens: TokenCounter | None = PrivateAttr(default=None)
+    _tokens_key: tuple[int, ...] | None = PrivateAttr(default=None)
 
     @field_validator("experts")
     @classmethod
@@ -340,12 +401,20 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
             "answer_format": self.answer_format,
         }
 
+    def expert_models(self) -> list[str]:
+        """The model names the pool's experts send, each once, in pool order."""
+        models = (as_expert(expert).model for expert in self.experts.values())
+        return list(dict.fromkeys(_model_name(model) for model in models))
+
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
             ls_provider="avengers",
             ls_model_name=kwargs.get("model", self.model),
             ls_model_type="chat",
         )
+        # the priced runs are the expert calls nested under this one (see the module
+        # docstring); this run names the models they may use
+        cast("dict[str, Any]", params)["ls_expert_models"] = self.expert_models()
         temperature = kwargs.get("temperature", self.temperature)
         if temperature is not None:
             params["ls_temperature"] = temperature
@@ -355,6 +424,40 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
         if stop := stop or self.stop:
             params["ls_stop"] = stop
         return params
+
+    # token counts -----------------------------------------------------------------------
+    def _token_counter(self) -> TokenCounter:
+        models = [as_expert(expert).model for expert in self.experts.values()]
+        key = tuple(id(model) for model in models)
+        counter = self._tokens
+        if counter is None or self._tokens_key != key:
+            counter = TokenCounter(models)
+            self._tokens, self._tokens_key = counter, key
+        return counter
+
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens of ``text``: the most any expert's tokenizer counts.
+
+        An expert on a llama.cpp server counts with the server's tokenizer
+        (``/tokenize``); any other counts ``ceil(len(text) / 4)``
+        (:class:`~avengers_graph.experts.tokens.TokenCounter`).
+        """
+        return self._token_counter().count_text(text)
+
+    def get_num_tokens_from_messages(
+        self,
+        messages: list[BaseMessage],
+        tools: Sequence[Any] | None = None,
+    ) -> int:
+        """Tokens of the prompt ``messages`` make: the most any expert reads.
+
+        An expert on a llama.cpp server counts the prompt its chat template renders
+        (``/apply-template``, then ``/tokenize``); any other uses LangChain's
+        ``count_tokens_approximately`` (4 characters per token, 3 per message). So
+        ``trim_messages(messages, token_counter=llm, max_tokens=n)`` keeps a
+        conversation every expert reads in ``n`` tokens.
+        """
+        return self._token_counter().count_messages(messages, tools)
 
     # tools ----------------------------------------------------------------------------
     def bind_tools(
@@ -489,20 +592,34 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
         return AvengersContext(**options)
 
     def _run_config(
-        self, run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None
+        self,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+        usage: _ExpertUsage | None = None,
     ) -> RunnableConfig:
-        config = RunnableConfig(callbacks=_child_callbacks(run_manager))
+        callbacks = _child_callbacks(run_manager)
+        if usage is not None:
+            if callbacks is None:
+                async_run = isinstance(run_manager, AsyncCallbackManagerForLLMRun)
+                callbacks = AsyncCallbackManager([]) if async_run else CallbackManager([])
+            callbacks.add_handler(usage, inherit=True)
+        config = RunnableConfig(callbacks=callbacks)
         if self.max_concurrency is not None:
             config["max_concurrency"] = self.max_concurrency
         return config
 
-    def _to_result(self, state: Mapping[str, Any], kwargs: Mapping[str, Any]) -> ChatResult:
+    def _to_result(
+        self,
+        state: Mapping[str, Any],
+        kwargs: Mapping[str, Any],
+        usage: _ExpertUsage | None = None,
+    ) -> ChatResult:
         answer = state["messages"][-1]
         if not isinstance(answer, AIMessage):  # pragma: no cover - the vote node appends one
             raise InvalidInputError("The Avengers graph did not produce an answer.")
         metadata = {
             **answer.response_metadata,
             "model_name": kwargs.get("model", self.model),
+            "expert_models": dict(usage.models) if usage is not None else {},
             "avengers": dict(state["avengers"]),
         }
         message = AIMessage(
@@ -527,17 +644,20 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
         **kwargs: Any,
     ) -> ChatResult:
         context = self._run_context(stop, kwargs)
+        usage = _ExpertUsage()
         # the caller's runnable config (a RunnableSequence's, say) sits in a context
         # variable that the graph would merge into every expert call, handlers included
         token = var_child_runnable_config.set(None)
         try:
             state = self.graph.invoke(
-                {"messages": messages}, config=self._run_config(run_manager), context=context
+                {"messages": messages},
+                config=self._run_config(run_manager, usage),
+                context=context,
             )
         finally:
             var_child_runnable_config.reset(token)
         self._remember(state, run_manager)
-        return self._to_result(state, kwargs)
+        return self._to_result(state, kwargs, usage)
 
     async def _agenerate(
         self,
@@ -547,15 +667,18 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
         **kwargs: Any,
     ) -> ChatResult:
         context = self._run_context(stop, kwargs)
+        usage = _ExpertUsage()
         token = var_child_runnable_config.set(None)  # see _generate
         try:
             state = await self.graph.ainvoke(
-                {"messages": messages}, config=self._run_config(run_manager), context=context
+                {"messages": messages},
+                config=self._run_config(run_manager, usage),
+                context=context,
             )
         finally:
             var_child_runnable_config.reset(token)
         self._remember(state, run_manager)
-        return self._to_result(state, kwargs)
+        return self._to_result(state, kwargs, usage)
 
     def _streaming_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Streaming waits for no sample that cannot change the answer, unless told to."""

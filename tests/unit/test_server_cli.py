@@ -19,8 +19,8 @@ def flat(output: str) -> str:
 def test_no_key_means_loopback_only() -> None:
     refused = runner.invoke(
         app,
-        ["serve", "--host", "0.0.0.0", "--factory", "x:y"],
-        env=NO_KEYS,  # noqa: S104
+        ["serve", "--host", "0.0.0.0", "--factory", "x:y"],  # noqa: S104
+        env=NO_KEYS,
     )
     assert refused.exit_code == 1
     assert "Refusing to serve on '0.0.0.0' without an API key" in flat(refused.output)
