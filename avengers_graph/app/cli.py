@@ -176,6 +176,10 @@ OPTION_MINIMUMS: dict[str, int] = {
     "max_concurrency": 1,
     "limit": 1,
     "splits": 1,
+    "folds": 0,
+    "port": 1,
+    "timeout": 0,
+    "max_body": 1,
 }
 """The smallest value of every numeric command-line option, by parameter name (the
 same bounds as :class:`~avengers_graph.options.AvengersOptions` and the calibration
