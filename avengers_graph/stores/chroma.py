@@ -1048,8 +1048,6 @@ class ClusterStore:
 
     # ------------------------------------------------------------------ writing
 
-    # ------------------------------------------------------------------ writing
-
     def _batches(self, n: int) -> Iterator[slice]:
         batch = self._max_batch()
         for start in range(0, n, batch):
