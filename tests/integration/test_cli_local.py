@@ -6,6 +6,7 @@ The terminal is 80 columns wide: no view may cut a number, a name or a URL.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 from pathlib import Path
@@ -77,7 +78,8 @@ def test_cli_lifecycle_on_a_real_server(tmp_path: Path) -> None:
     try:
         built = runner.invoke(app, ["local", "build"], env=env)
         assert built.exit_code == 0, built.output
-        assert str(find_server()) in flat(built.output)  # the user-wide build: no rebuild
+        # the build the CLI finds with its environment (the user-wide one): no rebuild
+        assert str(find_server({**os.environ, **env})) in flat(built.output)
         port = free_port()
         up = runner.invoke(
             app, ["local", "up", "--config", str(config), "--port", str(port)], env=env
