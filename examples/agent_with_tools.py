@@ -9,14 +9,16 @@ two models of the local registry whose chat template renders tools (SmolLM2's an
 Gemma's do not, so they cannot call tools). llama.cpp returns their calls as text;
 each expert parses them (``tool_call_parser: hermes``, see
 ``avengers_graph/tool_parsers.py``). ``local_avengers`` starts one llama.cpp server per
-model and calibrates the pool once on the bundled validation set, replaying the
-recorded answers shipped with the package.
+model and calibrates the pool once on the bundled validation set (the recorded answers
+shipped with the package predate the prompt contract, so today this calls the models:
+about ten minutes on 2 cores, then cached).
 
 ``langchain.agents.create_agent`` runs the loop: at each step ChatAvengers samples both
-experts, the samples vote on their tool calls (name plus arguments) or their text, and
-the winning calls run; the tool results go back to the experts. A middleware asks for
-one tool call per step (``parallel_tool_calls=False``, enforced by the experts'
-parser). The task needs two steps (a unit conversion, then arithmetic on its result).
+experts at temperature 0.2, the samples vote on their tool calls (name plus
+arguments) or on answering in text, and the winning calls run; the tool results go
+back to the experts. A middleware asks for one tool call per step
+(``parallel_tool_calls=False``, enforced by the experts' parser). The task needs two
+steps (a unit conversion, then arithmetic on its result).
 The tools are real and local: a calculator that parses the expression with ``ast``
 (never ``eval``) and a unit converter. Every step is printed: the votes, the tool
 calls, their results and the final answer. The example exits with status 1 unless

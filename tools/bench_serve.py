@@ -330,7 +330,7 @@ def local(n: int, workdir: Path, max_tokens: int, max_load: float) -> list[str]:
         "HF_HUB_OFFLINE": "1",
         "ANONYMIZED_TELEMETRY": "False",
     }
-    server = start([], env, workdir / "local.log")
+    server = start(["--max-concurrency", str(max(n, 16))], env, workdir / "local.log")
     lines = []
     try:
         listed = httpx.get(f"{server.url}/v1/models", headers=server.headers).json()["data"]
