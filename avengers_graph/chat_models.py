@@ -697,11 +697,12 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
         context = self._run_context(stop, kwargs)
         report = _PROGRESS.get()
         state: Mapping[str, Any] = {}
+        usage = _ExpertUsage()
         token = var_child_runnable_config.set(None)  # see _generate
         try:
             for mode, data in self.graph.stream(
                 {"messages": messages},
-                config=self._run_config(run_manager),
+                config=self._run_config(run_manager, usage),
                 context=context,
                 stream_mode=["custom", "values"],
             ):
@@ -712,7 +713,7 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
         finally:
             var_child_runnable_config.reset(token)
         self._remember(state, run_manager)
-        chunk = as_generation_chunk(self._to_result(state, kwargs))
+        chunk = as_generation_chunk(self._to_result(state, kwargs, usage))
         if run_manager is not None:
             run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         yield chunk
@@ -728,11 +729,12 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
         context = self._run_context(stop, kwargs)
         report = _PROGRESS.get()
         state: Mapping[str, Any] = {}
+        usage = _ExpertUsage()
         token = var_child_runnable_config.set(None)  # see _generate
         try:
             async for mode, data in self.graph.astream(
                 {"messages": messages},
-                config=self._run_config(run_manager),
+                config=self._run_config(run_manager, usage),
                 context=context,
                 stream_mode=["custom", "values"],
             ):
@@ -743,7 +745,7 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
         finally:
             var_child_runnable_config.reset(token)
         self._remember(state, run_manager)
-        chunk = as_generation_chunk(self._to_result(state, kwargs))
+        chunk = as_generation_chunk(self._to_result(state, kwargs, usage))
         if run_manager is not None:
             await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         yield chunk

@@ -45,6 +45,18 @@ async def test_async_calls_name_their_expert_models_too(llm: ChatAvengers) -> No
     assert sum(e["calls"] for e in message.response_metadata["expert_models"].values()) == 4
 
 
+def test_streamed_answers_name_their_expert_models_too(llm: ChatAvengers) -> None:
+    chunks = list(llm.stream(QUESTION, early_stop=False))
+    by_model = chunks[-1].response_metadata["expert_models"]
+    assert sum(entry["calls"] for entry in by_model.values()) == 4
+
+
+async def test_async_streams_name_their_expert_models_too(llm: ChatAvengers) -> None:
+    chunks = [chunk async for chunk in llm.astream(QUESTION, early_stop=False)]
+    by_model = chunks[-1].response_metadata["expert_models"]
+    assert sum(entry["calls"] for entry in by_model.values()) == 4
+
+
 def test_ls_params_name_the_pool_models_and_the_nested_runs_are_priced(
     llm: ChatAvengers,
 ) -> None:
