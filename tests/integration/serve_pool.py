@@ -17,14 +17,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-from avengers_graph import ChatAvengers, ClusterStore, ExpertStats
-from avengers_graph.stores import StoredQuestion, StoreInfo
+from avengers_graph import ChatAvengers, ClusterStore
 from tests.fakes import KeywordEmbeddings, ScriptedExpert
+from tests.unit.conftest import write_two_domain_store
 
 KEYWORDS = {"math": 0, "code": 1}
 
@@ -61,41 +60,11 @@ def _call_first_tool(messages: Any, tools: Any, seed: int | None) -> list[dict[s
 
 
 def _store(embeddings: KeywordEmbeddings) -> ClusterStore:
-    store = ClusterStore(path=Path(os.environ["AVENGERS_STORE_PATH"]), name="serve-test")
+    path = Path(os.environ["AVENGERS_STORE_PATH"])
+    store = ClusterStore(path=path, name="serve-test")
     if not store.is_empty():
         return store
-    questions = [
-        StoredQuestion("q-math", "math question", "42", "number", 0),
-        StoredQuestion("q-code", "code question", "41", "number", 1),
-    ]
-    vectors = np.asarray(embeddings.embed_documents([q.question for q in questions]))
-    store.write(
-        StoreInfo(
-            name="serve-test",
-            embedding_model=embeddings.model_name,
-            embedding_dim=embeddings.dim,
-            n_clusters=2,
-            seed=0,
-            experts=("mathy", "coder", "bard"),
-        ),
-        centroids=vectors,
-        sizes=[1, 1],
-        stats={
-            0: {
-                "mathy": ExpertStats(9, 10),
-                "coder": ExpertStats(3, 10),
-                "bard": ExpertStats(5, 10),
-            },
-            1: {
-                "mathy": ExpertStats(2, 10),
-                "coder": ExpertStats(9, 10),
-                "bard": ExpertStats(5, 10),
-            },
-        },
-        questions=questions,
-        question_vectors=vectors,
-    )
-    return store
+    return write_two_domain_store(path, embeddings, name="serve-test")
 
 
 def instant_avengers() -> ChatAvengers:
