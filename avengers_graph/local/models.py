@@ -169,7 +169,7 @@ MODELS: Mapping[str, LocalModelSpec] = MappingProxyType(
 )
 """The registry: model name to its spec."""
 
-DEMO_MODELS: tuple[str, ...] = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b")
+DEMO_MODELS: tuple[str, ...] = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 """The models a demo starts: small enough to run side by side on two cores."""
 
 

@@ -36,7 +36,13 @@ def test_the_quick_start_runs_as_written(newcomer: Newcomer, tmp_path: Path) -> 
     accuracy, *answer, votes = result.stdout.strip().splitlines()
     # report.experts: every expert of the bundled pool, with an accuracy
     experts = ast.literal_eval(accuracy)
-    assert set(experts) == {"smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"}
+    assert set(experts) == {
+        "qwen2.5-coder-1.5b:direct",
+        "qwen2.5-coder-1.5b:program",
+        "qwen2.5-coder-0.5b:direct",
+        "qwen2.5-coder-0.5b:program",
+        "smollm2-135m",
+    }
     assert all(0.0 <= value <= 1.0 for value in experts.values())
     assert "\n".join(answer).strip()  # the voted answer's text
     assert isinstance(ast.literal_eval(votes), dict)  # e.g. {'144': 3.0}
