@@ -123,6 +123,15 @@ _SECRETS: list[str] = []
 """Secret values to hide from everything the CLI prints or logs (see :func:`known_secrets`)."""
 
 
+def _percent(probability: float) -> str:
+    """A probability in whole percent that never rounds to a certainty it is not."""
+    if 0.995 <= probability < 1:
+        return ">99%"
+    if 0 < probability < 0.005:
+        return "<1%"
+    return f"{probability:.0%}"
+
+
 def known_secrets(pool: PoolConfig | None = None) -> list[str]:
     """Remember the pool's API keys (its ``api_key_env`` variables) and ``AVENGERS_API_KEYS``.
 
@@ -433,7 +442,7 @@ def explain(
     if cancelled := record.get("cancelled", 0):
         extra += f", {cancelled} not waited for"
     yield (
-        f"[bold]confidence:[/] {record['confidence']:.0%}  [bold]winner:[/] "
+        f"[bold]confidence:[/] {_percent(record['confidence'])}  [bold]winner:[/] "
         f"{escape(shown(record['winner']))}  ({len(record['samples'])} samples{extra})"
     )
     for expert, error in record["failures"].items():

@@ -189,6 +189,14 @@ def test_explain_fits_80_columns_and_shows_the_routing() -> None:
     assert "seed" not in text  # the compact view leaves the details to --wide
 
 
+@pytest.mark.parametrize(
+    ("confidence", "shown"),
+    [(0.9996, ">99%"), (0.995, ">99%"), (0.994, "99%"), (1.0, "100%"), (0.004, "<1%"), (0.0, "0%")],
+)
+def test_explain_never_rounds_a_confidence_to_a_certainty(confidence: float, shown: str) -> None:
+    assert f"confidence: {shown} " in flat(rendered({**RECORD, "confidence": confidence}))
+
+
 def test_explain_wide_shows_samples_excluded_and_seed() -> None:
     text = rendered(RECORD, wide=True, width=200)
     for fragment in ("excluded: smollm2-135m:reason", "So 42.", "seed: 1"):

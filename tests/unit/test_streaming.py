@@ -87,7 +87,11 @@ def test_other_handlers_still_see_the_expert_calls(
 async def test_progress_goes_to_the_callback_without_sample_texts(
     experts: dict[str, TokenExpert], embeddings: KeywordEmbeddings, store: ClusterStore
 ) -> None:
-    llm = ChatAvengers(experts=experts, embeddings=embeddings, store=store, top_n=2, samples=2)
+    # every sample runs to the end (streams stop early by default: a fourth sample
+    # still running when three agree would be dropped, and the count would vary)
+    llm = ChatAvengers(
+        experts=experts, embeddings=embeddings, store=store, top_n=2, samples=2, early_stop=False
+    )
     seen: list[dict[str, Any]] = []
     with progress_to(seen.append):
         chunks = [chunk async for chunk in llm.astream(QUESTION)]
