@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from avengers_graph.local.models import DEMO_MODELS
 from tests.integration.conftest import ROOT, Newcomer, requires_llama_server
 
 pytestmark = requires_llama_server
@@ -156,7 +157,7 @@ def test_studio_says_what_to_run_then_serves_the_bundled_pool(
         assert out["messages"][-1]["type"] == "ai"
         record = out["avengers"]
         [expert] = record["experts"]
-        assert expert["name"].split(":")[0] in {"smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"}
+        assert expert["name"].split(":")[0] in DEMO_MODELS  # a model of the bundled pool
         assert len(record["samples"]) + len(record["failures"]) >= 1
         state = client.threads.get_state(thread["thread_id"])
         assert len(state["values"]["messages"]) == 2
