@@ -23,6 +23,7 @@ import pytest
 from avengers_graph.local import pool as local_pool
 from avengers_graph.local.pool import LocalPool, ServerError, ServerInfo, ServerSpec
 from avengers_graph.local.server import ServerBinaryError
+from tests.processes import terminal_signals
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
 
@@ -34,7 +35,11 @@ def spawn() -> Iterator[Spawn]:
 
     def start(*args: str, **kwargs: object) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(  # noqa: S603 - fixed test commands
-            list(args), stdin=subprocess.DEVNULL, start_new_session=True, **kwargs
+            list(args),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=terminal_signals,  # noqa: PLW1509 - only resets two signals
+            **kwargs,
         )
         processes.append(process)
         return process
