@@ -222,7 +222,7 @@ def _numbers(text: str) -> list[float]:
 def main() -> int:
     """Run the agent on :data:`TASK`; 1 unless it answered right with the tools."""
     settings, _ = load(POOL)
-    # The 1.5B's recorded calibration answers; the 0.5B's ship in local_answers.jsonl.
+    # The tool pool's recorded calibration answers: calibrating makes no model call.
     AnswerCache(settings.cache_dir / "answers.sqlite").import_jsonl(RECORDED)
     # A tool loop wants its samples to agree on the next call: at the pool's 0.7 the
     # six samples of a step scattered over six different answers in one CI run.

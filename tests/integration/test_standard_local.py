@@ -4,10 +4,8 @@ The same suite as ``test_standard.py``, but the experts are the tool pool of
 ``avengers_graph/data/tools_pool.yaml``: Qwen2.5-Coder 1.5B and 0.5B (Q4_K_M GGUF),
 each behind its own llama.cpp server started for the module, spoken to over HTTP
 through ``langchain-openai`` (tool calls parsed client-side, ``tool_call_parser:
-hermes``). The store is calibrated for real on the first ten questions of the bundled
-validation set (two clusters, answers capped at 64 tokens: both experts get statistics
-in a minute or two; the quality of that calibration is not what this suite tests). Each
-call samples both
+hermes``). The store is calibrated on the bundled validation set from the tool pool's
+recorded answers (``tools_pool_answers.jsonl``: no model call). Each call samples both
 experts once (the suite's temperature is 0, so more samples of one expert would repeat
 it) and votes.
 
@@ -27,6 +25,7 @@ from avengers_graph import ChatAvengers
 from avengers_graph.app.config import load_pool_config
 from avengers_graph.app.embedded import bundled, calibrate_pool, local_urls
 from avengers_graph.app.settings import Settings
+from avengers_graph.experts.cache import AnswerCache
 from avengers_graph.local.models import MODELS, missing_packages
 from avengers_graph.local.pool import LocalPool
 from tests.integration.conftest import requires_llama_server
@@ -61,13 +60,13 @@ def local_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     servers = LocalPool(settings.cache_dir)
     try:
         servers.up(MODELS_NEEDED)
-        dataset = work / "validation.jsonl"
-        lines = bundled("validation.jsonl").read_text(encoding="utf-8").splitlines()
-        dataset.write_text("\n".join(lines[:10]) + "\n", encoding="utf-8")
-        report = calibrate_pool(
-            settings, POOL, dataset=dataset, overrides={"n_clusters": 2, "max_tokens": 64}
+        # the bundled set, replayed from the tool pool's recorded answers: no model call
+        AnswerCache(settings.cache_dir / "answers.sqlite").import_jsonl(
+            bundled("tools_pool_answers.jsonl")
         )
+        report = calibrate_pool(settings, POOL)
         assert report.calibrated == tuple(MODELS_NEEDED)
+        assert (report.calls, report.cached) == (0, 80)
         _RUNNING.update(
             experts=POOL.build_experts(local_urls(settings, POOL)),
             embeddings=POOL.embeddings.build(),
