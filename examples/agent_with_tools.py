@@ -8,10 +8,9 @@ The pool is ``avengers_graph/data/tools_pool.yaml``: Qwen2.5-Coder 1.5B and 0.5B
 two models of the local registry whose chat template renders tools (SmolLM2's and
 Gemma's do not, so they cannot call tools). llama.cpp returns their calls as text;
 each expert parses them (``tool_call_parser: hermes``, see
-``avengers_graph/tool_parsers.py``). ``local_avengers`` starts one llama.cpp server per
-model and calibrates the pool once on the bundled validation set (the recorded answers
-shipped with the package predate the prompt contract, so today this calls the models:
-about ten minutes on 2 cores, then cached).
+``avengers_graph/experts/tool_parsers.py``). ``local_avengers`` starts one llama.cpp server per
+model and calibrates the pool once on the bundled validation set, from the answers
+recorded with it (``tools_pool_answers.jsonl``: no model call).
 
 ``langchain.agents.create_agent`` runs the loop: at each step ChatAvengers samples both
 experts at temperature 0.2, the samples vote on their tool calls (name plus
