@@ -115,6 +115,8 @@ DEMO_QUESTIONS = (
     "Is the sentiment of this review positive or negative?\n\n"
     "Review: a warm, funny film that I would happily watch again.",
 )
+DEMO_SEED = 0
+"""The demo's sampling seed: each run draws the same samples (the servers permitting)."""
 _KEY_WIDTH = 32
 """Characters of a vote key in the compact view (longer keys are shortened, kept distinct)."""
 
@@ -1109,7 +1111,7 @@ def demo(
         else:
             console.print("Store already calibrated: skipping calibration.")
         console.rule("Asking the ensemble")
-        ask_pool(settings, pool, DEMO_QUESTIONS, {})
+        ask_pool(settings, pool, DEMO_QUESTIONS, {"seed": DEMO_SEED})
 
 
 @app.command("serve")
