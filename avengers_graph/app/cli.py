@@ -442,7 +442,7 @@ def explain(
     rounds = record.get("rounds", 1)
     extra = f", {rounds} rounds" if rounds != 1 else ""
     if cancelled := record.get("cancelled", 0):
-        extra += f", {cancelled} not waited for"
+        extra += f", {cancelled} not needed"
     yield (
         f"[bold]confidence:[/] {_percent(record['confidence'])}  [bold]winner:[/] "
         f"{escape(shown(record['winner']))}  ({len(record['samples'])} samples{extra})"

@@ -181,7 +181,7 @@ def test_explain_fits_80_columns_and_shows_the_routing() -> None:
         "41.75 0.25 1",
         "confidence: 88%",
         "winner: qwen2.5-coder-1.5b:reason",
-        "3 samples, 2 rounds, 1 not waited for",
+        "3 samples, 2 rounds, 1 not needed",
         "failed: gemma3-270m: ConnectionError: down",
         "A: It is \\boxed{42}",
     ):
