@@ -605,5 +605,6 @@ def test_ordinary_program_works() -> None:
     # locale coercion).
     assert set(report["environment"]) <= {
         *("PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED", "PYTHONIOENCODING", "PYTHONUTF8"),
+        *("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"),
         *("PWD", "LC_CTYPE"),
     }
