@@ -86,6 +86,11 @@ def _provenance(matrix: ResponseMatrix) -> str:
     )
 
 
+def _has_strategies(matrix: ResponseMatrix) -> bool:
+    """Whether the matrix's experts are models with strategies (else models alone)."""
+    return any(e.get("strategy") for e in matrix.provenance.get("experts", {}).values())
+
+
 def _budgets(provenance: dict[str, Any]) -> str:
     """The token budgets: per format and strategy (the prompt contract), else per kind."""
     contract = provenance.get("prompt", {}).get("contract")
@@ -310,8 +315,13 @@ def render(matrix: ResponseMatrix) -> str:
         "are per question. `compute` is generated tokens times the expert's size in "
         "billions of parameters (its `cost` in the pool file), so it is proportional to "
         "decoding FLOPs (about 2 GFLOP per unit) and, unlike seconds, does not depend on "
-        "the machine's load; it leaves out the prompt's prefill. An expert is a model with "
-        "a strategy (`direct`, `reason`, `program`). Random is the expected accuracy of "
+        "the machine's load; it leaves out the prompt's prefill. "
+        + (
+            "An expert is a model with a strategy (`direct`, `reason`, `program`). "
+            if _has_strategies(matrix)
+            else ""
+        )
+        + "Random is the expected accuracy of "
         "one sample of a uniformly drawn expert; Best-Single is the expert with the best "
         "calibration accuracy (one sample); Max-Expert knows each question's benchmark and "
         "picks its best expert; Oracle is right when any recorded sample of any expert is "
