@@ -430,6 +430,10 @@ def blend(question: Sequence[float], context: Sequence[float], weight: float) ->
 
 RELIABILITY_FLOOR = 0.01
 """Reliabilities are kept within ``[floor, 1 - floor]`` so no vote weighs infinitely."""
+OVERALL_PRIOR = 1e9
+"""A ``prior_strength`` that outweighs any cluster's counts: :func:`reliability` then
+rates every expert by its accuracy over every cluster (a cluster's thousands of samples
+move a rating by under 1e-5), so the clusters play no part in ranking or weighting."""
 
 
 def sample_accuracy(stats: Mapping[int, Mapping[str, ExpertStats]]) -> dict[str, float]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from avengers_graph.eval.recording import DEFAULT_MATRIX, ResponseMatrix
-from avengers_graph.eval.replay import CHOSEN
+from avengers_graph.eval.replay import CHOSEN, INCUMBENT
 from avengers_graph.formats import FORMATS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,8 @@ def _chosen_numbers(summary: dict[str, dict[str, str]], benchmarks: int) -> str:
         f"Best-Single (the best expert on the same calibration part, one sample): "
         f"**{_pct(best['average'])}**; gain **"
         f"{float(chosen['gain vs Best-Single']) * 100:+.1f} points**"
-        f"{_interval(CHOSEN, 'Best-Single')}; Oracle: **{_pct(oracle['average'])}**.\n"
+        f"{_interval(CHOSEN, 'Best-Single')}; Oracle: **{_pct(oracle['average'])}**."
+        f"{_incumbent_folds()}\n"
     )
     sc = _reference_sc(summary)
     if sc is not None:
@@ -130,6 +131,22 @@ def _chosen_numbers(summary: dict[str, dict[str, str]], benchmarks: int) -> str:
             f"{float(row['tokens/q']):.0f} tokens ({float(row['compute/q']):.0f} compute).\n"
         )
     return text + _power(CHOSEN, "Best-Single", benchmarks)
+
+
+def _incumbent_folds() -> str:
+    """How many folds' selections kept the incumbent (the best expert's self-consistency)."""
+    path = TABLES / "chosen.csv"
+    if not path.is_file():
+        return ""
+    chosen = [row["configuration"] for row in _rows(path)]
+    kept = chosen.count(INCUMBENT)
+    if not kept:
+        return ""
+    return (
+        f" In {kept} of {len(chosen)} folds the selection kept `{INCUMBENT}`: no ensemble "
+        "configuration beat it on the fold's calibration part by more than one standard "
+        "error, so there the ensemble is the best expert's own self-consistency."
+    )
 
 
 def _reference_sc(summary: dict[str, dict[str, str]]) -> str | None:
@@ -318,14 +335,19 @@ def _chosen_configurations() -> str:
     ]
     return (
         "## What the nested selection chose\n\n"
-        f"For each fold, `{CHOSEN}` is the adaptive configuration (K of K-means, the "
-        "`top_n` most reliable experts, the vote's confidence `threshold`, the `budget` of "
-        "samples, the weight `discount` of an expert's repeated samples) with the best mean "
-        "accuracy in an inner 3-fold cross-validation of that fold's calibration part "
-        "alone, among the configurations that generate no more tokens per question there "
-        "than the reference model's self-consistency. The test part plays no role in the "
-        "choice. Best-Single is the expert with the best accuracy on the same calibration "
-        "part (one sample).\n\n" + "\n".join(lines) + "\n\n"
+        f"For each fold, `{CHOSEN}` is chosen on that fold's calibration part alone, by an "
+        "inner 3-fold cross-validation, among the configurations that generate no more "
+        "tokens per question there than the reference model's self-consistency. The "
+        f"incumbent is `{INCUMBENT}` (the expert with the best calibration accuracy, its "
+        "samples voted; the clusters play no part). The adaptive configuration (K of "
+        "K-means, the `top_n` most reliable experts, the vote's confidence `threshold`, the "
+        "`budget` of samples, the weight `discount` of an expert's repeated samples) with "
+        "the best mean accuracy replaces it only when its gain exceeds one standard error "
+        "of the paired difference: the best of hundreds of configurations scored on a few "
+        "hundred questions is partly the luckiest, and this guard (after the "
+        "one-standard-error rule) keeps the simpler choice unless the evidence is clear. "
+        "The test part plays no role in the choice. Best-Single is the expert with the best "
+        "accuracy on the same calibration part (one sample).\n\n" + "\n".join(lines) + "\n\n"
     )
 
 

@@ -51,6 +51,7 @@ from avengers_graph.errors import InvalidInputError
 from avengers_graph.eval.recording import Response, ResponseMatrix
 from avengers_graph.formats import FORMATS, Detected
 from avengers_graph.routing import (
+    OVERALL_PRIOR,
     ClusterMatch,
     Cost,
     compact,
@@ -65,12 +66,14 @@ from avengers_graph.voting import OPEN_CHANCE, majority_vote, repeated_weights, 
 __all__ = [
     "BASELINES",
     "CHOSEN",
+    "INCUMBENT",
     "AdaptiveConfig",
     "Comparison",
     "EnsembleConfig",
     "Outcome",
     "Replay",
     "Summary",
+    "best_expert_sc",
     "calibration_curve",
     "choose_on_calibration",
     "compare",
@@ -78,6 +81,7 @@ __all__ = [
     "default_grid",
     "embed_questions",
     "evaluate",
+    "paired_difference",
 ]
 
 Baseline = Literal["Random", "Best-Single", "Best-Single SC", "Max-Expert", "Oracle"]
@@ -90,6 +94,8 @@ BASELINES: tuple[Baseline, ...] = (
 )
 AVERAGE = "average"
 """The key of the macro average (mean over datasets) in per-dataset results."""
+INCUMBENT = "best expert, self-consistency"
+"""The name of :func:`best_expert_sc`, the nested selection's incumbent."""
 
 
 @dataclass(frozen=True)
@@ -151,33 +157,56 @@ class AdaptiveConfig:
     n_clusters: int | None = None
 
 
+def best_expert_sc(max_samples: int = 3) -> AdaptiveConfig:
+    """The incumbent of the nested selection: the best expert's self-consistency.
+
+    The expert with the best overall calibration accuracy among those serving the
+    question's format (:data:`~avengers_graph.routing.OVERALL_PRIOR`: the clusters play
+    no part; the graph's ``reliability_prior`` takes the same value), up to
+    ``max_samples`` samples, stopping once they agree beyond doubt (``threshold=0.95``):
+    the reference's self-consistency, expressed as a graph configuration.
+    """
+    return AdaptiveConfig(
+        INCUMBENT,
+        top_n=1,
+        per_expert=max_samples,
+        budget=max_samples,
+        threshold=0.95,
+        prior_strength=OVERALL_PRIOR,
+    )
+
+
 def default_grid(
     max_samples: int = 3, clusters: Sequence[int] = (8, 16, 32)
 ) -> list[AdaptiveConfig]:
     """The adaptive configurations the nested selection chooses from (:data:`CHOSEN`).
 
-    K in ``clusters``, the ``top_n`` in {1, 2, 3} most reliable experts, a
-    confidence ``threshold`` in {0.6, 0.8, 0.9, 0.95}, a ``budget`` of 3, 4, 5, 6 or 9
-    samples (at most ``max_samples`` of one expert), repeated samples of one expert at
-    full or 0.6 weight (``discount``); rounds of 2 samples. Budgets 4 and 5 matter
-    when the selection must spend no more tokens than a model's self-consistency of
-    3 samples: most of budget 6's configurations spend more than that.
+    First the incumbent, :func:`best_expert_sc`; then K in ``clusters``, the ``top_n``
+    in {1, 2, 3} most reliable experts, a confidence ``threshold`` in {0.6, 0.8, 0.9,
+    0.95}, a ``budget`` of 3, 4, 5, 6 or 9 samples (at most ``max_samples`` of one
+    expert), repeated samples of one expert at full or 0.6 weight (``discount``);
+    rounds of 2 samples. Budgets 4 and 5 matter when the selection must spend no more
+    tokens than a model's self-consistency of 3 samples: most of budget 6's
+    configurations spend more than that.
     """
     return [
-        AdaptiveConfig(
-            f"K={k} top_n={n} threshold={t} budget={b} discount={d}",
-            top_n=n,
-            per_expert=max_samples,
-            budget=b,
-            threshold=t,
-            discount=d,
-            n_clusters=k,
-        )
-        for k in clusters
-        for n in (1, 2, 3)
-        for t in (0.6, 0.8, 0.9, 0.95)
-        for b in (3, 4, 5, 6, 9)
-        for d in (1.0, 0.6)
+        best_expert_sc(max_samples),
+        *(
+            AdaptiveConfig(
+                f"K={k} top_n={n} threshold={t} budget={b} discount={d}",
+                top_n=n,
+                per_expert=max_samples,
+                budget=b,
+                threshold=t,
+                discount=d,
+                n_clusters=k,
+            )
+            for k in clusters
+            for n in (1, 2, 3)
+            for t in (0.6, 0.8, 0.9, 0.95)
+            for b in (3, 4, 5, 6, 9)
+            for d in (1.0, 0.6)
+        ),
     ]
 
 
@@ -659,19 +688,33 @@ def choose_on_calibration(
     inner_folds: int = 3,
     experts: Sequence[str] | None = None,
     reference: str | None = None,
+    standard_errors: float = 1.0,
 ) -> AdaptiveConfig:
     """The configuration of ``grid`` that does best on the calibration questions alone.
 
     The calibration questions are cut into ``inner_folds`` folds; each configuration
     is calibrated on the other folds and answers the held-out one, exactly as the outer
-    evaluation does. The most accurate configuration wins (ties: fewer tokens); with a
+    evaluation does, so every calibration question is answered once. With a
     ``reference`` model, only configurations spending at most the tokens of its
     self-consistency on those questions compete (if none does, the cheapest wins).
+
+    The grid's first configuration is the incumbent (:func:`default_grid`'s is
+    :func:`best_expert_sc`). The most accurate of the others (ties: fewer tokens)
+    replaces it only when it beats it in macro-average accuracy by more than
+    ``standard_errors`` standard errors of the paired difference
+    (:func:`paired_difference`). The best of hundreds of configurations scored on a few
+    hundred questions is the luckiest as much as the best (the maximum of noisy scores
+    is biased upward); like the one-standard-error rule (Hastie, Tibshirani and
+    Friedman, *The Elements of Statistical Learning*, section 7.10), the guard keeps
+    the simpler choice unless the evidence for the other is clear.
     """
     if not grid:
         raise InvalidInputError("choose_on_calibration needs a non-empty grid.")
-    scores = {config.name: [0.0, 0.0] for config in grid}
-    budget = 0.0
+    if standard_errors < 0:
+        raise InvalidInputError(f"standard_errors must be >= 0, got {standard_errors!r}.")
+    answered: dict[str, dict[str, Outcome]] = {config.name: {} for config in grid}
+    sc: dict[str, Outcome] = {}
+    base: Replay | None = None
     for index in range(inner_folds):
         replays: dict[int, Replay] = {}
 
@@ -688,23 +731,56 @@ def choose_on_calibration(
 
         base = _replay_for(replays, n_clusters, build)
         if reference is not None:
-            sc = base.answers(base.self_consistency(reference))
-            budget += statistics.fmean(o.tokens for o in sc.values()) / inner_folds
+            sc |= base.answers(base.self_consistency(reference))
         for config in grid:
             if (config.n_clusters or n_clusters) > len(base.calibration):
-                scores[config.name] = [-1.0, math.inf]  # K beyond the questions: never chosen
+                answered.pop(config.name, None)  # K beyond the questions: never chosen
                 continue
-            replay = _replay_for(replays, config.n_clusters or n_clusters, build)
-            answers = replay.answers(replay.adaptive(config))
-            mean = replay.per_dataset(answers)[AVERAGE]
-            if scores[config.name][0] < 0:
-                continue
-            scores[config.name][0] += mean.accuracy / inner_folds
-            scores[config.name][1] += mean.tokens / inner_folds
-    affordable = [c for c in grid if reference is None or scores[c.name][1] <= budget]
+            if config.name in answered:
+                replay = _replay_for(replays, config.n_clusters or n_clusters, build)
+                answered[config.name] |= replay.answers(replay.adaptive(config))
+    if base is None or not answered:
+        raise InvalidInputError("choose_on_calibration needs inner_folds >= 1 and a usable K.")
+    means = {name: base.per_dataset(answers)[AVERAGE] for name, answers in answered.items()}
+    budget = base.per_dataset(sc)[AVERAGE].tokens if reference is not None else math.inf
+    scored = [config for config in grid if config.name in means]
+    affordable = [config for config in scored if means[config.name].tokens <= budget]
     if not affordable:
-        return min(grid, key=lambda c: scores[c.name][1])
-    return max(affordable, key=lambda c: (scores[c.name][0], -scores[c.name][1]))
+        return min(scored, key=lambda config: means[config.name].tokens)
+    best = max(affordable, key=lambda c: (means[c.name].accuracy, -means[c.name].tokens))
+    incumbent = grid[0]
+    if best is incumbent or incumbent not in affordable:
+        return best
+    gain, error = paired_difference(
+        {qid: o.accuracy for qid, o in answered[best.name].items()},
+        {qid: o.accuracy for qid, o in answered[incumbent.name].items()},
+        base.dataset,
+    )
+    return best if gain > standard_errors * error else incumbent
+
+
+def paired_difference(
+    mine: Mapping[str, float], theirs: Mapping[str, float], dataset_of: Mapping[str, str]
+) -> tuple[float, float]:
+    """Macro-average accuracy difference ``mine - theirs`` and its standard error.
+
+    Per dataset, the mean and the sample variance of the per-question differences;
+    the difference is the mean of the datasets' means, its standard error
+    ``sqrt(sum(variance / questions)) / datasets``.
+
+    Raises:
+        InvalidInputError: The two did not answer the same questions.
+    """
+    if set(mine) != set(theirs):
+        raise InvalidInputError("paired_difference needs results on the same questions.")
+    by_dataset: dict[str, list[float]] = defaultdict(list)
+    for qid, accuracy in mine.items():
+        by_dataset[dataset_of[qid]].append(accuracy - theirs[qid])
+    if not by_dataset:
+        return 0.0, 0.0
+    gain = statistics.fmean(statistics.fmean(d) for d in by_dataset.values())
+    variance = sum(statistics.variance(d) / len(d) for d in by_dataset.values() if len(d) > 1)
+    return gain, math.sqrt(variance) / len(by_dataset)
 
 
 def evaluate(

@@ -11,6 +11,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from avengers_graph import create_avengers_graph
 from avengers_graph.calibration import ValidationItem, build_prompt, item_contract
 from avengers_graph.experts.contract import Expert
+from avengers_graph.routing import OVERALL_PRIOR
 from avengers_graph.stores.chroma import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
 from tests.fakes import KeywordEmbeddings, ScriptedExpert, constant
 
@@ -20,9 +21,13 @@ CHOICE = "Which planet is red?\nA) Venus\nB) Mars\nC) Jupiter\nD) Saturn"
 
 
 def _store(
-    path: Path, embeddings: KeywordEmbeddings, stats: dict[str, tuple[int, int]]
+    path: Path,
+    embeddings: KeywordEmbeddings,
+    stats: dict[str, tuple[int, int]],
+    planet: dict[str, tuple[int, int]] | None = None,
 ) -> ClusterStore:
-    """One cluster per keyword; every expert with the same (right, samples) in both."""
+    """One cluster per keyword; every expert with the same (right, samples) in both
+    (``planet``: other counts in the planet cluster)."""
     store = ClusterStore(path=path, name="strategies")
     questions = [
         StoredQuestion("q-apples", "apples", "8", "number", 0),
@@ -43,7 +48,7 @@ def _store(
         stats={
             cluster: {
                 name: ExpertStats(right, drawn, 10.0, 0.1, right, drawn)
-                for name, (right, drawn) in stats.items()
+                for name, (right, drawn) in (planet if cluster and planet else stats).items()
             }
             for cluster in (0, 1)
         },
@@ -151,6 +156,33 @@ def test_two_guessers_do_not_outvote_one_reliable_expert(tmp_path: Path, embeddi
     assert next(iter(record["votes"])) == "8"
     assert record["votes"]["8"] > record["votes"]["2"]
     assert 0 < record["confidence"] < 1
+
+
+def test_the_overall_prior_ranks_experts_by_their_overall_accuracy(
+    tmp_path: Path, embeddings
+) -> None:
+    # "local" is the better expert in the apples cluster (9/10 against 2/10), "overall"
+    # the better one over both clusters (12/20 against 9/20)
+    experts = {
+        "local": ScriptedExpert(model="local", respond=constant("\\boxed{8}")),
+        "overall": ScriptedExpert(model="overall", respond=constant("\\boxed{7}")),
+    }
+    store = _store(
+        tmp_path / "s",
+        embeddings,
+        {"local": (9, 10), "overall": (2, 10)},
+        planet={"local": (0, 10), "overall": (10, 10)},
+    )
+    graph = create_avengers_graph(
+        experts, embeddings, store, top_n=1, samples=2, weighted=True, threshold=0.99
+    )
+    by_cluster = graph.invoke({"messages": [HumanMessage(WORD)]})["avengers"]
+    assert by_cluster["winner"] == "local"
+    overall = graph.invoke(
+        {"messages": [HumanMessage(WORD)]}, context={"reliability_prior": OVERALL_PRIOR}
+    )["avengers"]
+    assert overall["winner"] == "overall"
+    assert experts["overall"].calls >= 1
 
 
 def test_experts_at_chance_are_not_sampled(tmp_path: Path, embeddings) -> None:

@@ -12,6 +12,8 @@ Three experts:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -20,15 +22,21 @@ from avengers_graph.eval.recording import Response, ResponseMatrix
 from avengers_graph.eval.replay import (
     AVERAGE,
     CHOSEN,
+    INCUMBENT,
     AdaptiveConfig,
     EnsembleConfig,
     Outcome,
     Replay,
     Summary,
+    best_expert_sc,
     calibration_curve,
+    choose_on_calibration,
     compare,
+    default_grid,
     evaluate,
+    paired_difference,
 )
+from avengers_graph.routing import OVERALL_PRIOR
 
 SAMPLES = 3
 EXPERTS = {"math": (10, 1.0), "facts": (20, 4.0), "cheap": (1, 0.1)}
@@ -338,6 +346,85 @@ def test_the_configuration_is_chosen_on_calibration_data() -> None:
     claimed = summary.confidence[CHOSEN]
     assert len(claimed) == 20  # every question, tested once
     assert all(right for _, right in claimed)
+
+
+def test_the_incumbent_is_the_best_experts_self_consistency() -> None:
+    # facts is right on half the samples (trivia), math on a third: the incumbent asks
+    # facts everywhere (50 %); routing by cluster asks math on algebra (100 %), a gain
+    # of 0.5 with no spread (every algebra question gains 1), so it replaces it
+    incumbent = best_expert_sc(3)
+    assert incumbent.prior_strength == OVERALL_PRIOR
+    assert default_grid()[0] == incumbent
+    summary = evaluate(
+        MATRIX,
+        VECTORS,
+        [],
+        baselines=["Best-Single"],
+        n_clusters=2,
+        folds=5,
+        adaptive=[incumbent],
+        grid=[incumbent, _adaptive(0.9)],
+    )
+    assert summary.accuracy(INCUMBENT) == 0.5
+    assert summary.chosen == ["adaptive 0.9"] * 5
+
+
+def _one_slip_matrix() -> tuple[ResponseMatrix, dict[str, np.ndarray]]:
+    """One dataset of 10 questions and one expert, right on every sample but the first
+    sample of question 0."""
+    questions, responses = [], []
+    for i in range(10):
+        qid = f"algebra-{i}"
+        questions.append(
+            {"id": qid, "dataset": "algebra", "kind": "number", "question": qid, "answer": "1"}
+        )
+        for j in range(3):
+            right = (i, j) != (0, 0)
+            responses.append(
+                Response(qid, "algebra", "math", j, j, "1", "1" if right else "7", right, 10, 1.0)
+            )
+    return ResponseMatrix(questions, responses), {q["id"]: np.ones(2) for q in questions}
+
+
+def test_a_gain_within_the_noise_keeps_the_incumbent() -> None:
+    matrix, vectors = _one_slip_matrix()
+    # one sample against three: the vote of three is right on question 0 too, a gain of
+    # 0.1 with a standard error of sqrt(0.1 / 10) = 0.1 (one question in ten)
+    one = AdaptiveConfig("one sample", top_n=1, per_expert=1, budget=1, threshold=0.5)
+    three = AdaptiveConfig("three samples", top_n=1, per_expert=3, budget=3, threshold=1.0)
+    questions = [q["id"] for q in matrix.questions]
+
+    def choose(standard_errors: float) -> str:
+        return choose_on_calibration(
+            matrix,
+            vectors,
+            questions,
+            [one, three],
+            n_clusters=1,
+            standard_errors=standard_errors,
+        ).name
+
+    assert choose(1.5) == "one sample"
+    assert choose(0.5) == "three samples"
+    assert choose_on_calibration(matrix, vectors, questions, [three, one], n_clusters=1) == three
+    with pytest.raises(InvalidInputError, match="standard_errors"):
+        choose(-1.0)
+
+
+def test_paired_difference_by_hand() -> None:
+    dataset_of = {"a1": "a", "a2": "a", "a3": "a", "a4": "a", "b1": "b", "b2": "b"}
+    mine = {"a1": 1.0, "a2": 1.0, "a3": 0.0, "a4": 0.0, "b1": 1.0, "b2": 0.0}
+    theirs = {"a1": 0.0, "a2": 1.0, "a3": 1.0, "a4": 0.0, "b1": 1.0, "b2": 0.0}
+    # a: differences [1, 0, -1, 0], mean 0, variance 2/3; b: [0, 0]
+    gain, error = paired_difference(mine, theirs, dataset_of)
+    assert gain == 0.0
+    assert error == pytest.approx(math.sqrt((2 / 3) / 4) / 2)
+    mine["b2"] = 1.0  # b: [0, 1], mean 0.5, variance 0.5
+    gain, error = paired_difference(mine, theirs, dataset_of)
+    assert gain == pytest.approx(0.25)
+    assert error == pytest.approx(math.sqrt((2 / 3) / 4 + 0.5 / 2) / 2)
+    with pytest.raises(InvalidInputError, match="same questions"):
+        paired_difference({"a1": 1.0}, theirs, dataset_of)
 
 
 def test_calibration_curve_by_hand() -> None:
