@@ -90,7 +90,9 @@ def main() -> None:
     parser.add_argument("--commit", action="store_true", help="git commit after each chunk")
     args = parser.parse_args()
 
-    total = 8 * (args.per_dataset + args.more)
+    from avengers_graph.eval.benchmarks import BENCHMARKS
+
+    total = len(BENCHMARKS) * (args.per_dataset + args.more)  # `eval record` draws them all
     config = ["--config", str(args.config)] if args.config else []
     few = [arg for name in FEW_SAMPLES for arg in ("--expert-samples", f"{name}={args.few}")]
     limit = args.start or first_limit(args.out, args.chunk)
