@@ -343,25 +343,36 @@ def majority_vote(keys: Sequence[str | None], ranks: Sequence[int]) -> VoteResul
     )
 
 
-def is_decided(keys: Sequence[str | None], pending: int) -> bool:
-    """Whether ``pending`` more samples can no longer change the majority's answer.
+def is_decided(
+    keys: Sequence[str | None], pending: float, *, weights: Sequence[float] | None = None
+) -> bool:
+    """Whether the votes still to come can no longer change the answer.
 
-    True when the leading key has more votes than any other key, or any new key,
-    could reach even if every pending sample voted for it. Strictly more: a tie could
-    go to a better-ranked expert still to answer.
+    True when the leading key's votes exceed any other key's, or a new key's none, by
+    more than ``pending``, the most the votes still to come could add to one key.
+    Strictly more: a tie could go to a better-ranked expert still to answer.
 
     Args:
         keys: The keys of the samples so far (None does not vote).
-        pending: Samples still to come.
+        pending: The votes still to come: samples for a majority, their summed weights
+            for a weighted vote.
+        weights: Each sample's weight (default 1 each: a majority); as in
+            :func:`weighted_vote`, a weight of at most 0 does not vote.
+
+    Raises:
+        InvalidInputError: Not one weight per key.
     """
-    counts = sorted(
-        (sum(1 for k in keys if k == key) for key in {k for k in keys if k is not None}),
-        reverse=True,
-    )
-    if not counts:
+    if weights is not None and len(weights) != len(keys):
+        raise InvalidInputError(f"Got {len(keys)} keys but {len(weights)} weights.")
+    totals: dict[str, float] = {}
+    for key, weight in zip(keys, weights or [1.0] * len(keys), strict=True):
+        if key is not None and weight > 0 and math.isfinite(weight):
+            totals[key] = totals.get(key, 0.0) + weight
+    if not totals:
         return False
-    runner_up = counts[1] if len(counts) > 1 else 0
-    return counts[0] > runner_up + pending
+    ranked = sorted(totals.values(), reverse=True)
+    runner_up = ranked[1] if len(ranked) > 1 else 0.0
+    return ranked[0] > runner_up + pending
 
 
 def settled_extractor(

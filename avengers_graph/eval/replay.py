@@ -61,7 +61,13 @@ from avengers_graph.routing import (
     select_experts,
 )
 from avengers_graph.stores.base import ExpertStats, Graded, tally
-from avengers_graph.voting import OPEN_CHANCE, majority_vote, repeated_weights, weighted_vote
+from avengers_graph.voting import (
+    OPEN_CHANCE,
+    is_decided,
+    majority_vote,
+    repeated_weights,
+    weighted_vote,
+)
 
 __all__ = [
     "BASELINES",
@@ -508,6 +514,10 @@ class Replay:
     def adaptive_answer(self, qid: str, config: AdaptiveConfig) -> tuple[Outcome, float]:
         """One question answered by weighted votes with adaptive sampling.
 
+        Rounds are drawn until the vote is ``threshold`` sure or the samples still
+        planned can no longer change its winner (:func:`~avengers_graph.voting.is_decided`),
+        as the graph does.
+
         Returns:
             The outcome and the vote's confidence (the probability it claims of
             being right; 0 when nothing was drawn).
@@ -532,7 +542,9 @@ class Replay:
         drawn: list[Response] = []
         taken: dict[str, int] = defaultdict(int)
         result = None
+        planned = 0
         for round_ in plan.rounds():
+            planned += len(round_)
             for name in round_:
                 recorded = self.responses(qid, name)
                 if taken[name] < len(recorded):
@@ -541,13 +553,17 @@ class Replay:
             if not drawn:
                 continue
             names = [r.expert for r in drawn]
+            weights = repeated_weights(names + plan.order[planned:], plan.evidence, config.discount)
+            keys = [r.extracted for r in drawn]
             result = weighted_vote(
-                [r.extracted for r in drawn],
-                repeated_weights(names, plan.evidence, config.discount),
+                keys,
+                weights[: len(names)],
                 [rank[name] for name in names],
                 chance=self.chance[qid],
             )
-            if result.confidence >= config.threshold:
+            if result.confidence >= config.threshold or is_decided(
+                keys, sum(weights[len(names) :]), weights=weights[: len(names)]
+            ):
                 break
         if result is None or not result.votes:
             return (self._used(drawn, 0.0) if drawn else NOTHING), 0.0

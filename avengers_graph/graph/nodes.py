@@ -814,13 +814,19 @@ class _Nodes:
             return voting.semantic_vote(
                 vectors or [], plan.texts, ranks, threshold=plan.settings.similarity_threshold
             )
-        weighed = plan.settings.weighted or plan.settings.threshold is not None
-        if weighed and plan.answer_format not in ("tool_calls", "json"):
+        if _weighed(plan):
             return voting.weighted_vote(plan.keys, plan.weights, ranks, chance=plan.chance)
         return voting.majority_vote(plan.keys, ranks)
 
-    def _next_round(self, state: AvengersState, result: voting.VoteResult) -> dict[str, Any] | None:
-        """The next round's positions, if adaptive sampling is not sure yet and can go on."""
+    def _next_round(
+        self, state: AvengersState, vote: _VotePlan, result: voting.VoteResult
+    ) -> dict[str, Any] | None:
+        """The next round's positions, if adaptive sampling is not sure yet and can go on.
+
+        It stops once the vote is ``threshold`` sure, or once the samples still planned
+        could not change its winner even if each came and voted alike
+        (:func:`voting.is_decided`).
+        """
         settings = self.settings()
         end, plan = state.get("round_end", 0), state.get("plan", [])
         if settings.threshold is None or end >= len(plan) or state.get("round_start") is None:
@@ -829,6 +835,19 @@ class _Nodes:
             return None
         if result.votes and result.confidence >= settings.threshold:
             return None
+        if vote.answer_format != "semantic":  # meanings are not keys: nothing to count
+            drawn = [s["expert"] for s in vote.samples]
+            if _weighed(vote):
+                weights = voting.repeated_weights(
+                    drawn + plan[end:], state.get("weights", {}), settings.discount
+                )
+                decided = voting.is_decided(
+                    vote.keys, sum(weights[len(drawn) :]), weights=vote.weights
+                )
+            else:
+                decided = voting.is_decided(vote.keys, len(plan) - end)
+            if decided:
+                return None
         return {"round_start": end, "round_end": min(end + settings.round_size, len(plan))}
 
     def _finish(
@@ -913,7 +932,7 @@ class _Nodes:
                 "more": True,
             }
         result = self._result(plan, vectors)
-        following = self._next_round(state, result)
+        following = self._next_round(state, plan, result)
         if following is not None:
             return {**following, "more": True}
         return self._finish(state, plan, result)
@@ -978,6 +997,12 @@ class _VotePlan:
     """Each sample's vote weight (1 each when votes are not weighted)."""
     chance: float
     """The question format's chance rate (open answers: ``voting.OPEN_CHANCE``)."""
+
+
+def _weighed(plan: _VotePlan) -> bool:
+    """Whether the samples vote by weight (:func:`voting.weighted_vote`), else by count."""
+    weighed = plan.settings.weighted or plan.settings.threshold is not None
+    return weighed and plan.answer_format not in ("tool_calls", "json")
 
 
 def validate_experts(experts: Mapping[str, BaseChatModel | Expert]) -> None:

@@ -16,7 +16,14 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.outputs import ChatResult
 from pydantic import PrivateAttr
 
-from avengers_graph import ChatAvengers, ClusterStore, create_avengers_graph, formats, voting
+from avengers_graph import (
+    ChatAvengers,
+    ClusterStore,
+    InvalidInputError,
+    create_avengers_graph,
+    formats,
+    voting,
+)
 from tests.fakes import KeywordEmbeddings, ScriptedExpert, constant
 
 MATH = {"messages": [HumanMessage("a math problem: what is 6 * 7?")]}
@@ -92,6 +99,18 @@ def early(experts: dict[str, Any], embeddings: KeywordEmbeddings, store: Cluster
 )
 def test_is_decided(keys, pending, decided) -> None:
     assert voting.is_decided(keys, pending) is decided
+
+
+def test_a_weighted_vote_is_decided_when_the_weight_to_come_cannot_close_the_gap() -> None:
+    keys = ["8", "8", "2", None]
+    weights = [2.0, 1.5, 1.0, 5.0]  # "8" leads by 2.5; the keyless sample does not vote
+    assert voting.is_decided(keys, 2.4, weights=weights)
+    assert not voting.is_decided(keys, 2.5, weights=weights)  # could tie it
+    # a vote at or below zero weight says nothing, as in weighted_vote
+    assert voting.is_decided(["8", "2"], 0.5, weights=[1.0, 0.0])
+    assert not voting.is_decided(["8", "2"], 0.5, weights=[1.0, 0.6])
+    with pytest.raises(InvalidInputError, match="weights"):
+        voting.is_decided(["8"], 1.0, weights=[])
 
 
 def test_auto_extractor_is_settled_only_when_the_rest_cannot_flip_it() -> None:

@@ -233,6 +233,23 @@ def test_adaptive_sampling_widens_on_disagreement(tmp_path: Path, embeddings) ->
     assert record["confidence"] == pytest.approx(19**3 / (19**3 + 19 + 18))
 
 
+def test_adaptive_sampling_stops_once_the_samples_left_cannot_change_the_winner(
+    tmp_path: Path, embeddings
+) -> None:
+    agreeing = ScriptedExpert(model="a", respond=constant("\\boxed{8}"))
+    store = _store(tmp_path / "s", embeddings, {"a": (5, 10)})
+    graph = create_avengers_graph(
+        {"a": agreeing}, embeddings, store, top_n=1, samples=3, threshold=0.999, round_size=1
+    )
+    record = graph.invoke({"messages": [HumanMessage(WORD)]})["avengers"]
+    # two votes of ln 19 for 8 are 19^2 / (19^2 + 19) = 0.95 sure, short of 0.999, but
+    # the one sample left could not outvote them: it is not drawn
+    assert agreeing.calls == 2
+    assert record["rounds"] == 2
+    assert record["confidence"] == pytest.approx(19**2 / (19**2 + 19))
+    assert record["winner"] == "a"
+
+
 def test_empty_program_output_never_wins(tmp_path: Path, embeddings) -> None:
     model = ScriptedExpert(
         model="q",

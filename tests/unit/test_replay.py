@@ -325,6 +325,20 @@ def test_adaptive_draws_until_the_weighted_vote_is_sure() -> None:
     assert confidence > 0.98
 
 
+def test_adaptive_stops_once_the_samples_left_cannot_change_the_winner() -> None:
+    replay = _replay()
+    trivia = next(q for q in replay.test if q.startswith("trivia"))
+    algebra = next(q for q in replay.test if q.startswith("algebra"))
+    never_sure = _adaptive(1.0, top_n=1)  # no vote is ever 100 % sure
+    # trivia: facts's first two samples agree, and one more vote cannot catch up with
+    # two, so the third is not drawn
+    outcome, _ = replay.adaptive_answer(trivia, never_sure)
+    assert (outcome.accuracy, outcome.calls, outcome.tokens) == (1.0, 2, 40)
+    # algebra: math's first two samples disagree, so the third decides and is drawn
+    outcome, _ = replay.adaptive_answer(algebra, never_sure)
+    assert (outcome.accuracy, outcome.calls) == (1.0, 3)
+
+
 def test_folds_test_every_question_once() -> None:
     tested = []
     for index in range(5):
