@@ -208,8 +208,10 @@ class AvengersOptions(OptionsModel):
     threshold: float | None = Field(default=None, gt=0, le=1)
     """Adaptive sampling: draw samples in rounds of ``round_size``, cheapest informative
     first (:func:`~avengers_graph.routing.plan_sampling`), and stop once the weighted
-    vote is at least this sure of its answer. ``None``: draw every planned sample at
-    once. Applies to answers with a key (numbers, choices, labels, short text, code);
+    vote is at least this sure of its answer, or once the samples still planned could
+    not change its winner (:func:`~avengers_graph.voting.is_decided`). ``None``: draw
+    every planned sample at once. Applies to answers with a key (numbers, choices,
+    labels, short text, code);
     free text, tool calls and structured output draw every sample. With
     ``weighted=False`` every vote weighs the candidates' mean reliability, so the
     confidence is still a probability."""
