@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from avengers_graph.eval.recording import ResponseMatrix
-from avengers_graph.eval.replay import CHOSEN
+from avengers_graph.eval.replay import CHOSEN, INCUMBENT
 from avengers_graph.eval.report import ReportOptions, write_report
 from tests.tools import load_tool
 from tests.unit.test_replay import MATRIX, VECTORS
@@ -67,3 +67,19 @@ def test_each_written_table_has_its_section_and_no_other(page: tuple[str, Path])
     assert text.count("| fold | configuration | Best-Single |") == 1
     assert "| 3 | K=2 " in text  # the fourth fold's choice
     assert text.count(" | facts |") == 4  # each fold's Best-Single
+
+
+def test_the_headline_says_in_how_many_folds_the_incumbent_was_kept(
+    page: tuple[str, Path], tmp_path: Path
+) -> None:
+    text, _ = page
+    assert "the selection kept" not in text  # routing by cluster won every fold
+    tool = load_tool("benchmarks_doc")
+    (tmp_path / "chosen.csv").write_text(
+        "split,configuration,best single\n"
+        f'0,"{INCUMBENT}",facts\n1,K=2 top_n=1,facts\n2,"{INCUMBENT}",facts\n',
+        encoding="utf-8",
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tool, "TABLES", tmp_path)
+        assert f"In 2 of 3 folds the selection kept `{INCUMBENT}`" in tool._incumbent_folds()
