@@ -254,6 +254,12 @@ the paper's configuration was fixed beforehand.
 {_table("paired")}
 ## Clusters (K)
 
+In this and the following sweeps, a `... std` column is the standard deviation over
+the seeded splits of the accuracy beside it; the plots draw it as error bars, and
+their horizontal lines are Best-Single and Oracle on the same splits (a line far from
+the curves, usually Oracle's, is named at the plot's edge instead, so the curves keep
+the height of the plot).
+
 {_table("sweep_clusters")}
 {_image("sweep_clusters")}
 ## Pool size

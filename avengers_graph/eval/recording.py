@@ -56,7 +56,7 @@ __all__ = [
     "record",
 ]
 
-DEFAULT_MATRIX = Path(__file__).resolve().parent / "data" / "benchmarks"
+DEFAULT_MATRIX = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
 """The committed matrix of the local pool (see ``docs/benchmarks.md``)."""
 
 QUESTIONS_FILE = "questions.jsonl.gz"

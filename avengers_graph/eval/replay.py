@@ -324,29 +324,8 @@ class Replay:
         result = majority_vote([r.extracted for r in used], ranks)
         return self._used(used, float(used[result.winner].correct))
 
-    def _majority_correct(self, qid: str, expert: str) -> bool:
-        return self.vote(qid, [expert], [len(self.responses(qid, expert))]).accuracy == 1.0
-
     def _stats(self, labels: Mapping[str, int]) -> dict[int, dict[str, ExpertStats]]:
-        counts: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0, 0, 0])
-        for qid, cluster in labels.items():
-            for expert in self.experts:
-                samples = self.responses(qid, expert)
-                if not samples:
-                    continue
-                entry = counts[(cluster, expert)]
-                entry[0] += self._majority_correct(qid, expert)
-                entry[1] += 1
-                entry[2] += statistics.fmean(s.tokens for s in samples)
-                entry[3] += statistics.fmean(s.seconds for s in samples)
-                entry[4] += sum(s.correct for s in samples)
-                entry[5] += len(samples)
-        stats: dict[int, dict[str, ExpertStats]] = defaultdict(dict)
-        for (cluster, expert), (correct, total, tokens, seconds, right, drawn) in counts.items():
-            stats[cluster][expert] = ExpertStats(
-                int(correct), int(total), tokens / total, seconds / total, int(right), int(drawn)
-            )
-        return dict(stats)
+        return matrix_stats(self.samples, labels, self.experts)
 
     # -- strategies ---------------------------------------------------------------------
 
@@ -533,6 +512,44 @@ class Replay:
         return per_dataset
 
 
+def matrix_stats(
+    samples: Mapping[tuple[str, str], Sequence[Response]],
+    labels: Mapping[str, int],
+    experts: Sequence[str],
+) -> dict[int, dict[str, ExpertStats]]:
+    """Per-cluster statistics of recorded samples, as :func:`avengers_graph.calibrate` keeps.
+
+    Per cluster and expert: the questions whose majority answer is right (``correct``
+    of ``total``: the questions the expert was asked), the right samples
+    (``sample_correct`` of ``samples``), mean generated tokens and seconds.
+
+    Args:
+        samples: Recorded samples by ``(question id, expert)``, in sample order.
+        labels: Question id to its cluster.
+        experts: The experts to count.
+    """
+    counts: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0, 0, 0])
+    for qid, cluster in labels.items():
+        for expert in experts:
+            drawn = samples.get((qid, expert), [])
+            if not drawn:
+                continue
+            vote = majority_vote([r.extracted for r in drawn], [0] * len(drawn))
+            entry = counts[(cluster, expert)]
+            entry[0] += bool(vote.votes) and drawn[vote.winner].correct
+            entry[1] += 1
+            entry[2] += statistics.fmean(r.tokens for r in drawn)
+            entry[3] += statistics.fmean(r.seconds for r in drawn)
+            entry[4] += sum(r.correct for r in drawn)
+            entry[5] += len(drawn)
+    stats: dict[int, dict[str, ExpertStats]] = defaultdict(dict)
+    for (cluster, expert), (correct, total, tokens, seconds, right, count) in counts.items():
+        stats[cluster][expert] = ExpertStats(
+            int(correct), int(total), tokens / total, seconds / total, int(right), int(count)
+        )
+    return dict(stats)
+
+
 def question_chance(question: Mapping[str, object]) -> float:
     """A recorded question's chance rate: its format's (open formats: ``OPEN_CHANCE``)."""
     name = str(question.get("format") or question.get("kind") or "free")
@@ -563,6 +580,9 @@ class Summary:
     """Adaptive strategy name to ``(claimed confidence, right)`` per answered test question."""
     chosen: list[str] = field(default_factory=list)
     """Per split, the name of the configuration the nested selection chose."""
+    split_accuracy: dict[str, list[float]] = field(default_factory=dict)
+    """Strategy name to its average accuracy in each split, in split order (``spread``
+    is their standard deviation; plots draw error bars from them)."""
 
     def accuracy(self, strategy: str, dataset: str = AVERAGE) -> float:
         """Mean accuracy of a strategy on a dataset (default: the macro average)."""
@@ -766,10 +786,10 @@ def evaluate(
         name: {key: Outcome.mean([run[key] for run in per_seed]) for key in per_seed[0]}
         for name, per_seed in runs.items()
     }
-    spread = {
-        name: statistics.pstdev(run[AVERAGE].accuracy for run in per_seed)
-        for name, per_seed in runs.items()
+    split_accuracy = {
+        name: [run[AVERAGE].accuracy for run in per_seed] for name, per_seed in runs.items()
     }
+    spread = {name: statistics.pstdev(values) for name, values in split_accuracy.items()}
     tested = {qid for per_split in questions.values() for split in per_split for qid in split}
     return Summary(
         datasets,
@@ -780,6 +800,7 @@ def evaluate(
         {qid: dataset for qid, dataset in dataset_of.items() if qid in tested},
         dict(confidence),
         chosen,
+        split_accuracy,
     )
 
 

@@ -18,7 +18,9 @@ the default configurations, then the sweeps, and writes into one folder:
   its 95 % bootstrap interval over questions (:func:`~avengers_graph.eval.replay.compare`),
   and the questions per split each side gets right where the other does not.
 
-Each sweep is a ``.csv`` and a ``.png`` (with the ``plot`` extra).
+Each sweep is a ``.csv`` and a ``.png`` (with the ``plot`` extra). Next to each accuracy,
+a ``<column> std`` column holds its standard deviation over the seeded splits; the plots
+draw it as error bars, with Best-Single and Oracle of the same splits as horizontal lines.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from avengers_graph.errors import InvalidInputError, MissingExtraError
+from avengers_graph.eval.plots import ACCURACY_LABEL, Reference, Series
 from avengers_graph.eval.recording import ResponseMatrix
 from avengers_graph.eval.replay import (
     AVERAGE,
@@ -50,8 +53,9 @@ __all__ = ["ReportOptions", "paired_rows", "summary_rows", "write_report"]
 
 Row = dict[str, Any]
 Vectors = Mapping[str, np.ndarray]
-Curves = Mapping[str, tuple[Sequence[float], Sequence[float]]]
 PAPER = "Paper: top-1 cluster, top-1 expert, SC"
+STD = " std"
+"""Suffix of the column holding a column's standard deviation over splits."""
 
 
 @dataclass(frozen=True)
@@ -176,13 +180,10 @@ class _Sweeps:
         rows = []
         for k in self.cluster_grid:
             summary = self._evaluate([paper, top2], n_clusters=k)
-            rows.append(
-                {
-                    "K": k,
-                    PAPER: summary.accuracy(PAPER),
-                    top2.name: summary.accuracy(top2.name),
-                }
-            )
+            row: Row = {"K": k}
+            for name in (PAPER, top2.name):
+                row.update(_accuracy(summary, name))
+            rows.append(row)
         return rows
 
     def pool(self) -> list[Row]:
@@ -193,16 +194,22 @@ class _Sweeps:
             scores = []
             for pool in pools:
                 summary = self._evaluate([paper], experts=pool, baselines=("Best-Single",))
-                scores.append((summary.accuracy(PAPER), summary.accuracy("Best-Single"), pool))
-            best = max(scores)
+                scores.append(
+                    (summary.accuracy(PAPER), summary.accuracy("Best-Single"), pool, summary)
+                )
+            accuracy, _, best_pool, best = max(scores, key=lambda s: s[:3])
+            # per split, the mean over sub-pools: its spread over splits
+            per_split = np.mean([s[3].split_accuracy[PAPER] for s in scores], axis=0)
             rows.append(
                 {
                     "pool size": size,
                     "sub-pools": len(pools),
                     "ensemble mean": float(np.mean([s[0] for s in scores])),
-                    "ensemble best": best[0],
-                    "best sub-pool": " + ".join(best[2]),
-                    "best single of that pool": best[1],
+                    f"ensemble mean{STD}": float(np.std(per_split)),
+                    "ensemble best": accuracy,
+                    f"ensemble best{STD}": best.spread.get(PAPER, 0.0),
+                    "best sub-pool": " + ".join(best_pool),
+                    **_accuracy(best, "Best-Single", "best single of that pool"),
                 }
             )
         return rows
@@ -218,7 +225,7 @@ class _Sweeps:
             summary = self._evaluate(configs)
             row: Row = {"samples/q": budget}
             for config in configs:
-                row[config.name] = summary.accuracy(config.name)
+                row.update(_accuracy(summary, config.name))
                 row[f"{config.name} calls"] = summary.results[config.name][AVERAGE].calls
             rows.append(row)
         return rows
@@ -229,7 +236,9 @@ class _Sweeps:
             name = f"a={weight:.1f}"
             summary = self._evaluate([EnsembleConfig(name, quality_weight=weight)])
             outcome = summary.results[name][AVERAGE]
-            rows.append({"a": weight, **_costs(outcome, calls=False)})
+            rows.append(
+                {"a": weight, **_costs(outcome, calls=False, std=summary.spread.get(name, 0.0))}
+            )
         return rows
 
     def _by_size(self) -> tuple[list[str], str] | None:
@@ -295,14 +304,24 @@ class _Sweeps:
         for name, experts, top_n, most in curves:
             for budget in [b for b in self.options.sample_grid if b <= most]:
                 config = EnsembleConfig(name, top_n=top_n, budget=budget)
-                outcome = self._evaluate([config], experts=experts).results[name][AVERAGE]
-                rows.append({"system": name, "samples/q": budget, **_costs(outcome)})
+                summary = self._evaluate([config], experts=experts)
+                outcome = summary.results[name][AVERAGE]
+                std = summary.spread.get(name, 0.0)
+                rows.append({"system": name, "samples/q": budget, **_costs(outcome, std=std)})
         return rows
 
 
-def _costs(outcome: Outcome, *, calls: bool = True) -> Row:
-    """An outcome's accuracy and what it cost, per question."""
+def _accuracy(summary: Summary, name: str, column: str | None = None) -> Row:
+    """A strategy's average accuracy and its std over splits, as two columns."""
+    column = column or name
+    return {column: summary.accuracy(name), f"{column}{STD}": summary.spread.get(name, 0.0)}
+
+
+def _costs(outcome: Outcome, *, calls: bool = True, std: float | None = None) -> Row:
+    """An outcome's accuracy (and its std over splits) and what it cost, per question."""
     row: Row = {"accuracy": outcome.accuracy}
+    if std is not None:
+        row[f"accuracy{STD}"] = std
     if calls:
         row["calls/q"] = outcome.calls
     row.update(
@@ -311,24 +330,105 @@ def _costs(outcome: Outcome, *, calls: bool = True) -> Row:
     return row
 
 
-def _plot(curves: Curves, path: Path, **labels: Any) -> Path | None:
+def _plot(series: Sequence[Series], path: Path, **options: Any) -> Path | None:
     """:func:`~avengers_graph.eval.plots.plot_curves`, or None without the ``plot`` extra."""
     from avengers_graph.eval.plots import plot_curves
 
     try:
-        return plot_curves(curves, path, **labels)
+        return plot_curves(series, path, **options)
     except MissingExtraError:
         return None
 
 
-def _compute_curves(rows: Sequence[Row]) -> Curves:
-    """Accuracy against compute per question, one curve per system."""
-    curves: dict[str, tuple[list[float], list[float]]] = {}
+def _references(summary: Summary) -> list[Reference]:
+    """Best-Single and Oracle of the main evaluation (same splits): the plots' lines."""
+    return [
+        Reference(name, summary.accuracy(name), summary.spread.get(name, 0.0))
+        for name in ("Best-Single", "Oracle")
+        if name in summary.results
+    ]
+
+
+def _accuracy_series(
+    rows: Sequence[Row],
+    x: str,
+    *,
+    spread: bool,
+    names: Mapping[str, str] | None = None,
+    columns: Sequence[str] | None = None,
+) -> list[Series]:
+    """One series per accuracy column of a sweep (its ``std`` column as error bars)."""
+    first = rows[0]
+    columns = columns or [
+        c
+        for c, value in first.items()
+        if c != x and isinstance(value, float) and not c.endswith(STD) and "calls" not in c
+    ]
+    xs = [row[x] for row in rows]
+    return [
+        Series(
+            (names or {}).get(c, c),
+            xs,
+            [row[c] for row in rows],
+            [row[f"{c}{STD}"] for row in rows] if spread and f"{c}{STD}" in first else None,
+        )
+        for c in columns
+    ]
+
+
+def _compute_curves(rows: Sequence[Row], *, spread: bool = True) -> list[Series]:
+    """Accuracy against compute per question, one series per system.
+
+    The points of a model alone (``"<model> alone"``) are its self-consistency over
+    1, 2, ... samples, and each is labelled with its samples.
+    """
+    systems: dict[str, list[Row]] = {}
     for row in rows:
-        x, y = curves.setdefault(row["system"], ([], []))
-        x.append(row["compute/q"])
-        y.append(row["accuracy"])
-    return curves
+        systems.setdefault(row["system"], []).append(row)
+    series = []
+    for system, points in systems.items():
+        alone = system.endswith(" alone")
+        if alone:
+            labels = [
+                "1 sample" if row["samples/q"] == 1 else f"SC of {row['samples/q']}"
+                for row in points
+            ]
+        else:  # where the line ends (the lines start together, at one sample)
+            labels = [""] * len(points)
+            labels[-1] = f"{points[-1]['samples/q']} samples"
+        series.append(
+            Series(
+                f"{system}: majority of its samples (SC)" if alone else system,
+                [row["compute/q"] for row in points],
+                [row["accuracy"] for row in points],
+                [row.get(f"accuracy{STD}", 0.0) for row in points] if spread else None,
+                labels,
+            )
+        )
+    return series
+
+
+def _splits_note(summary: Summary) -> str | None:
+    """The legend's title: what the error bars are (None with one split: no bars)."""
+    if summary.splits < 2:
+        return None
+    return f"error bars and bands: ± 1 std over {summary.splits} splits"
+
+
+SWEEP_NAMES: dict[str, dict[str, str]] = {
+    "sweep_pool": {
+        "ensemble mean": "paper's configuration, mean over the sub-pools",
+        "ensemble best": "paper's configuration, best sub-pool (picked on test)",
+        "best single of that pool": "Best-Single of that best sub-pool",
+    },
+    "sweep_samples": {
+        "top-1 expert": "top-1 expert, all samples from it",
+        "top_n=2, split": "top 2 experts, samples split between them",
+        "top_n=3, split": "top 3 experts, samples split between them",
+    },
+    "sweep_cost": {"accuracy": "accuracy (top-1 expert by a x accuracy + (1 - a) x cheapness)"},
+}
+"""Legend names of the sweeps' columns (a column not named here is its own name)."""
 
 
 def _write_paired(comparisons: Sequence[Comparison], out: Path) -> list[Path]:
@@ -383,32 +483,72 @@ def write_report(
     if not options.sweeps:
         written += _write_paired(paired, out)
         return summary, written
-    steps: list[tuple[str, Callable[[], list[Row]], str, str]] = [
-        ("sweep_clusters", sweeps.clusters, "K", "K (clusters)"),
-        ("sweep_pool", sweeps.pool, "pool size", "experts in the pool"),
-        ("sweep_samples", sweeps.samples, "samples/q", "samples per question"),
-        ("sweep_cost", sweeps.cost, "a", "quality weight a (1 = accuracy only)"),
+    spread = summary.splits > 1
+    evaluation = f"test accuracy, mean of {summary.splits} seeded 70/30 splits"
+    common: dict[str, Any] = {
+        "references": _references(summary),
+        "legend_title": _splits_note(summary),
+    }
+    steps: list[tuple[str, Callable[[], list[Row]], str, str, str]] = [
+        (
+            "sweep_clusters",
+            sweeps.clusters,
+            "K",
+            "K: clusters of the calibration questions (log scale)",
+            "Accuracy against the number of clusters K",
+        ),
+        (
+            "sweep_pool",
+            sweeps.pool,
+            "pool size",
+            "experts in the pool (every sub-pool of that size)",
+            "Accuracy against the size of the pool",
+        ),
+        (
+            "sweep_samples",
+            sweeps.samples,
+            "samples/q",
+            "samples per question (an expert gives at most those recorded for it)",
+            "Accuracy against the samples drawn per question",
+        ),
+        (
+            "sweep_cost",
+            sweeps.cost,
+            "a",
+            "quality weight a (1 = accuracy only, 0 = compute only)",
+            "Cost-aware routing (Avengers-Pro): accuracy and compute against a",
+        ),
     ]
-    for name, run, x, xlabel in steps:
+    for name, run, x, xlabel, title in steps:
         say(name)
         sweep_rows = run()
         written.append(write_csv(sweep_rows, out / f"{name}.csv"))
         (out / f"{name}.md").write_text(markdown(sweep_rows), encoding="utf-8")
-        series = [
-            c
-            for c in sweep_rows[0]
-            if c != x and isinstance(sweep_rows[0][c], float) and "calls" not in c
-        ]
+        names = SWEEP_NAMES.get(name)
         if name == "sweep_cost":
-            series = ["accuracy"]
-        xs = [row[x] for row in sweep_rows]
+            series = _accuracy_series(
+                sweep_rows, x, spread=spread, names=names, columns=["accuracy"]
+            )
+            series.append(
+                Series(
+                    "compute per question (right axis)",
+                    [row[x] for row in sweep_rows],
+                    [row["compute/q"] for row in sweep_rows],
+                    secondary=True,
+                )
+            )
+        else:
+            series = _accuracy_series(sweep_rows, x, spread=spread, names=names)
+        where = "" if name == "sweep_clusters" else f", K={options.n_clusters}"
         plotted = _plot(
-            {c: (xs, [row[c] for row in sweep_rows]) for c in series},
+            series,
             out / f"{name}.png",
-            title=name.replace("_", " "),
+            title=f"{title}\n{evaluation}{where}",
             xlabel=xlabel,
-            ylabel="average accuracy",
+            ylabel=ACCURACY_LABEL,
             log_x=name == "sweep_clusters",
+            secondary_label="compute per question (tokens x billions of parameters)",
+            **common,
         )
         if plotted:
             written.append(plotted)
@@ -421,13 +561,17 @@ def write_report(
         say("headline_compute")
         curve = sweeps.compute_curve()
         written.append(write_csv(curve, out / "headline_compute.csv"))
-        (out / "headline_compute.md").write_text(markdown(curve, ["accuracy"]), encoding="utf-8")
+        (out / "headline_compute.md").write_text(
+            markdown(curve, ["accuracy", f"accuracy{STD}"]), encoding="utf-8"
+        )
         plotted = _plot(
-            _compute_curves(curve),
+            _compute_curves(curve, spread=spread),
             out / "headline_compute.png",
-            title="accuracy against compute (samples per question grow along each line)",
+            title="Accuracy against compute: the small models routed, the largest alone\n"
+            f"samples per question grow along each line; {evaluation}, K={options.n_clusters}",
             xlabel="compute per question (generated tokens x billions of parameters)",
-            ylabel="average accuracy",
+            ylabel=ACCURACY_LABEL,
+            **common,
         )
         if plotted:
             written.append(plotted)

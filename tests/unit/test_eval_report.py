@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,14 +29,28 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
+FIGURES: dict[str, Any] = {}
+"""PNG name to the matplotlib Figure the report saved under it."""
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("matplotlib")
+    from avengers_graph.eval import plots
+
     matrix = replace(
         MATRIX, provenance={"experts": {name: {"cost": c} for name, c in COSTS.items()}}
     )
     out = tmp_path_factory.mktemp("report")
-    write_report(matrix, VECTORS, out, OPTIONS)
+    save = plots.save_figure
+
+    def keep(fig: Any, path: Path, **kwargs: Any) -> Path:
+        FIGURES[path.name] = fig
+        return save(fig, path, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plots, "save_figure", keep)
+        write_report(matrix, VECTORS, out, OPTIONS)
     return out
 
 
@@ -118,3 +133,67 @@ def test_compute_curve_puts_both_sides_on_one_compute_axis(report: Path) -> None
 def test_markdown_formats_percent_columns() -> None:
     table = markdown([{"name": "x", "acc": 0.5, "n": 3}], percent=["acc"])
     assert table.splitlines()[2] == "| x | 50.0 | 3 |"
+
+
+PLOTS = ["sweep_clusters", "sweep_pool", "sweep_samples", "sweep_cost", "headline_compute"]
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_every_plot_is_titled_labelled_with_error_bars_and_reference_lines(
+    report: Path, name: str
+) -> None:
+    from matplotlib.container import ErrorbarContainer
+    from matplotlib.image import imread
+
+    png = report / f"{name}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert imread(png).shape[0] > 100
+    ax = FIGURES[png.name].axes[0]
+    title = ax.get_title()
+    assert title.splitlines()[0]
+    assert "mean of 2 seeded 70/30 splits" in title
+    assert ax.get_xlabel()
+    assert ax.get_ylabel() == "average test accuracy (%)"
+    assert any(isinstance(c, ErrorbarContainer) for c in ax.containers)
+    legend = ax.get_legend()
+    assert legend is not None
+    assert legend.get_title().get_text() == "error bars and bands: \u00b1 1 std over 2 splits"
+    labels = [line.get_label() for line in ax.lines]
+    # Best-Single is 50 % and Oracle 100 % on these splits (test_summary...)
+    assert any(label.startswith("Best-Single: 50.0%") for label in labels)
+    assert any(label.startswith("Oracle: 100.0%") for label in labels)
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert any(t.startswith("Best-Single") for t in texts)
+
+
+def test_sweep_plots_show_each_accuracy_column_with_its_spread(report: Path) -> None:
+    ax = FIGURES["sweep_samples.png"].axes[0]
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts[:3] == [
+        "top-1 expert, all samples from it",
+        "top 2 experts, samples split between them",
+        "top 3 experts, samples split between them",
+    ]
+    assert next(t for t in ax.get_xticklabels() if t.get_text()).get_text() == "1"
+    rows = _rows(report / "sweep_samples.csv")
+    assert {"top-1 expert std", "top_n=2, split std"} <= set(rows[0])
+    assert float(rows[0]["top-1 expert std"]) == 0.0  # the same accuracy in both splits
+    pool = _rows(report / "sweep_pool.csv")
+    assert {"ensemble mean std", "ensemble best std", "best single of that pool std"} <= set(
+        pool[0]
+    )
+    cost = FIGURES["sweep_cost.png"]
+    assert cost.axes[1].get_ylabel().startswith("compute per question")  # the right axis
+    assert FIGURES["sweep_clusters.png"].axes[0].get_xscale() == "log"
+
+
+def test_compute_plot_labels_the_big_models_self_consistency(report: Path) -> None:
+    ax = FIGURES["headline_compute.png"].axes[0]
+    assert ax.get_xlabel().startswith("compute per question")
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "facts alone: majority of its samples (SC)" in texts
+    points = [t.get_text() for t in ax.texts if "Oracle" not in t.get_text()]
+    # the small systems' lines end at 3 and 6 samples; facts alone: 1 and 3 (all recorded)
+    assert sorted(points) == ["1 sample", "3 samples", "6 samples", "SC of 3"]
+    rows = _rows(report / "headline_compute.csv")
+    assert "accuracy std" in rows[0]

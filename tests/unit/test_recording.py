@@ -473,3 +473,10 @@ def test_read_only_max_tokens_mapping_can_be_saved(cache: AnswerCache, tmp_path:
     report = record({"a": _doubler()}, _numbers(1), cache, samples=1, max_tokens=caps)
     folder = report.matrix.save(tmp_path / "m")
     assert ResponseMatrix.load(folder).provenance["sampling"]["max_tokens"] == dict(caps)
+
+
+def test_the_default_matrix_is_the_packaged_folder() -> None:
+    from avengers_graph.eval.recording import DEFAULT_MATRIX
+
+    assert (DEFAULT_MATRIX / "README.md").is_file()
+    assert DEFAULT_MATRIX.parent.name == "data"
