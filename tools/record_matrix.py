@@ -26,7 +26,7 @@ from pathlib import Path
 
 MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 """The pool's models, cheapest first (entries of the eval pool file)."""
-FEW_SAMPLES = ("smollm2-135m:direct", "smollm2-135m:reason", "gemma3-270m")
+FEW_SAMPLES = ("smollm2-135m", "gemma3-270m")
 """Experts recorded with ``--few`` samples (the base models' answers are near chance)."""
 
 

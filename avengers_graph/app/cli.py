@@ -666,8 +666,17 @@ def eval_replay(
     out: Annotated[Path, typer.Option(help="Folder for the CSV, Markdown and PNG.")] = Path(
         "eval-report"
     ),
-    splits: Annotated[int, typer.Option(help="Seeded 70/30 splits to average over.")] = 5,
+    splits: Annotated[
+        int, typer.Option(help="Seeded 70/30 splits to average over (with --folds 0).")
+    ] = 5,
+    folds: Annotated[
+        int, typer.Option(help="Cross-validation folds: every question tested once (0: splits).")
+    ] = 5,
     clusters: Annotated[int, typer.Option(help="K of K-means.")] = 16,
+    select: Annotated[
+        bool,
+        typer.Option(help="Choose the ensemble's configuration on each calibration split."),
+    ] = True,
     sweeps: Annotated[bool, typer.Option(help="Run the sweeps too.")] = True,
 ) -> None:
     """Evaluate routing and voting on a recorded matrix, with no model called."""
@@ -683,11 +692,18 @@ def eval_replay(
     )
     _, pool = load(None)
     vectors = embed_questions(complete, pool.embeddings.build())
-    options = ReportOptions(seeds=tuple(range(splits)), n_clusters=clusters, sweeps=sweeps)
+    options = ReportOptions(
+        seeds=tuple(range(splits)),
+        n_clusters=clusters,
+        folds=folds or None,
+        select=select,
+        sweeps=sweeps,
+    )
     summary, written = write_report(
         complete, vectors, out, options, progress=lambda step: console.print(f"[dim]{step}[/]")
     )
-    table = Table(title=f"Test accuracy (%), mean of {splits} splits, K={clusters}")
+    how = f"{folds}-fold cross-validation" if folds else f"mean of {splits} splits"
+    table = Table(title=f"Test accuracy (%), {how}, K={clusters}")
     columns = ["strategy", *summary.datasets, "average", "gain vs Best-Single", "tokens/q"]
     for column in columns:
         table.add_column(column, justify="left" if column == "strategy" else "right")

@@ -134,11 +134,28 @@ class ResponseMatrix:
             table[(response.question_id, response.expert)].append(response)
         return dict(table)
 
+    def strategy(self, expert: str) -> str | None:
+        """The expert's strategy, as its provenance records it (None: not recorded)."""
+        described = self.provenance.get("experts", {}).get(expert)
+        strategy = described.get("strategy") if isinstance(described, Mapping) else None
+        return strategy if isinstance(strategy, str) else None
+
+    def expected(self, question: Mapping[str, Any]) -> list[str]:
+        """The experts asked this question: those whose strategy serves its format."""
+        fmt = FORMATS.get(str(question.get("format", "")))
+        return [
+            e
+            for e in self.experts
+            if fmt is None or (s := self.strategy(e)) is None or fmt.serves(s)
+        ]
+
     def complete(self) -> ResponseMatrix:
-        """The questions every expert answered at least once (a partial recording's core)."""
+        """The questions every expert asked answered at least once: a partial recording's core.
+
+        An expert whose strategy does not serve a question's format is not asked it.
+        """
         table = self.samples()
-        experts = self.experts
-        keep = [q for q in self.questions if all((q["id"], e) in table for e in experts)]
+        keep = [q for q in self.questions if all((q["id"], e) in table for e in self.expected(q))]
         ids = {q["id"] for q in keep}
         return ResponseMatrix(
             keep, [r for r in self.responses if r.question_id in ids], self.provenance

@@ -13,7 +13,8 @@ benchmark's extractor (the ``extracted`` column), as the graph does with
 
 Side by side on the same test questions:
 
-- **Random**: one sample of an expert drawn uniformly (its expected accuracy).
+- **Random**: one sample of an expert drawn uniformly among those asked (its expected
+  accuracy).
 - **Best-Single**: the expert with the best calibration accuracy, one sample;
   **Best-Single SC**: the same expert, its samples majority-voted.
 - **Max-Expert**: the best expert of each dataset (it knows the dataset label), one sample.
@@ -33,6 +34,7 @@ question; :func:`evaluate` averages them over several seeded splits.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import statistics
 from collections import defaultdict
@@ -73,6 +75,7 @@ __all__ = [
     "choose_on_calibration",
     "compare",
     "default_configs",
+    "default_grid",
     "embed_questions",
     "evaluate",
 ]
@@ -146,6 +149,34 @@ class AdaptiveConfig:
     discount: float = 1.0
     beta: float = 3.0
     n_clusters: int | None = None
+
+
+def default_grid(
+    max_samples: int = 3, clusters: Sequence[int] = (8, 16, 32)
+) -> list[AdaptiveConfig]:
+    """The adaptive configurations the nested selection chooses from (:data:`CHOSEN`).
+
+    K in ``clusters``, the ``top_n`` in {1, 2, 3} most reliable experts, a
+    confidence ``threshold`` in {0.6, 0.8, 0.9, 0.95}, a ``budget`` of 3, 6 or 9
+    samples (at most ``max_samples`` of one expert), repeated samples of one expert at
+    full or 0.6 weight (``discount``); rounds of 2 samples.
+    """
+    return [
+        AdaptiveConfig(
+            f"K={k} top_n={n} threshold={t} budget={b} discount={d}",
+            top_n=n,
+            per_expert=max_samples,
+            budget=b,
+            threshold=t,
+            discount=d,
+            n_clusters=k,
+        )
+        for k in clusters
+        for n in (1, 2, 3)
+        for t in (0.6, 0.8, 0.9, 0.95)
+        for b in (3, 6, 9)
+        for d in (1.0, 0.6)
+    ]
 
 
 def default_configs(max_samples: int = 5) -> list[EnsembleConfig]:
@@ -388,7 +419,9 @@ class Replay:
     def baseline(self, name: Baseline) -> Callable[[str], Outcome]:
         """The per-question outcome function of a baseline."""
         if name == "Random":
-            return lambda qid: Outcome.mean([self.vote(qid, [e], [1]) for e in self.experts])
+            return lambda qid: Outcome.mean(
+                [self.vote(qid, [e], [1]) for e in self.experts if self.responses(qid, e)]
+            )
         if name in ("Best-Single", "Best-Single SC"):
             best = self.best_single()
             if name == "Best-Single":
@@ -414,10 +447,11 @@ class Replay:
         distances = 1.0 - self.centroids @ self.vectors[qid]
         nearest = np.argsort(distances, kind="stable")[: config.top_k]
         matches = match_clusters([(int(c), float(distances[c])) for c in nearest], config.beta)
+        asked = [e for e in self.experts if self.responses(qid, e)] or self.experts
         scores = score_experts(
             matches,
             self.stats,
-            self.experts,
+            asked,
             prior_strength=config.prior_strength,
             quality_weight=config.quality_weight,
             cost=config.cost,
@@ -654,9 +688,14 @@ def choose_on_calibration(
             sc = base.answers(base.self_consistency(reference))
             budget += statistics.fmean(o.tokens for o in sc.values()) / inner_folds
         for config in grid:
+            if (config.n_clusters or n_clusters) > len(base.calibration):
+                scores[config.name] = [-1.0, math.inf]  # K beyond the questions: never chosen
+                continue
             replay = _replay_for(replays, config.n_clusters or n_clusters, build)
             answers = replay.answers(replay.adaptive(config))
             mean = replay.per_dataset(answers)[AVERAGE]
+            if scores[config.name][0] < 0:
+                continue
             scores[config.name][0] += mean.accuracy / inner_folds
             scores[config.name][1] += mean.tokens / inner_folds
     affordable = [c for c in grid if reference is None or scores[c.name][1] <= budget]

@@ -39,12 +39,15 @@ from avengers_graph.eval.recording import ResponseMatrix
 from avengers_graph.eval.replay import (
     AVERAGE,
     BASELINES,
+    CHOSEN,
     Comparison,
     EnsembleConfig,
     Outcome,
     Summary,
+    calibration_curve,
     compare,
     default_configs,
+    default_grid,
     evaluate,
     subsets,
 )
@@ -64,6 +67,17 @@ class ReportOptions:
 
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     n_clusters: int = 16
+    folds: int | None = 5
+    """Cross-validation folds (every question tested once) instead of seeded 70/30
+    splits; ``None``: the splits of ``seeds``."""
+    select: bool = True
+    """Choose an adaptive configuration on each calibration split alone (nested) and
+    report it as ``Ensemble (chosen on calibration)``."""
+    grid_clusters: tuple[int, ...] = (8, 16, 32)
+    """The values of K the nested selection tries."""
+    reference: str | None = None
+    """The model whose self-consistency the chosen ensemble must not out-spend (default:
+    the largest model of the matrix, by ``cost``)."""
     sweeps: bool = True
     cluster_grid: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
     sample_grid: tuple[int, ...] = tuple(range(1, 11))
@@ -171,6 +185,7 @@ class _Sweeps:
             baselines=baselines,
             n_clusters=n_clusters or self.options.n_clusters,
             seeds=self.options.seeds,
+            folds=self.options.folds,
             experts=experts,
         )
 
@@ -187,10 +202,15 @@ class _Sweeps:
         return rows
 
     def pool(self) -> list[Row]:
+        """Every sub-pool of models (each with all its strategies), by size."""
         paper = EnsembleConfig(PAPER, samples=self.max_samples)
+        models = list(dict.fromkeys(model_of(e) for e in self.matrix.experts))
         rows = []
-        for size in range(1, len(self.matrix.experts) + 1):
-            pools = subsets(self.matrix.experts, size)
+        for size in range(1, len(models) + 1):
+            pools = [
+                tuple(e for e in self.matrix.experts if model_of(e) in chosen)
+                for chosen in subsets(models, size)
+            ]
             scores = []
             for pool in pools:
                 summary = self._evaluate([paper], experts=pool, baselines=("Best-Single",))
@@ -208,7 +228,7 @@ class _Sweeps:
                     f"ensemble mean{STD}": float(np.std(per_split)),
                     "ensemble best": accuracy,
                     f"ensemble best{STD}": best.spread.get(PAPER, 0.0),
-                    "best sub-pool": " + ".join(best_pool),
+                    "best sub-pool": " + ".join(dict.fromkeys(model_of(e) for e in best_pool)),
                     **_accuracy(best, "Best-Single", "best single of that pool"),
                 }
             )
@@ -241,8 +261,12 @@ class _Sweeps:
             )
         return rows
 
-    def _by_size(self) -> tuple[list[str], str] | None:
-        """The experts of at most ``small_params`` and the largest one above (or None)."""
+    def _by_size(self) -> tuple[list[str], list[str], str] | None:
+        """The experts of at most ``small_params``, and the largest model's experts.
+
+        Returns:
+            ``(small experts, the largest model's experts, that model)``, or None.
+        """
         params = self.matrix.expert_costs()
         if len(params) < len(self.matrix.experts):
             return None
@@ -250,14 +274,15 @@ class _Sweeps:
         large = [e for e in self.matrix.experts if params[e] > self.options.small_params]
         if not small or not large:
             return None
-        return small, max(large, key=lambda e: params[e])
+        biggest = model_of(max(large, key=lambda e: params[e]))
+        return small, [e for e in large if model_of(e) == biggest], biggest
 
     def headline(self) -> tuple[list[Row], list[Comparison]]:
         """The small models' systems and the big one alone; each small one paired with it."""
         sizes = self._by_size()
         if sizes is None:
             return [], []
-        small, big = sizes
+        small, big, model = sizes
         rows = []
         small_configs = [
             EnsembleConfig(PAPER, samples=self.max_samples),
@@ -267,21 +292,21 @@ class _Sweeps:
         small_summary = self._evaluate(small_configs, experts=small)
         for config in small_configs:
             outcome = small_summary.results[config.name][AVERAGE]
-            system = f"{len(small)} models <= {self.options.small_params}B: {config.name}"
+            system = f"{_models(small)} models <= {self.options.small_params}B: {config.name}"
             rows.append({"system": system, **_costs(outcome)})
-        big_summary = self._evaluate([], experts=[big], baselines=("Best-Single", "Best-Single SC"))
+        big_summary = self._evaluate([], experts=big, baselines=("Best-Single", "Best-Single SC"))
         comparisons = []
         for baseline, label in (("Best-Single", "1 sample"), ("Best-Single SC", "SC")):
             outcome = big_summary.results[baseline][AVERAGE]
-            rows.append({"system": f"{big} alone, {label}", **_costs(outcome)})
+            rows.append({"system": f"{model} alone, {label}", **_costs(outcome)})
             for config in small_configs:
                 comparison = compare(small_summary, config.name, baseline, against=big_summary)
                 comparisons.append(
                     replace(
                         comparison,
-                        strategy=f"{len(small)} models <= {self.options.small_params}B: "
+                        strategy=f"{_models(small)} models <= {self.options.small_params}B: "
                         f"{config.name}",
-                        over=f"{big} alone, {label}",
+                        over=f"{model} alone, {label}",
                     )
                 )
         return rows, comparisons
@@ -291,14 +316,14 @@ class _Sweeps:
         sizes = self._by_size()
         if sizes is None:
             return []
-        small, big = sizes
-        label = f"{len(small)} models <= {self.options.small_params}B"
+        small, big, model = sizes
+        label = f"{_models(small)} models <= {self.options.small_params}B"
         per_expert = max(self.samples_of.get(e, 1) for e in small)
-        big_most = self.samples_of.get(big, 1)
+        big_most = max(self.samples_of.get(e, 1) for e in big)
         curves = [
             (f"{label}, top-1 expert", small, 1, per_expert),
             (f"{label}, top_n=2, split", small, 2, 2 * per_expert),
-            (f"{big} alone", [big], 1, big_most),
+            (f"{model} alone", big, 1, big_most),
         ]
         rows = []
         for name, experts, top_n, most in curves:
@@ -309,6 +334,16 @@ class _Sweeps:
                 std = summary.spread.get(name, 0.0)
                 rows.append({"system": name, "samples/q": budget, **_costs(outcome, std=std)})
         return rows
+
+
+def model_of(expert: str) -> str:
+    """The model of an expert: its name before ``:strategy``."""
+    return expert.split(":", 1)[0]
+
+
+def _models(experts: Sequence[str]) -> int:
+    """How many models the experts are (strategies of one model count once)."""
+    return len({model_of(e) for e in experts})
 
 
 def _accuracy(summary: Summary, name: str, column: str | None = None) -> Row:
@@ -431,6 +466,50 @@ SWEEP_NAMES: dict[str, dict[str, str]] = {
 """Legend names of the sweeps' columns (a column not named here is its own name)."""
 
 
+def _write_calibration(summary: Summary, out: Path) -> list[Path]:
+    """The chosen ensemble's claimed confidence against its accuracy, and what was chosen."""
+    rows, ece = calibration_curve(summary.confidence[CHOSEN])
+    table = [
+        {
+            "confidence from": row["low"],
+            "to": row["high"],
+            "answers": int(row["count"]),
+            "mean confidence": row["confidence"],
+            "accuracy": row["accuracy"],
+        }
+        for row in rows
+    ]
+    written = [write_csv(table, out / "calibration.csv")]
+    note = f"\nExpected calibration error: {ece * 100:.1f} points.\n"
+    (out / "calibration.md").write_text(
+        markdown(table, ["confidence from", "to", "mean confidence", "accuracy"]) + note,
+        encoding="utf-8",
+    )
+    written.append(out / "calibration.md")
+    chosen = [{"split": i, "configuration": name} for i, name in enumerate(summary.chosen)]
+    written.append(write_csv(chosen, out / "chosen.csv"))
+    plotted = _plot(
+        [
+            Series(
+                "Ensemble (chosen on calibration)",
+                [row["confidence"] * 100 for row in rows],
+                [row["accuracy"] * 100 for row in rows],
+            ),
+            Series("perfect calibration", [0.0, 100.0], [0.0, 100.0]),
+        ],
+        out / "calibration.png",
+        title=(
+            "Is the confidence a probability? Claimed against observed\n"
+            f"expected calibration error {ece * 100:.1f} points"
+        ),
+        xlabel="claimed confidence (%), mean of each bin",
+        ylabel="answers right (%)",
+    )
+    if plotted:
+        written.append(plotted)
+    return written
+
+
 def _write_paired(comparisons: Sequence[Comparison], out: Path) -> list[Path]:
     rows = paired_rows(comparisons)
     percent = ["gain", "95 % low", "95 % high"]
@@ -438,7 +517,7 @@ def _write_paired(comparisons: Sequence[Comparison], out: Path) -> list[Path]:
     return [write_csv(rows, out / "paired.csv"), out / "paired.md"]
 
 
-def write_report(
+def write_report(  # noqa: PLR0915 - one step after the other, each writing its files
     matrix: ResponseMatrix,
     vectors: Vectors,
     out: Path,
@@ -461,7 +540,9 @@ def write_report(
         raise InvalidInputError("The matrix holds no question every expert answered.")
     say = progress or (lambda _: None)
     sweeps = _Sweeps(matrix, vectors, options)
-    say("summary")
+    sizes = sweeps._by_size()
+    reference = options.reference or (sizes[2] if sizes else None)
+    say("summary" + (" and the nested selection" if options.select else ""))
     summary = evaluate(
         matrix,
         vectors,
@@ -469,6 +550,9 @@ def write_report(
         baselines=BASELINES,
         n_clusters=options.n_clusters,
         seeds=options.seeds,
+        folds=options.folds,
+        grid=default_grid(sweeps.max_samples, options.grid_clusters) if options.select else (),
+        reference=reference,
     )
     rows = summary_rows(summary)
     percent = [*summary.datasets, "average", "std over splits", "gain vs Random"]
@@ -480,11 +564,24 @@ def write_report(
     paired = [
         compare(summary, name, "Best-Single") for name in summary.results if name != "Best-Single"
     ]
+    sc = f"{reference} SC"
+    if reference and sc in summary.results:
+        paired += [
+            compare(summary, name, sc)
+            for name in (CHOSEN, "Best-Single")
+            if name in summary.results
+        ]
+    if CHOSEN in summary.confidence:
+        written += _write_calibration(summary, out)
     if not options.sweeps:
         written += _write_paired(paired, out)
         return summary, written
     spread = summary.splits > 1
-    evaluation = f"test accuracy, mean of {summary.splits} seeded 70/30 splits"
+    evaluation = (
+        f"test accuracy, {summary.splits}-fold cross-validation"
+        if options.folds
+        else f"test accuracy, mean of {summary.splits} seeded 70/30 splits"
+    )
     common: dict[str, Any] = {
         "references": _references(summary),
         "legend_title": _splits_note(summary),

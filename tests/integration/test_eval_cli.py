@@ -63,7 +63,9 @@ def test_record_resume_and_replay(tmp_path: Path) -> None:
 
     report = tmp_path / "report"
     replay = ["eval", "replay", str(out), "--out", str(report), "--clusters", "1"]
-    replayed = runner.invoke(app, [*replay, "--splits", "2", "--no-sweeps"], env=env)
+    replayed = runner.invoke(
+        app, [*replay, "--folds", "0", "--splits", "2", "--no-select", "--no-sweeps"], env=env
+    )
     assert replayed.exit_code == 0, replayed.output
     with (report / "summary.csv").open() as file:
         rows = {row["strategy"]: row for row in csv.DictReader(file)}

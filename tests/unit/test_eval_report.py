@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from avengers_graph.eval.recording import ResponseMatrix
 from avengers_graph.eval.report import PAPER, ReportOptions, markdown, write_report
 from tests.unit.test_replay import MATRIX, VECTORS
 
@@ -17,6 +18,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Number of distinct clusters")
 COSTS = {"math": 0.5, "facts": 1.5, "cheap": 0.1}
 OPTIONS = ReportOptions(
     seeds=(0, 1),
+    folds=None,
+    select=False,
     n_clusters=2,
     cluster_grid=(2, 4, 64),
     sample_grid=(1, 3, 6),
@@ -197,3 +200,21 @@ def test_compute_plot_labels_the_big_models_self_consistency(report: Path) -> No
     assert sorted(points) == ["1 sample", "3 samples", "6 samples", "SC of 3"]
     rows = _rows(report / "headline_compute.csv")
     assert "accuracy std" in rows[0]
+
+
+def test_the_chosen_ensemble_is_reported_with_its_calibration(tmp_path: Path) -> None:
+    matrix = ResponseMatrix(
+        MATRIX.questions,
+        MATRIX.responses,
+        provenance={"experts": {name: {"cost": c} for name, c in COSTS.items()}},
+    )
+    options = ReportOptions(n_clusters=2, folds=4, select=True, grid_clusters=(2,), sweeps=False)
+    summary, written = write_report(matrix, VECTORS, tmp_path, options)
+    names = {path.name for path in written}
+    assert {"calibration.csv", "calibration.md", "chosen.csv", "paired.csv"} <= names
+    assert len(summary.chosen) == 4
+    paired = {(row["strategy"], row["against"]) for row in _rows(tmp_path / "paired.csv")}
+    # the reference is the largest model (by cost): its self-consistency is a yardstick
+    assert ("Ensemble (chosen on calibration)", "facts SC") in paired
+    assert ("Ensemble (chosen on calibration)", "Best-Single") in paired
+    assert "Expected calibration error" in (tmp_path / "calibration.md").read_text()

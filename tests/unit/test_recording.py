@@ -480,3 +480,24 @@ def test_the_default_matrix_is_the_packaged_folder() -> None:
 
     assert (DEFAULT_MATRIX / "README.md").is_file()
     assert DEFAULT_MATRIX.parent.name == "data"
+
+
+def test_complete_does_not_wait_for_experts_whose_strategy_does_not_serve() -> None:
+    questions = [
+        {"id": "n", "dataset": "gsm8k", "kind": "number", "format": "number", "question": "?"},
+        {"id": "c", "dataset": "arc", "kind": "choice", "format": "choice", "question": "?"},
+    ]
+    rows = [
+        Response("n", "gsm8k", "q:reason", 0, 0, "1", "1", correct=True, tokens=1, seconds=0.1),
+        Response("n", "gsm8k", "q:program", 0, 0, "1", "1", correct=True, tokens=1, seconds=0.1),
+        Response("c", "arc", "q:reason", 0, 0, "B", "B", correct=True, tokens=1, seconds=0.1),
+    ]
+    provenance = {
+        "experts": {"q:reason": {"strategy": "reason"}, "q:program": {"strategy": "program"}}
+    }
+    matrix = ResponseMatrix(questions, rows, provenance)
+    # programs do not answer choice questions: "c" is complete without one
+    assert [q["id"] for q in matrix.complete().questions] == ["n", "c"]
+    assert matrix.expected(questions[1]) == ["q:reason"]
+    partial = ResponseMatrix(questions, rows[1:], provenance)
+    assert [q["id"] for q in partial.complete().questions] == ["c"]
