@@ -26,6 +26,8 @@ draw it as error bars, with Best-Single and Oracle of the same splits as horizon
 from __future__ import annotations
 
 import csv
+import statistics
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,7 +37,7 @@ import numpy as np
 
 from avengers_graph.errors import InvalidInputError, MissingExtraError
 from avengers_graph.eval.plots import ACCURACY_LABEL, Reference, Series
-from avengers_graph.eval.recording import ResponseMatrix
+from avengers_graph.eval.recording import Response, ResponseMatrix
 from avengers_graph.eval.replay import (
     AVERAGE,
     BASELINES,
@@ -466,6 +468,29 @@ SWEEP_NAMES: dict[str, dict[str, str]] = {
 """Legend names of the sweeps' columns (a column not named here is its own name)."""
 
 
+def budget_rows(matrix: ResponseMatrix) -> list[Row]:
+    """Per expert and dataset: samples, mean generated tokens and the share at the budget.
+
+    A sample "at the budget" stopped at its token cap (``finish_reason == "length"``):
+    the budgets are fair when competent answers never reach them.
+    """
+    cells: dict[tuple[str, str], list[Response]] = defaultdict(list)
+    for response in matrix.responses:
+        cells[(response.expert, response.dataset)].append(response)
+    rows = []
+    for expert in matrix.experts:
+        row: Row = {"expert": expert}
+        drawn = [r for (e, _), rs in cells.items() if e == expert for r in rs]
+        for dataset in matrix.datasets:
+            responses = cells.get((expert, dataset), [])
+            row[dataset] = sum(r.capped for r in responses) / len(responses) if responses else ""
+        row["all"] = sum(r.capped for r in drawn) / len(drawn) if drawn else ""
+        row["samples"] = len(drawn)
+        row["tokens/sample"] = statistics.fmean(r.tokens for r in drawn) if drawn else ""
+        rows.append(row)
+    return rows
+
+
 def _write_calibration(summary: Summary, out: Path) -> list[Path]:
     """The chosen ensemble's claimed confidence against its accuracy, and what was chosen."""
     rows, ece = calibration_curve(summary.confidence[CHOSEN])
@@ -554,10 +579,13 @@ def write_report(  # noqa: PLR0915 - one step after the other, each writing its 
         grid=default_grid(sweeps.max_samples, options.grid_clusters) if options.select else (),
         reference=reference,
     )
+    budgets = budget_rows(matrix)
+    written_budgets = write_csv(budgets, out / "budgets.csv")
+    (out / "budgets.md").write_text(markdown(budgets, [*matrix.datasets, "all"]), encoding="utf-8")
     rows = summary_rows(summary)
     percent = [*summary.datasets, "average", "std over splits", "gain vs Random"]
     percent += ["gain vs Best-Single", "gap to Oracle"]
-    written = [write_csv(rows, out / "summary.csv")]
+    written = [written_budgets, out / "budgets.md", write_csv(rows, out / "summary.csv")]
     (out / "summary.md").write_text(markdown(rows, percent), encoding="utf-8")
     written.append(out / "summary.md")
     say("paired")

@@ -335,6 +335,14 @@ class ChatOpenAICompatible(ChatOpenAI):
             return payload
         if "max_completion_tokens" in payload:
             payload["max_tokens"] = payload.pop("max_completion_tokens")
+        if isinstance(payload.get("response_format"), Mapping):
+            # sent in the body as is: langchain-openai would otherwise take the
+            # structured-output path, which raises on an answer cut at its budget
+            # instead of returning the text (the vote reads the JSON itself)
+            payload["extra_body"] = {
+                **(payload.get("extra_body") or {}),
+                "response_format": payload.pop("response_format"),
+            }
         if self.tool_call_parser == "hermes" and self._parses_tool_calls(kwargs):
             # a model that goes on to write the tool's answer itself is cut there
             stops = payload.get("stop") or []

@@ -15,7 +15,7 @@ kind of answer it calls for, in this order:
 6. ``free``: anything else (chat, explanations, summaries, RAG answers).
 
 The same function serves calibration, replay and service, so the routing statistics
-describe the prompts the experts get in service (:mod:`avengers_graph.strategies`).
+describe the prompts the experts get in service (:mod:`avengers_graph.experts.contract`).
 Pure: regular expressions on a string.
 """
 

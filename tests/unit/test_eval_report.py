@@ -218,3 +218,16 @@ def test_the_chosen_ensemble_is_reported_with_its_calibration(tmp_path: Path) ->
     assert ("Ensemble (chosen on calibration)", "facts SC") in paired
     assert ("Ensemble (chosen on calibration)", "Best-Single") in paired
     assert "Expected calibration error" in (tmp_path / "calibration.md").read_text()
+
+
+def test_budget_table_counts_samples_at_the_cap() -> None:
+    from dataclasses import replace as with_
+
+    from avengers_graph.eval.report import budget_rows
+
+    capped = [with_(r, capped=r.expert == "cheap" and r.sample == 0) for r in MATRIX.responses]
+    rows = {row["expert"]: row for row in budget_rows(ResponseMatrix(MATRIX.questions, capped))}
+    # cheap's first of three samples stopped at its budget on every question
+    assert rows["cheap"]["all"] == pytest.approx(1 / 3)
+    assert rows["math"]["all"] == 0
+    assert rows["facts"]["tokens/sample"] == 20

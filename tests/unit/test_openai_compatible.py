@@ -503,3 +503,27 @@ def test_auto_and_servers_that_parse_are_left_alone() -> None:
     assert auto["tool_choice"] == "auto"
     assert "json_schema" not in trusted
     assert trusted["tool_choice"] == "required"
+
+
+SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "answer",
+        "schema": {"type": "object", "properties": {"answer": {"type": "string"}}},
+    },
+}
+
+
+def test_a_schema_answer_cut_at_its_budget_is_text_not_an_error() -> None:
+    # Bug: langchain-openai parses a response_format answer, and raised
+    # LengthFinishReasonError when a small model's JSON ran to max_tokens: the sample
+    # was lost and the recorder retried it for ever. The text now comes back as is.
+    body = _completion('{"answer": "the longest answer that never clo')
+    body["choices"][0]["finish_reason"] = "length"
+    server = FakeServer(body)
+    reply = _served(server, parser=None).invoke("Q?", response_format=SCHEMA, max_tokens=8)
+    assert reply.text == '{"answer": "the longest answer that never clo'
+    assert reply.response_metadata["finish_reason"] == "length"
+    sent = server.requests[0]
+    assert sent["response_format"] == SCHEMA  # in the request body, as llama-server reads it
+    assert sent["max_tokens"] == 8
