@@ -24,10 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
+MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 """The pool's models, cheapest first (entries of the eval pool file)."""
-FEW_SAMPLES = ("smollm2-135m", "gemma3-270m")
-"""Experts recorded with ``--few`` samples (the base models' answers are near chance)."""
+FEW_SAMPLES = ("smollm2-135m",)
+"""Experts recorded with ``--few`` samples (their answers are near chance)."""
 
 
 def avengers(*args: str) -> None:
