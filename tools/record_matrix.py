@@ -55,13 +55,30 @@ def progress(out: Path) -> str:
     return f"{len(matrix.responses)} samples, {len(complete.questions)} questions complete"
 
 
+def first_limit(out: Path, chunk: int) -> int:
+    """The first chunk a matrix still lacks: the chunk after its complete questions.
+
+    Chunks are prefixes of one draw, so a matrix whose first ``k * chunk`` questions are
+    complete needs no replay of them (``eval record --limit`` would rewrite the folder
+    with fewer questions, then grow it back).
+    """
+    from avengers_graph.eval.recording import ResponseMatrix
+
+    if not (out / "responses.jsonl.gz").is_file():
+        return chunk
+    complete = len(ResponseMatrix.load(out).complete().questions)
+    return (complete // chunk + 1) * chunk
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("eval-matrix"))
     parser.add_argument("--config", type=Path, default=None, help="Pool file (eval pool).")
     parser.add_argument("--per-dataset", type=int, default=100)
     parser.add_argument("--chunk", type=int, default=80, help="Questions added per round.")
-    parser.add_argument("--start", type=int, default=None, help="First limit (default chunk).")
+    parser.add_argument(
+        "--start", type=int, default=None, help="First limit (default: the first chunk missing)."
+    )
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--few", type=int, default=3)
     parser.add_argument("--slots", type=int, default=8)
@@ -73,7 +90,7 @@ def main() -> None:
     total = 8 * args.per_dataset
     config = ["--config", str(args.config)] if args.config else []
     few = [arg for name in FEW_SAMPLES for arg in ("--expert-samples", f"{name}={args.few}")]
-    limit = args.start or args.chunk
+    limit = args.start or first_limit(args.out, args.chunk)
     while True:
         limit = min(limit, total)
         for model in args.models.split(","):
