@@ -13,11 +13,13 @@ below it (checked by ``lint-imports`` in ``make lint``):
   (Chroma, numpy), ``embeddings``, ``sandbox``;
 - the pure core: ``routing``, ``voting``, ``formats``, ``options``, ``redact``,
   ``errors``.
+
+The names are imported on first use: ``import avengers_graph`` is cheap, and
+``from avengers_graph import ChatAvengers`` imports only what ``ChatAvengers`` needs.
 """
 
-from avengers_graph.calibration import CalibrationReport, calibrate
-from avengers_graph.chat_models import ChatAvengers
-from avengers_graph.embeddings import LocalEmbeddings
+from typing import TYPE_CHECKING, Any
+
 from avengers_graph.errors import (
     AllExpertsFailedError,
     AvengersError,
@@ -34,19 +36,66 @@ from avengers_graph.errors import (
     StoreError,
     StoreTimeoutError,
 )
-from avengers_graph.experts.cache import AnswerCache
-from avengers_graph.experts.contract import Expert
-from avengers_graph.graph import build_avengers_graph, create_avengers_graph
-from avengers_graph.graph.state import RoutingRecord
-from avengers_graph.options import AvengersContext, AvengersOptions
-from avengers_graph.stores import (
-    Calibration,
-    CalibrationStore,
-    ClusterStore,
-    ExpertStats,
-    MemoryStore,
-    StoreInfo,
-)
+
+if TYPE_CHECKING:
+    from avengers_graph.app.embedded import init_avengers, pool_experts
+    from avengers_graph.calibration import CalibrationReport, calibrate
+    from avengers_graph.chat_models import ChatAvengers
+    from avengers_graph.embeddings import LocalEmbeddings
+    from avengers_graph.experts.cache import AnswerCache
+    from avengers_graph.experts.contract import Expert
+    from avengers_graph.graph import build_avengers_graph, create_avengers_graph
+    from avengers_graph.graph.state import RoutingRecord
+    from avengers_graph.options import AvengersContext, AvengersOptions
+    from avengers_graph.stores import (
+        Calibration,
+        CalibrationStore,
+        ClusterStore,
+        ExpertStats,
+        MemoryStore,
+        StoreInfo,
+    )
+
+_LAZY = {
+    "init_avengers": "avengers_graph.app.embedded",
+    "pool_experts": "avengers_graph.app.embedded",
+    "CalibrationReport": "avengers_graph.calibration",
+    "calibrate": "avengers_graph.calibration",
+    "ChatAvengers": "avengers_graph.chat_models",
+    "LocalEmbeddings": "avengers_graph.embeddings",
+    "AnswerCache": "avengers_graph.experts.cache",
+    "Expert": "avengers_graph.experts.contract",
+    "build_avengers_graph": "avengers_graph.graph",
+    "create_avengers_graph": "avengers_graph.graph",
+    "RoutingRecord": "avengers_graph.graph.state",
+    "AvengersContext": "avengers_graph.options",
+    "AvengersOptions": "avengers_graph.options",
+    "Calibration": "avengers_graph.stores",
+    "CalibrationStore": "avengers_graph.stores",
+    "ClusterStore": "avengers_graph.stores",
+    "ExpertStats": "avengers_graph.stores",
+    "MemoryStore": "avengers_graph.stores",
+    "StoreInfo": "avengers_graph.stores",
+}
+"""Public name to the module defining it: imported on first use (PEP 562), so that
+``import avengers_graph`` and the ``avengers`` command start without LangGraph, torch or
+Chroma (``avengers --help`` in a fraction of a second)."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "AllExpertsFailedError",
@@ -80,4 +129,6 @@ __all__ = [
     "build_avengers_graph",
     "calibrate",
     "create_avengers_graph",
+    "init_avengers",
+    "pool_experts",
 ]

@@ -18,23 +18,56 @@ does. One call:
    costs, name; rebuilt when one of them changes), runs with that context: it embeds
    the question, routes it, samples the experts in parallel and votes.
 4. :meth:`ChatAvengers._to_result` returns the winning message with
-   ``response_metadata["model_name"]``, ``response_metadata["avengers"]`` (the
-   routing record) and ``usage_metadata`` summed over every expert call.
+   ``response_metadata["model_name"]`` (the ensemble's name), ``response_metadata
+   ["expert_models"]`` (each expert model that answered, with its calls and tokens,
+   gathered by :class:`_ExpertUsage` from the expert runs), ``response_metadata
+   ["avengers"]`` (the routing record) and ``usage_metadata`` summed over every
+   expert call.
 
-``stream``/``astream`` emit the voted answer as one chunk once the vote is decided;
-they stop waiting for (and, async, cancel) the samples that can no longer change the
-winner (``early_stop``, on by default when streaming).
+Pricing: LangSmith prices each expert call, a run nested under the chat model's with
+its own ``ls_model_name`` (the served model) and usage; the chat model's own run names
+the ensemble (``ls_model_name``, unpriced, so its summed usage is not counted twice)
+and lists the pool's models in ``ls_expert_models``. ``expert_models`` gives the same
+split to code that prices a call from its message.
+
+Token counts (``get_num_tokens``, ``get_num_tokens_from_messages``, so
+``trim_messages(token_counter=llm)`` trims) come from the experts' own tokenizers
+(llama.cpp's ``/tokenize``), else from an estimate of 4 characters per token
+(:class:`~avengers_graph.experts.tokens.TokenCounter`).
+
+``stream``/``astream`` run the graph in LangGraph's ``custom`` and ``values`` stream
+modes and emit the voted answer as one chunk once the vote is decided; they stop
+waiting for (and, async, cancel) the samples that can no longer change the winner
+(``early_stop``, on by default when streaming). No expert's tokens reach the caller's
+stream (the graph hides expert calls from streaming handlers). Inside
+:func:`progress_to`, each progress event of the graph (routing, each sample's status,
+the vote; without the samples' texts) also goes to a callback as it happens:
+``avengers serve`` shows them and counts them in its metrics.
+
+Feedback: the routing records of the last :data:`FEEDBACK_RUNS` answers are kept, by
+the answer's ``id`` (and, for ``invoke``, the run id too).
+:meth:`ChatAvengers.record_feedback` grades the experts' samples against the user's
+verdict (:func:`~avengers_graph.stores.base.grade_feedback`) and counts the result into
+the statistics of the clusters that routed the question, in the store, so the next
+questions are routed on it; a verdict is recorded once per answer.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, Literal, cast
+from uuid import UUID
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
+    BaseCallbackHandler,
     CallbackManager,
     CallbackManagerForLLMRun,
 )
@@ -48,24 +81,140 @@ from langchain_core.output_parsers import (
     PydanticOutputParser,
     PydanticToolsParser,
 )
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tools import BaseTool
 from langchain_core.tracers import BaseTracer
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
+from langchain_core.utils.utils import LC_ID_PREFIX
 from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from avengers_graph.embeddings import LocalEmbeddings
-from avengers_graph.errors import InvalidInputError
-from avengers_graph.experts.contract import Expert
+from avengers_graph.errors import FeedbackConflictError, InvalidInputError, UnknownRunError
+from avengers_graph.experts.contract import Expert, as_expert
+from avengers_graph.experts.tokens import TokenCounter
 from avengers_graph.experts.tool_parsers import as_generation_chunk
 from avengers_graph.graph import check_expert_costs, create_avengers_graph, validate_experts
 from avengers_graph.options import AvengersContext, AvengersOptions
-from avengers_graph.stores.base import CalibrationStore
+from avengers_graph.stores.base import (
+    CalibrationStore,
+    ExpertStats,
+    Feedback,
+    FeedbackStore,
+    grade_feedback,
+)
+
+FEEDBACK_RUNS = 1024
+"""Routing records kept for :meth:`ChatAvengers.record_feedback`: the most recent answers'."""
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """What one verdict on an answer changed."""
+
+    answer_id: str
+    """The answer the verdict is about, as it was named."""
+    correct: bool
+    """The verdict."""
+    clusters: list[int] = field(default_factory=list)
+    """The clusters that routed the question, whose statistics the verdict updates."""
+    graded: dict[str, Feedback] = field(default_factory=dict)
+    """Expert to the outcomes the verdict gives its samples (in each of ``clusters``)."""
+    updated: dict[int, dict[str, ExpertStats]] = field(default_factory=dict)
+    """The statistics after the update, ``{cluster: {expert: ExpertStats}}``."""
+    duplicate: bool = False
+    """The same verdict had been recorded for this run: nothing was written again."""
+
+
+@dataclass
+class _Answered:
+    """A remembered run: its routing record, and the verdict once one was recorded."""
+
+    record: dict[str, Any]
+    feedback: FeedbackResult | None = None
+
+
+def run_keys(answer_id: UUID | str) -> list[UUID | str]:
+    """The keys an answer may be remembered by, from what names it.
+
+    Accepted: the answer's ``id`` (``message.id``), the run's UUID (or its text, or
+    ``lc_run--<uuid>``), or a completion id of ``avengers serve`` (``chatcmpl-<hex>``).
+
+    Raises:
+        InvalidInputError: Nothing that names an answer.
+    """
+    if isinstance(answer_id, UUID):
+        return [answer_id, str(answer_id)]
+    if not isinstance(answer_id, str) or not answer_id.strip():
+        raise InvalidInputError(
+            f"{answer_id!r} does not name an answer: pass the answer's `id`, its run's UUID "
+            "or the server's completion id (chatcmpl-...)."
+        )
+    text = answer_id.strip()
+    keys: list[UUID | str] = [text]
+    for prefix in (f"{LC_ID_PREFIX}-", "chatcmpl-", "run-"):
+        text = text.removeprefix(prefix)
+    try:
+        parsed = UUID(text)
+    except ValueError:
+        return keys
+    return [*keys, parsed, str(parsed)]
+
+
+def winning_key(record: Mapping[str, Any]) -> str | None:
+    """The key of the answer a routing record returned, or None when no sample's key is it.
+
+    The winner's sample is the best-ranked one with the most-voted key among the winner
+    expert's samples (ties and ranks as :func:`~avengers_graph.voting.majority_vote`
+    breaks them). An answer voted field by field (``answer_format`` ``...+fields``) is no
+    sample's answer.
+    """
+    if str(record.get("answer_format", "")).endswith("+fields"):
+        return None
+    votes = record.get("votes", {})
+    keys = [
+        sample["answer"]
+        for sample in record.get("samples", [])
+        if sample["expert"] == record.get("winner") and sample["answer"] is not None
+    ]
+    if not keys:
+        return None
+    best: str = max(dict.fromkeys(keys), key=lambda key: float(votes.get(key, 0.0)))
+    return best
+
+
+def _progress(data: Any) -> dict[str, Any] | None:
+    """A graph's custom stream event as a progress event (no sample text), or None."""
+    if not isinstance(data, Mapping) or "avengers" not in data:
+        return None
+    return {key: value for key, value in data.items() if key not in ("text", "tool_calls")}
+
+
+_PROGRESS: ContextVar[Callable[[dict[str, Any]], None] | None] = ContextVar(
+    "avengers_progress", default=None
+)
+
+
+@contextmanager
+def progress_to(callback: Callable[[dict[str, Any]], None]) -> Iterator[None]:
+    """Send the progress events of the ChatAvengers streams run in the block to ``callback``.
+
+    ``stream``/``astream`` (and ``invoke`` with ``streaming=True``) started inside the
+    block, in the same thread or task, call ``callback`` with each of the graph's
+    custom stream events as it happens: ``{"avengers": "routing", "clusters",
+    "experts", "seed"}``, one ``{"avengers": "sample", "expert", "index", "status",
+    ...}`` per planned call (without the sample's text) and ``{"avengers": "vote",
+    "winner", "answer", "votes", "confidence", "cancelled", ...}``.
+    """
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
 
 
 def _child_callbacks(
@@ -93,6 +242,49 @@ def _child_callbacks(
     manager.add_tags([TAG_NOSTREAM])
     manager.add_metadata(run_manager.inheritable_metadata)
     return manager
+
+
+_USAGE_KEYS = ("input_tokens", "output_tokens", "total_tokens")
+
+
+class _ExpertUsage(BaseCallbackHandler):
+    """The expert calls of one ``ChatAvengers`` call, by the model that answered.
+
+    Added to the graph run's callbacks; every expert call that returns adds its
+    tokens under the model name its server reported (else the client's).
+    """
+
+    run_inline = True  # async runs: called on the loop, in order
+
+    def __init__(self) -> None:
+        self.models: dict[str, dict[str, int]] = {}
+        self._lock = threading.Lock()
+
+    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+        """Count the call's tokens under its model's name."""
+        del kwargs
+        fallback = (response.llm_output or {}).get("model_name")
+        for generations in response.generations:
+            for generation in generations:
+                message = getattr(generation, "message", None)
+                if not isinstance(message, AIMessage):
+                    continue
+                name = str(message.response_metadata.get("model_name") or fallback or "unknown")
+                usage: Mapping[str, Any] = message.usage_metadata or {}
+                with self._lock:
+                    entry = self.models.setdefault(name, dict.fromkeys(("calls", *_USAGE_KEYS), 0))
+                    entry["calls"] += 1
+                    for key in _USAGE_KEYS:
+                        entry[key] += int(usage.get(key) or 0)
+
+
+def _model_name(model: BaseChatModel) -> str:
+    """The model name a chat model sends (``model_name`` or ``model``), else its type."""
+    for attribute in ("model_name", "model"):
+        value = getattr(model, attribute, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(model).__name__
 
 
 class ChatAvengers(BaseChatModel, AvengersOptions):
@@ -141,6 +333,11 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
 
     _graph: CompiledStateGraph[Any, Any, Any, Any] | None = PrivateAttr(default=None)
     _graph_key: tuple[Any, ...] | None = PrivateAttr(default=None)
+    _answered: OrderedDict[UUID | str, _Answered] = PrivateAttr(default_factory=OrderedDict)
+    _answered_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _feedback_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _tokens: TokenCounter | None = PrivateAttr(default=None)
+    _tokens_key: tuple[int, ...] | None = PrivateAttr(default=None)
 
     @field_validator("experts")
     @classmethod
@@ -204,12 +401,20 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
             "answer_format": self.answer_format,
         }
 
+    def expert_models(self) -> list[str]:
+        """The model names the pool's experts send, each once, in pool order."""
+        models = (as_expert(expert).model for expert in self.experts.values())
+        return list(dict.fromkeys(_model_name(model) for model in models))
+
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
             ls_provider="avengers",
             ls_model_name=kwargs.get("model", self.model),
             ls_model_type="chat",
         )
+        # the priced runs are the expert calls nested under this one (see the module
+        # docstring); this run names the models they may use
+        cast("dict[str, Any]", params)["ls_expert_models"] = self.expert_models()
         temperature = kwargs.get("temperature", self.temperature)
         if temperature is not None:
             params["ls_temperature"] = temperature
@@ -219,6 +424,40 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
         if stop := stop or self.stop:
             params["ls_stop"] = stop
         return params
+
+    # token counts -----------------------------------------------------------------------
+    def _token_counter(self) -> TokenCounter:
+        models = [as_expert(expert).model for expert in self.experts.values()]
+        key = tuple(id(model) for model in models)
+        counter = self._tokens
+        if counter is None or self._tokens_key != key:
+            counter = TokenCounter(models)
+            self._tokens, self._tokens_key = counter, key
+        return counter
+
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens of ``text``: the most any expert's tokenizer counts.
+
+        An expert on a llama.cpp server counts with the server's tokenizer
+        (``/tokenize``); any other counts ``ceil(len(text) / 4)``
+        (:class:`~avengers_graph.experts.tokens.TokenCounter`).
+        """
+        return self._token_counter().count_text(text)
+
+    def get_num_tokens_from_messages(
+        self,
+        messages: list[BaseMessage],
+        tools: Sequence[Any] | None = None,
+    ) -> int:
+        """Tokens of the prompt ``messages`` make: the most any expert reads.
+
+        An expert on a llama.cpp server counts the prompt its chat template renders
+        (``/apply-template``, then ``/tokenize``); any other uses LangChain's
+        ``count_tokens_approximately`` (4 characters per token, 3 per message). So
+        ``trim_messages(messages, token_counter=llm, max_tokens=n)`` keeps a
+        conversation every expert reads in ``n`` tokens.
+        """
+        return self._token_counter().count_messages(messages, tools)
 
     # tools ----------------------------------------------------------------------------
     def bind_tools(
@@ -353,20 +592,34 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
         return AvengersContext(**options)
 
     def _run_config(
-        self, run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None
+        self,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+        usage: _ExpertUsage | None = None,
     ) -> RunnableConfig:
-        config = RunnableConfig(callbacks=_child_callbacks(run_manager))
+        callbacks = _child_callbacks(run_manager)
+        if usage is not None:
+            if callbacks is None:
+                async_run = isinstance(run_manager, AsyncCallbackManagerForLLMRun)
+                callbacks = AsyncCallbackManager([]) if async_run else CallbackManager([])
+            callbacks.add_handler(usage, inherit=True)
+        config = RunnableConfig(callbacks=callbacks)
         if self.max_concurrency is not None:
             config["max_concurrency"] = self.max_concurrency
         return config
 
-    def _to_result(self, state: Mapping[str, Any], kwargs: Mapping[str, Any]) -> ChatResult:
+    def _to_result(
+        self,
+        state: Mapping[str, Any],
+        kwargs: Mapping[str, Any],
+        usage: _ExpertUsage | None = None,
+    ) -> ChatResult:
         answer = state["messages"][-1]
         if not isinstance(answer, AIMessage):  # pragma: no cover - the vote node appends one
             raise InvalidInputError("The Avengers graph did not produce an answer.")
         metadata = {
             **answer.response_metadata,
             "model_name": kwargs.get("model", self.model),
+            "expert_models": dict(usage.models) if usage is not None else {},
             "avengers": dict(state["avengers"]),
         }
         message = AIMessage(
@@ -391,16 +644,20 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
         **kwargs: Any,
     ) -> ChatResult:
         context = self._run_context(stop, kwargs)
+        usage = _ExpertUsage()
         # the caller's runnable config (a RunnableSequence's, say) sits in a context
         # variable that the graph would merge into every expert call, handlers included
         token = var_child_runnable_config.set(None)
         try:
             state = self.graph.invoke(
-                {"messages": messages}, config=self._run_config(run_manager), context=context
+                {"messages": messages},
+                config=self._run_config(run_manager, usage),
+                context=context,
             )
         finally:
             var_child_runnable_config.reset(token)
-        return self._to_result(state, kwargs)
+        self._remember(state, run_manager)
+        return self._to_result(state, kwargs, usage)
 
     async def _agenerate(
         self,
@@ -410,14 +667,18 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
         **kwargs: Any,
     ) -> ChatResult:
         context = self._run_context(stop, kwargs)
+        usage = _ExpertUsage()
         token = var_child_runnable_config.set(None)  # see _generate
         try:
             state = await self.graph.ainvoke(
-                {"messages": messages}, config=self._run_config(run_manager), context=context
+                {"messages": messages},
+                config=self._run_config(run_manager, usage),
+                context=context,
             )
         finally:
             var_child_runnable_config.reset(token)
-        return self._to_result(state, kwargs)
+        self._remember(state, run_manager)
+        return self._to_result(state, kwargs, usage)
 
     def _streaming_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Streaming waits for no sample that cannot change the answer, unless told to."""
@@ -433,7 +694,26 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         kwargs = self._streaming_options(kwargs)
-        chunk = as_generation_chunk(self._generate(messages, stop, run_manager, **kwargs))
+        context = self._run_context(stop, kwargs)
+        report = _PROGRESS.get()
+        state: Mapping[str, Any] = {}
+        usage = _ExpertUsage()
+        token = var_child_runnable_config.set(None)  # see _generate
+        try:
+            for mode, data in self.graph.stream(
+                {"messages": messages},
+                config=self._run_config(run_manager, usage),
+                context=context,
+                stream_mode=["custom", "values"],
+            ):
+                if mode == "values" and isinstance(data, Mapping):
+                    state = data
+                elif report is not None and (event := _progress(data)) is not None:
+                    report(event)
+        finally:
+            var_child_runnable_config.reset(token)
+        self._remember(state, run_manager)
+        chunk = as_generation_chunk(self._to_result(state, kwargs, usage))
         if run_manager is not None:
             run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         yield chunk
@@ -446,8 +726,136 @@ class ChatAvengers(BaseChatModel, AvengersOptions):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         kwargs = self._streaming_options(kwargs)
-        result = await self._agenerate(messages, stop, run_manager, **kwargs)
-        chunk = as_generation_chunk(result)
+        context = self._run_context(stop, kwargs)
+        report = _PROGRESS.get()
+        state: Mapping[str, Any] = {}
+        usage = _ExpertUsage()
+        token = var_child_runnable_config.set(None)  # see _generate
+        try:
+            async for mode, data in self.graph.astream(
+                {"messages": messages},
+                config=self._run_config(run_manager, usage),
+                context=context,
+                stream_mode=["custom", "values"],
+            ):
+                if mode == "values" and isinstance(data, Mapping):
+                    state = data
+                elif report is not None and (event := _progress(data)) is not None:
+                    report(event)
+        finally:
+            var_child_runnable_config.reset(token)
+        self._remember(state, run_manager)
+        chunk = as_generation_chunk(self._to_result(state, kwargs, usage))
         if run_manager is not None:
             await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         yield chunk
+
+    # feedback -------------------------------------------------------------------------
+    def _remember(
+        self,
+        state: Mapping[str, Any],
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+    ) -> None:
+        """Keep the answer's routing record for feedback (the last :data:`FEEDBACK_RUNS`).
+
+        Kept by the answer's ``id`` (what ``invoke`` and every stream chunk carry), and
+        by the run id when the run manager is known (``invoke``, ``batch``).
+        """
+        if "avengers" not in state or not state.get("messages"):
+            return
+        answered = _Answered(dict(state["avengers"]))
+        keys: list[UUID | str] = [str(state["messages"][-1].id)]
+        if run_manager is not None:
+            keys.append(run_manager.run_id)
+        with self._answered_lock:
+            for key in keys:
+                self._answered[key] = answered
+                self._answered.move_to_end(key)
+            while len(self._answered) > 2 * FEEDBACK_RUNS:  # at most two keys per answer
+                self._answered.popitem(last=False)
+
+    def routing_record(self, answer_id: UUID | str) -> dict[str, Any]:
+        """The routing record of a recent answer (one of the last :data:`FEEDBACK_RUNS`).
+
+        Raises:
+            UnknownRunError: This chat model did not give that answer, or not recently.
+        """
+        return dict(self._remembered(answer_id).record)
+
+    def _remembered(self, answer_id: UUID | str) -> _Answered:
+        keys = run_keys(answer_id)
+        with self._answered_lock:
+            answered = next((self._answered[k] for k in keys if k in self._answered), None)
+        if answered is None:
+            raise UnknownRunError(
+                f"No answer {answer_id!s} among the last {FEEDBACK_RUNS} answers of this chat "
+                "model: feedback goes to the process that answered, soon after."
+            )
+        return answered
+
+    def record_feedback(self, answer_id: UUID | str, correct: bool) -> FeedbackResult:
+        """Tell the ensemble whether one of its answers was right; routing learns from it.
+
+        The experts' samples of that run are graded against the verdict
+        (:func:`~avengers_graph.stores.base.grade_feedback`: when the answer was right,
+        samples that agreed with it were right and the others wrong; when it was wrong,
+        the samples that gave it, or no answer, were wrong), and the outcomes are added
+        to those experts' statistics in every cluster that routed the question, in one
+        atomic write of the store. Repeated "wrong" verdicts on an expert's answers in a
+        cluster lower its accuracy there until routing prefers another expert.
+
+        An answer takes one verdict: the same verdict again changes nothing (the result
+        says ``duplicate``), the opposite one is refused.
+
+        Args:
+            answer_id: The answer's ``id`` (``message.id``; every chunk of a stream
+                carries it), or the run's UUID for ``invoke``/``batch`` (a ``run_id``
+                passed in the call's config).
+            correct: Whether the answer was right.
+
+        Returns:
+            What the verdict graded and the statistics it wrote.
+
+        Raises:
+            UnknownRunError: Not one of this chat model's last :data:`FEEDBACK_RUNS` answers.
+            FeedbackConflictError: The opposite verdict was recorded for this answer.
+            InvalidInputError: ``correct`` is not a bool, or the store takes no feedback.
+        """
+        if not isinstance(correct, bool):
+            raise InvalidInputError(f"`correct` must be True or False, got {correct!r}.")
+        with self._feedback_lock:  # one verdict per answer, even from two threads at once
+            answered = self._remembered(answer_id)
+            if answered.feedback is not None:
+                if answered.feedback.correct != correct:
+                    raise FeedbackConflictError(
+                        f"Answer {answer_id!s} was already marked "
+                        f"{'correct' if answered.feedback.correct else 'wrong'}; an answer "
+                        "takes one verdict."
+                    )
+                return replace(answered.feedback, duplicate=True)
+            record = answered.record
+            clusters = [int(cluster["id"]) for cluster in record.get("clusters", [])]
+            answer = winning_key(record)
+            graded: dict[str, Feedback] = {}
+            if answer is not None:
+                answers: dict[str, list[str | None]] = {}
+                for sample in record.get("samples", []):
+                    answers.setdefault(sample["expert"], []).append(sample["answer"])
+                graded = grade_feedback(answers, answer, correct)
+            updated: dict[int, dict[str, ExpertStats]] = {}
+            if graded and clusters:
+                if not isinstance(self.store, FeedbackStore):
+                    raise InvalidInputError(
+                        f"The store {type(self.store).__name__} takes no feedback: it has no "
+                        "add_feedback (ClusterStore and MemoryStore have)."
+                    )
+                updated = self.store.add_feedback(dict.fromkeys(clusters, graded))
+            result = FeedbackResult(
+                answer_id=str(answer_id),
+                correct=correct,
+                clusters=clusters,
+                graded=graded,
+                updated=updated,
+            )
+            answered.feedback = result
+            return result

@@ -71,3 +71,11 @@ class AllExpertsFailedError(AvengersError):
 
 class ExpertTimeoutError(AvengersError, TimeoutError):
     """An expert did not answer within the configured ``timeout``."""
+
+
+class UnknownRunError(InvalidInputError, LookupError):
+    """Feedback names a run this chat model does not remember (another process's, or too old)."""
+
+
+class FeedbackConflictError(InvalidInputError):
+    """Feedback on a run contradicts the feedback already recorded for it."""

@@ -47,6 +47,11 @@ DEFAULT_TIMEOUT = 300.0
 """Seconds one expert call may take by default: a local 1.5B model's 256-token answer
 takes about 14 s on a quiet 2-core CPU and has taken up to two minutes on a busy one;
 300 s leaves room for that without letting a hung server hold a question for ever."""
+DEFAULT_RUN_TIMEOUT = 900.0
+"""Seconds one question's run may take by default: three rounds of calls at the default
+``timeout`` (adaptive sampling's budget of six samples in rounds of two)."""
+MAX_RUN_TIMEOUT = 86400.0
+"""Upper bound of ``run_timeout``: a day."""
 
 
 def _accepted_names(model: type[BaseModel]) -> set[str]:
@@ -150,6 +155,13 @@ class AvengersOptions(OptionsModel):
     lost, the vote goes on). Async calls are cancelled; sync calls to clients that
     take a per-request timeout (langchain-openai) end their HTTP request, others are
     abandoned on their own thread (:mod:`avengers_graph.experts.calls`)."""
+    run_timeout: float = Field(default=DEFAULT_RUN_TIMEOUT, gt=0, le=MAX_RUN_TIMEOUT)
+    """Seconds the whole run may take, counted from the expert selection: every expert
+    call, retry, program and adaptive sampling round shares them. At the deadline the
+    run stops waiting for samples (they fail as pending), draws no further round and
+    votes on what it has; with nothing to vote on it raises
+    :class:`~avengers_graph.errors.ExpertTimeoutError` naming the experts still
+    pending. Each expert call gets ``min(timeout, time left)``."""
     max_retries: int = Field(default=2, ge=0, le=MAX_RETRIES)
     """Retries of an expert call that failed with a transient error (connection, 408,
     429, 5xx): a failing sample makes at most ``max_retries + 1`` requests."""
@@ -288,8 +300,10 @@ def resolve_options(defaults: AvengersOptions, context: Any) -> AvengersOptions:
 
 
 __all__ = [
+    "DEFAULT_RUN_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "MAX_RETRIES",
+    "MAX_RUN_TIMEOUT",
     "AvengersContext",
     "AvengersOptions",
     "OptionsModel",

@@ -32,7 +32,8 @@ Avengers-Pro paper). Seconds depend on the machine and its load; compute does no
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -289,6 +290,49 @@ ROUTING_TAIL_WORDS = 128
 the head, this fits MiniLM's 256-token window, which would otherwise cut the end off."""
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A UTF-16 surrogate code point: in a Python ``str`` always unpaired (text decoded with
+``errors="surrogateescape"`` or from broken UTF-16); no UTF-8 encoder, tokenizer or
+JSON request body takes it."""
+
+
+def _strings(value: object) -> Iterator[str]:
+    """Every string in a message's content or tool-call arguments (nested lists, dicts)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+def check_unicode(messages: Sequence[BaseMessage]) -> None:
+    """Refuse a conversation holding text that is not valid Unicode (a lone surrogate).
+
+    Every message counts, not only the question: the whole conversation is sent to
+    the experts.
+
+    Raises:
+        InvalidInputError: Naming the message, the code point and where it is.
+    """
+    for position, message in enumerate(messages):
+        parts = [message.content, [call["args"] for call in getattr(message, "tool_calls", [])]]
+        for text in _strings(parts):
+            if (found := _LONE_SURROGATE.search(text)) is None:
+                continue
+            before = text[max(found.start() - 20, 0) : found.start()]
+            where = f"after {before!r}" if before else "at the start"
+            raise InvalidInputError(
+                f"messages[{position}] ({message.type} message) holds a lone surrogate "
+                f"U+{ord(found.group()):04X} at character {found.start()} ({where}): not "
+                "valid Unicode, so it cannot be embedded or sent to an expert. Decode the "
+                "text with errors='replace' (or remove the character) and send it again."
+            )
+
+
 def _human_texts(messages: Sequence[BaseMessage]) -> list[str]:
     """The conversation's human messages, stripped, oldest first (validated)."""
     if not isinstance(messages, Sequence) or isinstance(messages, str):
@@ -302,6 +346,7 @@ def _human_texts(messages: Sequence[BaseMessage]) -> list[str]:
             raise InvalidInputError(
                 f"messages must hold LangChain messages, got {type(message).__name__}."
             )
+    check_unicode(messages)
     humans = [m.text.strip() for m in messages if isinstance(m, HumanMessage)]
     if not humans:
         raise InvalidInputError("messages holds no human message: there is no question to route.")
@@ -318,7 +363,8 @@ def question_text(messages: Sequence[BaseMessage]) -> str:
 
     Raises:
         InvalidInputError: No messages, something that is not a message, no human
-            message, or an empty last question.
+            message, an empty last question, or text that is not valid Unicode
+            (:func:`check_unicode`).
     """
     return _human_texts(messages)[-1]
 

@@ -6,9 +6,10 @@
    stdout and stderr, and the path of the program's working directory;
 2. starts the interpreter (``-s -S -P -B``: isolated mode minus ``-E``, so that the
    fixed environment we set takes effect; without ``site`` only the standard library
-   is importable) with a minimal environment (no variable of the calling process: no
-   API keys, no ``PATH``), inside the best isolation the host offers
-   (:func:`isolation`):
+   is importable, plus the installed distributions the caller offers, ``packages``,
+   read-only under ``/packages``) with a minimal environment (no variable of the
+   calling process: no API keys, no ``PATH``), inside the best isolation the host
+   offers (:func:`isolation`):
 
    * :attr:`Isolation.BUBBLEWRAP`, where ``bwrap`` works (:func:`_bubblewrap_argv`):
      new mount, pid, network, IPC and UTS namespaces. The file system is a fresh,
@@ -63,6 +64,8 @@ attempts that are tested and their outcome.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.metadata
 import json
 import logging
 import math
@@ -78,11 +81,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
+
+from packaging.requirements import Requirement
 
 from avengers_graph.errors import AvengersError, InvalidInputError
 
@@ -125,7 +130,15 @@ _ENVIRONMENT = {
     "PYTHONDONTWRITEBYTECODE": "1",
     "PYTHONUTF8": "1",
     "PYTHONIOENCODING": "utf-8",
+    # One thread per numerical library: a process limit of 64 and one core's worth of
+    # work (OpenBLAS starts a thread per host core at import otherwise).
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
 }
+
+_PACKAGES_FOLDER = "/packages"
+"""Where bubblewrap mounts the installed packages a run may import (``packages``)."""
 
 # Runs inside the child before the program. argv: isolation mode, program path, the
 # limits (address space, CPU seconds, file size, open files, processes; -1: not set),
@@ -354,8 +367,58 @@ def _ancestors(path: str) -> list[str]:
     return parents[::-1]
 
 
+def _package_paths(packages: Sequence[str]) -> dict[str, str]:
+    """The installed files a run may import: top-level name to host path.
+
+    Every top-level module, package and metadata folder of the named distributions and
+    of everything they require (without extras), e.g. ``sympy`` brings ``mpmath`` and
+    ``numpy`` its bundled libraries (``numpy.libs``).
+
+    Raises:
+        InvalidInputError: A distribution that is not installed, or whose files are not
+            listed (an installer that writes no ``RECORD``).
+    """
+    return dict(_resolve_packages(tuple(sorted(set(packages)))))
+
+
+@functools.cache
+def _resolve_packages(packages: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    found: dict[str, str] = {}
+    seen: set[str] = set()
+    pending = list(packages)
+    while pending:
+        name = pending.pop()
+        key = name.lower().replace("_", "-")
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            distribution = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            msg = f"Package {name!r} is not installed, so a sandboxed program cannot import it."
+            raise InvalidInputError(msg) from None
+        if distribution.files is None:
+            msg = f"Package {name!r} lists no files (no RECORD): cannot offer it to programs."
+            raise InvalidInputError(msg)
+        for file in distribution.files:
+            top = file.parts[0]
+            if top in {"..", "__pycache__"} or top.endswith(".pth"):
+                continue  # scripts outside the installation, caches, path hooks
+            found.setdefault(top, str(distribution.locate_file(top)))
+        for line in distribution.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+    return tuple(sorted(found.items()))
+
+
 def _bubblewrap_argv(
-    config: _Bubblewrap, workdir: Path, program: Path, status_fd: int, seccomp_fd: int | None
+    config: _Bubblewrap,
+    workdir: Path,
+    program: Path,
+    status_fd: int,
+    seccomp_fd: int | None,
+    packages: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The ``bwrap`` command line up to (and including) ``--``.
 
@@ -365,6 +428,8 @@ def _bubblewrap_argv(
         program: The program file (bound read-only at its own path).
         status_fd: Where bwrap writes its JSON status (the namespace init's pid first).
         seccomp_fd: A file descriptor to read the seccomp filter from, if any.
+        packages: Top-level name to host path (:func:`_package_paths`), each bound
+            read-only in ``/packages``.
     """
     argv = [
         config.executable,
@@ -416,6 +481,10 @@ def _bubblewrap_argv(
         argv += ["--perms", "1777", "--size", str(_TMPFS_BYTES), "--tmpfs", folder]
         made.add(folder)
     argv += [*make_parents(str(program)), "--ro-bind", str(program), str(program)]
+    if packages:
+        argv += ["--perms", "0755", "--dir", _PACKAGES_FOLDER]
+        for name, path in packages.items():
+            argv += ["--ro-bind", path, f"{_PACKAGES_FOLDER}/{name}"]
     argv += ["--chdir", str(workdir), "--"]
     return argv
 
@@ -507,6 +576,7 @@ def run_python(
     stdin: str = "",
     deadline: float | None = None,
     require_isolation: bool = False,
+    packages: Sequence[str] = (),
 ) -> SandboxResult:
     """Run untrusted Python code in a fresh, isolated, resource-limited interpreter.
 
@@ -525,14 +595,18 @@ def run_python(
             with ``returncode`` None.
         require_isolation: Raise instead of running the program in the fallback
             (:attr:`Isolation.PROCESS`) when bubblewrap is unavailable.
+        packages: Installed distributions the program may import besides the
+            standard library (``("numpy", "sympy")``), with what they require: their
+            files are mounted read-only (bubblewrap) or linked (the fallback) in a
+            folder on the program's ``PYTHONPATH``.
 
     Returns:
         The exit status, the output, whether the program timed out and how it was
         isolated.
 
     Raises:
-        InvalidInputError: If ``timeout`` or ``memory_mb`` is not positive, or
-            ``deadline`` is not finite.
+        InvalidInputError: If ``timeout`` or ``memory_mb`` is not positive,
+            ``deadline`` is not finite, or a package is not installed.
         SandboxUnavailableError: If ``require_isolation`` and bubblewrap is
             unavailable here.
         SandboxError: If bubblewrap failed to set up the sandbox.
@@ -546,6 +620,7 @@ def run_python(
     if deadline is not None and not math.isfinite(deadline):
         msg = f"`deadline` must be a finite time.monotonic() instant, got {deadline!r}."
         raise InvalidInputError(msg)
+    paths = _package_paths(packages)
     config, reason = _bubblewrap()
     mode = Isolation.PROCESS if config is None else Isolation.BUBBLEWRAP
     if config is None and require_isolation:
@@ -554,13 +629,21 @@ def run_python(
     budget = timeout if deadline is None else min(timeout, deadline - time.monotonic())
     if budget <= 0:
         return SandboxResult(None, "", "", timed_out=True, isolation=mode)
-    return _execute(code, budget, memory_mb, stdin, config)
+    return _execute(code, budget, memory_mb, stdin, config, paths)
 
 
 def _execute(
-    code: str, budget: float, memory_mb: int, stdin: str, config: _Bubblewrap | None
+    code: str,
+    budget: float,
+    memory_mb: int,
+    stdin: str,
+    config: _Bubblewrap | None,
+    packages: Mapping[str, str] | None = None,
 ) -> SandboxResult:
-    """Run ``code`` for at most ``budget`` seconds, with bubblewrap if ``config``."""
+    """Run ``code`` for at most ``budget`` seconds, with bubblewrap if ``config``.
+
+    ``packages`` (:func:`_package_paths`) go on the program's ``PYTHONPATH``.
+    """
     mode = Isolation.PROCESS if config is None else Isolation.BUBBLEWRAP
     processes = _MAX_PROCESSES
     if config is None:
@@ -582,6 +665,15 @@ def _execute(
         program.write_text(code, encoding="utf-8")
         program.chmod(0o644)  # readable by the run's uid whatever the caller's umask
         (io / "stdin").write_text(stdin, encoding="utf-8")
+        environment = dict(_ENVIRONMENT)
+        if packages and config is None:  # the fallback sees the host: links suffice
+            linked = Path(root, "packages")
+            linked.mkdir()
+            for name, path in packages.items():
+                (linked / name).symlink_to(path)
+            environment["PYTHONPATH"] = str(linked)
+        elif packages:
+            environment["PYTHONPATH"] = _PACKAGES_FOLDER
         with (
             (io / "stdin").open("rb") as stdin_file,
             (io / "stdout").open("wb") as stdout_file,
@@ -590,12 +682,14 @@ def _execute(
             streams = _Streams(stdin_file, stdout_file, stderr_file)
             if config is None:
                 command = _interpreter_command(sys.executable, mode, program, limits, -1)
-                returncode, timed_out = _run_process_group(command, workdir, streams, budget)
+                returncode, timed_out = _run_process_group(
+                    command, workdir, streams, budget, environment
+                )
             else:
                 uid = _UID_BASE + secrets.randbelow(_UID_RANGE) if config.drop_uid else -1
                 command = _interpreter_command(config.interpreter, mode, program, limits, uid)
                 returncode, timed_out = _run_bubblewrap(
-                    config, command, workdir, program, streams, budget
+                    config, command, workdir, program, streams, budget, packages, environment
                 )
         stderr = _read_bounded(io / "stderr")
         return SandboxResult(
@@ -608,13 +702,17 @@ def _execute(
 
 
 def _run_process_group(
-    command: list[str], workdir: Path, streams: _Streams, budget: float
+    command: list[str],
+    workdir: Path,
+    streams: _Streams,
+    budget: float,
+    environment: Mapping[str, str] = _ENVIRONMENT,
 ) -> tuple[int | None, bool]:
     """The fallback: run in a new session, then kill the process group."""
     process = subprocess.Popen(  # noqa: S603 - fixed argv, the code is a file argument
         command,
         cwd=workdir,
-        env=_ENVIRONMENT,
+        env=environment,
         start_new_session=True,
         stdin=streams.stdin,
         stdout=streams.stdout,
@@ -724,6 +822,8 @@ def _run_bubblewrap(
     program: Path,
     streams: _Streams,
     budget: float,
+    packages: Mapping[str, str] | None = None,
+    environment: Mapping[str, str] = _ENVIRONMENT,
 ) -> tuple[int | None, bool]:
     """Run ``command`` inside bubblewrap; kill the whole pid namespace afterwards."""
     end = time.monotonic() + budget
@@ -731,9 +831,10 @@ def _run_bubblewrap(
     with _closing(status_read):
         with _closing(status_write), _seccomp_pipe(config.seccomp) as seccomp_fd:
             process = subprocess.Popen(  # noqa: S603 - fixed argv, the code is a file argument
-                _bubblewrap_argv(config, workdir, program, status_write, seccomp_fd) + command,
+                _bubblewrap_argv(config, workdir, program, status_write, seccomp_fd, packages)
+                + command,
                 cwd=program.parent,
-                env=_ENVIRONMENT,
+                env=environment,
                 start_new_session=True,
                 pass_fds=[fd for fd in (status_write, seccomp_fd) if fd is not None],
                 stdin=streams.stdin,

@@ -50,6 +50,7 @@ from avengers_graph.formats.structured import canonical_json
 
 __all__ = [
     "EXTRACTORS",
+    "TEXT_ANSWER_KEY",
     "UNSETTLED",
     "AnswerFormat",
     "Extractor",
@@ -380,6 +381,9 @@ def settled_extractor(
 ToolSchemas = Mapping[str, Mapping[str, object]]
 """Tool name to its ``parameters`` JSON schema (``tool_parsers.bound_tool_parameters``)."""
 
+TEXT_ANSWER_KEY = "text"
+"""The key of every sample that answers in text when tools are in play."""
+
 
 def tool_calls_fit(calls: Sequence[Mapping[str, object]], schemas: ToolSchemas) -> bool:
     """Whether every call names a bound tool and gives every argument its schema requires.
@@ -401,14 +405,21 @@ def tool_calls_fit(calls: Sequence[Mapping[str, object]], schemas: ToolSchemas) 
 def tool_vote_key(
     calls: Sequence[Mapping[str, object]], text: str, schemas: ToolSchemas | None = None
 ) -> str | None:
-    """A sample's key when tools are in play: its tool calls, else its text answer.
+    """A sample's key when tools are in play: the step it takes.
 
-    With the bound tools' ``schemas``, a sample whose calls do not fit them
-    (:func:`tool_calls_fit`) has no key: it abstains rather than out-vote calls that run.
+    A step of a tool loop is an action: each set of tool calls is one, and answering in
+    text is one (:data:`TEXT_ANSWER_KEY`, whatever the wording: three replies that state
+    the same result in three ways are three votes to answer now, not one vote each
+    against a call made three times). The text that answers is then the best-ranked
+    text sample, as for any key. With the bound tools' ``schemas``, a sample whose calls
+    do not fit them (:func:`tool_calls_fit`) has no key: it abstains rather than
+    out-vote calls that run. ``text`` is the sample's reply (unused: kept so callers
+    key every sample the same way).
     """
+    del text
     if calls and schemas is not None and not tool_calls_fit(calls, schemas):
         return None
-    return tool_call_key(calls) or f"text:{formats.extract_text(text) or text.strip()}"
+    return tool_call_key(calls) or TEXT_ANSWER_KEY
 
 
 def early_keys(

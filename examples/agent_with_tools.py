@@ -8,15 +8,16 @@ The pool is ``avengers_graph/data/tools_pool.yaml``: Qwen2.5-Coder 1.5B and 0.5B
 two models of the local registry whose chat template renders tools (SmolLM2's and
 Gemma's do not, so they cannot call tools). llama.cpp returns their calls as text;
 each expert parses them (``tool_call_parser: hermes``, see
-``avengers_graph/tool_parsers.py``). ``local_avengers`` starts one llama.cpp server per
-model and calibrates the pool once on the bundled validation set, replaying the
-recorded answers shipped with the package.
+``avengers_graph/experts/tool_parsers.py``). ``local_avengers`` starts one llama.cpp server per
+model and calibrates the pool once on the bundled validation set, from the answers
+recorded with it (``tools_pool_answers.jsonl``: no model call).
 
 ``langchain.agents.create_agent`` runs the loop: at each step ChatAvengers samples both
-experts, the samples vote on their tool calls (name plus arguments) or their text, and
-the winning calls run; the tool results go back to the experts. A middleware asks for
-one tool call per step (``parallel_tool_calls=False``, enforced by the experts'
-parser). The task needs two steps (a unit conversion, then arithmetic on its result).
+experts at temperature 0.2, the samples vote on their tool calls (name plus
+arguments) or on answering in text, and the winning calls run; the tool results go
+back to the experts. A middleware asks for one tool call per step
+(``parallel_tool_calls=False``, enforced by the experts' parser). The task needs two
+steps (a unit conversion, then arithmetic on its result).
 The tools are real and local: a calculator that parses the expression with ``ast``
 (never ``eval``) and a unit converter. Every step is printed: the votes, the tool
 calls, their results and the final answer. The example exits with status 1 unless
@@ -220,9 +221,11 @@ def _numbers(text: str) -> list[float]:
 def main() -> int:
     """Run the agent on :data:`TASK`; 1 unless it answered right with the tools."""
     settings, _ = load(POOL)
-    # The 1.5B's recorded calibration answers; the 0.5B's ship in local_answers.jsonl.
+    # The tool pool's recorded calibration answers: calibrating makes no model call.
     AnswerCache(settings.cache_dir / "answers.sqlite").import_jsonl(RECORDED)
-    with local_avengers(POOL, seed=0) as llm:
+    # A tool loop wants its samples to agree on the next call: at the pool's 0.7 the
+    # six samples of a step scattered over six different answers in one CI run.
+    with local_avengers(POOL, seed=0, temperature=0.2) as llm:
         agent = create_agent(
             llm,
             tools=[calculator, convert_units],

@@ -1,5 +1,11 @@
-"""LangGraph Studio entry point: the Avengers graph configured by ``AVENGERS_*`` variables."""
+"""LangGraph Studio entry point: ``langgraph dev`` serves the Avengers graph, no setup needed.
 
-from avengers_graph.app.config import graph_from_settings
+The pool is ``AVENGERS_CONFIG``, else the bundled local pool (``avengers local up``
+serves its models; ``avengers calibrate`` builds its store in the user's cache folder).
+When one of those is missing, the server still starts and logs one line saying what to
+run (see :func:`avengers_graph.app.config.studio_graph`).
+"""
 
-graph = graph_from_settings()
+from avengers_graph.app.config import studio_graph
+
+graph = studio_graph()

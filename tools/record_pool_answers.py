@@ -52,17 +52,18 @@ def main() -> None:
     known: set[str] = set()
     for path in [bundled(RECORDED_ANSWERS), *args.known]:
         added = cache.import_jsonl(path)
-        experts = {json.loads(line)["expert"] for line in path.read_text().splitlines() if line}
-        known |= experts
-        print(f"{path.name}: {added} recorded answers of {sorted(experts)} imported")
+        recorded = {json.loads(line)["expert"] for line in path.read_text().splitlines() if line}
+        known |= recorded
+        print(f"{path.name}: {added} recorded answers of {sorted(recorded)} imported")
     try:
         servers.up(local, threads=args.threads)
         options = pool.calibration.as_kwargs()
         rows = read_jsonl(bundled("validation.jsonl"))
         store = ClusterStore(path=args.work / "store", name="record")
         started_at = time.perf_counter()
+        experts = pool.build_experts(local_urls(settings, pool))
         report = calibrate(
-            pool.build_experts(local_urls(settings, pool)),
+            experts,
             pool.embeddings.build(),
             rows,
             store,
@@ -81,7 +82,7 @@ def main() -> None:
     finally:
         if started:
             servers.down(started)
-    new = [name for name in pool.build_experts(local_urls(settings, pool)) if name not in known]
+    new = [name for name in experts if name not in known]  # named before the servers stop
     count = cache.export_jsonl(args.out, experts=new)
     print(f"{args.out}: {count} answers of {new}")
 

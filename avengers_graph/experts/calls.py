@@ -31,6 +31,9 @@ The twins are made in the graph rather than by building the pool file's clients 
 ``max_retries=0``: that covers every path that builds an expert (pool file,
 ``LocalPool``, a user's own ``ChatOpenAI(...)``), and calibration, which calls the
 pool's experts directly and has no retry layer of its own, keeps the client's retries.
+LangGraph logs every retry with the error's text and traceback (INFO), and an upstream
+server's error body may quote the request's key: the graph redacts an error in place
+(:func:`redact_exception`) before raising it for another attempt.
 
 **Timeouts.** No process-wide thread pool: one call's stuck work can never delay or
 fail another call.
@@ -43,28 +46,40 @@ fail another call.
   that timeout, so the HTTP request itself ends and no thread is left behind. The
   SDK's timeout bounds each phase of the request (connecting, and each wait for
   bytes), which for a non-streamed answer is the whole wait.
-- Sync otherwise, and for every ``early_stop`` wait: the call runs on its own daemon
-  thread, which ends when the call ends; the caller waits at most ``timeout`` for it
-  (a client that takes a per-request timeout gets it too, so its thread ends by
-  then). A client that takes no timeout and never answers keeps that one thread until
-  it does (Python cannot stop a thread); it holds no shared resource, so other calls
-  are not affected.
+- Sync otherwise, for every ``early_stop`` wait, and for a client that may queue a
+  call before its request starts (:func:`_queues`: ``ChatOpenAICompatible``'s slot
+  limit, whose wait the request's own timeout does not count) when the run has a
+  deadline: the call runs on its own daemon thread, which ends when the call ends;
+  the caller waits at most ``timeout`` for it (a client that takes a per-request
+  timeout gets it too, so its thread ends by then, or that long after its slot came).
+  A client that takes no timeout and never answers keeps that one thread until it
+  does (Python cannot stop a thread); it holds no shared resource, so other calls are
+  not affected.
+
+**The run's deadline.** The graph passes the run's deadline (``run_timeout``, a
+:func:`time.monotonic` instant) with every call: the call waits
+``min(timeout, deadline - now)`` (:func:`call_budget`), a call that starts past it is
+not made, and the :class:`ExpertTimeoutError` says that the run's deadline, not the
+expert's ``timeout``, ended it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import enum
 import sys
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableConfig
 
 from avengers_graph.errors import ExpertTimeoutError
+from avengers_graph.redact import redact
 
 
 class Interrupted(enum.Enum):
@@ -133,14 +148,63 @@ def request_timeout(expert: BaseChatModel, timeout: float) -> float | None:
     return timeout
 
 
+def _queues(client: BaseChatModel) -> bool:
+    """Whether the client may hold a call back before sending it (a slot limit)."""
+    return getattr(client, "limiter", None) is not None
+
+
 def _is_request_timeout(exc: BaseException) -> bool:
     openai = sys.modules.get("openai")
     timeout_error = getattr(openai, "APITimeoutError", None)
     return isinstance(timeout_error, type) and isinstance(exc, timeout_error)
 
 
-def _expired(seconds: float) -> ExpertTimeoutError:
+def _expired(seconds: float, *, by_deadline: bool = False) -> ExpertTimeoutError:
+    if by_deadline:
+        return ExpertTimeoutError(f"no answer before the run's deadline (waited {seconds:.3g} s)")
     return ExpertTimeoutError(f"no answer within {seconds:g} s")
+
+
+def redact_exception(exc: BaseException, secrets: Iterable[str]) -> None:
+    """Redact the text of ``exc`` and of every exception it chains, in place.
+
+    The type stays (a retry policy matches on it); the string arguments that make up
+    the message (``str(exc)``) go through :func:`~avengers_graph.redact.redact`.
+    """
+    secrets = list(secrets)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.args = tuple(
+            redact(arg, secrets) if isinstance(arg, str) else arg for arg in current.args
+        )
+        message = getattr(current, "message", None)
+        if isinstance(message, str):
+            with contextlib.suppress(AttributeError):  # a read-only property keeps it
+                current.message = redact(message, secrets)  # type: ignore[attr-defined]
+        current = current.__cause__ or current.__context__
+
+
+def call_budget(timeout: float, deadline: float | None) -> tuple[float, bool]:
+    """Seconds a call may take now, and whether the run's deadline is what limits it.
+
+    Args:
+        timeout: The per-call timeout.
+        deadline: The run's deadline, a :func:`time.monotonic` instant (None: none).
+
+    Returns:
+        ``(min(timeout, deadline - now), deadline came first)``; the seconds are
+        negative or zero when the deadline has passed.
+    """
+    if deadline is None:
+        return timeout, False
+    left = deadline - time.monotonic()
+    return (left, True) if left < timeout else (timeout, False)
+
+
+def _past_deadline() -> ExpertTimeoutError:
+    return ExpertTimeoutError("not called: the run's deadline had passed")
 
 
 def invoke(
@@ -152,8 +216,9 @@ def invoke(
     client: BaseChatModel,
     timeout: float,
     wake: threading.Event | None = None,
+    deadline: float | None = None,
 ) -> Any:
-    """Call ``expert`` synchronously, for at most ``timeout`` seconds.
+    """Call ``expert`` synchronously, for at most ``timeout`` seconds (or until ``deadline``).
 
     Args:
         expert: The runnable to call (the expert, or it with tools bound).
@@ -165,30 +230,37 @@ def invoke(
         timeout: Seconds to wait.
         wake: Set by someone else to stop waiting early (``early_stop``): the call is
             then abandoned and :data:`INTERRUPTED` returned.
+        deadline: The run's deadline (:func:`time.monotonic`): the call waits at most
+            until then, and is not made once it has passed.
 
     Returns:
         The expert's answer, or :data:`INTERRUPTED`.
 
     Raises:
-        ExpertTimeoutError: No answer within ``timeout``.
+        ExpertTimeoutError: No answer within ``timeout`` or before ``deadline``.
     """
-    deadline = request_timeout(client, timeout)
-    options = dict(kwargs) if deadline is None else {**kwargs, "timeout": deadline}
+    budget, by_deadline = call_budget(timeout, deadline)
+    if budget <= 0:
+        raise _past_deadline()
+    per_request = request_timeout(client, budget)
+    options = dict(kwargs) if per_request is None else {**kwargs, "timeout": per_request}
 
     def call() -> Any:
         try:
             return expert.invoke(messages, config, **options)
         except Exception as exc:
-            if deadline is not None and _is_request_timeout(exc):
-                raise _expired(deadline) from exc
+            if per_request is not None and _is_request_timeout(exc):
+                raise _expired(per_request, by_deadline=by_deadline) from exc
             raise
 
-    if deadline is not None and wake is None:
+    if per_request is not None and wake is None and not (deadline is not None and _queues(client)):
         return call()  # the HTTP request ends by itself at the deadline
-    return _on_own_thread(call, timeout, wake or threading.Event())
+    return _on_own_thread(call, budget, wake or threading.Event(), by_deadline=by_deadline)
 
 
-def _on_own_thread(call: Callable[[], Any], timeout: float, wake: threading.Event) -> Any:
+def _on_own_thread(
+    call: Callable[[], Any], timeout: float, wake: threading.Event, *, by_deadline: bool = False
+) -> Any:
     """Run ``call`` on a thread of its own; wait until it ends, ``wake`` or ``timeout``."""
     outcome: list[tuple[bool, Any]] = []
 
@@ -210,7 +282,7 @@ def _on_own_thread(call: Callable[[], Any], timeout: float, wake: threading.Even
         raise value
     if wake.is_set():
         return INTERRUPTED
-    raise _expired(timeout)
+    raise _expired(timeout, by_deadline=by_deadline)
 
 
 async def ainvoke(
@@ -221,15 +293,22 @@ async def ainvoke(
     *,
     timeout: float,
     wake: asyncio.Future[None] | None = None,
+    deadline: float | None = None,
 ) -> Any:
     """Call ``expert`` asynchronously; cancel it after ``timeout`` seconds or on ``wake``.
+
+    ``deadline`` (the run's, :func:`time.monotonic`) cancels it earlier when it comes
+    first; past it, the call is not made.
 
     Returns:
         The expert's answer, or :data:`INTERRUPTED` when ``wake`` was resolved first.
 
     Raises:
-        ExpertTimeoutError: No answer within ``timeout``.
+        ExpertTimeoutError: No answer within ``timeout`` or before ``deadline``.
     """
+    timeout, by_deadline = call_budget(timeout, deadline)
+    if timeout <= 0:
+        raise _past_deadline()
     call = asyncio.ensure_future(expert.ainvoke(messages, config, **kwargs))
     waiters: set[asyncio.Future[Any]] = {call} if wake is None else {call, wake}
     try:
@@ -243,4 +322,4 @@ async def ainvoke(
         return call.result()
     if wake is not None and wake in done:
         return INTERRUPTED
-    raise _expired(timeout)
+    raise _expired(timeout, by_deadline=by_deadline)

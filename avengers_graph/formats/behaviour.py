@@ -13,6 +13,11 @@ arguments get small fixed values of their type), and only the calls no program r
 on are compared, so programs that agree on valid inputs are not split by invalid ones.
 For a program that does not run, or with no usable probe, the key falls back to the
 normalised syntax.
+
+The programs run one after the other, within one budget: each gets at most ``timeout``
+seconds and never runs past the caller's ``deadline`` (the vote's share of the run's
+time), so six programs that loop for ever cost the deadline, not six timeouts. A
+program the deadline leaves no time for does not run (its key is its syntax).
 """
 
 from __future__ import annotations
@@ -149,11 +154,13 @@ def generated_calls(question: str, programs: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(calls))
 
 
-def _outputs(code: str, calls: Sequence[str], timeout: float) -> list[str] | None:
+def _outputs(
+    code: str, calls: Sequence[str], timeout: float, deadline: float | None = None
+) -> list[str] | None:
     """The reprs of the calls' results (or ``raises X``), or None if the program fails."""
     token = secrets.token_hex(8) + "::"
     harness = _HARNESS.format(source=code, calls=list(calls))
-    result = run_python(harness, timeout=timeout, stdin=f"{token}\n")
+    result = run_python(harness, timeout=timeout, stdin=f"{token}\n", deadline=deadline)
     lines = result.stdout.rstrip("\n").splitlines()
     if not result.ok or not lines or not lines[-1].startswith(token):
         return None
@@ -167,7 +174,11 @@ def _outputs(code: str, calls: Sequence[str], timeout: float) -> list[str] | Non
 
 
 def behaviour_keys(
-    texts: Sequence[str], question: str, *, timeout: float = 5.0
+    texts: Sequence[str],
+    question: str,
+    *,
+    timeout: float = 5.0,
+    deadline: float | None = None,
 ) -> list[str | None]:
     """Vote keys of code replies: their behaviour on the same probe calls.
 
@@ -176,6 +187,8 @@ def behaviour_keys(
         question: The question the replies answer; its example calls are the probes,
             else calls generated from the function's signature.
         timeout: Seconds each program may run in the sandbox.
+        deadline: A :func:`time.monotonic` instant every program must end by (the
+            caller's remaining budget); None: only ``timeout`` bounds each program.
 
     Returns:
         One key per reply: ``"behaviour:[...]"`` (the reprs of the probe results) when
@@ -187,7 +200,8 @@ def behaviour_keys(
     if generated:
         calls = generated_calls(question, [code for code in codes if code is not None])
     outputs = [
-        _outputs(code, calls, timeout) if code is not None and calls else None for code in codes
+        _outputs(code, calls, timeout, deadline) if code is not None and calls else None
+        for code in codes
     ]
     keep: list[int] = list(range(len(calls)))
     if generated:  # compare only the calls no program raised on (invalid inputs, likely)

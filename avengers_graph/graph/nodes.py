@@ -30,7 +30,10 @@ and async pair of :class:`_Nodes` methods:
    retry-free twin and gives up after ``timeout``; the contract reads the reply
    (a program runs in the sandbox). A transient error is retried by LangGraph's
    ``RetryPolicy`` (the one retry layer) up to ``max_retries``; any other failure is
-   recorded, redacted, in ``failures``.
+   recorded, redacted, in ``failures``. The call runs with :func:`expert_config`: it
+   is traced like any call, but no handler that streams to the caller (LangGraph's
+   ``messages`` mode, ``astream_events``, ``astream_log``) sees it, so only the voted
+   answer reaches a caller's token stream.
 5. ``vote``: :meth:`_Nodes._keys` keys the samples by the question's format (tool
    calls by their calls, code by behaviour, free text by meaning);
    :func:`~avengers_graph.voting.weighted_vote` (or
@@ -61,12 +64,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from langchain_core.callbacks import BaseCallbackManager
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, ToolCall
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.runnables import Runnable, RunnableConfig
+
+# LangGraph's own messages handler is found the same way (langgraph.pregel._messages)
+from langchain_core.tracers._streaming import _StreamingCallbackHandler
 from langgraph.config import get_stream_writer
+from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph import END
 from langgraph.runtime import get_runtime
 from langgraph.types import RetryPolicy, Send
@@ -99,6 +107,7 @@ from avengers_graph.redact import environment_secrets, redact, secrets_of
 from avengers_graph.stores.base import CalibrationStore
 
 _DEFAULT_RETRY_ON = RetryPolicy().retry_on
+_DEFAULT_RETRY = RetryPolicy()
 
 
 def is_transient_error(exc: BaseException) -> bool:
@@ -116,6 +125,41 @@ def is_transient_error(exc: BaseException) -> bool:
         return status in (408, 429) or status >= 500
     retry_on = _DEFAULT_RETRY_ON
     return isinstance(exc, Exception) and callable(retry_on) and bool(retry_on(exc))
+
+
+def _streams_to_caller(handler: Any) -> bool:
+    """Whether a callback handler feeds a caller's stream (messages mode, stream events)."""
+    return isinstance(handler, _StreamingCallbackHandler)
+
+
+def expert_config(config: RunnableConfig) -> RunnableConfig:
+    """The config of one expert call: traced like any call, streamed to no caller.
+
+    The node's callback manager loses the handlers that turn a run's tokens into a
+    caller's stream (LangGraph's ``messages`` stream mode, ``astream_events``,
+    ``astream_log``: every ``_StreamingCallbackHandler``); tracers (LangSmith) and
+    other handlers (usage counters) still see the call. The run is also tagged
+    ``nostream``, which LangGraph's messages mode skips, for handlers attached further
+    down. Without this, streaming the graph interleaved the tokens of the parallel
+    samples ("L", "ad", "ies", "The", " is", ...) ahead of the voted answer, and a
+    streaming handler made every expert stream its answer.
+    """
+    callbacks = config.get("callbacks")
+    if isinstance(callbacks, BaseCallbackManager):
+        callbacks = callbacks.copy()
+        callbacks.handlers = [h for h in callbacks.handlers if not _streams_to_caller(h)]
+        callbacks.inheritable_handlers = [
+            h for h in callbacks.inheritable_handlers if not _streams_to_caller(h)
+        ]
+        callbacks.add_tags([TAG_NOSTREAM])
+    elif isinstance(callbacks, list):
+        callbacks = [h for h in callbacks if not _streams_to_caller(h)]
+    tags = list(config.get("tags") or [])
+    return {
+        **config,
+        "callbacks": callbacks,
+        "tags": tags if TAG_NOSTREAM in tags else [*tags, TAG_NOSTREAM],
+    }
 
 
 def check_expert_costs(
@@ -247,6 +291,8 @@ class _Nodes:
         # turn id -> tally, dropped by the vote (or, for a run that died, by the cap)
         self._turns: dict[str, _Turn] = {}
         self._turns_lock = threading.Lock()
+        # turn id -> the run's deadline (time.monotonic()), dropped like the tallies
+        self._deadlines: dict[str, float] = {}
 
     def settings(self) -> AvengersOptions:
         runtime = get_runtime()
@@ -372,6 +418,8 @@ class _Nodes:
             for name in names
         ]
         _emit("routing", clusters=state["clusters"], experts=experts, seed=seed)
+        turn = uuid.uuid4().hex
+        self._deadline(turn, settings)  # the run's clock starts
         return {
             "experts": experts,
             "question_format": question.format,
@@ -382,7 +430,7 @@ class _Nodes:
             "round_start": 0,
             "round_end": round_end,
             "seed": seed,
-            "turn": uuid.uuid4().hex,
+            "turn": turn,
         }
 
     def dispatch(self, state: AvengersState) -> list[Send] | str:
@@ -448,13 +496,22 @@ class _Nodes:
 
     @staticmethod
     def _answered(
-        message: Any, terms: Contract | None, settings: AvengersOptions, started: float
+        message: Any,
+        terms: Contract | None,
+        settings: AvengersOptions,
+        started: float,
+        deadline: float,
     ) -> Any:
-        """The reply as its strategy's answer (a program run, a direct answer unwrapped)."""
+        """The reply as its strategy's answer (a program run, a direct answer unwrapped).
+
+        A program runs within what is left of the call's ``timeout`` and of the run
+        (``deadline``), at most ``PROGRAM_TIMEOUT``; with nothing left it does not run.
+        """
         if terms is None or not isinstance(message, AIMessage):
             return message
-        left = settings.timeout - (time.perf_counter() - started)
-        return terms.answer(message, timeout=max(min(PROGRAM_TIMEOUT, left), 1.0))
+        call_left = settings.timeout - (time.perf_counter() - started)
+        ends = min(time.monotonic() + call_left, deadline)
+        return terms.answer(message, timeout=PROGRAM_TIMEOUT, deadline=ends)
 
     def _turn(self, settings: AvengersOptions, task: SampleTask) -> _Turn | None:
         """The turn's shared tally when ``early_stop`` is on (created by its first worker).
@@ -478,6 +535,70 @@ class _Nodes:
         with self._turns_lock:
             for key in [key for key in self._turns if key.split("/", 1)[0] == turn]:
                 del self._turns[key]
+            self._deadlines.pop(turn, None)
+
+    # the run's deadline (run_timeout) -------------------------------------------------
+    def _deadline(self, turn: str, settings: AvengersOptions) -> float:
+        """The run's deadline, a :func:`time.monotonic` instant.
+
+        ``select_experts`` fixes it when it opens the turn (``turn`` may name a round,
+        ``"<turn>/<start>"``); a run resumed in another process, whose deadline this
+        one never saw, gets ``run_timeout`` from its first node here.
+        """
+        key = turn.split("/", 1)[0]
+        with self._turns_lock:
+            deadline = self._deadlines.get(key)
+            if deadline is None:
+                while len(self._deadlines) >= _MAX_OPEN_TURNS:
+                    del self._deadlines[next(iter(self._deadlines))]  # the oldest
+                deadline = self._deadlines[key] = time.monotonic() + settings.run_timeout
+            return deadline
+
+    def _time_left(self, state: AvengersState, settings: AvengersOptions) -> float:
+        """Seconds until the run's deadline (negative once it has passed)."""
+        return self._deadline(state.get("turn", ""), settings) - time.monotonic()
+
+    def _code_deadline(self, state: AvengersState, settings: AvengersOptions) -> float:
+        """When the vote's programs must end: one call's ``timeout``, within the run's."""
+        run_deadline = self._deadline(state.get("turn", ""), settings)
+        return min(time.monotonic() + settings.timeout, run_deadline)
+
+    def _retry_fits(self, task: SampleTask, settings: AvengersOptions, attempt: int) -> bool:
+        """Whether LangGraph's backoff before the next attempt ends before the deadline.
+
+        The backoff is the default ``RetryPolicy``'s (``initial_interval * 2 **
+        (attempt - 1)``, at most ``max_interval``, plus up to 1 s of jitter); a graph
+        built with a ``retry_policy`` of its own may wait another interval.
+        """
+        policy = _DEFAULT_RETRY
+        backoff = min(
+            policy.max_interval, policy.initial_interval * policy.backoff_factor ** (attempt - 1)
+        ) + (1.0 if policy.jitter else 0.0)
+        return self._deadline(task["turn"], settings) - time.monotonic() > backoff
+
+    @staticmethod
+    def _pending_at_deadline(state: AvengersState, settings: AvengersOptions) -> str | None:
+        """The error of a run that reached its deadline with no sample (None: none pending).
+
+        Pending: the experts whose calls the time ended, and those of rounds not drawn.
+        """
+        failures = dict(state.get("failures", {}))
+        pending = {
+            name: error
+            for name, error in failures.items()
+            if error.startswith(ExpertTimeoutError.__name__)
+        }
+        for name in state.get("plan", [])[state.get("round_end", 0) :]:
+            pending.setdefault(name, "not drawn")
+        if not pending:
+            return None
+        waited = "; ".join(f"{name} ({error})" for name, error in pending.items())
+        failed = "; ".join(f"{n}: {e}" for n, e in failures.items() if n not in pending)
+        return (
+            f"No answer within the run's deadline (run_timeout={settings.run_timeout:g} s). "
+            f"Still pending: {waited}." + (f" Failed: {failed}." if failed else "") + " Raise "
+            "run_timeout (or timeout), or check that those experts' servers answer."
+        )
 
     def _sampled(
         self, task: SampleTask, message: Any, started: float, turn: _Turn | None
@@ -516,7 +637,8 @@ class _Nodes:
         runtime = get_runtime()
         attempt = runtime.execution_info.node_attempt if runtime.execution_info else 1
         retry = attempt <= settings.max_retries and attempt < self.max_attempts
-        if retry and is_transient_error(exc):
+        if retry and is_transient_error(exc) and self._retry_fits(task, settings, attempt):
+            expert_calls.redact_exception(exc, self.secrets)  # LangGraph logs the retry
             raise exc  # LangGraph's RetryPolicy runs the task again
         error = redact(f"{type(exc).__name__}: {exc}", self.secrets)
         if turn is not None:
@@ -547,6 +669,7 @@ class _Nodes:
         if turn is not None and turn.decided:
             return self._cancelled(task, turn)
         started = time.perf_counter()
+        deadline = self._deadline(task["turn"], settings)
         wake = None
         if turn is not None:  # the wait also ends once the vote is decided
             wake = threading.Event()
@@ -556,15 +679,16 @@ class _Nodes:
             answer = expert_calls.invoke(
                 self._expert(settings, task["expert"]),
                 terms.messages(task["messages"]) if terms else task["messages"],
-                config,
+                expert_config(config),
                 self._call_kwargs(settings, task, terms),
                 client=self.experts[task["expert"]],
                 timeout=settings.timeout,
                 wake=wake,
+                deadline=deadline,
             )
             if answer is expert_calls.INTERRUPTED and turn is not None:
                 return self._cancelled(task, turn)
-            answer = self._answered(answer, terms, settings, started)
+            answer = self._answered(answer, terms, settings, started, deadline)
             return self._sampled(task, answer, started, turn)
         except Exception as exc:  # noqa: BLE001 - recorded as the expert's failure or retried
             return self._failed(task, exc, turn, settings)
@@ -575,6 +699,7 @@ class _Nodes:
         if turn is not None and turn.decided:
             return self._cancelled(task, turn)
         started = time.perf_counter()
+        deadline = self._deadline(task["turn"], settings)
         wake: asyncio.Future[None] | None = None
         if turn is not None:  # the call is cancelled once the vote is decided
             loop = asyncio.get_running_loop()
@@ -585,14 +710,17 @@ class _Nodes:
             answer = await expert_calls.ainvoke(
                 self._expert(settings, task["expert"]),
                 terms.messages(task["messages"]) if terms else task["messages"],
-                config,
+                expert_config(config),
                 self._call_kwargs(settings, task, terms),
                 timeout=settings.timeout,
                 wake=wake,
+                deadline=deadline,
             )
             if answer is expert_calls.INTERRUPTED and turn is not None:
                 return self._cancelled(task, turn)
-            answer = await asyncio.to_thread(self._answered, answer, terms, settings, started)
+            answer = await asyncio.to_thread(
+                self._answered, answer, terms, settings, started, deadline
+            )
             return self._sampled(task, answer, started, turn)
         except Exception as exc:  # noqa: BLE001 - recorded as the expert's failure or retried
             return self._failed(task, exc, turn, settings)
@@ -627,7 +755,11 @@ class _Nodes:
         fmt = formats.FORMATS.get(question)
         if fmt is not None and not fmt.votes_by_meaning:
             if question == "code":  # run the programs on the same calls
-                keys = behaviour_keys(texts, routing.question_text(state["messages"]))
+                keys = behaviour_keys(
+                    texts,
+                    routing.question_text(state["messages"]),
+                    deadline=self._code_deadline(state, settings),  # the call's budget
+                )
                 if any(key is not None and key.startswith("behaviour:") for key in keys):
                     return keys, "code:behaviour", True
             detected = Detected(question, tuple(state.get("options", [])))
@@ -647,8 +779,12 @@ class _Nodes:
         samples = sorted(state.get("samples", []), key=lambda s: (s["rank"], s["index"]))
         more = state.get("round_end", 0) < len(state.get("plan", []))
         if not samples:
-            if more:
+            expired = self._time_left(state, self.settings()) <= 0
+            if more and not expired:
                 return None
+            if expired and (pending := self._pending_at_deadline(state, self.settings())):
+                self._close_turns(state.get("turn", ""))
+                raise ExpertTimeoutError(pending)
             failures = dict(state.get("failures", {}))
             for expert in state.get("experts", []):
                 failures.setdefault(expert["name"], "returned no sample")
@@ -688,6 +824,8 @@ class _Nodes:
         settings = self.settings()
         end, plan = state.get("round_end", 0), state.get("plan", [])
         if settings.threshold is None or end >= len(plan) or state.get("round_start") is None:
+            return None
+        if self._time_left(state, settings) <= 0:  # the run's deadline: vote on what it has
             return None
         if result.votes and result.confidence >= settings.threshold:
             return None

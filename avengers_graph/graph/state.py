@@ -96,7 +96,8 @@ class RoutingRecord(TypedDict):
     failures: dict[str, str]
     """Expert to the error that cost it its samples."""
     cancelled: int
-    """Planned samples not waited for: the vote was decided without them (``early_stop``)."""
+    """Planned samples the vote was decided without: dropped while running (``early_stop``)
+    or never drawn (adaptive sampling stopped at ``threshold``)."""
     winner: str
     """The expert whose sample was returned."""
     answer_format: str

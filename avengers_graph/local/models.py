@@ -30,7 +30,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -52,6 +52,8 @@ __all__ = [
     "missing_packages",
 ]
 
+Progress = Callable[[int, int], None]
+"""Called with ``(bytes joined, bytes in all)`` while a model file is joined."""
 _CHUNK_BYTES = 8 * 1024 * 1024
 _PIP_TAIL_LINES = 15
 _LOCK_TIMEOUT_S = 1800.0
@@ -167,7 +169,7 @@ MODELS: Mapping[str, LocalModelSpec] = MappingProxyType(
 )
 """The registry: model name to its spec."""
 
-DEMO_MODELS: tuple[str, ...] = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b")
+DEMO_MODELS: tuple[str, ...] = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 """The models a demo starts: small enough to run side by side on two cores."""
 
 
@@ -343,7 +345,9 @@ def _exclusive(lock_path: Path, timeout: float = _LOCK_TIMEOUT_S) -> Iterator[No
         ) from exc
 
 
-def _copy_parts(spec: LocalModelSpec, parts: list[Path], out: BinaryIO) -> tuple[int, str]:
+def _copy_parts(
+    spec: LocalModelSpec, parts: list[Path], out: BinaryIO, progress: Progress | None = None
+) -> tuple[int, str]:
     digest = hashlib.sha256()
     written = 0
     for part in parts:
@@ -354,10 +358,14 @@ def _copy_parts(spec: LocalModelSpec, parts: list[Path], out: BinaryIO) -> tuple
                     return written, ""  # already too long: stop early
                 digest.update(block)
                 out.write(block)
+                if progress is not None:
+                    progress(written, spec.size)
     return written, digest.hexdigest()
 
 
-def _join(spec: LocalModelSpec, parts: list[Path], final: Path) -> None:
+def _join(
+    spec: LocalModelSpec, parts: list[Path], final: Path, progress: Progress | None = None
+) -> None:
     partial = final.with_name(final.name + ".partial")
     free = shutil.disk_usage(final.parent).free
     if free < spec.size:
@@ -368,7 +376,7 @@ def _join(spec: LocalModelSpec, parts: list[Path], final: Path) -> None:
         )
     try:
         with partial.open("wb") as out:
-            written, sha256 = _copy_parts(spec, parts, out)
+            written, sha256 = _copy_parts(spec, parts, out, progress)
             out.flush()
             os.fsync(out.fileno())
     except OSError as exc:
@@ -388,7 +396,9 @@ def _join(spec: LocalModelSpec, parts: list[Path], final: Path) -> None:
     _write_sidecar(final, spec.sha256)
 
 
-def _ensure_registered(spec: LocalModelSpec, cache_dir: Path) -> Path:
+def _ensure_registered(
+    spec: LocalModelSpec, cache_dir: Path, progress: Progress | None = None
+) -> Path:
     models_dir = cache_dir / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
     final = models_dir / spec.filename
@@ -399,16 +409,17 @@ def _ensure_registered(spec: LocalModelSpec, cache_dir: Path) -> Path:
         _unlink(final)
         _unlink(_sidecar(final))
         parts = _part_paths(spec)
-        _join(spec, parts, final)
+        _join(spec, parts, final, progress)
         return final
 
 
-def ensure_model(name_or_path: str, cache_dir: Path) -> Path:
+def ensure_model(name_or_path: str, cache_dir: Path, progress: Progress | None = None) -> Path:
     """Return the path of a verified GGUF file for a registry name or a ``.gguf`` path.
 
     A registry name is joined from its installed packages into
     ``<cache_dir>/models/`` once and re-verified cheaply afterwards (see the module
-    docstring); a path to an existing file is returned as is.
+    docstring); a path to an existing file is returned as is. ``progress(done, total)``
+    is told the bytes joined so far (not called when the file is already there).
 
     Raises:
         ModelFileError: The model's packages are not installed (the message says how
@@ -418,7 +429,7 @@ def ensure_model(name_or_path: str, cache_dir: Path) -> Path:
     """
     spec = MODELS.get(name_or_path)
     if spec is not None:
-        return _ensure_registered(spec, Path(cache_dir))
+        return _ensure_registered(spec, Path(cache_dir), progress)
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path.resolve()

@@ -12,6 +12,8 @@ from avengers_graph.stores.base import (
     Calibration,
     CalibrationStore,
     ExpertStats,
+    Feedback,
+    FeedbackStore,
     StoredQuestion,
     StoreInfo,
 )
@@ -24,6 +26,8 @@ __all__ = [
     "CalibrationStore",
     "ClusterStore",
     "ExpertStats",
+    "Feedback",
+    "FeedbackStore",
     "MemoryStore",
     "StoreInfo",
     "StoredQuestion",

@@ -32,9 +32,13 @@ __all__ = [
     "Calibration",
     "CalibrationStore",
     "ExpertStats",
+    "Feedback",
+    "FeedbackStore",
     "StoreInfo",
     "StoredQuestion",
+    "apply_feedback",
     "check_compatible",
+    "grade_feedback",
     "validate_calibration",
     "validate_stats",
 ]
@@ -167,6 +171,135 @@ class ExpertStats:
             sample_correct=data.get("sample_correct", 0),
             samples=data.get("samples", 0),
         )
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Graded outcomes to add to one expert's statistics in one cluster (user feedback).
+
+    The counts mean what :class:`ExpertStats`' counts mean: ``total`` answers of the
+    expert (its majority over its samples) of which ``correct`` were right, ``samples``
+    single samples of which ``sample_correct`` were right.
+
+    Raises:
+        InvalidInputError: A count is negative or a part exceeds its whole.
+    """
+
+    correct: int = 0
+    total: int = 0
+    sample_correct: int = 0
+    samples: int = 0
+
+    def __post_init__(self) -> None:
+        counts = {
+            name: _as_int(getattr(self, name), f"Feedback.{name}")
+            for name in ("correct", "total", "sample_correct", "samples")
+        }
+        if min(counts.values()) < 0 or counts["correct"] > counts["total"]:
+            raise InvalidInputError(f"Feedback needs 0 <= correct <= total, got {counts}.")
+        if counts["sample_correct"] > counts["samples"]:
+            raise InvalidInputError(f"Feedback needs sample_correct <= samples, got {counts}.")
+        for name, value in counts.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def empty(self) -> bool:
+        """Whether it grades nothing."""
+        return self.total == 0 and self.samples == 0
+
+    def added_to(self, stats: ExpertStats) -> ExpertStats:
+        """``stats`` with these outcomes counted in.
+
+        Per-sample counts are added only where the statistics keep them
+        (``stats.samples > 0``): a calibration recorded before they were kept reads its
+        per-sample accuracy from ``accuracy``, which the feedback updates too.
+        """
+        keeps_samples = stats.samples > 0
+        return replace(
+            stats,
+            correct=stats.correct + self.correct,
+            total=stats.total + self.total,
+            sample_correct=stats.sample_correct + (self.sample_correct if keeps_samples else 0),
+            samples=stats.samples + (self.samples if keeps_samples else 0),
+        )
+
+
+def _majority(keys: Sequence[str | None]) -> str | None:
+    """The key most of an expert's samples gave (ties: the first), None if none gave one."""
+    counted = [key for key in keys if key is not None]
+    if not counted:
+        return None
+    return max(dict.fromkeys(counted), key=counted.count)
+
+
+def grade_feedback(
+    answers: Mapping[str, Sequence[str | None]], answer: str, correct: bool
+) -> dict[str, Feedback]:
+    """What a user's verdict on an answer says about each expert that sampled it.
+
+    An expert's answer is the key most of its samples gave, as calibration grades it.
+    When the answer was right, a sample (or an expert's answer) was right exactly if it
+    gave the same key, and wrong otherwise. When it was wrong, the samples that gave it
+    were wrong, and so were samples that gave no answer at all (key ``None``); samples
+    that gave another answer are not graded, since the verdict does not say what the
+    right answer was.
+
+    Args:
+        answers: Expert name to the keys of its samples (``None``: no answer extracted).
+        answer: The key of the answer the verdict is about.
+        correct: The verdict.
+
+    Returns:
+        Expert name to its outcomes; experts the verdict says nothing about are left out.
+    """
+    graded: dict[str, Feedback] = {}
+    for expert, keys in answers.items():
+        mine = _majority(keys)
+        if correct:
+            feedback = Feedback(
+                correct=int(mine == answer),
+                total=1 if keys else 0,
+                sample_correct=sum(key == answer for key in keys),
+                samples=len(keys),
+            )
+        else:
+            wrong = sum(key is None or key == answer for key in keys)
+            feedback = Feedback(total=int(mine is None or mine == answer), samples=wrong)
+        if not feedback.empty:
+            graded[expert] = feedback
+    return graded
+
+
+def apply_feedback(
+    stats: Mapping[int, Mapping[str, ExpertStats]],
+    feedback: Mapping[int, Mapping[str, Feedback]],
+) -> dict[int, dict[str, ExpertStats]]:
+    """The statistics that feedback changes, with the feedback counted in.
+
+    Only experts that already have statistics in a cluster are updated there: an
+    expert the calibration never scored in a cluster stays unscored (it ranks last),
+    rather than being ranked on a handful of verdicts alone.
+
+    Args:
+        stats: The current ``{cluster: {expert: ExpertStats}}``.
+        feedback: ``{cluster: {expert: Feedback}}`` to add.
+
+    Returns:
+        ``{cluster: {expert: ExpertStats}}`` of the updated entries only.
+    """
+    updated: dict[int, dict[str, ExpertStats]] = {}
+    for raw_cluster, by_expert in feedback.items():
+        cluster = _as_int(raw_cluster, "a cluster id in the feedback")
+        current = stats.get(cluster, {})
+        for expert, outcome in by_expert.items():
+            if not isinstance(outcome, Feedback):
+                raise InvalidInputError(
+                    f"Feedback for cluster {cluster}, expert {expert!r} must be a Feedback, "
+                    f"got {type(outcome).__name__}."
+                )
+            if expert in current and not outcome.empty:
+                updated.setdefault(cluster, {})[expert] = outcome.added_to(current[expert])
+    return updated
 
 
 @dataclass(frozen=True)
@@ -562,4 +695,20 @@ class CalibrationStore(Protocol):
 
     def refresh(self) -> None:
         """Forget what was cached from the store."""
+        ...
+
+
+@runtime_checkable
+class FeedbackStore(Protocol):
+    """A store whose statistics take users' feedback (both bundled stores do)."""
+
+    def add_feedback(
+        self, feedback: Mapping[int, Mapping[str, Feedback]]
+    ) -> dict[int, dict[str, ExpertStats]]:
+        """Count graded outcomes into the statistics, in one atomic write.
+
+        Returns:
+            The updated entries, ``{cluster: {expert: ExpertStats}}``
+            (:func:`apply_feedback`).
+        """
         ...

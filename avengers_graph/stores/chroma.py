@@ -78,10 +78,12 @@ from avengers_graph.redact import redact
 from avengers_graph.stores.base import (
     SCHEMA_VERSION,
     ExpertStats,
+    Feedback,
     StoredQuestion,
     StoreInfo,
     _as_float,
     _as_int,
+    apply_feedback,
     check_compatible,
     validate_calibration,
     validate_stats,
@@ -1046,8 +1048,6 @@ class ClusterStore:
 
     # ------------------------------------------------------------------ writing
 
-    # ------------------------------------------------------------------ writing
-
     def _batches(self, n: int) -> Iterator[slice]:
         batch = self._max_batch()
         for start in range(0, n, batch):
@@ -1292,62 +1292,124 @@ class ClusterStore:
             clean = validate_stats(stats, info.n_clusters)
             if not clean:
                 return info
-
-            def read() -> tuple[dict[str, Any], tuple[str, str]]:
-                collection = self._data("centroids")
-                live = self._live or ("", "")
-                records = self._call(
-                    "read the centroids",
-                    lambda: collection.get(include=["metadatas", "embeddings"]),
-                )
-                return dict(records), live
-
-            records, (_, questions_name) = self._retrying(read)
-            current: dict[int, tuple[int, dict[str, ExpertStats], Any]] = {}
-            for metadata, vector in zip(
-                records["metadatas"] or [], records["embeddings"], strict=True
-            ):
-                cluster, size, cluster_stats = self._parse_cluster_metadata(metadata)
-                current[cluster] = (size, cluster_stats, vector)
-            if sorted(current) != list(range(info.n_clusters)):
-                raise StoreError(
-                    f"The store of {self._where} should hold clusters 0..{info.n_clusters - 1} "
-                    f"but holds {sorted(current)}; re-run calibrate with --replace to rebuild it."
-                )
+            current, questions_name = self._current_clusters(info)
             for cluster, experts in clean.items():
                 current[cluster][1].update(experts)
             new_experts = list(info.experts)
             for experts in clean.values():
                 new_experts.extend(e for e in experts if e not in new_experts)
             updated = replace(info, experts=tuple(new_experts), schema_version=SCHEMA_VERSION)
-
-            self._sweep()
-            generation = _new_generation()
-            questions_generation = questions_name.rpartition(".")[2]
-            if info.schema_version < 2:  # migrate: the questions move to a generation too
-                questions_generation = generation
-                rows = self._question_records(include_vectors=True)
-                self._add_questions(
-                    self._generation_name("questions", generation),
-                    [row[1] for row in rows],
-                    [row[2] for row in rows],
-                    [row[3] for row in rows],
-                    np.asarray([row[4] for row in rows], dtype=np.float32).reshape(
-                        len(rows), info.embedding_dim
-                    ),
-                )
-            self._add_centroids(
-                self._generation_name("centroids", generation),
-                np.asarray([current[c][2] for c in range(info.n_clusters)], dtype=np.float32),
-                [
-                    self._cluster_metadata(c, current[c][0], current[c][1])
-                    for c in range(info.n_clusters)
-                ],
-            )
-            self._switch(updated, centroids=generation, questions=questions_generation)
-            self._sweep()
+            self._rewrite_clusters(info, updated, current, questions_name)
         self._info = updated
         return updated
+
+    def add_feedback(
+        self, feedback: Mapping[int, Mapping[str, Feedback]]
+    ) -> dict[int, dict[str, ExpertStats]]:
+        """Count users' verdicts into the per-cluster statistics, atomically.
+
+        Read, update and write happen under the writer lock, on what is stored now (not
+        on this object's cache), so concurrent feedback is never lost; the updated
+        centroid records are written as a new generation and switched in at once, as
+        :meth:`add_expert_stats` does. Only experts with statistics in a cluster are
+        updated there (:func:`~avengers_graph.stores.base.apply_feedback`).
+
+        Args:
+            feedback: ``{cluster: {expert: Feedback}}``.
+
+        Returns:
+            The updated entries, ``{cluster: {expert: ExpertStats}}`` (empty: nothing
+            written).
+
+        Raises:
+            InvalidInputError: A cluster id out of range or a value that is not a Feedback.
+            EmptyStoreError: Nothing was written to this pool.
+            StoreBusyError: Another writer holds the store.
+        """
+        with self.write_lock():
+            self.refresh()
+            info = self.info()
+            for cluster in feedback:
+                if not 0 <= _as_int(cluster, "a cluster id in the feedback") < info.n_clusters:
+                    raise InvalidInputError(
+                        f"Feedback names cluster {cluster}, outside 0..{info.n_clusters - 1}."
+                    )
+            current, questions_name = self._current_clusters(info)
+            updated = apply_feedback({c: stats for c, (_, stats, _) in current.items()}, feedback)
+            if not updated:
+                return {}
+            for cluster, experts in updated.items():
+                current[cluster][1].update(experts)
+            stored = replace(info, schema_version=SCHEMA_VERSION)
+            self._rewrite_clusters(info, stored, current, questions_name)
+        self._info = stored
+        return updated
+
+    def _current_clusters(
+        self, info: StoreInfo
+    ) -> tuple[dict[int, tuple[int, dict[str, ExpertStats], Any]], str]:
+        """The stored centroid records and the live questions collection's name.
+
+        Records are ``{cluster: (size, statistics, vector)}``, read under the writer lock.
+        """
+
+        def read() -> tuple[dict[str, Any], tuple[str, str]]:
+            collection = self._data("centroids")
+            live = self._live or ("", "")
+            records = self._call(
+                "read the centroids",
+                lambda: collection.get(include=["metadatas", "embeddings"]),
+            )
+            return dict(records), live
+
+        records, (_, questions_name) = self._retrying(read)
+        current: dict[int, tuple[int, dict[str, ExpertStats], Any]] = {}
+        for metadata, vector in zip(records["metadatas"] or [], records["embeddings"], strict=True):
+            cluster, size, cluster_stats = self._parse_cluster_metadata(metadata)
+            current[cluster] = (size, cluster_stats, vector)
+        if sorted(current) != list(range(info.n_clusters)):
+            raise StoreError(
+                f"The store of {self._where} should hold clusters 0..{info.n_clusters - 1} "
+                f"but holds {sorted(current)}; re-run calibrate with --replace to rebuild it."
+            )
+        return current, questions_name
+
+    def _rewrite_clusters(
+        self,
+        info: StoreInfo,
+        updated: StoreInfo,
+        current: Mapping[int, tuple[int, Mapping[str, ExpertStats], Any]],
+        questions_name: str,
+    ) -> None:
+        """Write the centroid records as a new generation and switch to it (under the lock).
+
+        A schema-1 store is migrated on the way: its questions move to a generation too.
+        """
+        self._sweep()
+        generation = _new_generation()
+        questions_generation = questions_name.rpartition(".")[2]
+        if info.schema_version < 2:  # migrate: the questions move to a generation too
+            questions_generation = generation
+            rows = self._question_records(include_vectors=True)
+            self._add_questions(
+                self._generation_name("questions", generation),
+                [row[1] for row in rows],
+                [row[2] for row in rows],
+                [row[3] for row in rows],
+                np.asarray([row[4] for row in rows], dtype=np.float32).reshape(
+                    len(rows), info.embedding_dim
+                ),
+            )
+        self._add_centroids(
+            self._generation_name("centroids", generation),
+            np.asarray([current[c][2] for c in range(info.n_clusters)], dtype=np.float32),
+            [
+                self._cluster_metadata(c, current[c][0], current[c][1])
+                for c in range(info.n_clusters)
+            ],
+        )
+        self._switch(updated, centroids=generation, questions=questions_generation)
+        self._sweep()
 
     def delete(self) -> None:
         """Delete this pool's collections; other pools in the database are untouched.

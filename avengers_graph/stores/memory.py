@@ -24,8 +24,10 @@ from avengers_graph.stores.base import (
     Calibration,
     CalibrationStore,
     ExpertStats,
+    Feedback,
     StoredQuestion,
     StoreInfo,
+    apply_feedback,
     check_compatible,
     validate_calibration,
 )
@@ -162,6 +164,29 @@ class MemoryStore:
         calibration = self.calibration.with_experts(stats)
         self._calibration = calibration
         return calibration.info
+
+    def add_feedback(
+        self, feedback: Mapping[int, Mapping[str, Feedback]]
+    ) -> dict[int, dict[str, ExpertStats]]:
+        """Count users' verdicts into the per-cluster statistics (in memory only).
+
+        Returns:
+            The updated entries (:func:`~avengers_graph.stores.base.apply_feedback`).
+        """
+        with self._lock:
+            calibration = self.calibration
+            for cluster in feedback:
+                if not 0 <= cluster < calibration.info.n_clusters:
+                    raise InvalidInputError(
+                        f"Feedback names cluster {cluster}, outside "
+                        f"0..{calibration.info.n_clusters - 1}."
+                    )
+            updated = apply_feedback(calibration.stats, feedback)
+            stats = {c: dict(experts) for c, experts in calibration.stats.items()}
+            for cluster, experts in updated.items():
+                stats[cluster].update(experts)
+            self._calibration = replace(calibration, stats=stats)
+        return updated
 
     def delete(self) -> None:
         """Forget the calibration."""

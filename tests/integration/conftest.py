@@ -9,12 +9,15 @@ check is an error, not a skip.
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,7 +25,9 @@ import pytest
 from avengers_graph.local.server import find_server
 
 _INTEGRATION_DIR = Path(__file__).resolve().parent
+ROOT = _INTEGRATION_DIR.parents[1]
 _STARTUP_TIMEOUT_S = 30.0
+_COMMAND_TIMEOUT_S = 900.0  # not a timing assertion: only stops a wedged command
 
 
 requires_llama_server = pytest.mark.skipif(
@@ -147,3 +152,78 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+def readme_blocks(section: str) -> list[tuple[str, str]]:
+    """The fenced code blocks of a README section, as ``(language, code)``, in order."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```(\w+)\n(.*?)```", body, flags=re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Newcomer:
+    """A user who just installed the package: no ``AVENGERS_*`` variable, an empty cache.
+
+    ``home`` is a HOME of its own: its cache folder (``~/.cache/avengers-graph``) holds
+    only the machine's ``llama-server`` build (linked, read-only: compiling it again
+    takes ten minutes); model files, servers, stores and answer caches start empty.
+    """
+
+    home: Path
+    env: dict[str, str]
+
+    @property
+    def cache(self) -> Path:
+        """The user's cache folder, as the package finds it with nothing set."""
+        return self.home / ".cache" / "avengers-graph"
+
+    def shell(self, script: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``script`` in bash as this user (``avengers`` is on the PATH)."""
+        return subprocess.run(  # noqa: S603 - bash running our own commands
+            ["bash", "-euo", "pipefail", "-c", script],  # noqa: S607 - the system's bash
+            cwd=cwd or self.home,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=_COMMAND_TIMEOUT_S,
+            check=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Newcomer]:
+    """A fresh user whose bundled pool runs: the README quick start's ``bash`` block, as written.
+
+    Stops the servers (``avengers local down``) at the end of the session.
+    """
+    binary = find_server()
+    if binary is None:  # pragma: no cover - requires_llama_server skips the tests first
+        pytest.skip("llama-server is not built")
+    home = tmp_path_factory.mktemp("newcomer-home")
+    cache = home / ".cache" / "avengers-graph"
+    cache.mkdir(parents=True)
+    (cache / "llama-server").symlink_to(binary.parents[1], target_is_directory=True)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("AVENGERS_") and key not in {"XDG_CACHE_HOME", "COLUMNS"}
+    }
+    env |= {
+        "HOME": str(home),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        # a guard of this machine, not a setting the package needs: no hub, no telemetry
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "ANONYMIZED_TELEMETRY": "False",
+    }
+    user = Newcomer(home=home, env=env)
+    [(language, script)] = [b for b in readme_blocks("Quick start") if b[0] == "bash"]
+    assert language == "bash"
+    try:
+        started = user.shell(script)
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield user
+    finally:
+        stopped = user.shell("avengers local down")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr

@@ -4,8 +4,8 @@ The same suite as ``test_standard.py``, but the experts are the tool pool of
 ``avengers_graph/data/tools_pool.yaml``: Qwen2.5-Coder 1.5B and 0.5B (Q4_K_M GGUF),
 each behind its own llama.cpp server started for the module, spoken to over HTTP
 through ``langchain-openai`` (tool calls parsed client-side, ``tool_call_parser:
-hermes``). The store is calibrated on the bundled validation set by replaying the
-recorded answers shipped with the package (no expert call). Each call samples both
+hermes``). The store is calibrated on the bundled validation set from the tool pool's
+recorded answers (``tools_pool_answers.jsonl``: no model call). Each call samples both
 experts once (the suite's temperature is 0, so more samples of one expert would repeat
 it) and votes.
 
@@ -60,11 +60,13 @@ def local_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     servers = LocalPool(settings.cache_dir)
     try:
         servers.up(MODELS_NEEDED)
+        # the bundled set, replayed from the tool pool's recorded answers: no model call
         AnswerCache(settings.cache_dir / "answers.sqlite").import_jsonl(
             bundled("tools_pool_answers.jsonl")
         )
         report = calibrate_pool(settings, POOL)
-        assert report.calls == 0, "the recorded answers should cover the whole calibration"
+        assert report.calibrated == tuple(MODELS_NEEDED)
+        assert (report.calls, report.cached) == (0, 80)
         _RUNNING.update(
             experts=POOL.build_experts(local_urls(settings, POOL)),
             embeddings=POOL.embeddings.build(),

@@ -1,27 +1,39 @@
-"""``langgraph dev`` serves ``graphs/avengers.py``; driven through ``langgraph_sdk``.
+"""``langgraph dev`` in a fresh checkout, with no environment set; driven by ``langgraph_sdk``.
 
-The graph is configured by environment variables only (``AVENGERS_*``): a pool file
-whose one expert is a real llama.cpp server running SmolLM2, and a store calibrated
-through that server.
+The user is the ``newcomer`` (no ``AVENGERS_*`` variable; the bundled pool's models
+served by ``avengers local up`` in their own cache folder). The checkout is a copy of
+the repository's tracked files, with no ``.env`` and nothing built. ``langgraph dev``
+starts there twice:
+
+1. before ``avengers calibrate``: the server starts anyway, logs one line saying what
+   to run (no traceback), and a run fails with that line;
+2. after it: the bundled pool's graph, through ``langgraph_sdk``.
 """
 
 from __future__ import annotations
 
-import os
+import shutil
+import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from avengers_graph import ClusterStore, LocalEmbeddings, calibrate
-from tests.integration.conftest import requires_llama_server
+from avengers_graph.local.models import DEMO_MODELS
+from tests.integration.conftest import ROOT, Newcomer, requires_llama_server
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = requires_llama_server
+_START_TIMEOUT_S = 180.0  # not a timing assertion: only stops waiting for a wedged server
+DATASET = (
+    '{"id": "a", "question": "What is 2 + 3?", "answer": "5", "kind": "number"}\n'
+    '{"id": "b", "question": "Which is a fruit?\\nA) Car\\nB) Apple", "answer": "B", '
+    '"kind": "choice"}\n'
+)
 
 
 def _free_port() -> int:
@@ -31,103 +43,123 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from avengers_graph.app.config import load_pool_config
-    from avengers_graph.local.pool import LocalPool
-
-    work = tmp_path_factory.mktemp("studio")
-    cache = work / "cache"
-    pool_file = work / "pool.yaml"
-    pool_file.write_text(
-        "experts:\n  - {name: smollm2, local: smollm2-135m, max_tokens: 24}\n"
-        f"store: {{path: '{work / 'store'}', name: studio}}\n"
-        "routing: {top_n: 1, samples: 2, seed: 0}\n"
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository's tracked files, as a fresh clone has them."""
+    target = tmp_path_factory.mktemp("checkout")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"],  # noqa: S607 - the system's git
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=60,
     )
-    servers = LocalPool(cache)
-    servers.up(["smollm2-135m"])
-    try:
-        pool = load_pool_config(pool_file)
-        urls = {name: s.base_url for name, s in servers.servers().items()}
-        dataset = [
-            {"question": "What is 2 + 3?", "answer": "5", "kind": "number"},
-            {"question": "Say hello.", "answer": "hello", "kind": "text"},
-        ]
-        calibrate(
-            pool.build_experts(urls),
-            LocalEmbeddings(),
-            dataset,
-            ClusterStore(path=work / "store", name="studio"),
-            n_clusters=1,
-            samples=1,
-            max_tokens=16,
-            cache=cache / "answers.sqlite",
-        )
-        port = _free_port()
-        env = {
-            **os.environ,
-            "AVENGERS_CONFIG": str(pool_file),
-            "AVENGERS_CACHE_DIR": str(cache),
-            "LANGGRAPH_CLI_NO_ANALYTICS": "1",
-            "LANGGRAPH_NO_VERSION_CHECK": "1",
-            "HF_HUB_OFFLINE": "1",
-        }
-        log = (work / "langgraph.log").open("wb")
-        cli = Path(sys.executable).parent / "langgraph"
-        proc = subprocess.Popen(  # noqa: S603 - our own executable
-            [str(cli), "dev", "--no-browser", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
+    for name in listed.stdout.decode().split("\0"):
+        source = ROOT / name
+        if name and source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    assert not (target / ".env").exists()
+    return target
+
+
+@contextmanager
+def langgraph_dev(user: Newcomer, checkout: Path, log: Path) -> Iterator[str]:
+    """``langgraph dev`` in ``checkout`` as ``user``; yields its URL once it answers."""
+    from langgraph_sdk import get_sync_client
+
+    port = _free_port()
+    env = {**user.env, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGGRAPH_NO_VERSION_CHECK": "1"}
+    with log.open("wb") as output:
+        proc = subprocess.Popen(  # noqa: S603 - the venv's langgraph CLI
+            ["langgraph", "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1",  # noqa: S607
+             "--port", str(port)],
+            cwd=checkout,
             env=env,
-            stdout=log,
+            stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        from langgraph_sdk import get_sync_client
-
-        client = get_sync_client(url=url)
-        deadline = time.monotonic() + 90
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        client = get_sync_client(url=url, timeout=30)
+        deadline = time.monotonic() + _START_TIMEOUT_S
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"langgraph dev exited: {(work / 'langgraph.log').read_text()[-3000:]}")
+                pytest.fail(f"langgraph dev exited: {log.read_text()[-3000:]}")
             try:
                 client.assistants.search(graph_id="avengers")
                 break
             except Exception:  # noqa: BLE001 - not up yet
                 if time.monotonic() > deadline:
-                    tail = (work / "langgraph.log").read_text()[-3000:]
-                    pytest.fail(f"langgraph dev did not start: {tail}")
+                    pytest.fail(f"langgraph dev did not start: {log.read_text()[-3000:]}")
                 time.sleep(0.5)
         yield url
-        proc.terminate()
-        proc.wait(timeout=20)
     finally:
-        servers.down()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
 
 
-def test_studio_serves_the_graph_and_runs_it(studio: str) -> None:
+def _ask(url: str, question: str, **context: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One run on a new thread: ``(the run's output, the thread)``."""
     from langgraph_sdk import get_sync_client
 
-    client = get_sync_client(url=studio)
+    client = get_sync_client(url=url, timeout=900)
     (assistant,) = client.assistants.search(graph_id="avengers")
-    graph = client.assistants.get_graph(assistant["assistant_id"])
-    assert {n["id"] for n in graph["nodes"]} >= {
-        "embed",
-        "locate_cluster",
-        "select_experts",
-        "sample",
-        "vote",
-    }
-
     thread = client.threads.create()
     out = client.runs.wait(
         thread["thread_id"],
         assistant["assistant_id"],
-        input={"messages": [{"role": "user", "content": "What is 4 + 4?"}]},
+        input={"messages": [{"role": "user", "content": question}]},
+        context=context or None,
     )
-    assert out["messages"][-1]["type"] == "ai"
-    record = out["avengers"]
-    assert [e["name"] for e in record["experts"]] == ["smollm2"]
-    assert len(record["samples"]) == 2
-    state = client.threads.get_state(thread["thread_id"])
-    assert len(state["values"]["messages"]) == 2
-    assert state["values"]["avengers"]["seed"] == 0
+    return out, thread
+
+
+def test_studio_says_what_to_run_then_serves_the_bundled_pool(
+    newcomer: Newcomer, checkout: Path, tmp_path: Path
+) -> None:
+    from langgraph_sdk import get_sync_client
+
+    before = tmp_path / "before.log"
+    with (
+        langgraph_dev(newcomer, checkout, before) as url,
+        pytest.raises(Exception, match=r"run `avengers calibrate` to build it"),
+    ):
+        _ask(url, "What is 4 + 4?")  # the run fails with what to run
+    text = before.read_text()
+    [line] = [line for line in text.splitlines() if "avengers-graph is not ready" in line]
+    assert "run `avengers calibrate`" in line
+    assert "restart `langgraph dev`" in line
+    assert "Traceback" not in text.split("avengers-graph is not ready", 1)[0]
+
+    (tmp_path / "tiny.jsonl").write_text(DATASET)
+    calibrated = newcomer.shell(
+        f"avengers calibrate --dataset {tmp_path / 'tiny.jsonl'} --clusters 1 --samples 1"
+    )
+    assert calibrated.returncode == 0, calibrated.stdout + calibrated.stderr
+
+    with langgraph_dev(newcomer, checkout, tmp_path / "after.log") as url:
+        client = get_sync_client(url=url, timeout=60)
+        (assistant,) = client.assistants.search(graph_id="avengers")
+        graph = client.assistants.get_graph(assistant["assistant_id"])
+        assert {n["id"] for n in graph["nodes"]} >= {
+            "embed",
+            "locate_cluster",
+            "select_experts",
+            "sample",
+            "vote",
+        }
+        out, thread = _ask(url, "What is 4 + 4?", top_n=1, samples=2, seed=0)
+        assert out["messages"][-1]["type"] == "ai"
+        record = out["avengers"]
+        [expert] = record["experts"]
+        assert expert["name"].split(":")[0] in DEMO_MODELS  # a model of the bundled pool
+        assert len(record["samples"]) + len(record["failures"]) >= 1
+        state = client.threads.get_state(thread["thread_id"])
+        assert len(state["values"]["messages"]) == 2
+        assert state["values"]["avengers"]["seed"] == 0
+    assert not (checkout / ".avengers").exists()  # nothing written to the working folder

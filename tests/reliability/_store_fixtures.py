@@ -215,8 +215,14 @@ def write_pool_file(
     cache: Path | None = None,
     api_key_env: str | None = None,
     calibration: dict[str, Any] | None = None,
+    routing: dict[str, Any] | None = None,
+    timeout: float = 600,
 ) -> Path:
-    """A pool file with OpenAI-compatible experts ``{name: base_url}``, no retries."""
+    """A pool file with OpenAI-compatible experts ``{name: base_url}``, no retries.
+
+    ``timeout`` is each expert client's own (what calibration waits per call);
+    ``routing`` the pool's routing options (``timeout``, ``run_timeout``...).
+    """
     entries = []
     for name, url in experts.items():
         entry: dict[str, Any] = {
@@ -224,7 +230,7 @@ def write_pool_file(
             "base_url": url,
             "model": f"{name}-model",
             "max_retries": 0,
-            "timeout": 600,
+            "timeout": timeout,
         }
         if api_key_env:
             entry["api_key_env"] = api_key_env
@@ -236,6 +242,7 @@ def write_pool_file(
         "experts": entries,
         "store": {"path": str(store), "name": "rel"},
         "calibration": options,
+        **({"routing": routing} if routing else {}),
     }
     path.write_text(json.dumps(data, indent=1))
     return path

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from avengers_graph import ClusterStore
+from tests.processes import terminal_signals
 from tests.reliability._store_fixtures import (
     CLI,
     ROOT,
@@ -69,6 +70,7 @@ def test_sigint_stops_a_calibration_waiting_on_a_hung_expert(tmp_path: Path, sig
             text=True,
             env=child_env(AVENGERS_CACHE_DIR=str(tmp_path / "cache-dir")),
             cwd=ROOT,
+            preexec_fn=terminal_signals,  # noqa: PLW1509 - only resets two signals
         )
         try:
             # Three answers arrived and were cached; two more calls hang in the server.

@@ -19,13 +19,13 @@ def embeddings() -> KeywordEmbeddings:
 
 
 def write_two_domain_store(
-    path: Path, embeddings: KeywordEmbeddings, *, mean_tokens: float = 0.0
+    path: Path, embeddings: KeywordEmbeddings, *, mean_tokens: float = 0.0, name: str = "unit"
 ) -> ClusterStore:
     """Cluster 0 is math (mathy is best), cluster 1 is code (coder is best).
 
     Every expert writes ``mean_tokens`` tokens per answer in every cluster.
     """
-    store = ClusterStore(path=path, name="unit")
+    store = ClusterStore(path=path, name=name)
     questions = [
         StoredQuestion("q-math", "math question", "42", "number", 0),
         StoredQuestion("q-code", "code question", "41", "number", 1),
@@ -33,7 +33,7 @@ def write_two_domain_store(
     vectors = np.asarray(embeddings.embed_documents([q.question for q in questions]))
     store.write(
         StoreInfo(
-            name="unit",
+            name=name,
             embedding_model=embeddings.model_name,
             embedding_dim=embeddings.dim,
             n_clusters=2,

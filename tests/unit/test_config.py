@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 from langchain_openai import ChatOpenAI
 
-from avengers_graph import ClusterStore, InvalidInputError
+from avengers_graph import ClusterStore, EmptyStoreError, InvalidInputError
 from avengers_graph.app.config import KEYLESS_API_KEY, graph_from_settings, load_pool_config
 from avengers_graph.app.settings import Settings, default_cache_path
+from tests.fakes import KeywordEmbeddings
+from tests.unit.conftest import write_two_domain_store
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pool.yaml"
 
@@ -108,13 +110,64 @@ def test_settings_from_env(tmp_path) -> None:
         Settings.from_env({"AVENGERS_CHROMA_PORT": "eighty"})
 
 
-def test_graph_from_settings_needs_a_pool_file(tmp_path) -> None:
-    with pytest.raises(InvalidInputError, match="AVENGERS_CONFIG"):
-        graph_from_settings(Settings.from_env({"AVENGERS_STORE_PATH": str(tmp_path)}))
+def calibrated(path: Path) -> dict[str, str]:
+    """A calibrated store at ``path`` (pool ``unit``), as settings variables."""
+    write_two_domain_store(path, KeywordEmbeddings({"math": 0, "code": 1}))
+    return {"AVENGERS_STORE_PATH": str(path), "AVENGERS_POOL": "unit"}
+
+
+def test_settings_keep_the_store_in_the_cache_folder(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({"XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    assert settings.cache_dir == tmp_path / "xdg" / "avengers-graph"
+    assert settings.store_path == tmp_path / "xdg" / "avengers-graph" / "store"
+    assert Settings.from_env({"AVENGERS_CACHE_DIR": "c"}).store_path == tmp_path / "c" / "store"
+    relative = Settings.from_env({"AVENGERS_STORE_PATH": "s", "AVENGERS_CACHE_DIR": "/x"})
+    assert relative.store_path == tmp_path / "s"  # read against the folder it was set in
+    assert relative.store_path.is_absolute()
+
+
+def test_pool_file_paths_are_relative_to_the_file(tmp_path, monkeypatch) -> None:
+    folder = tmp_path / "pools"
+    folder.mkdir()
+    (folder / "pool.yaml").write_text(
+        "experts:\n  - {name: a, local: models/a.gguf, draft: /abs/d.gguf}\n"
+        "  - {name: b, local: smollm2-135m}\n"
+        "store: {path: my-store, name: p}\n"
+        "calibration: {cache: answers.sqlite}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    pool = load_pool_config(Path("pools/pool.yaml"))
+    settings = Settings.from_env({"AVENGERS_CACHE_DIR": str(tmp_path / "c")})
+    assert pool.store_folder(settings) == folder / "my-store"
+    assert pool.store_name(settings) == "p"
+    assert pool.calibration.cache == str(folder / "answers.sqlite")
+    assert pool.experts[0].local == str(folder / "models" / "a.gguf")
+    assert pool.experts[0].draft == "/abs/d.gguf"
+    assert pool.experts[1].local == "smollm2-135m"  # a registry name, not a path
+    no_store = load_pool_config(EXAMPLE)
+    assert no_store.store_folder(settings) == tmp_path / "c" / "store"
+    assert "cache" not in no_store.calibration.as_kwargs()  # unset stays unset
+    assert no_store.experts[0].model_fields_set == {"name", "base_url", "model", "max_tokens"}
+    remote = Settings.from_env({"AVENGERS_CHROMA_HOST": "h"})
+    assert no_store.store_folder(remote) is None
+
+
+def test_graph_from_settings_defaults_to_the_bundled_local_pool(tmp_path) -> None:
+    # no AVENGERS_CONFIG: the bundled pool, whose local models are not running here
+    with pytest.raises(InvalidInputError, match="avengers local up"):
+        graph_from_settings(Settings.from_env({"AVENGERS_CACHE_DIR": str(tmp_path / "c")}))
+
+
+def test_graph_from_settings_says_the_store_needs_calibrating(tmp_path) -> None:
+    env = {"AVENGERS_STORE_PATH": str(tmp_path / "s"), "AVENGERS_CONFIG": str(EXAMPLE)}
+    with pytest.raises(EmptyStoreError, match=f"run `avengers calibrate --config {EXAMPLE}`"):
+        graph_from_settings(Settings.from_env(env))
+    assert not (tmp_path / "s").exists()  # nothing left behind
 
 
 def test_graph_from_settings_builds_the_studio_graph(tmp_path) -> None:
-    env = {"AVENGERS_STORE_PATH": str(tmp_path / "s"), "AVENGERS_CONFIG": str(EXAMPLE)}
+    env = {**calibrated(tmp_path / "s"), "AVENGERS_CONFIG": str(EXAMPLE)}
     graph = graph_from_settings(Settings.from_env(env))
     assert set(graph.get_graph().nodes) >= {
         "embed",
@@ -135,7 +188,7 @@ def test_pool_costs_reach_the_graph_for_compute_routing(tmp_path) -> None:
     )
     config.write_text(experts % ", cost: 0.5")
     assert load_pool_config(config).expert_costs() == {"big": 7.0, "small": 0.5}
-    env = {"AVENGERS_STORE_PATH": str(tmp_path / "s"), "AVENGERS_CONFIG": str(config)}
+    env = {**calibrated(tmp_path / "s"), "AVENGERS_CONFIG": str(config)}
     assert "select_experts" in graph_from_settings(Settings.from_env(env)).get_graph().nodes
     config.write_text(experts % "")
     with pytest.raises(InvalidInputError, match=r"missing for \['small'\]"):
@@ -206,3 +259,25 @@ def test_an_unknown_tool_call_parser_is_refused(tmp_path) -> None:
     )
     with pytest.raises(InvalidInputError, match="tool_call_parser"):
         load_pool_config(config)
+
+
+def test_studio_graph_starts_without_setup_and_says_what_to_run(tmp_path, caplog) -> None:
+    from avengers_graph.app.config import SETUP_NODE, studio_graph
+
+    settings = Settings.from_env({"AVENGERS_CACHE_DIR": str(tmp_path / "c")})  # bundled pool
+    with caplog.at_level("ERROR", logger="avengers_graph.studio"):
+        graph = studio_graph(settings)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "\n" not in line
+    assert "start them with `avengers local up`" in line
+    assert "restart `langgraph dev`" in line
+    assert SETUP_NODE in graph.get_graph().nodes
+    with pytest.raises(InvalidInputError, match="avengers local up"):
+        graph.invoke({"messages": [("user", "hi")]})
+
+
+def test_studio_graph_is_the_pool_graph_once_ready(tmp_path) -> None:
+    from avengers_graph.app.config import studio_graph
+
+    env = {**calibrated(tmp_path / "s"), "AVENGERS_CONFIG": str(EXAMPLE)}
+    assert "select_experts" in studio_graph(Settings.from_env(env)).get_graph().nodes

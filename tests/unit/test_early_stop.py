@@ -111,7 +111,7 @@ def test_auto_extractor_is_settled_only_when_the_rest_cannot_flip_it() -> None:
 def test_early_keys_waits_for_tools_code_and_free_text() -> None:
     call = [{"name": "add", "args": {"a": 1}, "id": "x", "type": "tool_call"}]
     keyed = voting.early_keys(["", "4"], [call, []], "auto", 2, tools=True)
-    assert keyed == [voting.tool_call_key(call), "text:4"]
+    assert keyed == [voting.tool_call_key(call), voting.TEXT_ANSWER_KEY]
     # tools bound and no call yet: a later sample could still call one
     assert voting.early_keys(["4", "4"], [[], []], "auto", 1, tools=True) is None
     assert voting.early_keys(["4", "4"], [[], []], "number", 1) == ["4", "4"]

@@ -44,6 +44,8 @@ EXPECTED_ALL = [
     "build_avengers_graph",
     "calibrate",
     "create_avengers_graph",
+    "init_avengers",
+    "pool_experts",
 ]
 
 # the documented homes of each concept (README, module docstrings)
@@ -62,6 +64,8 @@ MODULES = {
     "avengers_graph.calibration": ["calibrate"],
     "avengers_graph.eval.recording": ["ResponseMatrix", "record"],
     "avengers_graph.eval.replay": ["evaluate", "compare", "AdaptiveConfig"],
+    "avengers_graph.app.embedded": ["init_avengers", "pool_experts", "local_avengers"],
+    "avengers_graph.experts.tokens": ["TokenCounter", "estimate_message_tokens"],
 }
 
 # old module paths: importable for one release, with a DeprecationWarning
@@ -131,3 +135,21 @@ def test_every_module_imports_on_its_own() -> None:
             [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=300
         )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_package_and_the_cli_start_without_the_heavy_libraries() -> None:
+    # `avengers --help` and `import avengers_graph` load neither LangGraph, LangChain,
+    # torch, Chroma nor scikit-learn: those come with the first name that needs them
+    code = (
+        "import sys, avengers_graph, avengers_graph.app.cli\n"
+        "heavy = ('langgraph', 'langchain_core', 'langchain_openai', 'torch', 'chromadb',\n"
+        "         'sklearn', 'sentence_transformers', 'numpy')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "avengers_graph.ChatAvengers\n"
+        "print('langgraph' in sys.modules)\n"
+    )
+    result = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["[]", "True"]

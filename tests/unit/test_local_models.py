@@ -137,9 +137,9 @@ def joins(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     original = local_models._join
 
-    def spy(spec: LocalModelSpec, parts: list[Path], final: Path) -> None:
+    def spy(spec: LocalModelSpec, parts: list[Path], final: Path, *args: Any) -> None:
         calls.append(spec.name)
-        original(spec, parts, final)
+        original(spec, parts, final, *args)
 
     monkeypatch.setattr(local_models, "_join", spy)
     return calls
@@ -159,6 +159,17 @@ def test_ensure_model_joins_the_parts_and_records_the_hash(
     }
     assert not path.with_name("fake-model.gguf.partial").exists()
     assert joins == ["fake-model"]
+
+
+def test_ensure_model_reports_the_bytes_joined(fake: LocalModelSpec, tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    ensure_model("fake-model", tmp_path / "cache", lambda done, total: seen.append((done, total)))
+    assert seen
+    assert seen[-1] == (fake.size, fake.size)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    seen.clear()
+    ensure_model("fake-model", tmp_path / "cache", lambda done, total: seen.append((done, total)))
+    assert seen == []  # already there: nothing joined
 
 
 def test_ensure_model_is_idempotent_and_cheap(

@@ -23,6 +23,7 @@ import pytest
 from avengers_graph.local import pool as local_pool
 from avengers_graph.local.pool import LocalPool, ServerError, ServerInfo, ServerSpec
 from avengers_graph.local.server import ServerBinaryError
+from tests.processes import terminal_signals
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
 
@@ -34,7 +35,11 @@ def spawn() -> Iterator[Spawn]:
 
     def start(*args: str, **kwargs: object) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(  # noqa: S603 - fixed test commands
-            list(args), stdin=subprocess.DEVNULL, start_new_session=True, **kwargs
+            list(args),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=terminal_signals,  # noqa: PLW1509 - only resets two signals
+            **kwargs,
         )
         processes.append(process)
         return process
@@ -170,7 +175,8 @@ def test_a_server_of_the_old_engine_is_still_found_and_stopped(
     )
     deadline = time.monotonic() + 30
     while str(config) not in psutil.Process(old.pid).cmdline():
-        assert time.monotonic() < deadline, "the fake old server did not start"
+        if time.monotonic() > deadline:  # a hang guard, not a speed check
+            pytest.fail("the fake old server did not start")
         time.sleep(0.01)
     entry = {
         "model": "smollm2-135m",
@@ -437,7 +443,8 @@ def _launcher(
     deadline = time.monotonic() + 60
     while not (servers := LocalPool(cache)._read_state()):
         assert launcher.poll() is None, "the launcher exited"
-        assert time.monotonic() < deadline, "the server was never recorded"
+        if time.monotonic() > deadline:  # a hang guard, not a speed check
+            pytest.fail("the server was never recorded")
         time.sleep(0.05)
     [info] = servers.values()
     return launcher, info

@@ -449,6 +449,7 @@ def test_provenance(cache: AnswerCache) -> None:
     assert provenance["sampling"]["max_tokens"] is None
     assert "seed + j" in provenance["sampling"]["seeds"]
     assert provenance["prompt"]["contract"] == contract_snapshot()
+    assert provenance["prompt"]["program_packages"] == ["numpy", "sympy"]
     assert set(provenance["packages"]) == set(PACKAGES)
     assert isinstance(provenance["packages"]["avengers-graph"], str)
     assert isinstance(provenance["packages"]["langchain-core"], str)

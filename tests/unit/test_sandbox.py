@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import secrets
 import signal
 import subprocess
@@ -97,6 +98,46 @@ def test_stdlib_importable() -> None:
     result = _run("import json, math, collections, re\nprint(json.dumps([math.isqrt(16)]))")
     assert result.ok, result.stderr
     assert result.stdout == "[4]\n"
+
+
+def test_installed_packages_are_importable_only_when_offered() -> None:
+    code = "import numpy, sympy\nprint(int(numpy.prod([2, 3])), sympy.factorint(12))"
+    offered = run_python(code, packages=("numpy", "sympy"))
+    assert offered.ok, offered.stderr
+    assert offered.stdout == "6 {2: 2, 3: 1}\n"
+    alone = run_python(code)
+    assert "ModuleNotFoundError: No module named 'numpy'" in alone.stderr
+
+
+def test_offered_packages_bring_their_requirements_and_nothing_else() -> None:
+    paths = sandbox._package_paths(["sympy"])
+    assert {"sympy", "mpmath", "isympy.py"} <= set(paths)  # sympy requires mpmath
+    assert "numpy" not in paths
+    result = run_python("import mpmath\nimport yaml", packages=("sympy",))
+    assert "No module named 'yaml'" in result.stderr  # installed, but not offered
+
+
+def test_offered_packages_cannot_be_changed(mode: Isolation) -> None:
+    if mode is not Isolation.BUBBLEWRAP:
+        pytest.skip("the fallback can write wherever the calling user can (documented)")
+    name = f"written-by-the-sandbox-{secrets.token_hex(4)}"
+    target = Path(str(importlib.metadata.distribution("numpy").locate_file("numpy")), name)
+    code = (
+        "import numpy, pathlib\n"
+        f"pathlib.Path(numpy.__file__).with_name({name!r}).write_text('')\nprint('wrote')"
+    )
+    try:
+        result = run_python(code, packages=("numpy",))
+        assert not target.exists()
+    finally:
+        target.unlink(missing_ok=True)
+    assert "wrote" not in result.stdout
+    assert "Read-only file system" in result.stderr
+
+
+def test_a_package_that_is_not_installed_is_a_clear_error() -> None:
+    with pytest.raises(InvalidInputError, match="'no-such-package' is not installed"):
+        run_python("pass", packages=("no-such-package",))
 
 
 def test_timeout_kills_loop() -> None:

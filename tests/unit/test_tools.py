@@ -12,7 +12,13 @@ from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
 from avengers_graph import ChatAvengers, ClusterStore
-from avengers_graph.voting import early_keys, tool_call_key, tool_calls_fit, tool_vote_key
+from avengers_graph.voting import (
+    TEXT_ANSWER_KEY,
+    early_keys,
+    tool_call_key,
+    tool_calls_fit,
+    tool_vote_key,
+)
 from tests.fakes import KeywordEmbeddings, ScriptedExpert, constant
 from tests.unit.conftest import write_two_domain_store
 
@@ -114,7 +120,9 @@ def test_calls_the_tools_would_refuse_do_not_vote() -> None:
     assert not tool_calls_fit([*whole, {"name": "divide", "args": {"a": 2, "b": 3}}], schemas)
     assert tool_vote_key([{"name": "add", "args": {"a": 2}}], "", schemas) is None
     assert tool_vote_key(whole, "", schemas) == tool_call_key(whole)
-    assert tool_vote_key([], "5", schemas) == "text:5"
+    assert tool_vote_key([], "5", schemas) == TEXT_ANSWER_KEY
+    # however worded, answering now is one step: the texts vote together
+    assert tool_vote_key([], "It is 5.", schemas) == tool_vote_key([], "5 km", schemas)
     # without schemas (tools bound to the experts themselves) every call votes
     assert tool_vote_key([{"name": "add", "args": {"a": 2}}], "") is not None
     # early keys key them the same way
