@@ -146,7 +146,7 @@ def merge_fields(
 EXTRACTORS: Mapping[str, Extractor] = MappingProxyType(
     {
         "number": formats.extract_number,
-        "math": formats.extract_number,
+        "math": formats.extract_math,
         "choice": formats.extract_choice,
         "text": formats.extract_text,
         "code": formats.extract_code,

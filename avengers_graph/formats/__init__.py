@@ -20,7 +20,14 @@ from avengers_graph.formats.choice import extract_choice, grade_choice
 from avengers_graph.formats.code import extract_code, grade_code, last_code_block
 from avengers_graph.formats.detect import Detected, detect, option_letters, option_text
 from avengers_graph.formats.label import extract_label
-from avengers_graph.formats.numbers import canonical_math, extract_number, grade_number, last_boxed
+from avengers_graph.formats.numbers import (
+    canonical_math,
+    extract_math,
+    extract_number,
+    grade_math,
+    grade_number,
+    last_boxed,
+)
 from avengers_graph.formats.structured import canonical_json, extract_json, parse_json_object
 from avengers_graph.formats.text import extract_text, grade_text
 
@@ -38,12 +45,14 @@ __all__ = [
     "extract_code",
     "extract_json",
     "extract_label",
+    "extract_math",
     "extract_number",
     "extract_text",
     "get_format",
     "get_grader",
     "grade_choice",
     "grade_code",
+    "grade_math",
     "grade_number",
     "grade_text",
     "last_boxed",

@@ -28,7 +28,7 @@ from avengers_graph.formats.choice import extract_choice, grade_choice
 from avengers_graph.formats.code import extract_code, grade_code
 from avengers_graph.formats.detect import Detected
 from avengers_graph.formats.label import extract_label
-from avengers_graph.formats.numbers import extract_number, grade_number
+from avengers_graph.formats.numbers import extract_math, extract_number, grade_math, grade_number
 from avengers_graph.formats.structured import extract_json
 from avengers_graph.formats.text import extract_text, grade_text
 
@@ -172,8 +172,8 @@ FORMATS: Mapping[str, AnswerFormat] = MappingProxyType(
                 "program": _PROGRAM,
             },
             max_tokens={"direct": 64, "reason": 1536, "program": 768},
-            extract=lambda text, _: extract_number(text),
-            grade=grade_number,
+            extract=lambda text, _: extract_math(text),
+            grade=grade_math,
             constrain={"direct": lambda _: _answer_schema({"type": "string", "maxLength": 120})},
         ),
         "choice": AnswerFormat(

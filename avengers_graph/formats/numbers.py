@@ -61,6 +61,11 @@ _REPLY_IS_NUMBER_RE = re.compile(
     rf"\s*[$*]*\s*(?:{_NUMBER_TOKEN_RE.pattern})\s*[$*]*(?:\s*[A-Za-z]+){{0,2}}\s*\.?\s*",
     re.VERBOSE,
 )
+_PROSE_WORD_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
+r"""A word of two letters or more that is not a LaTeX command (``sqrt`` in ``\sqrt``)."""
+_MAX_BARE_ANSWER_CHARS = 80
+_MAX_BARE_ANSWER_WORDS = 3
+"""Words of a bare answer with no number (``Evelyn``, ``No solution``); more is prose."""
 _ASSIGNMENT_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*([^=]+)")
 _NUMBER_WITH_UNITS_RE = re.compile(
     rf"((?:{_NUMBER_TOKEN_RE.pattern}))\s+[A-Za-z]{{2,}}(?:\s+[A-Za-z]+)*\.?", re.VERBOSE
@@ -273,6 +278,34 @@ def _explicit_number_key(text: str) -> str | None:
     return None
 
 
+def _bare_key(text: str) -> str | None:
+    r"""Key of a reply that is the answer alone: a direct answer, a program's output.
+
+    One short line that is an expression (``(6,31,-1)``, ``\frac{\sqrt3}2``) is keyed
+    whole (:func:`canonical_math`), not by its last number; an equation by its right
+    side (``5 + 3 = 8``: ``8``). So is a line holding no number at all (``Evelyn``,
+    ``\text{Evelyn}``, three words at most): MATH has answers that are names. Prose
+    around a number (``Total: 85``), a sentence and an empty box are not bare answers.
+    """
+    s = text.strip().strip(":").strip()
+    if not s or "\n" in s or len(s) > _MAX_BARE_ANSWER_CHARS or _BOX_START_RE.search(s):
+        return None
+    words = len(_PROSE_WORD_RE.findall(s))
+    if (words and _NUMBER_TOKEN_RE.search(s)) or words > _MAX_BARE_ANSWER_WORDS:
+        return None  # prose around a number, or a sentence
+    s = s.rsplit("=", 1)[-1].strip()
+    if s.startswith("(") and s.endswith(")") and _number_value(s[1:-1]) is not None:
+        s = s[1:-1]  # "(29)" is a number, "(6,31,-1)" a triple
+    return canonical_math(s)
+
+
+def _last_number_key(text: str) -> str | None:
+    last: str | None = None
+    for token in _NUMBER_TOKEN_RE.finditer(text):
+        last = token.group(0)
+    return None if last is None else _token_key(last)
+
+
 def extract_number(text: str) -> str | None:
     r"""Extract the final numeric (or math) answer of a reply as a canonical key.
 
@@ -293,10 +326,23 @@ def extract_number(text: str) -> str | None:
         return key
     if (key := _explicit_number_key(text)) is not None:
         return key
-    last: str | None = None
-    for token in _NUMBER_TOKEN_RE.finditer(text):
-        last = token.group(0)
-    return None if last is None else _token_key(last)
+    return _last_number_key(text)
+
+
+def extract_math(text: str) -> str | None:
+    r"""Extract a math answer (MATH-500) as a canonical key.
+
+    :func:`extract_number`, except that a reply that is the answer alone (a direct
+    answer, a program's printed line) is keyed whole: ``(6,31,-1)`` is a triple, not
+    ``-1``, and ``Evelyn`` answers like the reference ``\text{Evelyn}``.
+    """
+    if (key := _boxed_key(text)) is not None:
+        return key
+    if (key := _explicit_number_key(text)) is not None:
+        return key
+    if (key := _bare_key(text)) is not None:
+        return key
+    return _last_number_key(text)
 
 
 def _reference_number(reference: str) -> str:
@@ -332,3 +378,8 @@ def grade_number(output: str, reference: str) -> bool:
     """
     expected = _reference_number(reference)
     return extract_number(output) == expected
+
+
+def grade_math(output: str, reference: str) -> bool:
+    """Grade a math answer (:func:`grade_number` with :func:`extract_math`)."""
+    return extract_math(output) == _reference_number(reference)

@@ -8,6 +8,7 @@ from avengers_graph.formats import (
     get_grader,
     grade_choice,
     grade_code,
+    grade_math,
     grade_number,
     grade_text,
 )
@@ -150,7 +151,8 @@ def test_grade_code_rejects_invalid_tests() -> None:
 def test_registries() -> None:
     gradable = {name for name, fmt in FORMATS.items() if fmt.gradable}
     assert gradable == {"number", "math", "choice", "label", "text", "code"}
-    assert FORMATS["math"].grade is grade_number
+    assert FORMATS["number"].grade is grade_number
+    assert FORMATS["math"].grade is grade_math
     with pytest.raises(TypeError):
         FORMATS["new"] = FORMATS["text"]  # type: ignore[index]
 

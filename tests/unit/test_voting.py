@@ -13,6 +13,7 @@ from avengers_graph.formats import (
     canonical_math,
     extract_choice,
     extract_code,
+    extract_math,
     extract_number,
     extract_text,
     last_code_block,
@@ -124,6 +125,48 @@ from avengers_graph.voting import (
 )
 def test_extract_number_cases(text: str, expected: str | None) -> None:
     assert extract_number(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # bare answers (a direct answer, a program's printed line) are keyed whole;
+        # the replies below are recorded MATH-500 answers of the Qwen experts
+        ("Evelyn", "Evelyn"),
+        (r"\text{Evelyn}", "Evelyn"),
+        ("(6,31,-1)", "(6,31,-1)"),
+        ("(6, 31, -1)", "(6,31,-1)"),
+        (r"\frac{\sqrt{3}}{2}", r"\frac{\sqrt{3}}{2}"),
+        ("6.00000000000000", "6"),
+        ("13535", "13535"),
+        ("x = 5", "5"),
+        ("5 + 3 = 8", "8"),
+        ("No solution", "Nosolution"),
+        ("(29)", "29"),
+        (":83", "83"),
+        ("The student with the greatest average speed is Evyn.", None),  # a sentence
+        # prose around numbers, boxes and markers read as extract_number reads them
+        ("Total cost: 85", "85"),
+        ("The speed is 4 miles per hour.", "4"),
+        (r"so \boxed{\text{Evelyn}}.", "Evelyn"),
+        (r"\boxed{}", None),
+        ("Answer: 12", "12"),
+        ("", None),
+        ("several\nlines with no number", None),
+    ],
+)
+def test_extract_math_cases(text: str, expected: str | None) -> None:
+    assert extract_math(text) == expected
+
+
+def test_a_bare_math_answer_grades_against_its_reference() -> None:
+    from avengers_graph.formats import grade_math, grade_number
+
+    assert grade_math("Evelyn", r"\text{Evelyn}")
+    assert grade_math("(6, 31, -1)", "(6,31,-1)")
+    assert not grade_math("-1", "(6,31,-1)")
+    assert not grade_number("(6, 31, -1)", "(6,31,-1)")  # numbers: the last number
+    assert grade_math(r"The answer is \boxed{\text{Evelyn}}.", r"\text{Evelyn}")
 
 
 @pytest.mark.parametrize(
@@ -574,7 +617,7 @@ def test_resolve_extractor_auto(texts: list[str], expected: object) -> None:
 
 
 def test_resolve_extractor_by_name_and_callable() -> None:
-    assert resolve_extractor(["x"], "math") is extract_number
+    assert resolve_extractor(["x"], "math") is extract_math
     assert resolve_extractor(["x"], "number") is extract_number
     assert resolve_extractor(["x"], "choice") is extract_choice
     assert resolve_extractor(["x"], "text") is extract_text
