@@ -327,7 +327,9 @@ def grade_samples(
     The replies are read by the expert's contract (a program's output, a ``direct``
     answer unwrapped) and keyed by the question's format; a question detected as free
     text is keyed by its validation kind's format, as service votes on what the
-    replies hold. A sample with no answer is wrong.
+    replies hold. A sample with no answer is wrong. Where the format grades keys
+    (``AnswerFormat.grades_key``: numbers, math, choices, labels) the built-in grader
+    reads the key, the answer that votes; a custom ``grader`` reads the reply.
 
     Returns:
         ``(majority answer right, each sample right)``.
@@ -335,16 +337,18 @@ def grade_samples(
     terms = item_contract(item, as_expert(expert)) if expert is not None else None
     texts = [terms.answer(a.message).text if terms else a.message.text for a in answers]
     if terms is not None and not terms.format.votes_by_meaning:
+        fmt = terms.format
         keys = [terms.key(text) for text in texts]
     else:
-        kind = get_format(item.kind) if item.kind in FORMATS else get_format("text")
+        fmt = get_format(item.kind) if item.kind in FORMATS else get_format("text")
         detected = detect(item.question)
-        keys = [kind.key(text, detected) for text in texts]
+        keys = [fmt.key(text, detected) for text in texts]
     grade = grader or get_grader(item.kind)
+    by_key = grader is None and fmt.grades_key  # a custom grader reads the reply
     right: dict[str, bool] = {}
     for key, text in zip(keys, texts, strict=True):
         if key is not None and key not in right:
-            right[key] = bool(grade(text, item.answer))
+            right[key] = bool(grade(key if by_key else text, item.answer))
     samples = [key is not None and right[key] for key in keys]
     if not right:
         return False, samples

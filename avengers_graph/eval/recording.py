@@ -337,7 +337,8 @@ def _response(
         seed=seed,
         output=reply.message.text,
         extracted=extracted,
-        correct=extracted is not None and grade(item, text),
+        correct=extracted is not None
+        and grade(item, extracted if terms.format.grades_key else text),
         tokens=_output_tokens(reply.message),
         seconds=round(reply.seconds, 3),
         strategy=expert.strategy,

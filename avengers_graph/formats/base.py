@@ -96,6 +96,10 @@ class AnswerFormat:
     )
     votes_by_meaning: bool = False
     """Free text: no key, samples are grouped by embedding similarity."""
+    grades_key: bool = False
+    """Grade the reply's key (the answer that votes) instead of its text, so that the
+    grade reads what the vote reads: ``positive`` in "The sentiment of this review is
+    positive." (a text grader would compare the whole sentence with the reference)."""
     gradable: bool = True
     """Whether references of this kind can be graded (a validation ``kind``)."""
 
@@ -162,6 +166,7 @@ FORMATS: Mapping[str, AnswerFormat] = MappingProxyType(
             max_tokens={"direct": 48, "reason": 1024, "program": 768},
             extract=lambda text, _: extract_number(text),
             grade=grade_number,
+            grades_key=True,
             constrain={"direct": lambda _: _answer_schema({"type": "number"})},
         ),
         "math": AnswerFormat(
@@ -174,6 +179,7 @@ FORMATS: Mapping[str, AnswerFormat] = MappingProxyType(
             max_tokens={"direct": 64, "reason": 1536, "program": 768},
             extract=lambda text, _: extract_math(text),
             grade=grade_math,
+            grades_key=True,
             constrain={"direct": lambda _: _answer_schema({"type": "string", "maxLength": 120})},
         ),
         "choice": AnswerFormat(
@@ -188,6 +194,7 @@ FORMATS: Mapping[str, AnswerFormat] = MappingProxyType(
             max_tokens={"direct": 16, "reason": 1024},
             extract=_choice_key,
             grade=grade_choice,
+            grades_key=True,
             guess_rate=_options_chance,
             constrain={"direct": _letters_enum},
         ),
@@ -203,6 +210,7 @@ FORMATS: Mapping[str, AnswerFormat] = MappingProxyType(
             max_tokens={"direct": 16, "reason": 512},
             extract=lambda text, detected: extract_label(text, detected.options),
             grade=_grade_label,
+            grades_key=True,
             guess_rate=_options_chance,
             constrain={"direct": _labels_enum},
         ),

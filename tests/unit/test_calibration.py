@@ -350,3 +350,28 @@ def test_a_second_calibration_of_the_same_store_is_refused_at_once(tmp_path: Pat
     store = ClusterStore(path=tmp_path / "s")
     assert store.info().experts == ("mathy",)
     assert store.info().n_clusters == 2
+
+
+def test_grade_samples_reads_labels_as_the_vote_does() -> None:
+    from langchain_core.messages import AIMessage
+
+    from avengers_graph.calibration import ValidationItem, grade_samples
+    from avengers_graph.experts.cache import CachedAnswer
+
+    item = ValidationItem(
+        id="sst2-1",
+        question="Is the sentiment of this review positive or negative?\n\nReview: a joy.",
+        answer="positive",
+        kind="text",
+    )
+    replies = [
+        "The sentiment of this review is positive.",
+        "It is warm and funny.\nAnswer: positive",
+        "negative",
+    ]
+    answers = [CachedAnswer(AIMessage(text), 1.0) for text in replies]
+    expert = ScriptedExpert(model="reasoner-1b", respond=lambda q, seed: "")
+    assert grade_samples(answers, item, None, expert) == (True, [True, True, False])
+    # a custom grader reads the whole reply, as it always did
+    exact = grade_samples(answers, item, lambda output, reference: output == reference, expert)
+    assert exact == (False, [False, False, False])

@@ -216,6 +216,24 @@ def test_extracted_and_correct_by_kind(cache: AnswerCache) -> None:
     ]
 
 
+def test_a_label_in_a_sentence_is_graded_as_the_vote_reads_it(cache: AnswerCache) -> None:
+    # SST-2's kind is "text" (normalised exact match), its questions' format "label":
+    # the grade reads the key, the label the vote counts, not the whole sentence.
+    # Recorded replies of Qwen2.5-Coder-0.5B (reason) to SST-2.
+    replies = {
+        "0": "The sentiment of this review is positive.",
+        "1": "There are no negative comments in the review, so it is a positive review.",
+        "2": "The review calls the film dull and tiresome.\nAnswer: negative",
+    }
+    expert = ScriptedExpert(model="reasoner-1b", respond=lambda q, seed: replies[str(seed)])
+    report = record({"r": expert}, [ITEMS[3]], cache, samples=3)
+    assert [(r.extracted, r.correct) for r in report.matrix.responses] == [
+        ("positive", True),
+        ("positive", True),
+        ("negative", False),
+    ]
+
+
 def test_failed_calls_are_reported_and_retried_alone(cache: AnswerCache) -> None:
     items = _numbers(3)
     flaky = {"a": _doubler(fail_on="Q1", model="a-1b"), "b": _doubler(model="b-1b")}
