@@ -10,6 +10,14 @@ validation set exactly as ``avengers calibrate`` would (the pool file's
 ``calibration`` options), so only the calls nobody recorded are made, and writes the
 new answers (of the experts the known files do not cover) to ``--out``. The run is
 resumable: the cache lives in ``--work`` and a killed run repeats no call.
+
+After a prompt-contract change, ``--reuse`` the file being re-recorded: its answers to
+calls the change left alone are replayed, only the changed calls are made, and
+``--out`` holds exactly the calls the calibration planned (no stale answer):
+
+    python tools/record_pool_answers.py --config avengers_graph/data/tools_pool.yaml \
+        --reuse avengers_graph/data/tools_pool_answers.jsonl \
+        --out avengers_graph/data/tools_pool_answers.jsonl
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from avengers_graph.app.embedded import (
     RECORDED_ANSWERS,
@@ -28,9 +38,27 @@ from avengers_graph.app.embedded import (
     read_jsonl,
 )
 from avengers_graph.calibration import calibrate
-from avengers_graph.experts.cache import AnswerCache
+from avengers_graph.experts.cache import AnswerCache, CachedAnswer
 from avengers_graph.local.pool import LocalPool
 from avengers_graph.stores.chroma import ClusterStore
+
+
+class _UsedAnswers(AnswerCache):
+    """An answer cache that remembers the keys calibration read or wrote."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.used: set[str] = set()
+
+    def get(self, key: str) -> CachedAnswer | None:
+        answer = super().get(key)
+        if answer is not None:
+            self.used.add(key)
+        return answer
+
+    def put(self, key: str, expert: str, params: Mapping[str, Any], answer: CachedAnswer) -> None:
+        super().put(key, expert, params, answer)
+        self.used.add(key)
 
 
 def main() -> None:
@@ -38,6 +66,9 @@ def main() -> None:
     parser.add_argument("--config", required=True, help="pool file")
     parser.add_argument("--out", required=True, type=Path, help="JSONL of the new answers")
     parser.add_argument("--known", type=Path, action="append", default=[], help="more answers")
+    parser.add_argument(
+        "--reuse", type=Path, default=None, help="earlier answers of the experts re-recorded"
+    )
     parser.add_argument("--work", type=Path, default=Path(".avengers/record-answers"))
     parser.add_argument("--threads", type=int, default=None, help="threads per server")
     args = parser.parse_args()
@@ -48,13 +79,16 @@ def main() -> None:
     servers = LocalPool(settings.cache_dir)
     started = [name for name in local if name not in servers.servers()]
     args.work.mkdir(parents=True, exist_ok=True)
-    cache = AnswerCache(args.work / "answers.sqlite")
+    cache = _UsedAnswers(args.work / "answers.sqlite")
     known: set[str] = set()
     for path in [bundled(RECORDED_ANSWERS), *args.known]:
         added = cache.import_jsonl(path)
         recorded = {json.loads(line)["expert"] for line in path.read_text().splitlines() if line}
         known |= recorded
         print(f"{path.name}: {added} recorded answers of {sorted(recorded)} imported")
+    if args.reuse is not None:
+        print(f"{args.reuse.name}: {cache.import_jsonl(args.reuse)} earlier answers to reuse")
+    cache.used.clear()  # imports are not uses
     try:
         servers.up(local, threads=args.threads)
         options = pool.calibration.as_kwargs()
@@ -83,8 +117,15 @@ def main() -> None:
         if started:
             servers.down(started)
     new = [name for name in experts if name not in known]  # named before the servers stop
-    count = cache.export_jsonl(args.out, experts=new)
-    print(f"{args.out}: {count} answers of {new}")
+    exported = args.work / "export.jsonl"
+    cache.export_jsonl(exported, experts=new)
+    lines = [
+        line
+        for line in exported.read_text(encoding="utf-8").splitlines()
+        if json.loads(line)["key"] in cache.used
+    ]
+    args.out.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    print(f"{args.out}: {len(lines)} answers of {new}")
 
 
 if __name__ == "__main__":

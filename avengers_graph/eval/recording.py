@@ -284,12 +284,19 @@ def _seed_cache(
     matrix: ResponseMatrix,
     options: Mapping[str, Any],
 ) -> int:
-    """Put a matrix's samples into the cache under the keys of the planned calls."""
+    """Put a matrix's samples into the cache under the keys of the planned calls.
+
+    Only samples asked as they would be asked now are seeded: the same temperature and
+    caps (else the matrix is refused), and, per answer format and strategy, the same
+    instruction and budget in the prompt contract. After a contract change the
+    samples of the formats and strategies it changed are asked again; the others
+    are kept.
+    """
     recorded_with = matrix.provenance.get("prompt", {}).get("contract")
     sampling = matrix.provenance.get("sampling", {})
     caps = options["max_tokens"]
     same = (
-        recorded_with == contract_snapshot()
+        isinstance(recorded_with, Mapping)
         and sampling.get("temperature") == options["temperature"]
         and sampling.get("max_tokens") == (dict(caps) if isinstance(caps, Mapping) else caps)
     )
@@ -298,11 +305,25 @@ def _seed_cache(
             "The matrix to resume from was recorded with another prompt contract, "
             "temperature or caps; record into another folder or use the same settings."
         )
+    current = contract_snapshot()
+
+    def unchanged(fmt: str, strategy: str) -> bool:
+        if not strategy or fmt not in current:  # no strategy recorded: all must match
+            return bool(recorded_with == current)
+        then, now = recorded_with.get(fmt, {}), current[fmt]
+        return all(
+            then.get(part, {}).get(strategy) == now.get(part, {}).get(strategy)
+            for part in ("instructions", "max_tokens")
+        )
+
+    formats = {str(q["id"]): str(q.get("format", "")) for q in matrix.questions}
     by_sample = {(r.question_id, r.expert, r.sample, r.seed): r for r in matrix.responses}
     added = 0
     for call in plan:
         found = by_sample.get((call.item.id, call.expert, call.index, call.params["seed"]))
         if found is None or cache.get(call.key) is not None:
+            continue
+        if not unchanged(formats.get(found.question_id, ""), found.strategy):
             continue
         usage = {"input_tokens": 0, "output_tokens": found.tokens, "total_tokens": found.tokens}
         metadata = {"finish_reason": "length" if found.capped else "stop"}

@@ -188,7 +188,7 @@ FORMATS: Mapping[str, AnswerFormat] = MappingProxyType(
                 "direct": "Answer with the letter of the correct option only.",
                 "reason": (
                     "Think step by step, then give the letter of the correct option on "
-                    "the last line as 'Answer: X'."
+                    "the last line as 'Answer: {labels}' (one letter)."
                 ),
             },
             max_tokens={"direct": 16, "reason": 1024},

@@ -66,3 +66,43 @@ def test_a_matrix_recorded_with_other_settings_is_refused(tmp_path: Path) -> Non
             temperature=0.2,
             resume_from=report.matrix,
         )
+
+
+def test_a_contract_change_asks_again_only_what_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from avengers_graph.eval import recording
+
+    items = [
+        *ITEMS[:2],
+        {
+            "id": "c1",
+            "dataset": "toy",
+            "kind": "choice",
+            "question": "Pick?\nA) 1\nB) 2",
+            "answer": "B",
+        },
+    ]
+    report = record({"a": _expert()}, items, AnswerCache(tmp_path / "one.sqlite"), samples=2)
+    assert len(report.matrix.responses) == 6
+    snapshot = recording.contract_snapshot()
+    changed = {
+        **snapshot,
+        "choice": {
+            **snapshot["choice"],
+            "instructions": {**snapshot["choice"]["instructions"], "reason": "New words."},
+        },
+    }
+    monkeypatch.setattr(recording, "contract_snapshot", lambda: changed)
+    again = _expert()
+    resumed = record(
+        {"a": again},
+        items,
+        AnswerCache(tmp_path / "fresh.sqlite"),
+        samples=2,
+        resume_from=report.matrix,
+        call_experts=False,
+    )
+    # the number questions' samples are seeded; the choice question's are not
+    assert again.calls == 0
+    assert sorted({r.question_id for r in resumed.matrix.responses}) == ["q0", "q1"]
