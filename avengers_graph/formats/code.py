@@ -26,8 +26,10 @@ def last_code_block(text: str) -> str | None:
     """The raw code a reply gives, before any normalisation.
 
     That is the last fenced block tagged as Python (or untagged), else the last fenced
-    block of any language, else the code after an unclosed fence (a truncated reply),
-    else the whole reply (which :func:`extract_code` normalises when it parses).
+    block of any language, else the code after an unclosed fence (a truncated reply)
+    or, when only the text before that fence parses, the code before it (a closing
+    fence whose opening the reply left out: code, fence, explanation), else the whole
+    reply (which :func:`extract_code` normalises when it parses).
 
     Args:
         text: A model reply.
@@ -42,7 +44,9 @@ def last_code_block(text: str) -> str | None:
     if python_blocks or blocks:
         code = (python_blocks or [code for _, code in blocks])[-1]
     elif (unclosed := _OPEN_FENCE_RE.search(text)) is not None:
-        code = unclosed.group(2)
+        code, before = unclosed.group(2), text[: unclosed.start()]
+        if _parse_python(code) is None and before.strip() and _parse_python(before) is not None:
+            code = before
     else:
         code = text
     return textwrap.dedent(code).strip("\n").rstrip() or None

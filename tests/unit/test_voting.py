@@ -311,6 +311,13 @@ _REFORMATTED = (
         ("```js\nlet x=1\n```", "let x=1"),
         ("```\nnot python (\n```", "not python ("),
         ("truncated:\n```python\nx = 1\n", "x = 1"),
+        # a closing fence without its opening (Qwen2.5-Coder-0.5B on HumanEval/3)
+        (
+            "def below_zero(ops):\n    return any(ops)\n\nprint(below_zero([1]))\n```\n\n"
+            "This function iterates through each operation in the list.",
+            "def below_zero(ops):\n    return any(ops)\nprint(below_zero([1]))",
+        ),
+        ("Some words (\n```\nThis is prose.", "This is prose."),  # neither side parses
         (
             "1. Define it:\n   ```python\n   def f():\n       return 1\n   ```",
             "def f():\n    return 1",
