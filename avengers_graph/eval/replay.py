@@ -157,9 +157,11 @@ def default_grid(
     """The adaptive configurations the nested selection chooses from (:data:`CHOSEN`).
 
     K in ``clusters``, the ``top_n`` in {1, 2, 3} most reliable experts, a
-    confidence ``threshold`` in {0.6, 0.8, 0.9, 0.95}, a ``budget`` of 3, 6 or 9
+    confidence ``threshold`` in {0.6, 0.8, 0.9, 0.95}, a ``budget`` of 3, 4, 5, 6 or 9
     samples (at most ``max_samples`` of one expert), repeated samples of one expert at
-    full or 0.6 weight (``discount``); rounds of 2 samples.
+    full or 0.6 weight (``discount``); rounds of 2 samples. Budgets 4 and 5 matter
+    when the selection must spend no more tokens than a model's self-consistency of
+    3 samples: most of budget 6's configurations spend more than that.
     """
     return [
         AdaptiveConfig(
@@ -174,7 +176,7 @@ def default_grid(
         for k in clusters
         for n in (1, 2, 3)
         for t in (0.6, 0.8, 0.9, 0.95)
-        for b in (3, 6, 9)
+        for b in (3, 4, 5, 6, 9)
         for d in (1.0, 0.6)
     ]
 
