@@ -287,10 +287,10 @@ def _seed_cache(
     """Put a matrix's samples into the cache under the keys of the planned calls.
 
     Only samples asked as they would be asked now are seeded: the same temperature and
-    caps (else the matrix is refused), and, per answer format and strategy, the same
-    instruction and budget in the prompt contract. After a contract change the
-    samples of the formats and strategies it changed are asked again; the others
-    are kept.
+    caps (else the matrix is refused), the question detected as the same answer
+    format, and, for that format and the expert's strategy, the same instruction and
+    budget in the prompt contract. After a contract or detector change the samples it
+    changed are asked again; the others are kept.
     """
     recorded_with = matrix.provenance.get("prompt", {}).get("contract")
     sampling = matrix.provenance.get("sampling", {})
@@ -323,7 +323,10 @@ def _seed_cache(
         found = by_sample.get((call.item.id, call.expert, call.index, call.params["seed"]))
         if found is None or cache.get(call.key) is not None:
             continue
-        if not unchanged(formats.get(found.question_id, ""), found.strategy):
+        recorded = formats.get(found.question_id, "")
+        if recorded != detect(call.item.question).format:
+            continue  # the detector reads the question as another format now
+        if not unchanged(recorded, found.strategy):
             continue
         usage = {"input_tokens": 0, "output_tokens": found.tokens, "total_tokens": found.tokens}
         metadata = {"finish_reason": "length" if found.capped else "stop"}

@@ -9,7 +9,9 @@ kind of answer it calls for, in this order:
    inline as ``A) x B) y``, starting at A with consecutive letters;
 3. ``label``: a closed question naming its answers, ``... positive or negative?``,
    ``true or false``, ``yes or no``;
-4. ``math``: a quantity to compute written with LaTeX (``$...$``, ``\frac``);
+4. ``math``: a quantity to compute written with LaTeX (``$...$``, ``\frac``), or
+   asked in a form only LaTeX writes ("in simplest radical form", "as a common
+   fraction", "in interval notation");
 5. ``number``: a quantity to compute in words (``how many``, ``how much``, an arithmetic
    expression, "calculate", "what is the total ..." with a number in the question);
 6. ``free``: anything else (chat, explanations, summaries, RAG answers).
@@ -63,7 +65,8 @@ _MATH_VERB_RE = re.compile(
 )
 _QUANTITY_RE = re.compile(
     r"\bhow\s+(?:many|much|long|far|old|fast|tall|often)\b"
-    r"|\bwhat(?:'s|\s+is|\s+are|\s+was|\s+will\s+be)\s+the\s+(?:[a-z]+\s+){0,2}(?:total|sum|product|difference|value|number|"
+    r"|\bwhat(?:'s|\s+is|\s+are|\s+was|\s+will\s+be)\s+(?:the|her|his|their|its|your|my|our)\s+"
+    r"(?:[a-z]+\s+){0,2}(?:total|sum|product|difference|value|number|"
     r"result|cost|price|area|perimeter|volume|average|mean|remainder|percentage|amount|"
     r"length|radius|distance|probability|ratio|speed|weight|height|width|age)\b"
     r"|\b(?:calculate|compute|evaluate)\b|\bexpress\s+your\s+answer\b",
@@ -74,8 +77,16 @@ _DIGIT_RE = re.compile(r"\d")
 _NUMBER_RE = re.compile(r"\d+(?:[.,]\d+)*")
 _LAST_QUESTION_RE = re.compile(r"(?:^|[.!?\n])\s*([^.!?\n]*\?)\s*$")
 _QUANTITY_QUESTION_RE = re.compile(
-    r"^(?:what|what's|how|which|find|calculate|compute)\b", re.IGNORECASE
+    r"^(?:what|what's|how|which|find|calculate|compute)\b|,\s*(?:what|what's|how)\b",
+    re.IGNORECASE,
 )
+"""The asked part of a word problem's last question, first or after a leading clause
+("If she works 50 weeks a year, what's her annual salary?")."""
+_MATH_FORM_RE = re.compile(
+    r"\b(?:simplest\s+radical\s+form|(?:a|as\s+a)\s+common\s+fraction|interval\s+notation)\b",
+    re.IGNORECASE,
+)
+"""Answer forms only LaTeX writes: such a quantity is ``math``, not a plain number."""
 _OPEN_ENDED_RE = re.compile(
     r"\b(?:why|explain|describe|name|suggest|recommend|should|would you|opinion|think)\b",
     re.IGNORECASE,
@@ -144,7 +155,7 @@ def _word_problem(question: str) -> bool:
     if match is None:
         return False
     asked = match.group(1).strip()
-    return bool(_QUANTITY_QUESTION_RE.match(asked)) and not _OPEN_ENDED_RE.search(asked)
+    return bool(_QUANTITY_QUESTION_RE.search(asked)) and not _OPEN_ENDED_RE.search(asked)
 
 
 def detect(question: str) -> Detected:  # noqa: PLR0911 - one return per rule, in order
@@ -162,7 +173,9 @@ def detect(question: str) -> Detected:  # noqa: PLR0911 - one return per rule, i
         return Detected("choice", letters)
     if labels := _labels(question):
         return Detected("label", labels)
-    if _LATEX_RE.search(question) and _MATH_VERB_RE.search(question):
+    if (_LATEX_RE.search(question) and _MATH_VERB_RE.search(question)) or _MATH_FORM_RE.search(
+        question
+    ):
         return Detected("math")
     if (
         _ARITHMETIC_RE.search(question)

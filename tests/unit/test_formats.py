@@ -46,6 +46,25 @@ PROMPTS = [
     ("Tom has 3 apples and buys 5 more. How many apples does he have?", "number"),
     ("A train travels 60 km in 1.5 hours. What is its average speed in km/h?", "number"),
     ("Compute 2^10.", "number"),
+    # GSM8K and MATH-500 questions the detector once missed
+    (
+        "Jill gets paid $20 per hour to teach and $30 to be a cheerleading coach. If she "
+        "works 50 weeks a year, 35 hours a week as a teacher and 15 hours a week as a "
+        "coach, what's her annual salary?",
+        "number",
+    ),
+    (
+        "Marissa is hiking a 12-mile trail. She took 1 hour to walk the first 4 miles. If "
+        "she wants her average speed to be 4 miles per hour, what speed (in miles per "
+        "hour) does she need to walk the remaining distance?",
+        "number",
+    ),
+    (
+        "What is the distance, in units, between the points $(2, -6)$ and $(-4, 3)$? "
+        "Express your answer in simplest radical form.",
+        "math",
+    ),
+    ("With 3 kids and 2 cars, which holiday spot fits us?", "free"),
     ("Solve $x^2 - 5x + 6 = 0$.", "math"),
     ("Find $\\frac{1}{2} + \\frac{1}{3}$.", "math"),
     ("Capital of France? A) Rome B) Paris", "choice"),

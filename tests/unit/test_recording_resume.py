@@ -106,3 +106,27 @@ def test_a_contract_change_asks_again_only_what_it_changed(
     # the number questions' samples are seeded; the choice question's are not
     assert again.calls == 0
     assert sorted({r.question_id for r in resumed.matrix.responses}) == ["q0", "q1"]
+
+
+def test_a_question_now_read_as_another_format_is_asked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from avengers_graph.eval import recording
+    from avengers_graph.formats import Detected
+
+    report = record({"a": _expert()}, ITEMS[:2], AnswerCache(tmp_path / "one.sqlite"), samples=1)
+    detect = recording.detect
+
+    def reads_q1_as_text(question: str) -> Detected:
+        return Detected("text") if question.startswith("1 ") else detect(question)
+
+    monkeypatch.setattr(recording, "detect", reads_q1_as_text)
+    resumed = record(
+        {"a": _expert()},
+        ITEMS[:2],
+        AnswerCache(tmp_path / "fresh.sqlite"),
+        samples=1,
+        resume_from=report.matrix,
+        call_experts=False,
+    )
+    assert [r.question_id for r in resumed.matrix.responses] == ["q0"]
