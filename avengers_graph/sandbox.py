@@ -137,6 +137,9 @@ _ENVIRONMENT = {
     "MKL_NUM_THREADS": "1",
 }
 
+_SCRATCH_FOLDERS = ("/tmp", "/dev/shm")  # noqa: S108 - inside the sandbox, not the host
+"""Writable tmpfs of every bubblewrap sandbox besides its working directory."""
+
 _PACKAGES_FOLDER = "/packages"
 """Where bubblewrap mounts the installed packages a run may import (``packages``)."""
 
@@ -476,7 +479,7 @@ def _bubblewrap_argv(
             argv += [*make_parents(home), "--ro-bind", home, home]
             bound.append(home)
     argv += ["--dev", "/dev", "--proc", "/proc"]
-    for folder in ("/tmp", "/dev/shm", str(workdir)):  # noqa: S108 - the sandbox's own
+    for folder in (*_SCRATCH_FOLDERS, str(workdir)):
         argv += make_parents(folder)
         argv += ["--perms", "1777", "--size", str(_TMPFS_BYTES), "--tmpfs", folder]
         made.add(folder)

@@ -98,7 +98,7 @@ for path in json.loads(input()) + [__file__, os.path.join(os.path.dirname(__file
         results[path] = "WRITTEN"
     except OSError as error:
         results[path] = type(error).__name__
-for path in ("inside.txt", "/tmp/inside.txt", "/dev/shm/inside.txt"):
+for path in json.loads(input()):
     with open(path, "w") as handle:
         handle.write("fine")
     results[path] = open(path).read()
@@ -117,13 +117,14 @@ def test_cannot_write_outside_its_folders(tmp_path: Path) -> None:
         _PROJECT_ROOT / "escape.txt",
     ]
     try:
-        report = _report(_run(_TRY_WRITES, stdin=[str(path) for path in outside]))
+        inside = ["inside.txt", *(f"{folder}/inside.txt" for folder in sandbox._SCRATCH_FOLDERS)]
+        lines = [json.dumps([str(path) for path in outside]), json.dumps(inside)]
+        report = _report(_run(_TRY_WRITES, stdin="\n".join(lines) + "\n"))
         for path in outside:
             assert report[str(path)] in {"PermissionError", "OSError", "FileNotFoundError"}, path
             assert not path.exists(), path
         written = [path for path, outcome in report.items() if outcome == "WRITTEN"]
         assert written == []
-        inside = ("inside.txt", "/tmp/inside.txt", "/dev/shm/inside.txt")  # noqa: S108
         assert [report[path] for path in inside] == ["fine"] * 3
     finally:
         for path in outside:
@@ -425,7 +426,7 @@ def test_writable_space_is_bounded() -> None:
     code = """
     import errno, json
     results = {}
-    for folder in (".", "/tmp", "/dev/shm"):
+    for folder in json.loads(input()):
         written = 0
         try:
             for index in range(1000):
@@ -436,9 +437,10 @@ def test_writable_space_is_bounded() -> None:
             results[folder] = [written, errno.errorcode[error.errno]]
     print(json.dumps(results))
     """
-    report = _report(_run(code))
+    folders = [".", *sandbox._SCRATCH_FOLDERS]
+    report = _report(_run(code, stdin=folders))
     limit_mib = sandbox._TMPFS_BYTES >> 20
-    for folder in (".", "/tmp", "/dev/shm"):  # noqa: S108 - the sandbox's own
+    for folder in folders:
         assert report[folder] == [limit_mib, "ENOSPC"], folder
 
 
