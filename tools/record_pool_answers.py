@@ -117,15 +117,8 @@ def main() -> None:
         if started:
             servers.down(started)
     new = [name for name in experts if name not in known]  # named before the servers stop
-    exported = args.work / "export.jsonl"
-    cache.export_jsonl(exported, experts=new)
-    lines = [
-        line
-        for line in exported.read_text(encoding="utf-8").splitlines()
-        if json.loads(line)["key"] in cache.used
-    ]
-    args.out.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-    print(f"{args.out}: {len(lines)} answers of {new}")
+    count = cache.export_jsonl(args.out, experts=new, keys=cache.used)
+    print(f"{args.out}: {count} answers of {new}")
 
 
 if __name__ == "__main__":

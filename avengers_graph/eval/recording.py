@@ -19,6 +19,7 @@ A matrix is a folder of three files:
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.metadata
 import json
@@ -317,6 +318,7 @@ def _seed_cache(
         )
 
     formats = {str(q["id"]): str(q.get("format", "")) for q in matrix.questions}
+    detected = functools.cache(lambda question: detect(question).format)  # once a question
     by_sample = {(r.question_id, r.expert, r.sample, r.seed): r for r in matrix.responses}
     added = 0
     for call in plan:
@@ -324,7 +326,7 @@ def _seed_cache(
         if found is None or cache.get(call.key) is not None:
             continue
         recorded = formats.get(found.question_id, "")
-        if recorded != detect(call.item.question).format:
+        if recorded != detected(call.item.question):
             continue  # the detector reads the question as another format now
         if not unchanged(recorded, found.strategy):
             continue

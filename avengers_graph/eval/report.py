@@ -16,7 +16,12 @@ the default configurations, then the sweeps, and writes into one folder:
 - ``paired.csv`` / ``paired.md``: every strategy against Best-Single, and the small
   models' systems against the 1.5B alone, paired on the same test questions: the gain,
   its 95 % bootstrap interval over questions (:func:`~avengers_graph.eval.replay.compare`),
-  and the questions per split each side gets right where the other does not.
+  and the questions per split each side gets right where the other does not;
+- ``budgets``: per expert and dataset, the share of samples that stopped at the token
+  budget; ``experts``: the share of right samples (what one sample of each expert is
+  worth, over every recorded question);
+- with the nested selection, ``chosen.csv`` (the configuration each calibration split
+  chose) and ``calibration``: the chosen ensemble's confidence against its accuracy.
 
 Each sweep is a ``.csv`` and a ``.png`` (with the ``plot`` extra). Next to each accuracy,
 a ``<column> std`` column holds its standard deviation over the seeded splits; the plots
@@ -31,7 +36,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -468,27 +473,48 @@ SWEEP_NAMES: dict[str, dict[str, str]] = {
 """Legend names of the sweeps' columns (a column not named here is its own name)."""
 
 
-def budget_rows(matrix: ResponseMatrix) -> list[Row]:
-    """Per expert and dataset: samples, mean generated tokens and the share at the budget.
+def _share_rows(matrix: ResponseMatrix, attribute: Literal["capped", "correct"]) -> list[Row]:
+    """Per expert: the share of its samples with ``attribute`` set, per dataset and in all.
 
-    A sample "at the budget" stopped at its token cap (``finish_reason == "length"``):
-    the budgets are fair when competent answers never reach them.
+    A dataset the expert was not asked (its strategy does not serve it) is left empty.
+    Also the expert's samples and mean generated tokens per sample.
     """
     cells: dict[tuple[str, str], list[Response]] = defaultdict(list)
     for response in matrix.responses:
         cells[(response.expert, response.dataset)].append(response)
+
+    def share(responses: Sequence[Response]) -> float | str:
+        return sum(getattr(r, attribute) for r in responses) / len(responses) if responses else ""
+
     rows = []
     for expert in matrix.experts:
         row: Row = {"expert": expert}
-        drawn = [r for (e, _), rs in cells.items() if e == expert for r in rs]
+        drawn = [r for d in matrix.datasets for r in cells.get((expert, d), [])]
         for dataset in matrix.datasets:
-            responses = cells.get((expert, dataset), [])
-            row[dataset] = sum(r.capped for r in responses) / len(responses) if responses else ""
-        row["all"] = sum(r.capped for r in drawn) / len(drawn) if drawn else ""
+            row[dataset] = share(cells.get((expert, dataset), []))
+        row["all"] = share(drawn)
         row["samples"] = len(drawn)
         row["tokens/sample"] = statistics.fmean(r.tokens for r in drawn) if drawn else ""
         rows.append(row)
     return rows
+
+
+def budget_rows(matrix: ResponseMatrix) -> list[Row]:
+    """Per expert and dataset: the share of samples at the budget, samples, mean tokens.
+
+    A sample "at the budget" stopped at its token cap (``finish_reason == "length"``):
+    the budgets are fair when competent answers never reach them.
+    """
+    return _share_rows(matrix, "capped")
+
+
+def expert_rows(matrix: ResponseMatrix) -> list[Row]:
+    """Per expert and dataset: the share of right samples (one sample's accuracy).
+
+    Over every recorded question, calibration and test alike: it describes the pool,
+    and no choice is made on it.
+    """
+    return _share_rows(matrix, "correct")
 
 
 def _write_calibration(summary: Summary, out: Path) -> list[Path]:
@@ -579,13 +605,15 @@ def write_report(  # noqa: PLR0915 - one step after the other, each writing its 
         grid=default_grid(sweeps.max_samples, options.grid_clusters) if options.select else (),
         reference=reference,
     )
-    budgets = budget_rows(matrix)
-    written_budgets = write_csv(budgets, out / "budgets.csv")
-    (out / "budgets.md").write_text(markdown(budgets, [*matrix.datasets, "all"]), encoding="utf-8")
+    written = []
+    for name, table in (("budgets", budget_rows(matrix)), ("experts", expert_rows(matrix))):
+        written.append(write_csv(table, out / f"{name}.csv"))
+        (out / f"{name}.md").write_text(markdown(table, [*matrix.datasets, "all"]), "utf-8")
+        written.append(out / f"{name}.md")
     rows = summary_rows(summary)
     percent = [*summary.datasets, "average", "std over splits", "gain vs Random"]
     percent += ["gain vs Best-Single", "gap to Oracle"]
-    written = [written_budgets, out / "budgets.md", write_csv(rows, out / "summary.csv")]
+    written.append(write_csv(rows, out / "summary.csv"))
     (out / "summary.md").write_text(markdown(rows, percent), encoding="utf-8")
     written.append(out / "summary.md")
     say("paired")

@@ -191,14 +191,23 @@ class AnswerCache:
             )
 
     def export_jsonl(
-        self, path: str | os.PathLike[str], experts: Iterable[str] | None = None
+        self,
+        path: str | os.PathLike[str],
+        experts: Iterable[str] | None = None,
+        keys: Iterable[str] | None = None,
     ) -> int:
-        """Write the cached answers (of some experts) as JSON lines; returns the count.
+        """Write the cached answers as JSON lines; returns the count.
 
         The file is reviewable and can seed another cache with :meth:`import_jsonl`, so a
         calibration elsewhere replays these answers instead of calling the experts.
+
+        Args:
+            path: The file to write.
+            experts: Only these experts' answers (default: every expert's).
+            keys: Only the answers under these keys (for example those a run used).
         """
         wanted = set(experts) if experts is not None else None
+        chosen = set(keys) if keys is not None else None
         with self._lock, self._errors("read"):
             rows = self._conn.execute(
                 "SELECT key, expert, params, message, seconds FROM answers ORDER BY expert, key"
@@ -206,7 +215,9 @@ class AnswerCache:
         count = 0
         with Path(path).open("w", encoding="utf-8") as out:
             for key, expert, params, message, seconds in rows:
-                if wanted is not None and expert not in wanted:
+                if (wanted is not None and expert not in wanted) or (
+                    chosen is not None and key not in chosen
+                ):
                     continue
                 record = {
                     "key": key,

@@ -14,7 +14,8 @@ what service sends:
    system message and :meth:`Contract.options` adds the constraint
    (``response_format``) and the token budget to the call;
 3. :meth:`Contract.answer` turns the reply into the answer that votes: a ``direct``
-   reply's ``{"answer": ...}`` unwrapped (a choice rendered as ``B) Paris``), a
+   reply's ``{"answer": ...}`` unwrapped (a choice rendered as ``B) Paris``; an object
+   the budget cut in the blank space after its value still counts), a
    ``program`` run in :func:`avengers_graph.sandbox.run_python` (standard library,
    ``numpy`` and ``sympy``) with its printed output as the answer (an error or nothing
    printed: an empty answer, which never votes); a ``reason`` reply as it is.
@@ -26,7 +27,6 @@ Pure apart from running programs: messages in, messages out.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +44,7 @@ from avengers_graph.formats import (
     get_format,
     last_code_block,
     option_text,
+    parse_json_object,
 )
 from avengers_graph.sandbox import SandboxError, run_python
 
@@ -201,11 +202,17 @@ class Contract:
         return self.format.key(text, self.detected)
 
     def _unwrap(self, text: str) -> str:
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return text
-        if not isinstance(value, dict) or "answer" not in value:
+        """The ``answer`` of a direct reply's JSON object (the reply itself without one).
+
+        The object may sit in a ```` ```json ```` fence or among blank space: llama.cpp's
+        grammar for a schema allows both, and a sample may spend its budget on blanks.
+        When the budget cut the object in the blanks after its value, the value was
+        whole and is read (``{"answer": "C"`` then blanks).
+        """
+        value = parse_json_object(text)
+        if value is None and text != text.rstrip():
+            value = parse_json_object(text.rstrip() + "}")
+        if value is None or "answer" not in value:
             return text
         answer = value["answer"]
         answer = format(answer, "g") if isinstance(answer, float) else str(answer).strip()

@@ -9,6 +9,7 @@ reply with a reference through those keys. Pure functions on strings.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 
 from avengers_graph.errors import InvalidInputError
@@ -306,6 +307,21 @@ def _last_number_key(text: str) -> str | None:
     return None if last is None else _token_key(last)
 
 
+def _first_key(text: str, readers: Sequence[Callable[[str], str | None]]) -> str | None:
+    """The key of the first reader that finds one in ``text``."""
+    for read in readers:
+        if (key := read(text)) is not None:
+            return key
+    return None
+
+
+_NUMBER_READERS = (_boxed_key, _explicit_number_key, _last_number_key)
+"""Where a numeric answer is read, in order: a box, a stated answer, the last number."""
+
+_MATH_READERS = (_boxed_key, _explicit_number_key, _bare_key, _last_number_key)
+"""The same, with a bare answer (:func:`_bare_key`) read whole before its last number."""
+
+
 def extract_number(text: str) -> str | None:
     r"""Extract the final numeric (or math) answer of a reply as a canonical key.
 
@@ -322,11 +338,7 @@ def extract_number(text: str) -> str | None:
     Returns:
         The canonical key, or None when the reply holds no number at all.
     """
-    if (key := _boxed_key(text)) is not None:
-        return key
-    if (key := _explicit_number_key(text)) is not None:
-        return key
-    return _last_number_key(text)
+    return _first_key(text, _NUMBER_READERS)
 
 
 def extract_math(text: str) -> str | None:
@@ -336,13 +348,7 @@ def extract_math(text: str) -> str | None:
     answer, a program's printed line) is keyed whole: ``(6,31,-1)`` is a triple, not
     ``-1``, and ``Evelyn`` answers like the reference ``\text{Evelyn}``.
     """
-    if (key := _boxed_key(text)) is not None:
-        return key
-    if (key := _explicit_number_key(text)) is not None:
-        return key
-    if (key := _bare_key(text)) is not None:
-        return key
-    return _last_number_key(text)
+    return _first_key(text, _MATH_READERS)
 
 
 def _reference_number(reference: str) -> str:

@@ -53,6 +53,18 @@ def test_export_then_import_replays_answers(tmp_path: Path) -> None:
     assert target.import_jsonl(tmp_path / "all.jsonl") == 0
 
 
+def test_export_keeps_only_the_keys_asked_for(tmp_path: Path) -> None:
+    source = AnswerCache(tmp_path / "a.sqlite")
+    for key, expert in [("k1", "a"), ("k2", "a"), ("k3", "b")]:
+        source.put(key, expert, {"seed": 0}, answer(key))
+    assert source.export_jsonl(tmp_path / "k.jsonl", keys={"k2", "k3"}) == 2
+    assert source.export_jsonl(tmp_path / "ak.jsonl", experts=["a"], keys={"k2", "k3"}) == 1
+    target = AnswerCache(tmp_path / "b.sqlite")
+    assert target.import_jsonl(tmp_path / "ak.jsonl") == 1
+    assert target.get("k1") is None
+    assert target.get("k2").message.text == "k2"  # type: ignore[union-attr]
+
+
 def test_import_names_a_bad_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"key": "k"}\n')

@@ -54,6 +54,35 @@ def test_a_direct_reply_is_unwrapped_and_a_choice_rendered() -> None:
     assert contract(CHOICE, "direct").answer(AIMessage("B")).content == "B"
 
 
+@pytest.mark.parametrize(
+    ("reply", "key"),
+    [
+        # Recorded (Qwen2.5-Coder-0.5B, 16-token budget): llama.cpp's grammar for the
+        # schema allows a fence and blank space around the object, and the budget ran out
+        # in the blanks, after the answer or before the closing brace.
+        ('```json\n{"answer": "C"}\n          ', "C"),
+        ('{\n    "answer": "C"\n\n\n          \t\t    ', "C"),
+        ('{ "answer": "B"    ', "B"),
+        # cut before the value was whole, or nothing but blanks: no answer
+        ('{ "answer": "B', None),
+        ('{\n    "answer" :\n\n          ', None),
+        ("```json\n\n         ", None),
+    ],
+)
+def test_a_direct_object_in_a_fence_or_cut_in_blank_space_is_read(
+    reply: str, key: str | None
+) -> None:
+    terms = contract(CHOICE, "direct")
+    answer = str(terms.answer(AIMessage(reply)).content)
+    assert terms.key(answer) == key
+    assert answer == ({"B": "B) Mars", "C": "C) Jupiter"}[key] if key else reply)
+
+
+def test_a_number_cut_in_the_blanks_after_it_is_whole() -> None:
+    assert contract(WORD, "direct").answer(AIMessage('{"answer": 8    ')).content == "8"
+    assert contract(WORD, "direct").answer(AIMessage('{"answer": 8')).content == '{"answer": 8'
+
+
 def test_a_program_runs_and_its_output_is_the_answer() -> None:
     terms = contract(WORD, "program")
     reply = AIMessage(

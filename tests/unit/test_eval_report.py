@@ -231,3 +231,15 @@ def test_budget_table_counts_samples_at_the_cap() -> None:
     assert rows["cheap"]["all"] == pytest.approx(1 / 3)
     assert rows["math"]["all"] == 0
     assert rows["facts"]["tokens/sample"] == 20
+
+
+def test_expert_table_is_each_experts_share_of_right_samples() -> None:
+    from avengers_graph.eval.report import expert_rows
+
+    rows = {row["expert"]: row for row in expert_rows(MATRIX)}
+    # math gets samples 1 and 2 of 3 right on algebra; facts every trivia sample; cheap none
+    assert (rows["math"]["algebra"], rows["math"]["trivia"]) == (pytest.approx(2 / 3), 0)
+    assert rows["math"]["all"] == pytest.approx(1 / 3)
+    assert (rows["facts"]["algebra"], rows["facts"]["trivia"], rows["facts"]["all"]) == (0, 1, 0.5)
+    assert rows["cheap"]["all"] == 0
+    assert rows["cheap"]["samples"] == 60

