@@ -22,6 +22,7 @@ from typing import Any
 
 from avengers_graph.eval.recording import DEFAULT_MATRIX, ResponseMatrix
 from avengers_graph.eval.replay import CHOSEN
+from avengers_graph.formats import FORMATS
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ROOT / "docs" / "benchmarks"
@@ -29,6 +30,8 @@ PAGE = ROOT / "docs" / "benchmarks.md"
 PAPER = "Paper: top-1 cluster, top-1 expert, SC"
 BASELINES = {"Random", "Best-Single", "Best-Single SC", "Max-Expert", "Oracle"}
 REPLAY = "avengers eval replay --out docs/benchmarks"
+SCHEMA_FORMATS = {name for name, fmt in FORMATS.items() if "direct" in fmt.constrain}
+"""Formats whose ``direct`` answers are held to a JSON schema (``{"answer": ...}``)."""
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -81,6 +84,11 @@ def _provenance(matrix: ResponseMatrix) -> str:
         + ", ".join(f"{k} {v}" for k, v in provenance.get("packages", {}).items() if v)
         + ".\n"
     )
+
+
+def _has_strategies(matrix: ResponseMatrix) -> bool:
+    """Whether the matrix's experts are models with strategies (else models alone)."""
+    return any(e.get("strategy") for e in matrix.provenance.get("experts", {}).values())
 
 
 def _budgets(provenance: dict[str, Any]) -> str:
@@ -255,16 +263,24 @@ def _section(title: str, text: str, *tables: str) -> str:
 
 def _direct_at_budget(matrix: ResponseMatrix) -> str:
     """What the ``direct`` samples at their budget hold: most, a whole answer then blanks."""
-    capped = [r for r in matrix.complete().responses if r.capped and r.strategy == "direct"]
+    complete = matrix.complete()
+    held = {q["id"] for q in complete.questions if q.get("format") in SCHEMA_FORMATS}
+    capped = [
+        r
+        for r in complete.responses
+        if r.capped and r.strategy == "direct" and r.question_id in held
+    ]
     if not capped:
         return ""
     read = sum(r.extracted is not None for r in capped)
     return (
-        f" Of the {len(capped)} `direct` samples at their budget, {read} hold a whole "
-        "answer: the JSON object, then blank space up to the budget (llama.cpp's grammar "
-        "for a JSON schema allows spaces and line breaks around the object, and a "
-        f"```` ```json ```` fence), and the answer is read; {len(capped) - read} hold "
-        "blank space only, and count as no answer."
+        f" Of the {len(capped)} `direct` samples held to a JSON schema that stopped at "
+        f"their budget, {read} hold a whole "
+        "answer followed by blank space up to the budget (llama.cpp's grammar for a JSON "
+        "schema allows blank space around the object's parts, and a ```` ```json ```` "
+        "fence), and the answer is read; in the other "
+        f"{len(capped) - read}, the blank space came before the answer was whole: they "
+        "count as no answer."
     )
 
 
@@ -299,8 +315,13 @@ def render(matrix: ResponseMatrix) -> str:
         "are per question. `compute` is generated tokens times the expert's size in "
         "billions of parameters (its `cost` in the pool file), so it is proportional to "
         "decoding FLOPs (about 2 GFLOP per unit) and, unlike seconds, does not depend on "
-        "the machine's load; it leaves out the prompt's prefill. An expert is a model with "
-        "a strategy (`direct`, `reason`, `program`). Random is the expected accuracy of "
+        "the machine's load; it leaves out the prompt's prefill. "
+        + (
+            "An expert is a model with a strategy (`direct`, `reason`, `program`). "
+            if _has_strategies(matrix)
+            else ""
+        )
+        + "Random is the expected accuracy of "
         "one sample of a uniformly drawn expert; Best-Single is the expert with the best "
         "calibration accuracy (one sample); Max-Expert knows each question's benchmark and "
         "picks its best expert; Oracle is right when any recorded sample of any expert is "

@@ -27,6 +27,7 @@ Pure apart from running programs: messages in, messages out.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -204,14 +205,18 @@ class Contract:
     def _unwrap(self, text: str) -> str:
         """The ``answer`` of a direct reply's JSON object (the reply itself without one).
 
-        The object may sit in a ```` ```json ```` fence or among blank space: llama.cpp's
-        grammar for a schema allows both, and a sample may spend its budget on blanks.
-        When the budget cut the object in the blanks after its value, the value was
-        whole and is read (``{"answer": "C"`` then blanks).
+        Held to a schema, the object may sit in a ```` ```json ```` fence or among blank
+        space: llama.cpp's grammar allows both, and a sample may spend its budget on
+        blanks. When the budget cut the object in the blanks after its value, the value
+        was whole and is read (``{"answer": "C"`` then blanks). A format with no schema
+        (code, free text) is unwrapped only when the whole reply is the object.
         """
-        value = parse_json_object(text)
-        if value is None and text != text.rstrip():
-            value = parse_json_object(text.rstrip() + "}")
+        if "direct" in self.format.constrain:
+            value = parse_json_object(text)
+            if value is None and text != text.rstrip():
+                value = parse_json_object(text.rstrip() + "}")
+        else:
+            value = _json_object(text)
         if value is None or "answer" not in value:
             return text
         answer = value["answer"]
@@ -244,6 +249,15 @@ class Contract:
             "error": result.stderr[-2000:] if not result.ok else "",
         }
         return answer, record
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    """The reply as a JSON object when it is one as a whole, else None."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def contract(

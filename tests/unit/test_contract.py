@@ -78,6 +78,12 @@ def test_a_direct_object_in_a_fence_or_cut_in_blank_space_is_read(
     assert answer == ({"B": "B) Mars", "C": "C) Jupiter"}[key] if key else reply)
 
 
+def test_code_with_an_answer_dict_inside_is_not_unwrapped() -> None:
+    question = "Write a Python function `f()` that returns a dict with the key 'answer'."
+    reply = 'def f():\n    return {"answer": 42}\n'
+    assert contract(question, "direct").answer(AIMessage(reply)).content == reply
+
+
 def test_a_number_cut_in_the_blanks_after_it_is_whole() -> None:
     assert contract(WORD, "direct").answer(AIMessage('{"answer": 8    ')).content == "8"
     assert contract(WORD, "direct").answer(AIMessage('{"answer": 8')).content == '{"answer": 8'
