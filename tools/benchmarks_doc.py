@@ -104,7 +104,7 @@ def _budgets(provenance: dict[str, Any]) -> str:
     return "token budgets by format and strategy: " + "; ".join(parts)
 
 
-def _chosen_numbers(summary: dict[str, dict[str, str]]) -> str:
+def _chosen_numbers(summary: dict[str, dict[str, str]], benchmarks: int) -> str:
     """The headline: the ensemble chosen on calibration against Best-Single and the SC."""
     if CHOSEN not in summary:
         return ""
@@ -129,7 +129,7 @@ def _chosen_numbers(summary: dict[str, dict[str, str]]) -> str:
             f"compute); {sc}: {float(row['calls/q']):.1f} calls, "
             f"{float(row['tokens/q']):.0f} tokens ({float(row['compute/q']):.0f} compute).\n"
         )
-    return text
+    return text + _power(CHOSEN, "Best-Single", benchmarks)
 
 
 def _reference_sc(summary: dict[str, dict[str, str]]) -> str | None:
@@ -138,7 +138,7 @@ def _reference_sc(summary: dict[str, dict[str, str]]) -> str | None:
     return names[0] if names else None
 
 
-def _headline_numbers() -> str:
+def _headline_numbers(benchmarks: int) -> str:
     summary = {row["strategy"]: row for row in _rows(TABLES / "summary.csv")}
     sc = _reference_sc(summary)
     fixed = max(
@@ -146,7 +146,7 @@ def _headline_numbers() -> str:
         key=lambda row: float(row["average"]),
     )
     best, paper = summary["Best-Single"], summary[PAPER]
-    text = _chosen_numbers(summary) + (
+    text = _chosen_numbers(summary, benchmarks) + (
         f"- The paper's configuration: **{_pct(paper['average'])}**, "
         f"{float(paper['gain vs Best-Single']) * 100:+.1f} points over Best-Single"
         f"{_interval(PAPER, 'Best-Single')}. The best fixed configuration on these same test "
@@ -180,16 +180,38 @@ def _headline_numbers() -> str:
     return text + _equal_compute()
 
 
-def _interval(strategy: str, against: str) -> str:
-    """`` (95 % interval a to b)`` from paired.csv, or nothing when it was not written."""
+def _paired(strategy: str, against: str) -> dict[str, str] | None:
+    """The row of paired.csv comparing ``strategy`` with ``against``, if written."""
     path = TABLES / "paired.csv"
     if not path.is_file():
-        return ""
+        return None
     for row in _rows(path):
         if (row["strategy"], row["against"]) == (strategy, against):
-            low, high = float(row["95 % low"]) * 100, float(row["95 % high"]) * 100
-            return f" (95 % interval {low:+.1f} to {high:+.1f})"
-    return ""
+            return row
+    return None
+
+
+def _interval(strategy: str, against: str) -> str:
+    """`` (95 % interval a to b)`` from paired.csv, or nothing when it was not written."""
+    row = _paired(strategy, against)
+    if row is None:
+        return ""
+    low, high = float(row["95 % low"]) * 100, float(row["95 % high"]) * 100
+    return f" (95 % interval {low:+.1f} to {high:+.1f})"
+
+
+def _power(strategy: str, against: str, benchmarks: int) -> str:
+    """How many questions it takes to tell a 3-point gain from noise, at this spread."""
+    row = _paired(strategy, against)
+    if row is None or "questions for +/-3 points" not in row:
+        return ""
+    needed, tested = int(row["questions for +/-3 points"]), int(row["questions"])
+    return (
+        f"- How many questions it takes: the interval narrows as one over the square root "
+        f"of the questions, so at this recording's spread a 3-point gain of `{strategy}` "
+        f"over {against} clears 0 from about **{needed} questions** on (about "
+        f"{-(-needed // benchmarks)} per benchmark); this replay tested {tested}.\n"
+    )
 
 
 def _equal_compute() -> str:
@@ -425,7 +447,7 @@ times: an upper bound, comparable between experts only roughly.
 
 ## Headline numbers
 
-{_headline_numbers()}
+{_headline_numbers(len(matrix.complete().datasets))}
 {"".join(sections)}{_perf()}"""
 
 

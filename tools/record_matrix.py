@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("eval-matrix"))
     parser.add_argument("--config", type=Path, default=None, help="Pool file (eval pool).")
     parser.add_argument("--per-dataset", type=int, default=100)
+    parser.add_argument(
+        "--more", type=int, default=0, help="Questions per benchmark drawn after those."
+    )
     parser.add_argument("--chunk", type=int, default=80, help="Questions added per round.")
     parser.add_argument(
         "--start", type=int, default=None, help="First limit (default: the first chunk missing)."
@@ -87,7 +90,7 @@ def main() -> None:
     parser.add_argument("--commit", action="store_true", help="git commit after each chunk")
     args = parser.parse_args()
 
-    total = 8 * args.per_dataset
+    total = 8 * (args.per_dataset + args.more)
     config = ["--config", str(args.config)] if args.config else []
     few = [arg for name in FEW_SAMPLES for arg in ("--expert-samples", f"{name}={args.few}")]
     limit = args.start or first_limit(args.out, args.chunk)
@@ -101,7 +104,8 @@ def main() -> None:
             try:
                 avengers(
                     "eval", "record", *config, "--out", str(args.out),
-                    "--per-dataset", str(args.per_dataset), "--limit", str(limit),
+                    "--per-dataset", str(args.per_dataset), "--more", str(args.more),
+                    "--limit", str(limit),
                     "--samples", str(args.samples), *few, "--only", model,
                     "--max-concurrency", str(args.slots),
                 )  # fmt: skip

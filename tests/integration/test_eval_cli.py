@@ -58,6 +58,15 @@ def test_record_resume_and_replay(tmp_path: Path) -> None:
         resumed = runner.invoke(app, record, env=env)
         assert "resuming: 8 samples" in flat(resumed.output)
         assert "0 expert calls made, 8 answers from the cache" in flat(resumed.output)
+
+        grown = runner.invoke(app, [*record, "--more", "1", "--export-only"], env=env)
+        assert grown.exit_code == 0, grown.output
+        larger = ResponseMatrix.load(out)
+        # the draw grew by one question per benchmark, after the recorded ones
+        assert [q["id"] for q in larger.questions[:4]] == [q["id"] for q in matrix.questions]
+        assert len(larger.questions) == 6
+        assert larger.provenance["benchmarks"]["more"] == 1
+        assert len(larger.complete().questions) == 4
     finally:
         runner.invoke(app, ["local", "down"], env=env)
 

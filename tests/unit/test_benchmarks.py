@@ -27,6 +27,7 @@ from avengers_graph.eval.benchmarks import (
     MAX_QUESTION_CHARS,
     BenchmarkError,
     benchmark_mix,
+    extension_order,
     load_benchmark,
     sample_items,
 )
@@ -187,6 +188,37 @@ def test_benchmark_mix_interleaves_round_robin() -> None:
     for i in range(5):
         for j, name in enumerate(names):
             assert mix[i * len(names) + j] == draws[name][i]
+
+
+def test_a_mix_grows_and_keeps_the_questions_it_had() -> None:
+    names = ["mmlu", "sst2", "gsm8k"]
+    base = benchmark_mix(names, 6, seed=0)
+    grown = benchmark_mix(names, 6, seed=0, more=4)
+    larger = benchmark_mix(names, 6, seed=0, more=8)
+    assert grown[:18] == base  # the recorded questions come first, unchanged
+    assert larger[:30] == grown  # and a larger extension starts with the smaller one
+    assert [item["dataset"] for item in grown[18:]] == names * 4
+    ids = [item["id"] for item in larger]
+    assert len(set(ids)) == len(ids)
+    extra = {name: [i for i in larger[18:] if i["dataset"] == name] for name in names}
+    # the extension is spread like the draw: SST-2 by label, MMLU by subject
+    assert Counter(item["answer"] for item in extra["sst2"]) == {"positive": 4, "negative": 4}
+    assert len({item["subject"] for item in extra["mmlu"]}) == 8
+    with pytest.raises(InvalidInputError, match="more must be"):
+        benchmark_mix(names, 6, more=-1)
+    with pytest.raises(InvalidInputError, match="give n"):
+        load_benchmark("gsm8k", more=2)
+
+
+def test_extension_order_takes_turns_between_groups() -> None:
+    rows = _rows({"a": 4, "b": 2, "c": 1})
+    order = extension_order(rows, random.Random(0), spread="group")
+    assert sorted(r["id"] for r in order) == sorted(r["id"] for r in rows)
+    first_three = {r["group"] for r in order[:3]}
+    assert first_three == {"a", "b", "c"}  # one of each before any second
+    assert {r["group"] for r in order[3:5]} == {"a", "b"}
+    assert [r["group"] for r in order[5:]] == ["a", "a"]
+    assert extension_order(rows, random.Random(0), spread="group") == order
 
 
 def test_benchmark_mix_rejects_repeated_or_no_names() -> None:

@@ -47,6 +47,14 @@ def test_the_headline_is_the_ensemble_chosen_on_calibration(page: tuple[str, Pat
     assert chosen in headline
     assert "Against facts SC" in headline  # the largest model's self-consistency
     assert "95 % interval" in headline
+    with (tables / "paired.csv").open(encoding="utf-8") as file:
+        paired = next(
+            row
+            for row in csv.DictReader(file)
+            if (row["strategy"], row["against"]) == (CHOSEN, "Best-Single")
+        )
+    assert f"from about **{paired['questions for +/-3 points']} questions** on" in headline
+    assert f"this replay tested {paired['questions']}." in headline
 
 
 def test_each_written_table_has_its_section_and_no_other(page: tuple[str, Path]) -> None:

@@ -181,6 +181,7 @@ def test_every_numeric_option_has_a_minimum() -> None:
             ["eval", "record", "--per-dataset", "0"],
             "error: --per-dataset must be at least 1, got 0.",
         ),
+        (["eval", "record", "--more", "-1"], "error: --more must be at least 0, got -1."),
         (
             ["eval", "record", "--max-concurrency", "0"],
             "error: --max-concurrency must be at least 1, got 0.",

@@ -259,6 +259,12 @@ def test_compare_interval_is_the_bootstrap_of_the_questions() -> None:
     narrow = compare(summary, "a", "b", level=0.4)  # the central 40 % are all 0.5
     assert (narrow.low, narrow.high) == (0.5, 0.5)
     assert compare(summary, "a", "b", seed=7) == compare(summary, "a", "b", seed=7)
+    # two questions give an interval +/- 0.5 wide: +/- 0.05 takes (0.5 / 0.05)^2 = 100x more
+    assert wide.questions == 2
+    assert wide.questions_for(0.05) == 200
+    assert narrow.questions_for(0.05) == 0  # no spread at all
+    with pytest.raises(InvalidInputError, match="margin"):
+        wide.questions_for(0)
 
 
 def test_compare_refuses_unpaired_results() -> None:
