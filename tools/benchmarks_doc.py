@@ -311,8 +311,11 @@ def _chosen_configurations() -> str:
     path = TABLES / "chosen.csv"
     if not path.is_file():
         return ""
-    lines = ["| fold | configuration |", "|---|---|"]
-    lines += [f"| {row['split']} | {row['configuration']} |" for row in _rows(path)]
+    lines = ["| fold | configuration | Best-Single |", "|---|---|---|"]
+    lines += [
+        f"| {row['split']} | {row['configuration']} | {row.get('best single', '')} |"
+        for row in _rows(path)
+    ]
     return (
         "## What the nested selection chose\n\n"
         f"For each fold, `{CHOSEN}` is the adaptive configuration (K of K-means, the "
@@ -321,9 +324,8 @@ def _chosen_configurations() -> str:
         "accuracy in an inner 3-fold cross-validation of that fold's calibration part "
         "alone, among the configurations that generate no more tokens per question there "
         "than the reference model's self-consistency. The test part plays no role in the "
-        "choice. Best-Single is chosen on the same calibration part.\n\n"
-        + "\n".join(lines)
-        + "\n\n"
+        "choice. Best-Single is the expert with the best accuracy on the same calibration "
+        "part (one sample).\n\n" + "\n".join(lines) + "\n\n"
     )
 
 

@@ -619,6 +619,8 @@ class Summary:
     split_accuracy: dict[str, list[float]] = field(default_factory=dict)
     """Strategy name to its average accuracy in each split, in split order (``spread``
     is their standard deviation; plots draw error bars from them)."""
+    best_single: list[str] = field(default_factory=list)
+    """Per split, the expert Best-Single is (chosen on that split's calibration part)."""
 
     def accuracy(self, strategy: str, dataset: str = AVERAGE) -> float:
         """Mean accuracy of a strategy on a dataset (default: the macro average)."""
@@ -761,6 +763,7 @@ def evaluate(
     questions: dict[str, list[dict[str, float]]] = defaultdict(list)
     confidence: dict[str, list[tuple[float, bool]]] = defaultdict(list)
     chosen: list[str] = []
+    best_single: list[str] = []
     datasets: list[str] = []
     dataset_of: dict[str, str] = {}
     splits = (
@@ -779,6 +782,7 @@ def evaluate(
             fold=fold,
         )
         datasets, dataset_of = replay.datasets, replay.dataset
+        best_single.append(replay.best_single())
         strategies: list[tuple[str, Callable[[str], Outcome]]] = [
             *((b, replay.baseline(b)) for b in baselines),
             *((c.name, replay.ensemble(c)) for c in configs),
@@ -842,6 +846,7 @@ def evaluate(
         dict(confidence),
         chosen,
         split_accuracy,
+        best_single,
     )
 
 

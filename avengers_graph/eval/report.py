@@ -541,7 +541,10 @@ def _write_calibration(summary: Summary, out: Path) -> list[Path]:
         encoding="utf-8",
     )
     written.append(out / "calibration.md")
-    chosen = [{"split": i, "configuration": name} for i, name in enumerate(summary.chosen)]
+    chosen = [
+        {"split": i, "configuration": name, "best single": best}
+        for i, (name, best) in enumerate(zip(summary.chosen, summary.best_single, strict=True))
+    ]
     written.append(write_csv(chosen, out / "chosen.csv"))
     plotted = _plot(
         [

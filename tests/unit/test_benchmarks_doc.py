@@ -64,5 +64,6 @@ def test_each_written_table_has_its_section_and_no_other(page: tuple[str, Path])
     for title in ("The experts", "Budgets", "Ensemble against its members"):
         assert f"## {title}" in text
     assert "## Clusters (K)" not in text  # no sweeps were run
-    assert text.count("| fold | configuration |") == 1
+    assert text.count("| fold | configuration | Best-Single |") == 1
     assert "| 3 | K=2 " in text  # the fourth fold's choice
+    assert text.count(" | facts |") == 4  # each fold's Best-Single

@@ -218,6 +218,9 @@ def test_the_chosen_ensemble_is_reported_with_its_calibration(tmp_path: Path) ->
     assert ("Ensemble (chosen on calibration)", "facts SC") in paired
     assert ("Ensemble (chosen on calibration)", "Best-Single") in paired
     assert "Expected calibration error" in (tmp_path / "calibration.md").read_text()
+    # facts's first sample is right on every trivia question, math's on no algebra one
+    assert {row["best single"] for row in _rows(tmp_path / "chosen.csv")} == {"facts"}
+    assert summary.best_single == ["facts"] * 4
 
 
 def test_budget_table_counts_samples_at_the_cap() -> None:
