@@ -47,7 +47,14 @@ from avengers_graph.experts.contract import Contract, Expert, as_expert, contrac
 from avengers_graph.formats import FORMATS, Grader, detect, get_format, get_grader
 from avengers_graph.redact import environment_secrets, redact, secrets_of, terminal_safe
 from avengers_graph.routing import compact
-from avengers_graph.stores.base import CalibrationStore, ExpertStats, StoredQuestion, StoreInfo
+from avengers_graph.stores.base import (
+    CalibrationStore,
+    ExpertStats,
+    Graded,
+    StoredQuestion,
+    StoreInfo,
+    tally,
+)
 
 Progress = Callable[[int, int], None]
 """Called with ``(finished calls, total calls)`` as expert answers arrive."""
@@ -446,32 +453,25 @@ def expert_stats(
 
     An expert counts only the questions its strategy serves (it was not asked the others).
     """
-    counts: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0, 0, 0])
+    graded = []
     for item in items:
-        cluster = labels[item.id]
         for name, expert in experts.items():
             item_answers = answers.get((name, item.id))
             if not item_answers:
                 continue
             majority, samples = grade_samples(item_answers, item, grader, expert)
-            entry = counts[(cluster, name)]
-            entry[0] += majority
-            entry[1] += 1
-            entry[2] += float(np.mean([_output_tokens(a.message) for a in item_answers]))
-            entry[3] += float(np.mean([a.seconds for a in item_answers]))
-            entry[4] += sum(samples)
-            entry[5] += len(samples)
-    stats: dict[int, dict[str, ExpertStats]] = defaultdict(dict)
-    for (cluster, name), (correct, total, tokens, seconds, right, drawn) in counts.items():
-        stats[cluster][name] = ExpertStats(
-            correct=int(correct),
-            total=int(total),
-            mean_tokens=tokens / total,
-            mean_seconds=seconds / total,
-            sample_correct=int(right),
-            samples=int(drawn),
-        )
-    return dict(stats)
+            graded.append(
+                Graded(
+                    labels[item.id],
+                    name,
+                    majority,
+                    float(np.mean([_output_tokens(a.message) for a in item_answers])),
+                    float(np.mean([a.seconds for a in item_answers])),
+                    sum(samples),
+                    len(samples),
+                )
+            )
+    return tally(graded)
 
 
 def _report(

@@ -59,7 +59,7 @@ from avengers_graph.routing import (
     score_experts,
     select_experts,
 )
-from avengers_graph.stores.chroma import ExpertStats
+from avengers_graph.stores.base import ExpertStats, Graded, tally
 from avengers_graph.voting import OPEN_CHANCE, majority_vote, repeated_weights, weighted_vote
 
 __all__ = [
@@ -564,26 +564,25 @@ def matrix_stats(
         labels: Question id to its cluster.
         experts: The experts to count.
     """
-    counts: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0, 0, 0])
+    graded = []
     for qid, cluster in labels.items():
         for expert in experts:
             drawn = samples.get((qid, expert), [])
             if not drawn:
                 continue
             vote = majority_vote([r.extracted for r in drawn], [0] * len(drawn))
-            entry = counts[(cluster, expert)]
-            entry[0] += bool(vote.votes) and drawn[vote.winner].correct
-            entry[1] += 1
-            entry[2] += statistics.fmean(r.tokens for r in drawn)
-            entry[3] += statistics.fmean(r.seconds for r in drawn)
-            entry[4] += sum(r.correct for r in drawn)
-            entry[5] += len(drawn)
-    stats: dict[int, dict[str, ExpertStats]] = defaultdict(dict)
-    for (cluster, expert), (correct, total, tokens, seconds, right, count) in counts.items():
-        stats[cluster][expert] = ExpertStats(
-            int(correct), int(total), tokens / total, seconds / total, int(right), int(count)
-        )
-    return dict(stats)
+            graded.append(
+                Graded(
+                    cluster,
+                    expert,
+                    bool(vote.votes) and drawn[vote.winner].correct,
+                    statistics.fmean(r.tokens for r in drawn),
+                    statistics.fmean(r.seconds for r in drawn),
+                    sum(r.correct for r in drawn),
+                    len(drawn),
+                )
+            )
+    return tally(graded)
 
 
 def question_chance(question: Mapping[str, object]) -> float:

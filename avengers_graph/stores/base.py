@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -34,11 +34,13 @@ __all__ = [
     "ExpertStats",
     "Feedback",
     "FeedbackStore",
+    "Graded",
     "StoreInfo",
     "StoredQuestion",
     "apply_feedback",
     "check_compatible",
     "grade_feedback",
+    "tally",
     "validate_calibration",
     "validate_stats",
 ]
@@ -171,6 +173,52 @@ class ExpertStats:
             sample_correct=data.get("sample_correct", 0),
             samples=data.get("samples", 0),
         )
+
+
+class Graded(NamedTuple):
+    """One expert's graded samples for one question, in one cluster (see :func:`tally`)."""
+
+    cluster: int
+    expert: str
+    right: bool
+    """The majority of its samples was right."""
+    tokens: float
+    """Mean generated tokens per sample."""
+    seconds: float
+    """Mean seconds per sample."""
+    right_samples: int
+    """Samples that were right."""
+    samples: int
+    """Samples graded."""
+
+
+def tally(graded: Iterable[Graded]) -> dict[int, dict[str, ExpertStats]]:
+    """Per-cluster, per-expert statistics of graded questions.
+
+    ``correct`` of ``total`` counts the questions whose majority was right, the means
+    are over questions, ``sample_correct`` of ``samples`` counts single samples.
+    Calibration and the replay both count this way.
+    """
+    sums: dict[tuple[int, str], list[float]] = {}
+    for g in graded:
+        entry = sums.setdefault((g.cluster, g.expert), [0.0] * 6)
+        entry[0] += g.right
+        entry[1] += 1
+        entry[2] += g.tokens
+        entry[3] += g.seconds
+        entry[4] += g.right_samples
+        entry[5] += g.samples
+    stats: dict[int, dict[str, ExpertStats]] = {}
+    for (cluster, expert), (right, total, tokens, seconds, good, drawn) in sums.items():
+        stats.setdefault(cluster, {})[expert] = ExpertStats(
+            correct=int(right),
+            total=int(total),
+            mean_tokens=tokens / total,
+            mean_seconds=seconds / total,
+            sample_correct=int(good),
+            samples=int(drawn),
+        )
+    return stats
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,24 @@ def test_expert_stats_accuracy_and_dict_round_trip() -> None:
         ExpertStats(1, 2, sample_correct=3, samples=2)
 
 
+def test_tally_counts_questions_and_samples_per_cluster_and_expert() -> None:
+    from avengers_graph.stores.base import Graded, tally
+
+    stats = tally(
+        [
+            Graded(0, "a", True, 10.0, 1.0, 2, 3),
+            Graded(0, "a", False, 30.0, 3.0, 1, 3),
+            Graded(0, "b", False, 5.0, 0.5, 0, 1),
+            Graded(2, "a", True, 8.0, 2.0, 3, 3),
+        ]
+    )
+    assert stats[0]["a"] == ExpertStats(1, 2, 20.0, 2.0, sample_correct=3, samples=6)
+    assert stats[0]["b"] == ExpertStats(0, 1, 5.0, 0.5, sample_correct=0, samples=1)
+    assert stats[2] == {"a": ExpertStats(1, 1, 8.0, 2.0, sample_correct=3, samples=3)}
+    assert sorted(stats) == [0, 2]  # a cluster with no graded question has no entry
+    assert tally([]) == {}
+
+
 def test_expert_stats_accepts_numpy_numbers_as_plain_python() -> None:
     stats = ExpertStats(np.int64(2), np.int64(5), np.float64(1.5))
     assert type(stats.correct) is int
