@@ -22,6 +22,7 @@ from typing import Any
 
 from avengers_graph.eval.recording import DEFAULT_MATRIX, ResponseMatrix
 from avengers_graph.eval.replay import CHOSEN, INCUMBENT
+from avengers_graph.eval.report import RECOMMENDED
 from avengers_graph.formats import FORMATS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -364,6 +365,21 @@ def _chosen_configurations() -> str:
     )
 
 
+def _recommended() -> str:
+    """The routing the selection's rule chose on every question, as a pool-file snippet."""
+    path = TABLES / RECOMMENDED
+    if not path.is_file():
+        return ""
+    return (
+        "## Routing for service\n\n"
+        "The same rule, applied to every recorded question at once (no test part is left, "
+        f"so `{CHOSEN}` above is its estimate on new questions), chooses the routing "
+        "below: a pool file's `calibration:` and `routing:` sections "
+        f"(`docs/benchmarks/{RECOMMENDED}`), ready to paste.\n\n"
+        f"```yaml\n{path.read_text(encoding='utf-8')}```\n\n"
+    )
+
+
 def render(matrix: ResponseMatrix) -> str:
     """The page."""
     complete = matrix.complete()
@@ -412,6 +428,7 @@ def render(matrix: ResponseMatrix) -> str:
         _section("Ensemble against its members", summary_text, "summary"),
         _section("How sure: paired comparisons", paired_text, "paired"),
         _chosen_configurations(),
+        _recommended(),
         _section(
             "Is the confidence a probability?",
             f"The confidence `{CHOSEN}` gives each answer (the weighted vote's calibrated "

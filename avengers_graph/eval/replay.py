@@ -40,7 +40,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
@@ -161,6 +161,29 @@ class AdaptiveConfig:
     discount: float = 1.0
     beta: float = 3.0
     n_clusters: int | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The graph's options that run this configuration (a pool file's ``routing:``).
+
+        Named as in :class:`~avengers_graph.options.AvengersOptions`. Questions
+        without a key to vote on (free text, JSON), which the graph does not sample
+        adaptively, rank experts with the same prior (``prior_strength``). K
+        (``n_clusters``) is not among them: it is a calibration option.
+        """
+        return {
+            "weighted": True,
+            "threshold": self.threshold,
+            "top_k": self.top_k,
+            "top_n": self.top_n,
+            "samples": self.per_expert,
+            "budget": self.budget,
+            "round_size": self.round_size,
+            "depth": self.depth,
+            "reliability_prior": self.prior_strength,
+            "prior_strength": self.prior_strength,
+            "discount": self.discount,
+            "beta": self.beta,
+        }
 
 
 def best_expert_sc(max_samples: int = 3) -> AdaptiveConfig:

@@ -49,11 +49,13 @@ from avengers_graph.eval.replay import (
     AVERAGE,
     BASELINES,
     CHOSEN,
+    AdaptiveConfig,
     Comparison,
     EnsembleConfig,
     Outcome,
     Summary,
     calibration_curve,
+    choose_on_calibration,
     compare,
     default_configs,
     default_grid,
@@ -61,13 +63,15 @@ from avengers_graph.eval.replay import (
     subsets,
 )
 
-__all__ = ["ReportOptions", "paired_rows", "summary_rows", "write_report"]
+__all__ = ["RECOMMENDED", "ReportOptions", "paired_rows", "summary_rows", "write_report"]
 
 Row = dict[str, Any]
 Vectors = Mapping[str, np.ndarray]
 PAPER = "Paper: top-1 cluster, top-1 expert, SC"
 STD = " std"
 """Suffix of the column holding a column's standard deviation over splits."""
+RECOMMENDED = "recommended.yaml"
+"""The report's pool-file snippet: the routing the selection chose on every question."""
 
 
 @dataclass(frozen=True)
@@ -568,6 +572,25 @@ def _write_calibration(summary: Summary, out: Path) -> list[Path]:
     return written
 
 
+def _write_recommended(pick: AdaptiveConfig, questions: int, n_clusters: int, out: Path) -> Path:
+    """The pool-file snippet that serves ``pick`` (:data:`RECOMMENDED`)."""
+    import yaml
+
+    snippet = {
+        "calibration": {"n_clusters": pick.n_clusters or n_clusters},
+        "routing": pick.options(),
+    }
+    header = (
+        f"# Chosen by `avengers eval replay` on all {questions} questions of the matrix,\n"
+        f"# by the rule its nested selection follows: {pick.name}.\n"
+        "# How that rule does on questions it did not see: Ensemble (chosen on calibration)\n"
+        "# in the report. Paste into a pool file.\n"
+    )
+    path = out / RECOMMENDED
+    path.write_text(header + yaml.safe_dump(snippet, sort_keys=False), encoding="utf-8")
+    return path
+
+
 def _write_paired(comparisons: Sequence[Comparison], out: Path) -> list[Path]:
     rows = paired_rows(comparisons)
     percent = ["gain", "95 % low", "95 % high"]
@@ -601,6 +624,7 @@ def write_report(  # noqa: PLR0915 - one step after the other, each writing its 
     sizes = sweeps._by_size()
     reference = options.reference or (sizes[2] if sizes else None)
     say("summary" + (" and the nested selection" if options.select else ""))
+    grid = default_grid(sweeps.max_samples, options.grid_clusters) if options.select else []
     summary = evaluate(
         matrix,
         vectors,
@@ -609,10 +633,17 @@ def write_report(  # noqa: PLR0915 - one step after the other, each writing its 
         n_clusters=options.n_clusters,
         seeds=options.seeds,
         folds=options.folds,
-        grid=default_grid(sweeps.max_samples, options.grid_clusters) if options.select else (),
+        grid=grid,
         reference=reference,
     )
     written = []
+    if grid:
+        say("the routing for service")
+        ids = [q["id"] for q in matrix.questions]
+        pick = choose_on_calibration(
+            matrix, vectors, ids, grid, n_clusters=options.n_clusters, reference=reference
+        )
+        written.append(_write_recommended(pick, len(ids), options.n_clusters, out))
     for name, table in (("budgets", budget_rows(matrix)), ("experts", expert_rows(matrix))):
         written.append(write_csv(table, out / f"{name}.csv"))
         (out / f"{name}.md").write_text(markdown(table, [*matrix.datasets, "all"]), "utf-8")

@@ -6,10 +6,13 @@ import csv
 from pathlib import Path
 
 import pytest
+import yaml
 
+from avengers_graph import AvengersOptions
+from avengers_graph.app.config import load_pool_config
 from avengers_graph.eval.recording import ResponseMatrix
-from avengers_graph.eval.replay import CHOSEN, INCUMBENT
-from avengers_graph.eval.report import ReportOptions, write_report
+from avengers_graph.eval.replay import CHOSEN, INCUMBENT, default_grid
+from avengers_graph.eval.report import RECOMMENDED, ReportOptions, write_report
 from tests.tools import load_tool
 from tests.unit.test_replay import MATRIX, VECTORS
 
@@ -59,7 +62,8 @@ def test_the_headline_is_the_ensemble_chosen_on_calibration(page: tuple[str, Pat
 
 def test_each_written_table_has_its_section_and_no_other(page: tuple[str, Path]) -> None:
     text, _ = page
-    for title in ("What the nested selection chose", "Is the confidence a probability?"):
+    titles = ("What the nested selection chose", "Routing for service")
+    for title in (*titles, "Is the confidence a probability?"):
         assert f"## {title}" in text
     for title in ("The experts", "Budgets", "Ensemble against its members"):
         assert f"## {title}" in text
@@ -93,3 +97,31 @@ def test_a_recording_short_of_its_draw_is_marked_interim() -> None:
     assert "the 20 of 30 planned questions" in tool._interim(grown, grown.complete())
     whole = ResponseMatrix(MATRIX.questions, MATRIX.responses, provenance={})
     assert tool._interim(whole, whole.complete()) == ""
+
+
+def test_the_report_recommends_the_routing_chosen_on_every_question(
+    page: tuple[str, Path], tmp_path: Path
+) -> None:
+    _, tables = page
+    snippet = (tables / RECOMMENDED).read_text(encoding="utf-8")
+    assert snippet.startswith("# Chosen by `avengers eval replay` on all 20 questions")
+    # a pool file with the snippet pasted in loads, and routes with those options
+    pool_file = tmp_path / "pool.yaml"
+    pool_file.write_text(
+        "experts:\n  - {name: math, base_url: 'http://h/v1', model: m}\n" + snippet,
+        encoding="utf-8",
+    )
+    pool = load_pool_config(pool_file)
+    routing = yaml.safe_load(snippet)["routing"]
+    assert pool.routing.as_kwargs() == routing
+    assert routing["weighted"] is True
+    assert pool.calibration.as_kwargs() == {"n_clusters": 2}  # the grid's only K
+
+
+def test_every_configuration_of_the_grid_is_a_valid_graph_configuration() -> None:
+    for config in default_grid():
+        options = AvengersOptions(**config.options())
+        assert (options.samples, options.reliability_prior) == (
+            config.per_expert,
+            config.prior_strength,
+        )
