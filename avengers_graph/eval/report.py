@@ -619,6 +619,7 @@ def write_report(  # noqa: PLR0915 - one step after the other, each writing its 
     """
     if not matrix.questions:
         raise InvalidInputError("The matrix holds no question every expert answered.")
+    out.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda _: None)
     sweeps = _Sweeps(matrix, vectors, options)
     sizes = sweeps._by_size()

@@ -28,7 +28,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
         MATRIX.responses,
         provenance={"experts": {name: {"cost": c} for name, c in COSTS.items()}},
     )
-    tables = tmp_path_factory.mktemp("benchmarks")
+    tables = tmp_path_factory.mktemp("benchmarks") / "report"  # the report makes it
     options = ReportOptions(n_clusters=2, folds=4, select=True, grid_clusters=(2,), sweeps=False)
     write_report(matrix, VECTORS, tables, options)
     tool = load_tool("benchmarks_doc")
