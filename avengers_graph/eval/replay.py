@@ -57,6 +57,7 @@ from avengers_graph.routing import (
     compact,
     match_clusters,
     plan_sampling,
+    sample_accuracy,
     score_experts,
     select_experts,
 )
@@ -440,6 +441,12 @@ class Replay:
     def self_consistency(self, reference: str) -> Callable[[str], Outcome]:
         """One model's best strategy (on calibration) with all its samples majority-voted.
 
+        Per question, among the model's strategies that serve it, the one whose samples
+        are right most often over the calibration part
+        (:func:`~avengers_graph.routing.sample_accuracy`): the statistic the graph ranks
+        experts by when the clusters play no part (:func:`best_expert_sc`), so when the
+        model holds the best expert, the two answer with the same strategy.
+
         Args:
             reference: The model's name: its experts are ``reference`` and
                 ``reference:<strategy>``.
@@ -447,11 +454,8 @@ class Replay:
         own = [e for e in self.experts if e == reference or e.startswith(f"{reference}:")]
         if not own:
             raise InvalidInputError(f"No expert of the model {reference!r} in the pool.")
-        by_dataset: dict[str, list[str]] = defaultdict(list)
-        for qid in self.calibration:
-            by_dataset[self.dataset[qid]].append(qid)
-
-        accuracy = {e: self._served_accuracy(e, by_dataset) for e in own}
+        overall = sample_accuracy(self.stats)
+        accuracy = {e: overall.get(e, 0.0) for e in own}
 
         def answer(qid: str) -> Outcome:
             served = [e for e in own if self.responses(qid, e)]
@@ -461,15 +465,6 @@ class Replay:
             return self.vote(qid, [best], [len(self.responses(qid, best))])
 
         return answer
-
-    def _served_accuracy(self, expert: str, by_dataset: Mapping[str, list[str]]) -> float:
-        """First-sample calibration accuracy over the datasets the expert was asked."""
-        scores = [
-            self._first_sample_accuracy([q for q in ids if self.responses(q, expert)], expert)
-            for ids in by_dataset.values()
-            if any(self.responses(q, expert) for q in ids)
-        ]
-        return statistics.fmean(scores) if scores else 0.0
 
     def max_expert(self, dataset: str) -> str:
         """The expert with the best calibration accuracy on one dataset (first sample)."""

@@ -155,6 +155,28 @@ def test_self_consistency_rescues_a_wrong_first_sample() -> None:
     assert one_sample["algebra"].accuracy == 0.0
 
 
+def test_self_consistency_and_the_incumbent_pick_the_strategy_right_most_often() -> None:
+    # q:direct's first sample is right, its others wrong; q:reason's the other way round:
+    # by first samples direct is better, by all samples reason (2 in 3), whose vote wins
+    questions, responses = [], []
+    for i in range(10):
+        qid = f"algebra-{i}"
+        questions.append(
+            {"id": qid, "dataset": "algebra", "kind": "number", "question": qid, "answer": "1"}
+        )
+        for expert in ("q:direct", "q:reason"):
+            for j in range(3):
+                right = (j == 0) == (expert == "q:direct")
+                key = "1" if right else "7"  # the wrong samples agree
+                responses.append(Response(qid, "algebra", expert, j, j, key, key, right, 10, 1.0))
+    matrix = ResponseMatrix(questions, responses)
+    replay = Replay(matrix, {q["id"]: np.ones(2) for q in questions}, n_clusters=1)
+    sc = replay.answers(replay.self_consistency("q"))
+    assert all(outcome.accuracy == 1.0 for outcome in sc.values())
+    incumbent = {qid: replay.adaptive_answer(qid, best_expert_sc(3))[0] for qid in replay.test}
+    assert incumbent == sc  # the same strategy, the same votes
+
+
 def test_routing_picks_the_cluster_expert_and_cost_weight_trades_it_away() -> None:
     replay = _replay()
     algebra = next(q for q in replay.test if q.startswith("algebra"))
