@@ -2,7 +2,8 @@
 
 - ``AVENGERS_CACHE_DIR``: folder of the answer cache, the model files and the
   llama.cpp build (default ``$XDG_CACHE_HOME/avengers-graph``, else
-  ``~/.cache/avengers-graph``).
+  ``~/.cache/avengers-graph``); model files and a build the default folder already
+  holds are used from there, not copied.
 - ``AVENGERS_STORE_PATH``: folder of the embedded Chroma store (default ``store`` in
   the cache folder; a pool file's ``store: {path: ...}`` wins, read relative to the
   pool file). Never the working directory: ``avengers ask`` works the same from any

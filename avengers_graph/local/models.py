@@ -16,6 +16,12 @@ carry, whole or split into parts. Getting a servable file takes three steps:
    verification lets later calls re-check the file cheaply; a file whose size or
    mtime changed is hashed again, and a corrupt one is deleted and rebuilt, never
    served.
+
+When ``cache_dir`` is not the user-wide cache folder (a temporary
+``AVENGERS_CACHE_DIR``, a test's folder) and the user-wide folder already holds the
+model with a sidecar that vouches for it, that file is served instead of joining a
+second copy of the weights, as :mod:`avengers_graph.local.server` does with the
+llama.cpp build.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from avengers_graph.errors import AvengersError
+from avengers_graph.experts.cache import cache_root
 
 if TYPE_CHECKING:
     from avengers_graph.experts.tool_parsers import ToolCallParser
@@ -304,22 +311,31 @@ def _unlink(path: Path) -> None:
         path.unlink()
 
 
-def _is_verified(spec: LocalModelSpec, path: Path) -> bool:
-    """Whether the existing final file is the pinned one (cheaply, through the sidecar)."""
+def _sidecar_vouches(spec: LocalModelSpec, path: Path) -> bool:
+    """Whether ``path``'s sidecar records the pinned sha256 for the file as it is now."""
     try:
         stat = path.stat()
     except FileNotFoundError:
         return False
-    if stat.st_size != spec.size:
-        return False
     record = _read_sidecar(path)
-    if (
-        record is not None
+    return (
+        stat.st_size == spec.size
+        and record is not None
         and record.get("sha256") == spec.sha256
         and record.get("size") == stat.st_size
         and record.get("mtime_ns") == stat.st_mtime_ns
-    ):
+    )
+
+
+def _is_verified(spec: LocalModelSpec, path: Path) -> bool:
+    """Whether the existing final file is the pinned one (cheaply, through the sidecar)."""
+    if _sidecar_vouches(spec, path):
         return True
+    try:
+        if path.stat().st_size != spec.size:
+            return False
+    except FileNotFoundError:
+        return False
     if _hash_file(path) != spec.sha256:
         return False
     _write_sidecar(path, spec.sha256)
@@ -396,6 +412,20 @@ def _join(
     _write_sidecar(final, spec.sha256)
 
 
+def _user_wide(spec: LocalModelSpec, models_dir: Path) -> Path | None:
+    """The user-wide cache's copy of ``spec`` when ``models_dir`` is another folder.
+
+    Only a copy its sidecar vouches for counts (nothing is hashed or written there):
+    a temporary ``AVENGERS_CACHE_DIR`` then costs no second copy of the weights.
+    """
+    env = {key: value for key, value in os.environ.items() if key != "AVENGERS_CACHE_DIR"}
+    shared = cache_root(env) / "models"
+    if shared.absolute() == models_dir.absolute():
+        return None
+    path = shared / spec.filename
+    return path if _sidecar_vouches(spec, path) else None
+
+
 def _ensure_registered(
     spec: LocalModelSpec, cache_dir: Path, progress: Progress | None = None
 ) -> Path:
@@ -408,6 +438,8 @@ def _ensure_registered(
         # Absent, corrupt, truncated or tampered: never serve it, rebuild it.
         _unlink(final)
         _unlink(_sidecar(final))
+        if (shared := _user_wide(spec, models_dir)) is not None:
+            return shared
         parts = _part_paths(spec)
         _join(spec, parts, final, progress)
         return final
@@ -417,9 +449,10 @@ def ensure_model(name_or_path: str, cache_dir: Path, progress: Progress | None =
     """Return the path of a verified GGUF file for a registry name or a ``.gguf`` path.
 
     A registry name is joined from its installed packages into
-    ``<cache_dir>/models/`` once and re-verified cheaply afterwards (see the module
-    docstring); a path to an existing file is returned as is. ``progress(done, total)``
-    is told the bytes joined so far (not called when the file is already there).
+    ``<cache_dir>/models/`` once and re-verified cheaply afterwards, unless the
+    user-wide cache folder already holds it (see the module docstring); a path to
+    an existing file is returned as is. ``progress(done, total)`` is told the bytes
+    joined so far (not called when the file is already there).
 
     Raises:
         ModelFileError: The model's packages are not installed (the message says how

@@ -2,7 +2,8 @@
 
 :class:`LocalPool` keeps its files in one cache folder:
 
-- ``models/``: the verified GGUF files (:func:`avengers_graph.local.models.ensure_model`);
+- ``models/``: the verified GGUF files (:func:`avengers_graph.local.models.ensure_model`;
+  none when the user-wide cache folder already holds them);
 - ``logs/<name>.log``: each server's output;
 - ``servers.json``: the state file, a reviewable JSON record of the servers (model,
   port, pid and process start time, slots, threads, draft model, holders), so another

@@ -35,7 +35,7 @@ from avengers_graph import (
 from avengers_graph.app.config import KEYLESS_API_KEY
 from avengers_graph.experts.openai_compatible import ChatOpenAICompatible
 from avengers_graph.local import pool as local_pool
-from avengers_graph.local.models import MODELS, missing_packages
+from avengers_graph.local.models import MODELS, ensure_model, missing_packages
 from avengers_graph.local.pool import LocalPool, PortInUseError, ServerInfo
 from tests.fakes import ScriptedExpert, constant
 from tests.integration.conftest import busy_slots, requires_llama_server, server_metrics
@@ -99,7 +99,8 @@ def test_up_records_a_healthy_server_with_its_slots(pool: LocalPool) -> None:
     assert info.host == "127.0.0.1"
     assert info.slots == SLOTS
     assert info.threads >= 1
-    assert Path(info.model_path) == pool.cache_dir / "models" / MODELS[MODEL].filename
+    assert Path(info.model_path) == ensure_model(MODEL, pool.cache_dir)
+    assert Path(info.model_path).name == MODELS[MODEL].filename
     assert pool.servers() == {MODEL: info}
     assert (pool.cache_dir / "servers.json").is_file()
     props = httpx.get(f"http://{info.host}:{info.port}/props", timeout=5).json()
@@ -318,7 +319,7 @@ with LocalPool(Path(sys.argv[1])).hold([sys.argv[2]]) as [info]:
 
 
 def test_a_server_two_processes_hold_stops_with_the_last(pool: LocalPool, tmp_path: Path) -> None:
-    model = str(pool.cache_dir / "models" / MODELS[MODEL].filename)
+    model = str(ensure_model(MODEL, pool.cache_dir))
     shared = LocalPool(tmp_path / "shared")
     first = subprocess.Popen(  # noqa: S603 - our interpreter, a fixed script
         [sys.executable, "-c", HOLDER, str(shared.cache_dir), model],

@@ -188,6 +188,48 @@ def test_ensure_model_is_idempotent_and_cheap(
     assert joins == ["fake-model"]
 
 
+@pytest.fixture
+def user_wide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user-wide cache folder (``$XDG_CACHE_HOME/avengers-graph``), in tmp_path."""
+    monkeypatch.delenv("AVENGERS_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "avengers-graph"
+
+
+def test_another_cache_folder_serves_the_user_wide_copy_without_joining(
+    fake: LocalModelSpec, user_wide: Path, tmp_path: Path, joins: list[str]
+) -> None:
+    shared = ensure_model("fake-model", user_wide)
+    assert shared == user_wide / "models" / "fake-model.gguf"
+    assert ensure_model("fake-model", tmp_path / "elsewhere") == shared
+    assert joins == ["fake-model"]  # one copy of the weights, not two
+    assert not (tmp_path / "elsewhere" / "models" / "fake-model.gguf").exists()
+
+
+def test_a_user_wide_copy_its_sidecar_does_not_vouch_for_is_not_served(
+    fake: LocalModelSpec, user_wide: Path, tmp_path: Path, joins: list[str]
+) -> None:
+    shared = ensure_model("fake-model", user_wide)
+    damaged = bytearray(shared.read_bytes())
+    damaged[0] ^= 0xFF
+    shared.write_bytes(bytes(damaged))
+    os.utime(shared, ns=(1, 1))  # same size, another mtime: the sidecar no longer vouches
+    own = ensure_model("fake-model", tmp_path / "elsewhere")
+    assert own == tmp_path / "elsewhere" / "models" / "fake-model.gguf"
+    assert own.read_bytes() == b"".join(CONTENTS)
+    assert shared.read_bytes() == bytes(damaged)  # the other folder is only read, never mended
+    assert joins == ["fake-model", "fake-model"]
+
+
+def test_a_verified_copy_of_its_own_wins_over_the_user_wide_one(
+    fake: LocalModelSpec, user_wide: Path, tmp_path: Path, joins: list[str]
+) -> None:
+    own = ensure_model("fake-model", tmp_path / "elsewhere")
+    ensure_model("fake-model", user_wide)
+    assert ensure_model("fake-model", tmp_path / "elsewhere") == own
+    assert joins == ["fake-model", "fake-model"]
+
+
 def test_a_lost_sidecar_costs_a_hash_not_a_join(
     fake: LocalModelSpec, tmp_path: Path, joins: list[str]
 ) -> None:
