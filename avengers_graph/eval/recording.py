@@ -394,8 +394,11 @@ def record(
         experts: The pool: expert name to chat model or :class:`Expert` (a model with a
             strategy). Each is asked the questions whose format its strategy serves,
             with the prompt contract's instruction, constraint and token budget.
-        items: Benchmark rows (:mod:`avengers_graph.eval.benchmarks`): ``id``, ``dataset``,
-            ``kind``, ``question``, ``answer``.
+        items: Benchmark rows (:mod:`avengers_graph.eval.benchmarks`), or a user's own
+            validation rows in the format calibration reads: ``question``, ``answer``,
+            ``kind``, an optional ``id`` (default: a hash of question and answer), and
+            an optional ``dataset`` (default: the kind), the group the replay reports
+            and averages over.
         cache: Every answer is written here as it arrives; answers already there are
             not asked again.
         samples: Samples per question, for every expert or by expert name.
@@ -422,7 +425,10 @@ def record(
     """
     validation = load_dataset(items)
     pool = {name: as_expert(expert) for name, expert in experts.items()}
-    datasets = {str(row["id"]): str(row.get("dataset", row.get("kind"))) for row in items}
+    datasets = {
+        item.id: str(row.get("dataset") or item.kind)
+        for row, item in zip(items, validation, strict=True)
+    }
     if isinstance(samples, Mapping) and (unknown := set(samples) - set(experts)):
         raise InvalidInputError(f"samples names experts not in the pool: {sorted(unknown)}.")
     options: dict[str, Any] = {
@@ -467,16 +473,16 @@ def record(
             )
     questions = [
         {
-            "id": str(row["id"]),
-            "dataset": datasets[str(row["id"])],
-            "kind": str(row["kind"]),
-            "format": detect(str(row["question"])).format,
-            "options": list(detect(str(row["question"])).options),
-            "question": str(row["question"]),
-            "answer": str(row["answer"]),
+            "id": item.id,
+            "dataset": datasets[item.id],
+            "kind": item.kind,
+            "format": detect(item.question).format,
+            "options": list(detect(item.question).options),
+            "question": item.question,
+            "answer": item.answer,
             "source": str(row.get("source", "")),
         }
-        for row in items
+        for row, item in zip(items, validation, strict=True)
     ]
     extra = dict(provenance or {})
     described = extra.pop("experts", {})

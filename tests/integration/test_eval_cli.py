@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,30 @@ runner = CliRunner()
 
 def flat(output: str) -> str:
     return " ".join(output.split())
+
+
+def own_questions(record: list[str], tmp_path: Path, env: dict[str, str]) -> None:
+    """Your own questions instead of the benchmarks, in the format calibrate reads."""
+    mine = tmp_path / "mine.jsonl"
+    rows = [
+        {"question": "What is 2 + 3?", "answer": "5", "kind": "number"},
+        {
+            "question": "Which planet is red?\nA) Venus\nB) Mars\nC) Jupiter\nD) Saturn",
+            "answer": "B",
+            "kind": "choice",
+            "dataset": "trivia",
+        },
+    ]
+    mine.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = ["--out", str(tmp_path / "mine"), "--dataset", str(mine), "--samples", "1"]
+    own = runner.invoke(app, [*record[:4], *out, *record[-4:]], env=env)
+    assert own.exit_code == 0, own.output
+    assert "2 expert calls made, 0 answers from the cache, 0 missing" in flat(own.output)
+    recorded = ResponseMatrix.load(tmp_path / "mine")
+    assert [q["dataset"] for q in recorded.questions] == ["number", "trivia"]
+    assert [q["answer"] for q in recorded.questions] == ["5", "B"]
+    assert recorded.provenance["dataset"]["rows"] == 2
+    assert "benchmarks" not in recorded.provenance
 
 
 def test_record_resume_and_replay(tmp_path: Path) -> None:
@@ -67,6 +92,8 @@ def test_record_resume_and_replay(tmp_path: Path) -> None:
         assert len(larger.questions) == 6
         assert larger.provenance["benchmarks"]["more"] == 1
         assert len(larger.complete().questions) == 4
+
+        own_questions(record, tmp_path, env)
     finally:
         runner.invoke(app, ["local", "down"], env=env)
 

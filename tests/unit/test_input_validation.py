@@ -194,6 +194,14 @@ def test_every_numeric_option_has_a_minimum() -> None:
             ["eval", "record", "--temperature", "-1"],
             "error: --temperature must be at least 0, got -1.0.",
         ),
+        (
+            ["eval", "record", "--dataset", "mine.jsonl", "--benchmarks", "gsm8k"],
+            "error: Give --dataset or --benchmarks, not both.",
+        ),
+        (
+            ["eval", "record", "--dataset", "absent.jsonl"],
+            "error: Dataset absent.jsonl does not exist.",
+        ),
         (["eval", "replay", "--splits", "0"], "error: --splits must be at least 1, got 0."),
         (["eval", "replay", "--clusters", "0"], "error: --clusters must be at least 1, got 0."),
     ],

@@ -145,6 +145,22 @@ def test_one_row_per_question_expert_and_sample(cache: AnswerCache) -> None:
     assert [q["id"] for q in report.matrix.questions] == ["q0", "q1", "q2"]
 
 
+def test_rows_in_the_calibration_format_are_recorded(cache: AnswerCache) -> None:
+    """A user's validation rows: no id (a hash of question and answer), no dataset (the kind)."""
+    from avengers_graph.calibration import load_dataset
+
+    rows = [{k: v for k, v in q.items() if k not in {"id", "dataset"}} for q in _numbers(2)]
+    rows[1]["dataset"] = "sums"
+    report = record({"a": _doubler()}, rows, cache, samples=1)
+    ids = [item.id for item in load_dataset(rows)]
+    assert [q["id"] for q in report.matrix.questions] == ids
+    assert [q["dataset"] for q in report.matrix.questions] == ["number", "sums"]
+    assert {r.question_id for r in report.matrix.responses} == set(ids)
+    assert all(r.correct for r in report.matrix.responses)
+    with pytest.raises(InvalidInputError, match="has no 'answer'"):
+        record({"a": _doubler()}, [{"question": "Q0: what is 1 + 1?", "kind": "number"}], cache)
+
+
 def test_expert_left_out_of_samples_is_not_asked(cache: AnswerCache) -> None:
     experts = {"a": _doubler(), "b": _doubler()}
     report = record(experts, _numbers(2), cache, samples={"a": 2})
