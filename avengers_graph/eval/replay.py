@@ -421,19 +421,29 @@ class Replay:
 
     # -- strategies ---------------------------------------------------------------------
 
-    def _first_sample_accuracy(self, ids: Iterable[str], expert: str) -> float:
-        results = [self.vote(qid, [expert], [1]).accuracy for qid in ids]
+    def _one_sample_accuracy(self, ids: Iterable[str], expert: str) -> float:
+        """The chance that one sample of ``expert`` is right, over the questions ``ids``.
+
+        Estimated from all its recorded samples (a question it does not serve counts as
+        wrong): the same quantity as its first sample's accuracy, with less noise.
+        """
+        results = [
+            statistics.fmean(r.correct for r in found)
+            if (found := self.responses(qid, expert))
+            else 0.0
+            for qid in ids
+        ]
         return statistics.fmean(results) if results else 0.0
 
     def best_single(self) -> str:
-        """The expert with the best calibration accuracy (first sample, mean over datasets)."""
+        """The expert with the best calibration accuracy (one sample, mean over datasets)."""
         by_dataset: dict[str, list[str]] = defaultdict(list)
         for qid in self.calibration:
             by_dataset[self.dataset[qid]].append(qid)
 
         def score(expert: str) -> float:
             return statistics.fmean(
-                self._first_sample_accuracy(ids, expert) for ids in by_dataset.values()
+                self._one_sample_accuracy(ids, expert) for ids in by_dataset.values()
             )
 
         return max(self.experts, key=score)
@@ -467,9 +477,9 @@ class Replay:
         return answer
 
     def max_expert(self, dataset: str) -> str:
-        """The expert with the best calibration accuracy on one dataset (first sample)."""
+        """The expert with the best calibration accuracy on one dataset (one sample)."""
         ids = [qid for qid in self.calibration if self.dataset[qid] == dataset]
-        return max(self.experts, key=lambda expert: self._first_sample_accuracy(ids, expert))
+        return max(self.experts, key=lambda expert: self._one_sample_accuracy(ids, expert))
 
     def baseline(self, name: Baseline) -> Callable[[str], Outcome]:
         """The per-question outcome function of a baseline."""

@@ -175,6 +175,9 @@ def test_self_consistency_and_the_incumbent_pick_the_strategy_right_most_often()
     assert all(outcome.accuracy == 1.0 for outcome in sc.values())
     incumbent = {qid: replay.adaptive_answer(qid, best_expert_sc(3))[0] for qid in replay.test}
     assert incumbent == sc  # the same strategy, the same votes
+    # Best-Single's one-sample accuracy is estimated from all samples too: reason (2 in 3)
+    assert replay.best_single() == "q:reason"
+    assert replay.max_expert("algebra") == "q:reason"
 
 
 def test_routing_picks_the_cluster_expert_and_cost_weight_trades_it_away() -> None:
