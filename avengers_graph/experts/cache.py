@@ -42,6 +42,17 @@ def cache_root(env: Mapping[str, str] | None = None) -> Path:
     return base / "avengers-graph"
 
 
+def user_cache_root(env: Mapping[str, str] | None = None) -> Path:
+    """The user-wide cache folder, whatever ``AVENGERS_CACHE_DIR`` says.
+
+    Where a project's or a test's own cache folder (``AVENGERS_CACHE_DIR``) looks for
+    what the user already has (the llama.cpp build, verified model weights) before
+    building or joining its own copy.
+    """
+    env = os.environ if env is None else env
+    return cache_root({key: value for key, value in env.items() if key != "AVENGERS_CACHE_DIR"})
+
+
 def default_cache_path(env: Mapping[str, str] | None = None) -> Path:
     """Where calibration caches expert answers unless told otherwise."""
     return cache_root(env) / "answers.sqlite"

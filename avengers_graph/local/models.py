@@ -43,7 +43,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from avengers_graph.errors import AvengersError
-from avengers_graph.experts.cache import cache_root
+from avengers_graph.experts.cache import user_cache_root
 
 if TYPE_CHECKING:
     from avengers_graph.experts.tool_parsers import ToolCallParser
@@ -418,8 +418,7 @@ def _user_wide(spec: LocalModelSpec, models_dir: Path) -> Path | None:
     Only a copy its sidecar vouches for counts (nothing is hashed or written there):
     a temporary ``AVENGERS_CACHE_DIR`` then costs no second copy of the weights.
     """
-    env = {key: value for key, value in os.environ.items() if key != "AVENGERS_CACHE_DIR"}
-    shared = cache_root(env) / "models"
+    shared = user_cache_root() / "models"
     if shared.absolute() == models_dir.absolute():
         return None
     path = shared / spec.filename

@@ -26,8 +26,9 @@ A new pin gets a new folder: the build runs again only when the pin changes.
 size and sha256 against the file, and ``--version`` against the pin (once per process
 and file). ``<root>`` is the project's cache folder (``AVENGERS_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/avengers-graph`` or ``~/.cache/avengers-graph``, see
-:func:`avengers_graph.experts.cache.default_cache_path`); when ``AVENGERS_CACHE_DIR`` points
-elsewhere and holds no build, the user-wide one is used, so a temporary cache folder
+:func:`avengers_graph.experts.cache.cache_root`); when ``AVENGERS_CACHE_DIR`` points
+elsewhere and holds no build, the user-wide one
+(:func:`avengers_graph.experts.cache.user_cache_root`) is used, so a temporary cache folder
 does not cost a rebuild.
 """
 
@@ -51,7 +52,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from avengers_graph.errors import AvengersError
-from avengers_graph.experts.cache import default_cache_path
+from avengers_graph.experts.cache import cache_root, user_cache_root
 
 __all__ = [
     "CMAKE_FLAGS",
@@ -120,10 +121,6 @@ class _Toolchain:
     """``Ninja`` or ``Unix Makefiles``."""
 
 
-def _user_root(env: Mapping[str, str]) -> Path:
-    return default_cache_path(env).parent
-
-
 def install_dir(root: Path) -> Path:
     """Where the build of the pinned version lives under the cache folder ``root``."""
     return Path(root) / "llama-server" / f"llama-cpp-python-{LLAMA_CPP_PYTHON}"
@@ -132,8 +129,8 @@ def install_dir(root: Path) -> Path:
 def _roots(env: Mapping[str, str] | None = None) -> list[Path]:
     """The cache folders searched for a build: the project's, then the user-wide one."""
     env = os.environ if env is None else env
-    own = _user_root(env)
-    user = _user_root({key: value for key, value in env.items() if key != "AVENGERS_CACHE_DIR"})
+    own = cache_root(env)
+    user = user_cache_root(env)
     return [own] if own == user else [own, user]
 
 

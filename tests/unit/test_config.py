@@ -10,6 +10,7 @@ from langchain_openai import ChatOpenAI
 from avengers_graph import ClusterStore, EmptyStoreError, InvalidInputError
 from avengers_graph.app.config import KEYLESS_API_KEY, graph_from_settings, load_pool_config
 from avengers_graph.app.settings import Settings, default_cache_path
+from avengers_graph.experts.cache import user_cache_root
 from tests.fakes import KeywordEmbeddings
 from tests.unit.conftest import write_two_domain_store
 
@@ -102,6 +103,9 @@ def test_settings_from_env(tmp_path) -> None:
         default_cache_path({"XDG_CACHE_HOME": str(tmp_path)})
         == tmp_path / "avengers-graph" / "answers.sqlite"
     )
+    both = {"AVENGERS_CACHE_DIR": str(tmp_path / "c"), "XDG_CACHE_HOME": str(tmp_path)}
+    assert user_cache_root(both) == tmp_path / "avengers-graph"
+    assert user_cache_root({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "avengers-graph"
     remote = Settings.from_env(
         {"AVENGERS_CHROMA_HOST": "chroma.internal", "AVENGERS_CHROMA_PORT": "9000"}
     )
