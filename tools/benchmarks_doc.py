@@ -150,8 +150,9 @@ def _incumbent_folds() -> str:
         return ""
     return (
         f" In {kept} of {len(chosen)} folds the selection kept `{INCUMBENT}`: no ensemble "
-        "configuration beat it on the fold's calibration part by more than one standard "
-        "error, so there the ensemble is the best expert's own self-consistency."
+        "configuration beat it on the fold's calibration part by more than luck among "
+        "hundreds of challengers explains (the max-t bar of the section on the nested "
+        "selection), so there the ensemble is the best expert's own self-consistency."
     )
 
 
@@ -356,10 +357,14 @@ def _chosen_configurations() -> str:
         "samples voted; the clusters play no part). The adaptive configuration (K of "
         "K-means, the `top_n` most reliable experts, the vote's confidence `threshold`, the "
         "`budget` of samples, the weight `discount` of an expert's repeated samples) with "
-        "the best mean accuracy replaces it only when its gain exceeds one standard error "
-        "of the paired difference: the best of hundreds of configurations scored on a few "
-        "hundred questions is partly the luckiest, and this guard (after the "
-        "one-standard-error rule) keeps the simpler choice unless the evidence is clear. "
+        "the best mean accuracy replaces it only when its gain, in standard errors of the "
+        "paired difference, clears what the largest of all the challengers' t-statistics "
+        "reaches by chance (its 84 % quantile over a stratified bootstrap of the "
+        "calibration questions, the max-t statistic): the best of hundreds of "
+        "configurations scored on a few hundred questions is partly the luckiest, and this "
+        "guard (one standard error for a single challenger, as in the one-standard-error "
+        "rule, a higher bar for many) keeps the simpler choice unless the evidence is "
+        "clear. "
         "The test part plays no role in the choice. Best-Single is the expert with the best "
         "accuracy on the same calibration part (one sample).\n\n" + "\n".join(lines) + "\n\n"
     )

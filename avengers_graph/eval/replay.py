@@ -73,6 +73,7 @@ from avengers_graph.voting import (
 __all__ = [
     "BASELINES",
     "CHOSEN",
+    "GUARD_DRAWS",
     "INCUMBENT",
     "AdaptiveConfig",
     "Comparison",
@@ -89,6 +90,7 @@ __all__ = [
     "embed_questions",
     "evaluate",
     "paired_difference",
+    "simultaneous_bar",
 ]
 
 Baseline = Literal["Random", "Best-Single", "Best-Single SC", "Max-Expert", "Oracle"]
@@ -744,13 +746,16 @@ def choose_on_calibration(
 
     The grid's first configuration is the incumbent (:func:`default_grid`'s is
     :func:`best_expert_sc`). The most accurate of the others (ties: fewer tokens)
-    replaces it only when it beats it in macro-average accuracy by more than
-    ``standard_errors`` standard errors of the paired difference
-    (:func:`paired_difference`). The best of hundreds of configurations scored on a few
-    hundred questions is the luckiest as much as the best (the maximum of noisy scores
-    is biased upward); like the one-standard-error rule (Hastie, Tibshirani and
-    Friedman, *The Elements of Statistical Learning*, section 7.10), the guard keeps
-    the simpler choice unless the evidence for the other is clear.
+    replaces it only when its gain in macro-average accuracy, in standard errors of the
+    paired difference (:func:`paired_difference`), clears the bar of
+    :func:`simultaneous_bar` at the one-sided level of ``standard_errors`` (1: about
+    84 %). The best of hundreds of configurations scored on a few hundred questions is
+    the luckiest as much as the best (the maximum of noisy scores is biased upward):
+    the bar is what the largest of the challengers' t-statistics reaches by chance, so
+    one challenger faces about ``standard_errors`` standard errors, as in the
+    one-standard-error rule (Hastie, Tibshirani and Friedman, *The Elements of
+    Statistical Learning*, section 7.10), and many independent ones a higher bar. The
+    guard keeps the simpler choice unless the evidence for the other is clear.
     """
     if not grid:
         raise InvalidInputError("choose_on_calibration needs a non-empty grid.")
@@ -795,12 +800,18 @@ def choose_on_calibration(
     incumbent = grid[0]
     if best is incumbent or incumbent not in affordable:
         return best
+    kept = {qid: o.accuracy for qid, o in answered[incumbent.name].items()}
+    differences = {
+        config.name: {qid: o.accuracy - kept[qid] for qid, o in answered[config.name].items()}
+        for config in affordable
+        if config is not incumbent
+    }
     gain, error = paired_difference(
-        {qid: o.accuracy for qid, o in answered[best.name].items()},
-        {qid: o.accuracy for qid, o in answered[incumbent.name].items()},
-        base.dataset,
+        {qid: o.accuracy for qid, o in answered[best.name].items()}, kept, base.dataset
     )
-    return best if gain > standard_errors * error else incumbent
+    level = statistics.NormalDist().cdf(standard_errors)
+    bar = simultaneous_bar(differences, base.dataset, level, seed=seed)
+    return best if gain > bar * error else incumbent
 
 
 def paired_difference(
@@ -825,6 +836,67 @@ def paired_difference(
     gain = statistics.fmean(statistics.fmean(d) for d in by_dataset.values())
     variance = sum(statistics.variance(d) / len(d) for d in by_dataset.values() if len(d) > 1)
     return gain, math.sqrt(variance) / len(by_dataset)
+
+
+GUARD_DRAWS = 2000
+"""Bootstrap draws of :func:`simultaneous_bar` in :func:`choose_on_calibration`."""
+
+
+def simultaneous_bar(
+    differences: Mapping[str, Mapping[str, float]],
+    dataset_of: Mapping[str, str],
+    level: float,
+    *,
+    draws: int = GUARD_DRAWS,
+    seed: int = 0,
+) -> float:
+    """The t-statistic the best of several challengers must beat to be told from luck.
+
+    ``differences`` maps each challenger to its per-question accuracy differences
+    against the incumbent, all on the same questions. The questions are resampled
+    ``draws`` times within each dataset (a stratified bootstrap); in each draw every
+    challenger's macro-average difference, centred on its observed one and divided by
+    its standard error (:func:`paired_difference`), gives a t-statistic, and the draw's
+    largest counts. The bar is that maximum's ``level`` quantile: the max-t statistic
+    of simultaneous inference (Westfall and Young, *Resampling-Based Multiple Testing*,
+    1993), which, unlike a Bonferroni bar, does not rise for challengers that answer
+    alike. A challenger whose standard error is 0 (the same difference on every question
+    of each dataset: no draw moves it) adds nothing to the maximum; with none left the
+    bar is 0.
+
+    Raises:
+        InvalidInputError: ``level`` is not strictly between 0 and 1, ``draws`` < 1, or
+            the challengers did not answer the same questions.
+    """
+    if not 0 < level < 1:
+        raise InvalidInputError(f"level must be strictly between 0 and 1, got {level!r}.")
+    if draws < 1:
+        raise InvalidInputError(f"draws must be >= 1, got {draws!r}.")
+    if not differences:
+        return 0.0
+    qids = sorted(next(iter(differences.values())))
+    if any(set(per_question) != set(qids) for per_question in differences.values()):
+        raise InvalidInputError("simultaneous_bar needs every challenger on the same questions.")
+    observed, errors, columns = [], [], []
+    for per_question in differences.values():
+        gain, error = paired_difference(per_question, dict.fromkeys(per_question, 0.0), dataset_of)
+        if error > 0:
+            observed.append(gain)
+            errors.append(error)
+            columns.append([per_question[qid] for qid in qids])
+    if not columns:
+        return 0.0
+    by_dataset: dict[str, list[int]] = defaultdict(list)
+    for index, qid in enumerate(qids):
+        by_dataset[dataset_of[qid]].append(index)
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((draws, len(qids)))
+    for indices in by_dataset.values():
+        counts = rng.multinomial(len(indices), [1 / len(indices)] * len(indices), size=draws)
+        weights[:, indices] = counts / (len(indices) * len(by_dataset))
+    resampled = weights @ np.array(columns).T
+    t = (resampled - np.array(observed)) / np.array(errors)
+    return float(np.quantile(t.max(axis=1), level))
 
 
 def evaluate(

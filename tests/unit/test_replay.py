@@ -35,6 +35,7 @@ from avengers_graph.eval.replay import (
     default_grid,
     evaluate,
     paired_difference,
+    simultaneous_bar,
 )
 from avengers_graph.routing import OVERALL_PRIOR
 
@@ -474,3 +475,47 @@ def test_calibration_curve_by_hand() -> None:
         (0.9, 2.0, 0.5),
     ]
     assert ece == pytest.approx((2 * abs(1.0 - 0.535) + 2 * abs(0.5 - 0.95)) / 4)
+
+
+def test_simultaneous_bar_by_hand() -> None:
+    # one challenger, one dataset of two questions, differences [1, 0]: gain 0.5, standard
+    # error sqrt(0.5 / 2) = 0.5; a draw holds question 0 twice, once or never (1/4, 1/2,
+    # 1/4), so t is -1, 0 or 1 with those chances: its median is 0, its 90 % quantile 1
+    differences = {"challenger": {"q0": 1.0, "q1": 0.0}}
+    dataset_of = {"q0": "a", "q1": "a"}
+    assert simultaneous_bar(differences, dataset_of, 0.5) == 0.0
+    assert simultaneous_bar(differences, dataset_of, 0.9) == 1.0
+    # the same difference on every question: no draw moves it, it adds nothing
+    assert simultaneous_bar({"constant": {"q0": 1.0, "q1": 1.0}}, dataset_of, 0.9) == 0.0
+    assert simultaneous_bar({}, dataset_of, 0.9) == 0.0
+
+
+def _noisy_differences(challengers: int, questions: int = 400) -> dict[str, dict[str, float]]:
+    rng = np.random.default_rng(7)
+    return {
+        f"c{c}": {f"q{q}": float(d) for q, d in enumerate(rng.choice([-1, 0, 1], questions))}
+        for c in range(challengers)
+    }
+
+
+def test_simultaneous_bar_rises_with_independent_challengers_not_with_copies() -> None:
+    dataset_of = {f"q{q}": ("a" if q % 2 else "b") for q in range(400)}
+    level = 0.8413  # one standard error, one-sided
+    one = _noisy_differences(1)
+    alone = simultaneous_bar(one, dataset_of, level)
+    assert alone == pytest.approx(1.0, abs=0.15)  # a single challenger: the one-SE rule
+    copies = {f"copy {i}": one["c0"] for i in range(20)}
+    assert simultaneous_bar(copies, dataset_of, level) == pytest.approx(alone)
+    # the largest of 20 independent t-statistics passes its 84 % quantile near
+    # the normal quantile of 0.8413 ** (1 / 20), about 2.3
+    assert simultaneous_bar(_noisy_differences(20), dataset_of, level) > 1.9
+
+
+def test_simultaneous_bar_refuses_bad_input() -> None:
+    dataset_of = {"q0": "a", "q1": "a"}
+    with pytest.raises(InvalidInputError, match="level"):
+        simultaneous_bar({"c": {"q0": 1.0, "q1": 0.0}}, dataset_of, 1.0)
+    with pytest.raises(InvalidInputError, match="draws"):
+        simultaneous_bar({"c": {"q0": 1.0, "q1": 0.0}}, dataset_of, 0.5, draws=0)
+    with pytest.raises(InvalidInputError, match="same questions"):
+        simultaneous_bar({"c": {"q0": 1.0}, "d": {"q1": 0.0}}, dataset_of, 0.5)
