@@ -343,9 +343,13 @@ def _chosen_configurations() -> str:
     path = TABLES / "chosen.csv"
     if not path.is_file():
         return ""
-    lines = ["| fold | configuration | Best-Single |", "|---|---|---|"]
+    lines = [
+        "| fold | configuration | Best-Single | best challenger | its t | bar |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += [
-        f"| {row['split']} | {row['configuration']} | {row.get('best single', '')} |"
+        f"| {row['split']} | {row['configuration']} | {row.get('best single', '')} "
+        f"| {row.get('best challenger', '')} | {row.get('t', '')} | {row.get('bar', '')} |"
         for row in _rows(path)
     ]
     return (
@@ -364,7 +368,8 @@ def _chosen_configurations() -> str:
         "configurations scored on a few hundred questions is partly the luckiest, and this "
         "guard (one standard error for a single challenger, as in the one-standard-error "
         "rule, a higher bar for many) keeps the simpler choice unless the evidence is "
-        "clear. "
+        "clear. The table gives, per fold, the most accurate challenger, its gain in "
+        "standard errors (t) and the bar. "
         "The test part plays no role in the choice. Best-Single is the expert with the best "
         "accuracy on the same calibration part (one sample).\n\n" + "\n".join(lines) + "\n\n"
     )

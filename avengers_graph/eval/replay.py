@@ -80,6 +80,7 @@ __all__ = [
     "EnsembleConfig",
     "Outcome",
     "Replay",
+    "Selection",
     "Summary",
     "best_expert_sc",
     "calibration_curve",
@@ -688,13 +689,18 @@ class Summary:
     """Question id to its dataset."""
     confidence: dict[str, list[tuple[float, bool]]] = field(default_factory=dict)
     """Adaptive strategy name to ``(claimed confidence, right)`` per answered test question."""
-    chosen: list[str] = field(default_factory=list)
-    """Per split, the name of the configuration the nested selection chose."""
+    selections: list[Selection] = field(default_factory=list)
+    """Per split, what the nested selection chose and on what evidence."""
     split_accuracy: dict[str, list[float]] = field(default_factory=dict)
     """Strategy name to its average accuracy in each split, in split order (``spread``
     is their standard deviation; plots draw error bars from them)."""
     best_single: list[str] = field(default_factory=list)
     """Per split, the expert Best-Single is (chosen on that split's calibration part)."""
+
+    @property
+    def chosen(self) -> list[str]:
+        """Per split, the name of the configuration the nested selection chose."""
+        return [selection.config.name for selection in self.selections]
 
     def accuracy(self, strategy: str, dataset: str = AVERAGE) -> float:
         """Mean accuracy of a strategy on a dataset (default: the macro average)."""
@@ -707,6 +713,21 @@ class Summary:
 
 CHOSEN = "Ensemble (chosen on calibration)"
 """The strategy :func:`evaluate` selects on each calibration split alone (nested)."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What :func:`choose_on_calibration` chose, and the evidence it weighed."""
+
+    config: AdaptiveConfig
+    challenger: str | None = None
+    """The most accurate configuration other than the incumbent, when one was more
+    accurate than the incumbent and both were affordable (else ``None``: no guard ran)."""
+    t: float | None = None
+    """The challenger's gain over the incumbent in standard errors of the paired
+    difference (infinite for a gain with no spread)."""
+    bar: float | None = None
+    """What ``t`` had to exceed (:func:`simultaneous_bar`)."""
 
 
 def _sc_name(reference: str) -> str:
@@ -735,7 +756,7 @@ def choose_on_calibration(
     experts: Sequence[str] | None = None,
     reference: str | None = None,
     standard_errors: float = 1.0,
-) -> AdaptiveConfig:
+) -> Selection:
     """The configuration of ``grid`` that does best on the calibration questions alone.
 
     The calibration questions are cut into ``inner_folds`` folds; each configuration
@@ -795,11 +816,11 @@ def choose_on_calibration(
     scored = [config for config in grid if config.name in means]
     affordable = [config for config in scored if means[config.name].tokens <= budget]
     if not affordable:
-        return min(scored, key=lambda config: means[config.name].tokens)
+        return Selection(min(scored, key=lambda config: means[config.name].tokens))
     best = max(affordable, key=lambda c: (means[c.name].accuracy, -means[c.name].tokens))
     incumbent = grid[0]
     if best is incumbent or incumbent not in affordable:
-        return best
+        return Selection(best)
     kept = {qid: o.accuracy for qid, o in answered[incumbent.name].items()}
     differences = {
         config.name: {qid: o.accuracy - kept[qid] for qid, o in answered[config.name].items()}
@@ -811,7 +832,8 @@ def choose_on_calibration(
     )
     level = statistics.NormalDist().cdf(standard_errors)
     bar = simultaneous_bar(differences, base.dataset, level, seed=seed)
-    return best if gain > bar * error else incumbent
+    t = gain / error if error > 0 else (math.inf if gain > 0 else 0.0)
+    return Selection(best if t > bar else incumbent, best.name, t, bar)
 
 
 def paired_difference(
@@ -953,7 +975,7 @@ def evaluate(
     runs: dict[str, list[dict[str, Outcome]]] = defaultdict(list)
     questions: dict[str, list[dict[str, float]]] = defaultdict(list)
     confidence: dict[str, list[tuple[float, bool]]] = defaultdict(list)
-    chosen: list[str] = []
+    selections: list[Selection] = []
     best_single: list[str] = []
     datasets: list[str] = []
     dataset_of: dict[str, str] = {}
@@ -993,8 +1015,8 @@ def evaluate(
                 experts=experts,
                 reference=reference,
             )
-            chosen.append(pick.name)
-            timed.append((CHOSEN, pick))
+            selections.append(pick)
+            timed.append((CHOSEN, pick.config))
         for name, strategy in strategies:
             answers = replay.answers(strategy)
             runs[name].append(replay.per_dataset(answers))
@@ -1035,7 +1057,7 @@ def evaluate(
         dict(questions),
         {qid: dataset for qid, dataset in dataset_of.items() if qid in tested},
         dict(confidence),
-        chosen,
+        selections,
         split_accuracy,
         best_single,
     )

@@ -23,7 +23,9 @@ the default configurations, then the sweeps, and writes into one folder:
   budget; ``experts``: the share of right samples (what one sample of each expert is
   worth, over every recorded question);
 - with the nested selection, ``chosen.csv`` (the configuration each calibration split
-  chose) and ``calibration``: the chosen ensemble's confidence against its accuracy.
+  chose; the most accurate challenger of the incumbent, its gain in standard errors
+  ``t`` and the ``bar`` it had to clear) and ``calibration``: the chosen ensemble's
+  confidence against its accuracy.
 
 Each sweep is a ``.csv`` and a ``.png`` (with the ``plot`` extra). Next to each accuracy,
 a ``<column> std`` column holds its standard deviation over the seeded splits; the plots
@@ -546,8 +548,17 @@ def _write_calibration(summary: Summary, out: Path) -> list[Path]:
     )
     written.append(out / "calibration.md")
     chosen = [
-        {"split": i, "configuration": name, "best single": best}
-        for i, (name, best) in enumerate(zip(summary.chosen, summary.best_single, strict=True))
+        {
+            "split": i,
+            "configuration": selection.config.name,
+            "best single": best,
+            "best challenger": selection.challenger or "",
+            "t": "" if selection.t is None else round(selection.t, 2),
+            "bar": "" if selection.bar is None else round(selection.bar, 2),
+        }
+        for i, (selection, best) in enumerate(
+            zip(summary.selections, summary.best_single, strict=True)
+        )
     ]
     written.append(write_csv(chosen, out / "chosen.csv"))
     plotted = _plot(
@@ -643,7 +654,7 @@ def write_report(  # noqa: PLR0915 - one step after the other, each writing its 
         ids = [q["id"] for q in matrix.questions]
         pick = choose_on_calibration(
             matrix, vectors, ids, grid, n_clusters=options.n_clusters, reference=reference
-        )
+        ).config
         written.append(_write_recommended(pick, len(ids), options.n_clusters, out))
     for name, table in (("budgets", budget_rows(matrix)), ("experts", expert_rows(matrix))):
         written.append(write_csv(table, out / f"{name}.csv"))

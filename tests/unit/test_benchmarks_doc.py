@@ -125,3 +125,20 @@ def test_every_configuration_of_the_grid_is_a_valid_graph_configuration() -> Non
             config.per_expert,
             config.prior_strength,
         )
+
+
+def test_the_page_shows_each_folds_best_challenger_against_the_bar(
+    page: tuple[str, Path],
+) -> None:
+    text, tables = page
+    with (tables / "chosen.csv").open(encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    assert "| fold | configuration | Best-Single | best challenger | its t | bar |" in text
+    for row in rows:
+        if row["best challenger"]:  # a guard ran: the choice follows from t and the bar
+            won = float(row["t"]) > float(row["bar"])
+            assert (row["configuration"] == row["best challenger"]) == won
+        else:
+            assert row["t"] == row["bar"] == ""
+        line = f"| {row['split']} | {row['configuration']} | {row['best single']} "
+        assert line + f"| {row['best challenger']} | {row['t']} | {row['bar']} |" in text

@@ -442,11 +442,18 @@ def test_a_gain_within_the_noise_keeps_the_incumbent() -> None:
             [one, three],
             n_clusters=1,
             standard_errors=standard_errors,
-        ).name
+        ).config.name
 
     assert choose(1.5) == "one sample"
     assert choose(0.5) == "three samples"
-    assert choose_on_calibration(matrix, vectors, questions, [three, one], n_clusters=1) == three
+    kept = choose_on_calibration(matrix, vectors, questions, [one, three], n_clusters=1)
+    # the one challenger's t is 1 (a gain of 0.1, a standard error of 0.1); its bar is
+    # the 84 % quantile of its bootstrap t: question 0 drawn k times in ten gives t = k - 1,
+    # P(k <= 1) = 0.74 and P(k <= 2) = 0.93, so the bar is 1 and t does not clear it
+    assert (kept.config.name, kept.challenger) == ("one sample", "three samples")
+    assert (kept.t, kept.bar) == (pytest.approx(1.0), 1.0)
+    alone = choose_on_calibration(matrix, vectors, questions, [three, one], n_clusters=1)
+    assert (alone.config, alone.challenger, alone.t, alone.bar) == (three, None, None, None)
     with pytest.raises(InvalidInputError, match="standard_errors"):
         choose(-1.0)
 
