@@ -203,8 +203,9 @@ class AvengersOptions(OptionsModel):
     weighted: bool = False
     """Weigh every sample's vote by its expert's calibrated reliability in the matched
     clusters, relative to the answer format's chance rate
-    (:func:`~avengers_graph.voting.weighted_vote`); experts at or below chance are not
-    sampled. ``False``: one sample, one vote (the paper's majority)."""
+    (:func:`~avengers_graph.voting.weighted_vote`): the vote of an expert at or below
+    chance there does not count; with ``threshold``, such an expert is not sampled at
+    all. ``False``: one sample, one vote (the paper's majority)."""
     threshold: float | None = Field(default=None, gt=0, le=1)
     """Adaptive sampling: draw samples in rounds of ``round_size``, cheapest informative
     first (:func:`~avengers_graph.routing.plan_sampling`), and stop once the weighted
