@@ -409,7 +409,9 @@ def render(matrix: ResponseMatrix) -> str:
         )
         + "Random is the expected accuracy of "
         "one sample of a uniformly drawn expert; Best-Single is the expert with the best "
-        "calibration accuracy (one sample); Max-Expert knows each question's benchmark and "
+        "calibration accuracy (one sample; like Random and Max-Expert, its expected "
+        "accuracy: each of its recorded samples taken alone, averaged, so which sample "
+        "came first plays no part); Max-Expert knows each question's benchmark and "
         "picks its best expert; Oracle is right when any recorded sample of any expert is "
         "(an upper bound); SC is self-consistency (a majority vote over the expert's "
         f"samples). `{CHOSEN}` is the adaptive ensemble (weighted votes, sampling until "

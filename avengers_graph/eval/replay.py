@@ -15,9 +15,11 @@ Side by side on the same test questions:
 
 - **Random**: one sample of an expert drawn uniformly among those asked (its expected
   accuracy).
-- **Best-Single**: the expert with the best calibration accuracy, one sample;
+- **Best-Single**: the expert with the best calibration accuracy, one sample (in
+  expectation: each recorded sample taken alone, :meth:`Replay.one_sample`);
   **Best-Single SC**: the same expert, its samples majority-voted.
-- **Max-Expert**: the best expert of each dataset (it knows the dataset label), one sample.
+- **Max-Expert**: the best expert of each dataset (it knows the dataset label), one
+  sample in expectation.
 - **Oracle**: correct when any recorded sample of any expert is (an upper bound for
   every strategy that answers with one of the recorded samples), at the cost of one
   call to the right sample of least compute.
@@ -419,6 +421,15 @@ class Replay:
         result = majority_vote([r.extracted for r in used], ranks)
         return self._used(used, float(used[result.winner].correct))
 
+    def one_sample(self, qid: str, expert: str) -> Outcome:
+        """One sample of ``expert`` on a question, in expectation.
+
+        The mean outcome of each of its recorded samples taken alone: the first sample's
+        outcome without the luck of which sample came first (none recorded: nothing).
+        """
+        found = self.responses(qid, expert)
+        return Outcome.mean([self._used([r], float(r.correct)) for r in found])
+
     def _stats(self, labels: Mapping[str, int]) -> dict[int, dict[str, ExpertStats]]:
         return matrix_stats(self.samples, labels, self.experts)
 
@@ -488,16 +499,16 @@ class Replay:
         """The per-question outcome function of a baseline."""
         if name == "Random":
             return lambda qid: Outcome.mean(
-                [self.vote(qid, [e], [1]) for e in self.experts if self.responses(qid, e)]
+                [self.one_sample(qid, e) for e in self.experts if self.responses(qid, e)]
             )
         if name in ("Best-Single", "Best-Single SC"):
             best = self.best_single()
             if name == "Best-Single":
-                return lambda qid: self.vote(qid, [best], [1])
+                return lambda qid: self.one_sample(qid, best)
             return lambda qid: self.vote(qid, [best], [len(self.responses(qid, best))])
         if name == "Max-Expert":
             best_of = {dataset: self.max_expert(dataset) for dataset in self.datasets}
-            return lambda qid: self.vote(qid, [best_of[self.dataset[qid]]], [1])
+            return lambda qid: self.one_sample(qid, best_of[self.dataset[qid]])
         if name == "Oracle":
             return self._oracle
         raise InvalidInputError(f"Unknown baseline {name!r}; choose from {BASELINES}.")
