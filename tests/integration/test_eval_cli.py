@@ -105,6 +105,6 @@ def test_record_resume_and_replay(tmp_path: Path) -> None:
     assert replayed.exit_code == 0, replayed.output
     with (report / "summary.csv").open() as file:
         rows = {row["strategy"]: row for row in csv.DictReader(file)}
-    # one expert: every single-sample strategy is that expert's first sample
+    # one expert: every single-sample strategy is one sample of it, in expectation
     assert rows["Random"]["average"] == rows["Best-Single"]["average"]
     assert float(rows["Oracle"]["average"]) >= float(rows["Best-Single"]["average"])
