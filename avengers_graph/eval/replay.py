@@ -732,8 +732,9 @@ class Selection:
 
     config: AdaptiveConfig
     challenger: str | None = None
-    """The most accurate configuration other than the incumbent, when one was more
-    accurate than the incumbent and both were affordable (else ``None``: no guard ran)."""
+    """The most accurate affordable configuration other than the incumbent, when it
+    ranked above the incumbent (more accurate, or as accurate for fewer tokens) and the
+    incumbent was affordable too (else ``None``: no guard ran)."""
     t: float | None = None
     """The challenger's gain over the incumbent in standard errors of the paired
     difference (infinite for a gain with no spread)."""
