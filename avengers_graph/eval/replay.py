@@ -441,12 +441,7 @@ class Replay:
         Estimated from all its recorded samples (a question it does not serve counts as
         wrong): the same quantity as its first sample's accuracy, with less noise.
         """
-        results = [
-            statistics.fmean(r.correct for r in found)
-            if (found := self.responses(qid, expert))
-            else 0.0
-            for qid in ids
-        ]
+        results = [self.one_sample(qid, expert).accuracy for qid in ids]
         return statistics.fmean(results) if results else 0.0
 
     def best_single(self) -> str:
