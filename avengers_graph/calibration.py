@@ -40,21 +40,27 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from avengers_graph import voting
+from avengers_graph.confidence import RecordedQuestion, cross_fitted_votes, fit_confidence_map
 from avengers_graph.embeddings import embedding_model_name
 from avengers_graph.errors import CacheError, CalibrationError, InvalidInputError
 from avengers_graph.experts.cache import AnswerCache, CachedAnswer, cache_key, default_cache_path
 from avengers_graph.experts.contract import Contract, Expert, as_expert, contract, validate_pool
 from avengers_graph.formats import FORMATS, Grader, detect, get_format, get_grader
+from avengers_graph.options import AvengersOptions
 from avengers_graph.redact import environment_secrets, redact, secrets_of, terminal_safe
 from avengers_graph.routing import compact
 from avengers_graph.stores.base import (
     CalibrationStore,
+    ConfidenceMap,
     ExpertStats,
     Graded,
     StoredQuestion,
     StoreInfo,
     tally,
 )
+
+DEFAULT_ROUTING = AvengersOptions(weighted=True, threshold=0.9)
+"""The routing options a confidence map is fitted for when :func:`calibrate` is given none."""
 
 Progress = Callable[[int, int], None]
 """Called with ``(finished calls, total calls)`` as expert answers arrive."""
@@ -89,6 +95,9 @@ class CalibrationReport:
     cached: int = 0
     """Answers taken from the cache instead of calling an expert."""
     stats: dict[int, dict[str, ExpertStats]] = field(default_factory=dict, repr=False)
+    confidence: ConfidenceMap | None = None
+    """The store's map from a vote's posterior to a calibrated probability (None: not
+    fitted, see :func:`fit_confidence`)."""
 
 
 def _item_id(question: str, answer: str) -> str:
@@ -323,13 +332,25 @@ def run_experts(
     return ordered, len(missing), len(calls) - len(missing)
 
 
+@dataclass(frozen=True)
+class GradedSamples:
+    """An expert's answers to one item, keyed and graded (:func:`grade_samples`)."""
+
+    keys: list[str | None]
+    """Each sample's key (None: no answer), as the vote reads it."""
+    right: list[bool]
+    """Whether each sample is right (a sample with no answer is wrong)."""
+    majority: bool
+    """Whether the majority answer is right."""
+
+
 def grade_samples(
     answers: Sequence[CachedAnswer],
     item: ValidationItem,
     grader: Grader | None,
     expert: BaseChatModel | Expert | None = None,
-) -> tuple[bool, list[bool]]:
-    """Grade an expert's answers to one item: its majority answer, and every sample.
+) -> GradedSamples:
+    """Grade an expert's answers to one item: every sample, and its majority answer.
 
     The replies are read by the expert's contract (a program's output, a ``direct``
     answer unwrapped) and keyed by the question's format; a question detected as free
@@ -337,9 +358,6 @@ def grade_samples(
     replies hold. A sample with no answer is wrong. Where the format grades keys
     (``AnswerFormat.grades_key``: numbers, math, choices, labels) the built-in grader
     reads the key, the answer that votes; a custom ``grader`` reads the reply.
-
-    Returns:
-        ``(majority answer right, each sample right)``.
     """
     terms = item_contract(item, as_expert(expert)) if expert is not None else None
     texts = [terms.answer(a.message).text if terms else a.message.text for a in answers]
@@ -358,9 +376,9 @@ def grade_samples(
             right[key] = bool(grade(key if by_key else text, item.answer))
     samples = [key is not None and right[key] for key in keys]
     if not right:
-        return False, samples
+        return GradedSamples(keys, samples, False)
     result = voting.majority_vote(keys, [0] * len(keys))
-    return right[result.answer], samples
+    return GradedSamples(keys, samples, right[result.answer])
 
 
 INTERRUPT_GRACE_S = 1.0
@@ -435,11 +453,44 @@ def grade_expert(
     expert: BaseChatModel | Expert | None = None,
 ) -> bool:
     """Grade an expert's majority answer to one item (see :func:`grade_samples`)."""
-    return grade_samples(answers, item, grader, expert)[0]
+    return grade_samples(answers, item, grader, expert).majority
 
 
 def _output_tokens(message: AIMessage) -> int:
     return message.usage_metadata["output_tokens"] if message.usage_metadata else 0
+
+
+def graded_items(
+    answers: Mapping[tuple[str, str], Sequence[CachedAnswer]],
+    items: Sequence[ValidationItem],
+    labels: Mapping[str, int],
+    experts: Mapping[str, BaseChatModel | Expert],
+    grader: Grader | None,
+) -> dict[str, dict[str, tuple[GradedSamples, Graded]]]:
+    """Item id to expert to its graded samples and its row of the statistics.
+
+    An expert counts only the questions its strategy serves (it was not asked the others).
+    """
+    graded: dict[str, dict[str, tuple[GradedSamples, Graded]]] = {}
+    for item in items:
+        for name, expert in experts.items():
+            item_answers = answers.get((name, item.id))
+            if not item_answers:
+                continue
+            samples = grade_samples(item_answers, item, grader, expert)
+            graded.setdefault(item.id, {})[name] = (
+                samples,
+                Graded(
+                    labels[item.id],
+                    name,
+                    samples.majority,
+                    float(np.mean([_output_tokens(a.message) for a in item_answers])),
+                    float(np.mean([a.seconds for a in item_answers])),
+                    sum(samples.right),
+                    len(samples.right),
+                ),
+            )
+    return graded
 
 
 def expert_stats(
@@ -449,29 +500,46 @@ def expert_stats(
     experts: Mapping[str, BaseChatModel | Expert],
     grader: Grader | None,
 ) -> dict[int, dict[str, ExpertStats]]:
-    """Per-cluster, per-expert statistics from graded answers.
+    """Per-cluster, per-expert statistics from graded answers (:func:`graded_items`)."""
+    graded = graded_items(answers, items, labels, experts, grader)
+    return tally(row for by_expert in graded.values() for _, row in by_expert.values())
 
-    An expert counts only the questions its strategy serves (it was not asked the others).
+
+def fit_confidence(
+    graded: Mapping[str, Mapping[str, tuple[GradedSamples, Graded]]],
+    items: Sequence[ValidationItem],
+    vectors: np.ndarray,
+    centroids: np.ndarray,
+    routing: AvengersOptions,
+    *,
+    seed: int = 0,
+    expert_costs: Mapping[str, float] | None = None,
+) -> ConfidenceMap | None:
+    """The map from a vote's posterior to a calibrated probability, for this calibration.
+
+    :func:`~avengers_graph.confidence.cross_fitted_votes` on the items whose format
+    votes by key (those adaptive sampling serves), with ``routing``'s options, then
+    :func:`~avengers_graph.confidence.fit_confidence_map`. With one sample per expert
+    recorded, a simulated vote holds at most one sample of each expert.
     """
-    graded = []
-    for item in items:
-        for name, expert in experts.items():
-            item_answers = answers.get((name, item.id))
-            if not item_answers:
-                continue
-            majority, samples = grade_samples(item_answers, item, grader, expert)
-            graded.append(
-                Graded(
-                    labels[item.id],
-                    name,
-                    majority,
-                    float(np.mean([_output_tokens(a.message) for a in item_answers])),
-                    float(np.mean([a.seconds for a in item_answers])),
-                    sum(samples),
-                    len(samples),
-                )
+    questions = []
+    for item, vector in zip(items, vectors, strict=True):
+        detected = detect(item.question)
+        if not voting.votes_by_key(detected.format) or item.id not in graded:
+            continue
+        by_expert = graded[item.id]
+        questions.append(
+            RecordedQuestion(
+                item.id,
+                vector,
+                voting.chance_rate(detected),
+                keys={name: samples.keys for name, (samples, _) in by_expert.items()},
+                right={name: samples.right for name, (samples, _) in by_expert.items()},
+                graded=[row for _, row in by_expert.values()],
             )
-    return tally(graded)
+        )
+    pairs = cross_fitted_votes(questions, centroids, routing, seed=seed, unit_costs=expert_costs)
+    return fit_confidence_map(pairs)
 
 
 def _report(
@@ -497,6 +565,7 @@ def _report(
         calls=calls,
         cached=cached,
         stats=stats,
+        confidence=info.confidence,
     )
 
 
@@ -522,6 +591,8 @@ def calibrate(
     grader: Grader | None = None,
     replace: bool = False,
     progress: Progress | None = None,
+    routing: AvengersOptions | None = None,
+    expert_costs: Mapping[str, float] | None = None,
 ) -> CalibrationReport:
     """Calibrate a pool of experts on validation data and write the store.
 
@@ -545,9 +616,15 @@ def calibrate(
             written beside the old and switched in at the end, so the old one keeps
             serving until then (and if the run is interrupted).
         progress: Called with ``(finished calls, total calls)``.
+        routing: The routing options the graph will run with: the confidence map
+            (:func:`fit_confidence`) is fitted on votes cast with them (default:
+            weighted votes, ``threshold`` 0.9, the other options' defaults). Adding
+            experts to a store keeps its map; ``replace=True`` fits a new one.
+        expert_costs: Expert name to its cost per generated token, as the graph gets
+            them (adaptive sampling's draw order).
 
     Returns:
-        The accuracy of every expert overall and per cluster.
+        The accuracy of every expert overall and per cluster, and the confidence map.
 
     Raises:
         InvalidInputError: Bad arguments or dataset, or a dataset that differs from the
@@ -577,7 +654,17 @@ def calibrate(
         if not replace and not store.is_empty():
             return _add_experts(experts, embeddings, dataset, store, answer_cache, grader, run)
         return _calibrate_new(
-            experts, embeddings, dataset, store, answer_cache, grader, run, n_clusters, seed
+            experts,
+            embeddings,
+            dataset,
+            store,
+            answer_cache,
+            grader,
+            run,
+            n_clusters,
+            seed,
+            routing=routing if routing is not None else DEFAULT_ROUTING,
+            expert_costs=expert_costs,
         )
 
 
@@ -591,6 +678,9 @@ def _calibrate_new(
     run: Mapping[str, Any],
     n_clusters: int | None,
     seed: int,
+    *,
+    routing: AvengersOptions,
+    expert_costs: Mapping[str, float] | None,
 ) -> CalibrationReport:
     """Cluster, run every expert and write a new calibration (beside the old one, if any)."""
     if dataset is None:
@@ -605,7 +695,11 @@ def _calibrate_new(
     label_of = {item.id: int(label) for item, label in zip(items, labels, strict=True)}
 
     answers, calls, cached = run_experts(experts, items, answer_cache, **run)
-    stats = expert_stats(answers, items, label_of, experts, grader)
+    graded = graded_items(answers, items, label_of, experts, grader)
+    stats = tally(row for by_expert in graded.values() for _, row in by_expert.values())
+    confidence = fit_confidence(
+        graded, items, vectors, centroids, routing, seed=seed, expert_costs=expert_costs
+    )
     store.write(
         StoreInfo(
             name=store.name,
@@ -614,6 +708,7 @@ def _calibrate_new(
             n_clusters=k,
             seed=seed,
             experts=tuple(experts),
+            confidence=confidence,
         ),
         centroids=centroids,
         sizes=[int(np.sum(labels == c)) for c in range(k)],

@@ -35,8 +35,10 @@ import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
+import numpy as np
+import numpy.typing as npt
 from langchain_core.messages import BaseMessage, HumanMessage
 
 from avengers_graph.errors import InvalidInputError
@@ -281,6 +283,24 @@ def match_clusters(nearest: Sequence[tuple[int, float]], beta: float) -> list[Cl
         ClusterMatch(id=cluster, distance=distance, weight=weight)
         for (cluster, distance), weight in zip(nearest, weights, strict=True)
     ]
+
+
+def nearest_clusters(
+    centroids: npt.NDArray[np.floating[Any]],
+    vector: Sequence[float] | npt.NDArray[np.floating[Any]],
+    top_k: int,
+    beta: float,
+) -> list[ClusterMatch]:
+    """The ``top_k`` clusters nearest a unit vector, by cosine distance, weighted.
+
+    What a store's ``nearest`` and :func:`match_clusters` give the graph, computed on
+    unit centroids in memory (ties: the lower cluster id).
+    """
+    if top_k < 1:
+        raise InvalidInputError(f"top_k must be >= 1, got {top_k!r}.")
+    distances = 1.0 - np.asarray(centroids) @ np.asarray(vector)
+    nearest = np.argsort(distances, kind="stable")[:top_k]
+    return match_clusters([(int(c), float(distances[c])) for c in nearest], beta)
 
 
 ROUTING_HEAD_WORDS = 32

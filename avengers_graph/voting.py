@@ -659,6 +659,27 @@ OPEN_CHANCE = 0.05
 answers collide, roughly, so a lone weak vote is not taken for a sure one."""
 
 
+def votes_by_key(format_name: str) -> bool:
+    """Whether answers of this format vote by key, so adaptive sampling serves them.
+
+    Numbers, expressions, choices, labels, short text and code do; free text (voted by
+    meaning), JSON (voted as objects) and an unknown format do not.
+    """
+    fmt = formats.FORMATS.get(format_name)
+    return fmt is not None and not fmt.votes_by_meaning and format_name != "json"
+
+
+def chance_rate(detected: formats.Detected) -> float:
+    """A question's chance rate: its format's (``1/4`` for four options), else :data:`OPEN_CHANCE`.
+
+    Open formats (numbers, expressions, code, an unknown format) have no guess rate;
+    they vote with :data:`OPEN_CHANCE`.
+    """
+    fmt = formats.FORMATS.get(detected.format)
+    chance = fmt.chance(detected) if fmt is not None else 0.0
+    return chance if chance > 0 else OPEN_CHANCE
+
+
 def weighted_vote(
     keys: Sequence[str | None],
     weights: Sequence[float],

@@ -443,9 +443,13 @@ def render(matrix: ResponseMatrix) -> str:
         _recommended(),
         _section(
             "Is the confidence a probability?",
-            f"The confidence `{CHOSEN}` gives each answer (the weighted vote's calibrated "
-            "probability of being right) against how often answers with that confidence "
-            "are right, on the test questions of every fold.",
+            f"The confidence `{CHOSEN}` gives each answer against how often answers with "
+            "that confidence are right, on the test questions of every fold. The confidence "
+            "is the weighted vote's posterior through a map fitted on the fold's calibration "
+            "part alone, each calibration question voted with statistics that did not see it "
+            "(Platt scaling, `avengers_graph.confidence`): what `calibrate` stores and the "
+            "graph reports. The note under the table gives the error of the posteriors "
+            "before the map.",
             "calibration",
         ),
         _section(

@@ -324,6 +324,8 @@ def calibrate_pool(
         replace=plan.replace,
         progress=progress,
         cache=cache,
+        routing=pool.routing,
+        expert_costs=pool.expert_costs(),
         **options,
     )
 

@@ -35,6 +35,7 @@ question; :func:`evaluate` averages them over several seeded splits.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
@@ -48,29 +49,29 @@ import numpy as np
 from langchain_core.embeddings import Embeddings
 
 from avengers_graph.calibration import cluster_questions
+from avengers_graph.confidence import (
+    RecordedQuestion,
+    cross_fitted_votes,
+    fit_confidence_map,
+    replay_vote,
+)
 from avengers_graph.embeddings import normalise
 from avengers_graph.errors import InvalidInputError
 from avengers_graph.eval.recording import Response, ResponseMatrix
-from avengers_graph.formats import FORMATS, Detected
+from avengers_graph.formats import Detected
+from avengers_graph.options import AvengersOptions
 from avengers_graph.routing import (
     OVERALL_PRIOR,
     ClusterMatch,
     Cost,
     compact,
-    match_clusters,
-    plan_sampling,
+    nearest_clusters,
     sample_accuracy,
     score_experts,
     select_experts,
 )
-from avengers_graph.stores.base import ExpertStats, Graded, tally
-from avengers_graph.voting import (
-    OPEN_CHANCE,
-    is_decided,
-    majority_vote,
-    repeated_weights,
-    weighted_vote,
-)
+from avengers_graph.stores.base import ConfidenceMap, ExpertStats, Graded, tally
+from avengers_graph.voting import chance_rate, majority_vote
 
 __all__ = [
     "BASELINES",
@@ -167,6 +168,11 @@ class AdaptiveConfig:
     discount: float = 1.0
     beta: float = 3.0
     n_clusters: int | None = None
+
+    @functools.cached_property
+    def settings(self) -> AvengersOptions:
+        """:meth:`options` as the graph validates them."""
+        return AvengersOptions(**self.options())
 
     def options(self) -> dict[str, Any]:
         """The graph's options that run this configuration (a pool file's ``routing:``).
@@ -344,8 +350,10 @@ class Replay:
         )
         train = np.stack([vectors[qid] for qid in self.calibration])
         labels, self.centroids = cluster_questions(train, n_clusters, seed)
+        self.seed = seed
         self.vectors = vectors
-        self.stats = self._stats(dict(zip(self.calibration, labels.tolist(), strict=True)))
+        self.labels: dict[str, int] = dict(zip(self.calibration, labels.tolist(), strict=True))
+        self.stats = self._stats(self.labels)
         self.datasets = list(dict.fromkeys(self.dataset[qid] for qid in self.test))
 
     @staticmethod
@@ -518,9 +526,7 @@ class Replay:
 
     def route(self, qid: str, config: EnsembleConfig) -> list[str]:
         """The experts the graph would select for a test question, best first."""
-        distances = 1.0 - self.centroids @ self.vectors[qid]
-        nearest = np.argsort(distances, kind="stable")[: config.top_k]
-        matches = match_clusters([(int(c), float(distances[c])) for c in nearest], config.beta)
+        matches = self.matches(qid, config.top_k, config.beta)
         asked = [e for e in self.experts if self.responses(qid, e)] or self.experts
         scores = score_experts(
             matches,
@@ -544,67 +550,66 @@ class Replay:
 
     def matches(self, qid: str, top_k: int, beta: float) -> list[ClusterMatch]:
         """The ``top_k`` calibration clusters nearest a question, weighted."""
-        distances = 1.0 - self.centroids @ self.vectors[qid]
-        nearest = np.argsort(distances, kind="stable")[:top_k]
-        return match_clusters([(int(c), float(distances[c])) for c in nearest], beta)
+        return nearest_clusters(self.centroids, self.vectors[qid], top_k, beta)
 
     def adaptive_answer(self, qid: str, config: AdaptiveConfig) -> tuple[Outcome, float]:
         """One question answered by weighted votes with adaptive sampling.
 
-        Rounds are drawn until the vote is ``threshold`` sure or the samples still
-        planned can no longer change its winner (:func:`~avengers_graph.voting.is_decided`),
-        as the graph does.
+        :func:`~avengers_graph.confidence.replay_vote` on the recorded samples: rounds
+        are drawn until the vote is ``threshold`` sure or the samples still planned can
+        no longer change its winner, as the graph does.
 
         Returns:
-            The outcome and the vote's confidence (the probability it claims of
-            being right; 0 when nothing was drawn).
+            The outcome and the vote's posterior (the probability it claims of being
+            right before any calibrated map; 0 when nothing voted).
         """
-        eligible = [e for e in self.experts if self.responses(qid, e)]
-        if not eligible:
+        keys = {
+            e: [r.extracted for r in found]
+            for e in self.experts
+            if (found := self.responses(qid, e))
+        }
+        if not keys:
             return NOTHING, 0.0
-        plan = plan_sampling(
+        drawn, result = replay_vote(
             self.matches(qid, config.top_k, config.beta),
             self.stats,
-            eligible,
+            keys,
             chance=self.chance[qid],
-            top_n=config.top_n,
-            per_expert=config.per_expert,
-            budget=config.budget,
-            round_size=config.round_size,
-            depth=config.depth,
-            prior_strength=config.prior_strength,
+            options=config.settings,
             unit_costs=self.unit_costs,
         )
-        rank = {name: i for i, name in enumerate(plan.evidence)}
-        drawn: list[Response] = []
-        taken: dict[str, int] = defaultdict(int)
-        result = None
-        planned = 0
-        for round_ in plan.rounds():
-            planned += len(round_)
-            for name in round_:
-                recorded = self.responses(qid, name)
-                if taken[name] < len(recorded):
-                    drawn.append(recorded[taken[name]])
-                    taken[name] += 1
-            if not drawn:
-                continue
-            names = [r.expert for r in drawn]
-            weights = repeated_weights(names + plan.order[planned:], plan.evidence, config.discount)
-            keys = [r.extracted for r in drawn]
-            result = weighted_vote(
-                keys,
-                weights[: len(names)],
-                [rank[name] for name in names],
-                chance=self.chance[qid],
-            )
-            if result.confidence >= config.threshold or is_decided(
-                keys, sum(weights[len(names) :]), weights=weights[: len(names)]
-            ):
-                break
+        used = [self.responses(qid, name)[index] for name, index in drawn]
         if result is None or not result.votes:
-            return (self._used(drawn, 0.0) if drawn else NOTHING), 0.0
-        return self._used(drawn, float(drawn[result.winner].correct)), result.confidence
+            return (self._used(used, 0.0) if used else NOTHING), 0.0
+        return self._used(used, float(used[result.winner].correct)), result.confidence
+
+    def recorded(self, qid: str) -> RecordedQuestion:
+        """A calibration question with its samples, as the confidence map's fit takes it."""
+        found = {e: self.responses(qid, e) for e in self.experts if self.responses(qid, e)}
+        return RecordedQuestion(
+            qid,
+            self.vectors[qid],
+            self.chance[qid],
+            keys={e: [r.extracted for r in samples] for e, samples in found.items()},
+            right={e: [r.correct for r in samples] for e, samples in found.items()},
+            graded=matrix_graded(self.samples, qid, self.labels[qid], self.experts),
+        )
+
+    def confidence_map(self, config: AdaptiveConfig) -> ConfidenceMap | None:
+        """A configuration's confidence map, fitted on the calibration part alone.
+
+        As :func:`avengers_graph.calibrate` fits it: every calibration question voted
+        with statistics of the other folds (:func:`~avengers_graph.confidence.cross_fitted_votes`),
+        then :func:`~avengers_graph.confidence.fit_confidence_map`.
+        """
+        pairs = cross_fitted_votes(
+            [self.recorded(qid) for qid in self.calibration],
+            self.centroids,
+            config.settings,
+            seed=self.seed,
+            unit_costs=self.unit_costs,
+        )
+        return fit_confidence_map(pairs)
 
     def adaptive(self, config: AdaptiveConfig) -> Callable[[str], Outcome]:
         """The per-question outcome function of an adaptive configuration."""
@@ -630,6 +635,37 @@ class Replay:
         return per_dataset
 
 
+def matrix_graded(
+    samples: Mapping[tuple[str, str], Sequence[Response]],
+    qid: str,
+    cluster: int,
+    experts: Sequence[str],
+) -> list[Graded]:
+    """A recorded question's rows of the per-cluster statistics, one per expert asked.
+
+    Its majority answer right or not, mean generated tokens and seconds, right samples
+    of samples (:class:`~avengers_graph.stores.base.Graded`).
+    """
+    rows = []
+    for expert in experts:
+        drawn = samples.get((qid, expert), [])
+        if not drawn:
+            continue
+        vote = majority_vote([r.extracted for r in drawn], [0] * len(drawn))
+        rows.append(
+            Graded(
+                cluster,
+                expert,
+                bool(vote.votes) and drawn[vote.winner].correct,
+                statistics.fmean(r.tokens for r in drawn),
+                statistics.fmean(r.seconds for r in drawn),
+                sum(r.correct for r in drawn),
+                len(drawn),
+            )
+        )
+    return rows
+
+
 def matrix_stats(
     samples: Mapping[tuple[str, str], Sequence[Response]],
     labels: Mapping[str, int],
@@ -639,32 +675,19 @@ def matrix_stats(
 
     Per cluster and expert: the questions whose majority answer is right (``correct``
     of ``total``: the questions the expert was asked), the right samples
-    (``sample_correct`` of ``samples``), mean generated tokens and seconds.
+    (``sample_correct`` of ``samples``), mean generated tokens and seconds
+    (:func:`matrix_graded`'s rows, tallied).
 
     Args:
         samples: Recorded samples by ``(question id, expert)``, in sample order.
         labels: Question id to its cluster.
         experts: The experts to count.
     """
-    graded = []
-    for qid, cluster in labels.items():
-        for expert in experts:
-            drawn = samples.get((qid, expert), [])
-            if not drawn:
-                continue
-            vote = majority_vote([r.extracted for r in drawn], [0] * len(drawn))
-            graded.append(
-                Graded(
-                    cluster,
-                    expert,
-                    bool(vote.votes) and drawn[vote.winner].correct,
-                    statistics.fmean(r.tokens for r in drawn),
-                    statistics.fmean(r.seconds for r in drawn),
-                    sum(r.correct for r in drawn),
-                    len(drawn),
-                )
-            )
-    return tally(graded)
+    return tally(
+        row
+        for qid, cluster in labels.items()
+        for row in matrix_graded(samples, qid, cluster, experts)
+    )
 
 
 def question_chance(question: Mapping[str, object]) -> float:
@@ -673,9 +696,7 @@ def question_chance(question: Mapping[str, object]) -> float:
     if name == "text" and not question.get("format"):
         name = "free"
     options = question.get("options")
-    detected = Detected(name, tuple(options) if isinstance(options, list) else ())
-    chance = FORMATS[name].chance(detected) if name in FORMATS else 0.0
-    return chance if chance > 0 else OPEN_CHANCE
+    return chance_rate(Detected(name, tuple(options) if isinstance(options, list) else ()))
 
 
 @dataclass(frozen=True)
@@ -694,7 +715,9 @@ class Summary:
     dataset_of: dict[str, str] = field(default_factory=dict)
     """Question id to its dataset."""
     confidence: dict[str, list[tuple[float, bool]]] = field(default_factory=dict)
-    """Adaptive strategy name to ``(claimed confidence, right)`` per answered test question."""
+    """Adaptive strategy name to ``(confidence, right)`` per answered test question: the
+    vote's posterior through the confidence map fitted on the split's calibration part
+    (:meth:`Replay.confidence_map`), as the graph reports it."""
     selections: list[Selection] = field(default_factory=list)
     """Per split, what the nested selection chose and on what evidence."""
     split_accuracy: dict[str, list[float]] = field(default_factory=dict)
@@ -702,6 +725,8 @@ class Summary:
     is their standard deviation; plots draw error bars from them)."""
     best_single: list[str] = field(default_factory=list)
     """Per split, the expert Best-Single is (chosen on that split's calibration part)."""
+    posterior: dict[str, list[tuple[float, bool]]] = field(default_factory=dict)
+    """As ``confidence``, with the vote's posterior before the map."""
 
     @property
     def chosen(self) -> list[str]:
@@ -982,6 +1007,7 @@ def evaluate(
     runs: dict[str, list[dict[str, Outcome]]] = defaultdict(list)
     questions: dict[str, list[dict[str, float]]] = defaultdict(list)
     confidence: dict[str, list[tuple[float, bool]]] = defaultdict(list)
+    posterior: dict[str, list[tuple[float, bool]]] = defaultdict(list)
     selections: list[Selection] = []
     best_single: list[str] = []
     datasets: list[str] = []
@@ -1046,7 +1072,10 @@ def evaluate(
             answers = {qid: outcome for qid, (outcome, _) in pairs.items()}
             runs[name].append(own.per_dataset(answers))
             questions[name].append({qid: o.accuracy for qid, o in answers.items()})
-            confidence[name] += [(c, o.accuracy == 1.0) for o, c in pairs.values() if o.calls]
+            voted = [(c, o.accuracy == 1.0) for o, c in pairs.values() if o.calls]
+            fitted = own.confidence_map(config)  # no answer (c = 0) claims nothing
+            posterior[name] += voted
+            confidence[name] += [(fitted(c) if fitted and c else c, ok) for c, ok in voted]
     results = {
         name: {key: Outcome.mean([run[key] for run in per_seed]) for key in per_seed[0]}
         for name, per_seed in runs.items()
@@ -1067,6 +1096,7 @@ def evaluate(
         selections,
         split_accuracy,
         best_single,
+        dict(posterior),
     )
 
 

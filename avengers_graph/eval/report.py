@@ -541,7 +541,11 @@ def _write_calibration(summary: Summary, out: Path) -> list[Path]:
         for row in rows
     ]
     written = [write_csv(table, out / "calibration.csv")]
-    note = f"\nExpected calibration error: {ece * 100:.1f} points.\n"
+    _, raw = calibration_curve(summary.posterior.get(CHOSEN, []))
+    note = (
+        f"\nExpected calibration error: {ece * 100:.1f} points "
+        f"(the votes' posteriors before the map: {raw * 100:.1f}).\n"
+    )
     (out / "calibration.md").write_text(
         markdown(table, ["confidence from", "to", "mean confidence", "accuracy"]) + note,
         encoding="utf-8",

@@ -356,10 +356,8 @@ class _Nodes:
         if not eligible:  # no strategy serves it: every expert answers the question as asked
             eligible, unserved = list(self.experts), []
         stats = self.store.stats()
-        fmt = formats.FORMATS.get(question.format)
-        keyed = fmt is not None and not fmt.votes_by_meaning and question.format != "json"
-        chance = fmt.chance(question) if fmt is not None else 0.0
-        chance = chance if chance > 0 else voting.OPEN_CHANCE
+        keyed = voting.votes_by_key(question.format)
+        chance = voting.chance_rate(question)
         if settings.threshold is not None and keyed:
             plan = routing.plan_sampling(
                 matches,
@@ -795,9 +793,7 @@ class _Nodes:
         weights = voting.repeated_weights(
             [s["expert"] for s in samples], state.get("weights", {}), settings.discount
         )
-        fmt = formats.FORMATS.get(state.get("question_format", "free"))
         detected = Detected(state.get("question_format", "free"), tuple(state.get("options", [])))
-        chance = fmt.chance(detected) if fmt is not None else 0.0
         return _VotePlan(
             settings,
             samples,
@@ -805,7 +801,7 @@ class _Nodes:
             keys,
             name if keyed else "semantic",
             weights,
-            chance if chance > 0 else voting.OPEN_CHANCE,
+            voting.chance_rate(detected),
         )
 
     def _result(self, plan: _VotePlan, vectors: list[list[float]] | None) -> voting.VoteResult:
@@ -895,7 +891,8 @@ class _Nodes:
                 for s, text, key in zip(samples, plan.texts, result.keys, strict=True)
             ],
             votes=dict(result.votes),
-            confidence=result.confidence,
+            confidence=self._confidence(state, plan, result),
+            posterior=result.confidence,
             failures=dict(state.get("failures", {})),
             cancelled=state.get("cancelled", 0) + max(plan_length - state.get("round_end", 0), 0),
             winner=winner["expert"],
@@ -919,6 +916,26 @@ class _Nodes:
             cancelled=record["cancelled"],
         )
         return {"messages": [message], "avengers": record, "more": False}
+
+    def _confidence(
+        self, state: AvengersState, plan: _VotePlan, result: voting.VoteResult
+    ) -> float:
+        """The answer's confidence: the store's calibrated map of the vote's posterior.
+
+        Where the samples voted by weight on the keys of a format that votes by key
+        (what calibration fitted the map on, :mod:`avengers_graph.confidence`) and the
+        store holds a map; else the vote's own confidence.
+        """
+        fitted = self.store.info().confidence
+        if (
+            fitted is None
+            or not result.votes
+            or not _weighed(plan)
+            or plan.answer_format == "semantic"
+            or not voting.votes_by_key(state.get("question_format", "free"))
+        ):
+            return result.confidence
+        return fitted(result.confidence)
 
     def _decide(
         self, state: AvengersState, plan: _VotePlan | None, vectors: list[list[float]] | None

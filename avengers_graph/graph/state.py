@@ -92,7 +92,11 @@ class RoutingRecord(TypedDict):
     weight)."""
     confidence: float
     """The winning answer's share of the samples that voted; with weighted votes, the
-    calibrated probability that it is right (:func:`avengers_graph.voting.weighted_vote`)."""
+    probability that it is right: the vote's ``posterior`` through the store's
+    calibrated map (:mod:`avengers_graph.confidence`) where calibration fitted one."""
+    posterior: NotRequired[float]
+    """The vote's own confidence (:func:`avengers_graph.voting.weighted_vote`'s posterior,
+    or the winner's share), before the calibrated map; adaptive sampling stops on it."""
     failures: dict[str, str]
     """Expert to the error that cost it its samples."""
     cancelled: int

@@ -31,6 +31,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Calibration",
     "CalibrationStore",
+    "ConfidenceMap",
     "ExpertStats",
     "Feedback",
     "FeedbackStore",
@@ -173,6 +174,59 @@ class ExpertStats:
             sample_correct=data.get("sample_correct", 0),
             samples=data.get("samples", 0),
         )
+
+
+POSTERIOR_CLIP = 1e-6
+"""Posteriors are kept within ``[clip, 1 - clip]`` before their logit is taken."""
+
+
+def logit(probability: float) -> float:
+    """``log(p / (1 - p))``, with ``p`` kept within :data:`POSTERIOR_CLIP` of 0 and 1."""
+    p = min(max(probability, POSTERIOR_CLIP), 1 - POSTERIOR_CLIP)
+    return math.log(p / (1 - p))
+
+
+@dataclass(frozen=True)
+class ConfidenceMap:
+    """What a weighted vote's posterior is worth, as measured at calibration.
+
+    ``confidence = sigmoid(slope * logit(posterior) + intercept)`` (Platt scaling),
+    fitted by :func:`avengers_graph.confidence.fit_confidence_map` on the validation
+    questions' cross-fitted votes; the graph's ``vote`` reports it as the answer's
+    confidence. A slope below 1 tempers a posterior that claims too much.
+
+    Raises:
+        InvalidInputError: A parameter is not a finite number, ``slope`` is negative
+            (the map must not turn a surer vote into a less sure answer) or ``votes``
+            is below 1.
+    """
+
+    slope: float
+    intercept: float
+    votes: int
+    """Cross-fitted votes it was fitted on."""
+
+    def __post_init__(self) -> None:
+        for attr in ("slope", "intercept"):
+            value = getattr(self, attr)
+            if isinstance(value, bool) or not isinstance(
+                value, (int, float, np.integer, np.floating)
+            ):
+                raise InvalidInputError(f"ConfidenceMap.{attr} must be a number, got {value!r}.")
+            if not math.isfinite(float(value)):
+                raise InvalidInputError(f"ConfidenceMap.{attr} must be finite, got {value!r}.")
+            object.__setattr__(self, attr, float(value))
+        if self.slope < 0:
+            raise InvalidInputError(f"ConfidenceMap.slope must be >= 0, got {self.slope!r}.")
+        votes = _as_int(self.votes, "ConfidenceMap.votes")
+        if votes < 1:
+            raise InvalidInputError(f"ConfidenceMap.votes must be >= 1, got {votes!r}.")
+        object.__setattr__(self, "votes", votes)
+
+    def __call__(self, posterior: float) -> float:
+        """The calibrated probability that an answer with this posterior is right."""
+        z = self.slope * logit(posterior) + self.intercept
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
 class Graded(NamedTuple):
@@ -375,6 +429,9 @@ class StoreInfo:
     """Layout version of the store."""
     created_at: str = ""
     """ISO-8601 UTC time of the write; :meth:`ClusterStore.write` fills it in when empty."""
+    confidence: ConfidenceMap | None = None
+    """The map from a weighted vote's posterior to a calibrated probability (``None``:
+    not fitted: a store written before it, or too few validation questions)."""
 
     def __post_init__(self) -> None:
         for attr in ("name", "embedding_model", "created_at"):
@@ -408,6 +465,10 @@ class StoreInfo:
         )
         if self.seed is not None:
             object.__setattr__(self, "seed", _as_int(self.seed, "StoreInfo.seed"))
+        if self.confidence is not None and not isinstance(self.confidence, ConfidenceMap):
+            raise InvalidInputError(
+                f"StoreInfo.confidence must be a ConfidenceMap, got {self.confidence!r}."
+            )
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,10 @@ share one Chroma database; each pool only ever touches its own collections.
 
 * ``f"{name}-centroids"``: the info collection, holding no records. Its metadata is
   the :class:`StoreInfo` (``schema_version``, ``name``, ``embedding_model``,
-  ``embedding_dim``, ``n_clusters``, ``created_at``, ``experts`` as a JSON list, and
-  ``seed``, absent when the seed is ``None``) plus ``centroids_generation`` and
+  ``embedding_dim``, ``n_clusters``, ``created_at``, ``experts`` as a JSON list,
+  ``seed``, absent when the seed is ``None``, and ``confidence`` (the
+  :class:`ConfidenceMap`'s ``slope``, ``intercept`` and ``votes`` as a JSON object),
+  absent when none was fitted) plus ``centroids_generation`` and
   ``questions_generation``: the generations that are live.
 * ``f"{name}-centroids.{generation}"``: one record per cluster, id ``str(cluster)``,
   embedding = the centroid, metadata ``{"cluster": int, "size": int, "stats": JSON}``
@@ -56,7 +58,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -77,6 +79,7 @@ from avengers_graph.errors import (
 from avengers_graph.redact import redact
 from avengers_graph.stores.base import (
     SCHEMA_VERSION,
+    ConfidenceMap,
     ExpertStats,
     Feedback,
     StoredQuestion,
@@ -778,8 +781,13 @@ class ClusterStore:
                 experts=tuple(experts),
                 schema_version=version,
                 created_at=metadata.get("created_at", ""),
+                confidence=(
+                    ConfidenceMap(**json.loads(metadata["confidence"]))
+                    if "confidence" in metadata
+                    else None
+                ),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, InvalidInputError) as exc:
             raise StoreError(
                 f"The store metadata of {self._where} is corrupt ({exc!r}); "
                 "re-run calibrate with --replace to rebuild it."
@@ -798,6 +806,8 @@ class ClusterStore:
         }
         if info.seed is not None:
             metadata["seed"] = info.seed
+        if info.confidence is not None:
+            metadata["confidence"] = json.dumps(asdict(info.confidence))
         return metadata
 
     def check_compatible(self, embedding_model: str, embedding_dim: int) -> StoreInfo:

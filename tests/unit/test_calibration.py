@@ -371,7 +371,9 @@ def test_grade_samples_reads_labels_as_the_vote_does() -> None:
     ]
     answers = [CachedAnswer(AIMessage(text), 1.0) for text in replies]
     expert = ScriptedExpert(model="reasoner-1b", respond=lambda q, seed: "")
-    assert grade_samples(answers, item, None, expert) == (True, [True, True, False])
+    graded = grade_samples(answers, item, None, expert)
+    assert graded.keys == ["positive", "positive", "negative"]
+    assert (graded.majority, graded.right) == (True, [True, True, False])
     # a custom grader reads the whole reply, as it always did
     exact = grade_samples(answers, item, lambda output, reference: output == reference, expert)
-    assert exact == (False, [False, False, False])
+    assert (exact.majority, exact.right) == (False, [False, False, False])
