@@ -87,6 +87,7 @@ __all__ = [
     "Summary",
     "best_expert_sc",
     "calibration_curve",
+    "calibration_floor",
     "choose_on_calibration",
     "compare",
     "default_configs",
@@ -1136,6 +1137,31 @@ def calibration_curve(
         )
         error += len(members) * abs(accuracy - mean_conf)
     return rows, (error / len(pairs) if pairs else 0.0)
+
+
+def calibration_floor(
+    confidences: Sequence[float], bins: int = 10, *, draws: int = 1000, seed: int = 0
+) -> float:
+    """The expected calibration error a perfectly calibrated confidence shows by chance.
+
+    Each answer is drawn right with exactly its confidence, ``draws`` times; the mean
+    of :func:`calibration_curve`'s error over the draws. On a few hundred answers it is
+    several points: an observed error near it is as small as these answers can show.
+    """
+    if draws < 1:
+        raise InvalidInputError(f"draws must be >= 1, got {draws!r}.")
+    if not confidences:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    claimed = np.asarray(confidences, dtype=float)
+    errors = [
+        calibration_curve(
+            list(zip(claimed.tolist(), (rng.random(len(claimed)) < claimed).tolist(), strict=True)),
+            bins,
+        )[1]
+        for _ in range(draws)
+    ]
+    return float(np.mean(errors))
 
 
 @dataclass(frozen=True)

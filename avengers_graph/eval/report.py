@@ -57,6 +57,7 @@ from avengers_graph.eval.replay import (
     Outcome,
     Summary,
     calibration_curve,
+    calibration_floor,
     choose_on_calibration,
     compare,
     default_configs,
@@ -542,9 +543,12 @@ def _write_calibration(summary: Summary, out: Path) -> list[Path]:
     ]
     written = [write_csv(table, out / "calibration.csv")]
     _, raw = calibration_curve(summary.posterior.get(CHOSEN, []))
+    floor = calibration_floor([claimed for claimed, _ in summary.confidence[CHOSEN]])
     note = (
-        f"\nExpected calibration error: {ece * 100:.1f} points "
-        f"(the votes' posteriors before the map: {raw * 100:.1f}).\n"
+        f"\nExpected calibration error: {ece * 100:.1f} points (the votes' posteriors "
+        f"before the map: {raw * 100:.1f}). A perfectly calibrated confidence would show "
+        f"{floor * 100:.1f} points on these {len(summary.confidence[CHOSEN])} answers by "
+        "chance alone (each drawn right with its confidence, mean of 1,000 draws).\n"
     )
     (out / "calibration.md").write_text(
         markdown(table, ["confidence from", "to", "mean confidence", "accuracy"]) + note,

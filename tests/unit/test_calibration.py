@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from avengers_graph import (
     calibrate,
 )
 from avengers_graph.calibration import load_dataset
+from avengers_graph.options import AvengersOptions
 from tests.fakes import KeywordEmbeddings, Responder, ScriptedExpert
 
 KEYWORDS = {"math": 0, "code": 1}
@@ -377,3 +379,54 @@ def test_grade_samples_reads_labels_as_the_vote_does() -> None:
     # a custom grader reads the whole reply, as it always did
     exact = grade_samples(answers, item, lambda output, reference: output == reference, expert)
     assert (exact.majority, exact.right) == (False, [False, False, False])
+
+
+def test_calibration_fits_and_stores_the_confidence_map(tmp_path: Path) -> None:
+    # 60 number questions: "steady" is right unless i % 3 == 0, "erratic" when i is even,
+    # and both give i + 1000 when wrong. Over i % 6: they agree on 2, 3, 4 (right, wrong,
+    # right) and split on 0, 1, 5, where the steadier one wins (wrong, right, right): a
+    # sure vote and a split one are both right 2 times in 3
+    # (questions the detector reads as numbers: service samples them adaptively)
+    dataset = [
+        {"id": f"n{i}", "question": f"What is {i} plus 0?", "answer": str(i), "kind": "number"}
+        for i in range(60)
+    ]
+
+    def answers(right: Callable[[int], bool]) -> Responder:
+        def respond(question: str, seed: int | None) -> str:
+            number = int(question.split()[2])
+            return f"\\boxed{{{number if right(number) else number + 1000}}}"
+
+        return respond
+
+    experts = {
+        "steady": ScriptedExpert(model="steady", respond=answers(lambda i: i % 3 != 0)),
+        "erratic": ScriptedExpert(model="erratic", respond=answers(lambda i: i % 2 == 0)),
+    }
+    store = ClusterStore(path=tmp_path / "store")
+    report = calibrate(
+        experts,
+        KeywordEmbeddings(KEYWORDS),
+        dataset,
+        store,
+        n_clusters=2,
+        samples=1,
+        cache=tmp_path / "cache.sqlite",
+        routing=AvengersOptions(weighted=True, threshold=0.9, top_n=2, samples=1),
+    )
+    fitted = report.confidence
+    assert fitted is not None
+    assert fitted.votes == 60  # every question voted once, with statistics of the others
+    assert fitted.slope >= 0
+    assert store.info().confidence == fitted
+    # so the map says 2/3 whatever the posterior
+    assert fitted.slope == pytest.approx(0.0, abs=0.05)
+    assert fitted(0.99) == pytest.approx(2 / 3, abs=0.01)
+    assert fitted(0.5) == pytest.approx(2 / 3, abs=0.01)
+
+
+def test_too_few_questions_fit_no_map(tmp_path: Path) -> None:
+    store = ClusterStore(path=tmp_path / "store")
+    report = run(pool(), store, tmp_path / "cache.sqlite")  # 12 questions: < 30 votes
+    assert report.confidence is None
+    assert store.info().confidence is None

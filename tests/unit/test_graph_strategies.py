@@ -12,6 +12,7 @@ from avengers_graph import create_avengers_graph
 from avengers_graph.calibration import ValidationItem, build_prompt, item_contract
 from avengers_graph.experts.contract import Expert
 from avengers_graph.routing import OVERALL_PRIOR
+from avengers_graph.stores.base import ConfidenceMap
 from avengers_graph.stores.chroma import ClusterStore, ExpertStats, StoredQuestion, StoreInfo
 from tests.fakes import KeywordEmbeddings, ScriptedExpert, constant
 
@@ -25,6 +26,7 @@ def _store(
     embeddings: KeywordEmbeddings,
     stats: dict[str, tuple[int, int]],
     planet: dict[str, tuple[int, int]] | None = None,
+    confidence: ConfidenceMap | None = None,
 ) -> ClusterStore:
     """One cluster per keyword; every expert with the same (right, samples) in both
     (``planet``: other counts in the planet cluster)."""
@@ -42,6 +44,7 @@ def _store(
             n_clusters=2,
             seed=0,
             experts=tuple(stats),
+            confidence=confidence,
         ),
         centroids=vectors,
         sizes=[1, 1],
@@ -282,3 +285,33 @@ def test_upstream_error_text_is_redacted_in_failures(tmp_path: Path, embeddings)
     record = graph.invoke({"messages": [HumanMessage(WORD)]})["avengers"]
     assert "sk-live-123456789" not in record["failures"]["leaky"]
     assert "401: bad key" in record["failures"]["leaky"]
+
+
+def test_the_vote_reports_the_stores_calibrated_map_of_its_posterior(
+    tmp_path: Path, embeddings
+) -> None:
+    experts = {
+        "good": ScriptedExpert(model="good", respond=constant("\\boxed{8}")),
+        "weak": ScriptedExpert(model="weak", respond=constant("\\boxed{2}")),
+    }
+    stats = {"good": (6, 10), "weak": (3, 10)}
+    # evidence over the open chance 1/20: ln(0.6/0.4 * 19) = ln 28.5 and ln(3/7 * 19);
+    # 18 answers nobody gave weigh e^0 = 1 each
+    good, weak = 1.5 * 19, 3 / 7 * 19
+    posterior = good / (good + weak + 18)
+    fitted = ConfidenceMap(slope=0.5, intercept=0.0, votes=100)
+    for name, confidence, expected in [
+        ("mapped", fitted, fitted(posterior)),
+        ("unmapped", None, posterior),
+    ]:
+        store = _store(tmp_path / name, embeddings, stats, confidence=confidence)
+        graph = create_avengers_graph(experts, embeddings, store, top_n=2, samples=1, weighted=True)
+        record = graph.invoke({"messages": [HumanMessage(WORD)]})["avengers"]
+        assert record["posterior"] == pytest.approx(posterior)
+        assert record["confidence"] == pytest.approx(expected)
+    assert fitted(posterior) == pytest.approx(0.511, abs=1e-3)  # half the log-odds of 0.522
+    # a majority's confidence is the winner's share: no map applies to it
+    store = _store(tmp_path / "counted", embeddings, stats, confidence=fitted)
+    counted = create_avengers_graph(experts, embeddings, store, top_n=2, samples=1)
+    record = counted.invoke({"messages": [HumanMessage(WORD)]})["avengers"]
+    assert record["confidence"] == record["posterior"] == 0.5

@@ -30,6 +30,7 @@ from avengers_graph.eval.replay import (
     Summary,
     best_expert_sc,
     calibration_curve,
+    calibration_floor,
     choose_on_calibration,
     compare,
     default_grid,
@@ -391,6 +392,8 @@ def test_the_configuration_is_chosen_on_calibration_data() -> None:
     claimed = summary.confidence[CHOSEN]
     assert len(claimed) == 20  # every question, tested once
     assert all(right for _, right in claimed)
+    # every calibration vote is right: no map can be fitted, the posterior stands
+    assert summary.posterior[CHOSEN] == claimed
 
 
 def test_the_incumbent_is_the_best_experts_self_consistency() -> None:
@@ -487,6 +490,19 @@ def test_calibration_curve_by_hand() -> None:
         (0.9, 2.0, 0.5),
     ]
     assert ece == pytest.approx((2 * abs(1.0 - 0.535) + 2 * abs(0.5 - 0.95)) / 4)
+
+
+def test_calibration_floor_by_hand() -> None:
+    # a 50 % answer is off by 0.5 whether it comes out right or wrong; sure answers are
+    # always as right as they claim
+    assert calibration_floor([0.5]) == 0.5
+    assert calibration_floor([1.0, 1.0, 0.0]) == 0.0
+    # two 50 % answers in one bin: off by 0.5 (both right or both wrong) or 0 (one each),
+    # each with chance 1/2: 0.25 in expectation
+    assert calibration_floor([0.5, 0.5], draws=4000) == pytest.approx(0.25, abs=0.02)
+    assert calibration_floor([]) == 0.0
+    with pytest.raises(InvalidInputError, match="draws"):
+        calibration_floor([0.5], draws=0)
 
 
 def test_simultaneous_bar_by_hand() -> None:

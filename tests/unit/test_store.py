@@ -24,6 +24,7 @@ from avengers_graph.errors import (
     StoreError,
     StoreTimeoutError,
 )
+from avengers_graph.stores.base import ConfidenceMap
 from avengers_graph.stores.chroma import (
     SCHEMA_VERSION,
     ClusterStore,
@@ -509,6 +510,39 @@ def test_corrupt_metadata_is_a_store_error(written: ClusterStore, tmp_path: Path
     written.refresh()
     with pytest.raises(StoreError, match="corrupt"):
         written.info()
+
+
+@pytest.mark.parametrize("bad", ['{"slope": -1, "intercept": 0, "votes": 5}', "[1, 0]", "{"])
+def test_a_corrupt_confidence_map_is_a_store_error(
+    written: ClusterStore, tmp_path: Path, bad: str
+) -> None:
+    collection = raw_client(tmp_path).get_collection("pool-a-centroids", embedding_function=None)
+    collection.modify(metadata={**collection.metadata, "confidence": bad})
+    written.refresh()
+    with pytest.raises(StoreError, match="corrupt"):
+        written.info()
+
+
+def test_the_confidence_map_round_trips_and_survives_added_experts(tmp_path: Path) -> None:
+    store = ClusterStore(path=tmp_path, name="pool-a")
+    fitted = ConfidenceMap(slope=0.42, intercept=-0.1, votes=224)
+    write_default(store, info=make_info(confidence=fitted))
+    assert ClusterStore(path=tmp_path, name="pool-a").info().confidence == fitted
+    metadata = raw_client(tmp_path).get_collection("pool-a-centroids", embedding_function=None)
+    assert json.loads(metadata.metadata["confidence"]) == {
+        "slope": 0.42,
+        "intercept": -0.1,
+        "votes": 224,
+    }
+    store.add_expert_stats({0: {"gamma": ExpertStats(1, 1)}})
+    assert ClusterStore(path=tmp_path, name="pool-a").info().confidence == fitted
+
+
+def test_a_store_without_a_map_reads_none(written: ClusterStore, tmp_path: Path) -> None:
+    # what a store written before the map (or fitted on too few votes) holds
+    metadata = raw_client(tmp_path).get_collection("pool-a-centroids", embedding_function=None)
+    assert "confidence" not in metadata.metadata
+    assert written.info().confidence is None
 
 
 # --------------------------------------------------------------------------- collections

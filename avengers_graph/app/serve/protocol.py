@@ -342,6 +342,7 @@ def routing_extension(record: Mapping[str, Any] | None, secrets: Sequence[str]) 
         ],
         "votes": dict(record.get("votes", {})),
         "confidence": record.get("confidence"),
+        "posterior": record.get("posterior"),
         "winner": record.get("winner"),
         "answer_format": record.get("answer_format"),
         "question_format": record.get("question_format"),
