@@ -337,6 +337,17 @@ def run_calibration(
         grid.add_row(escape(shown(name)), f"{accuracy:.1%}")
     console.print(grid)
     console.print(f"{report.calls} expert calls made, {report.cached} answers from the cache.")
+    if (fitted := report.confidence) is not None:
+        console.print(
+            f"Confidence map fitted on {fitted.votes} cross-fitted votes: a vote "
+            f"{_percent(0.9)} sure is right {_percent(fitted(0.9))} of the time, "
+            f"{_percent(0.6)} sure {_percent(fitted(0.6))}."
+        )
+    else:
+        console.print(
+            "No confidence map (under 30 cross-fitted votes, or all right or all wrong): "
+            "answers report the vote's own posterior."
+        )
 
 
 # -- the routing explanation -----------------------------------------------------------

@@ -27,6 +27,8 @@ def test_the_demo_explains_four_answers_at_80_columns(newcomer: Newcomer, tmp_pa
     shown = f"--- stdout\n{out}\n--- stderr (tail)\n{result.stderr[-4000:]}"
     assert result.returncode == 0, shown
     assert "0 expert calls made, 136 answers from the cache." in out, shown
+    # every bundled question votes by key: the map is fitted on all 40 (bundled answers)
+    assert "Confidence map fitted on 40 cross-fitted votes" in out, shown
     assert max(len(line) for line in out.splitlines()) <= 80, shown
     # each answer shows its format, experts with strategies, weighted votes, confidence
     assert out.count("format: ") == 4, shown
