@@ -40,7 +40,7 @@ from sklearn.linear_model import LogisticRegression
 
 from avengers_graph.errors import InvalidInputError
 from avengers_graph.options import AvengersOptions
-from avengers_graph.routing import ClusterMatch, nearest_clusters, plan_sampling
+from avengers_graph.routing import ClusterMatch, nearest_clusters
 from avengers_graph.stores.base import ConfidenceMap, ExpertStats, Graded, logit, tally
 from avengers_graph.voting import VoteResult, is_decided, repeated_weights, weighted_vote
 
@@ -94,22 +94,8 @@ def replay_vote(
         The samples drawn (``(expert, index of its sample)``, in draw order) and the
         last vote (None when nothing was drawn).
     """
-    plan = plan_sampling(
-        matches,
-        stats,
-        list(keys),
-        chance=chance,
-        top_n=options.top_n,
-        per_expert=options.samples,
-        budget=options.budget or options.top_n * options.samples,
-        round_size=options.round_size,
-        depth=options.depth,
-        prior_strength=options.reliability_prior,
-        unit_costs=unit_costs,
-    )
-    weights = dict(plan.evidence)
-    if not options.weighted:  # equal votes, as the graph casts them
-        weights = dict.fromkeys(weights, sum(weights.values()) / len(weights))
+    plan = options.sampling_plan(matches, stats, list(keys), chance=chance, unit_costs=unit_costs)
+    weights = options.vote_weights(plan)
     rank = {name: i for i, name in enumerate(plan.evidence)}
     drawn: list[tuple[str, int]] = []
     taken: dict[str, int] = defaultdict(int)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import difflib
 import reprlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import (
@@ -40,6 +40,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from avengers_graph import routing
 from avengers_graph.errors import InvalidInputError
+from avengers_graph.stores.base import ExpertStats
 
 MAX_RETRIES = 10
 """Upper bound of ``max_retries``."""
@@ -209,13 +210,13 @@ class AvengersOptions(OptionsModel):
     threshold: float | None = Field(default=None, gt=0, le=1)
     """Adaptive sampling: draw samples in rounds of ``round_size``, cheapest informative
     first (:func:`~avengers_graph.routing.plan_sampling`), and stop once the weighted
-    vote is at least this sure of its answer, or once the samples still planned could
-    not change its winner (:func:`~avengers_graph.voting.is_decided`). ``None``: draw
-    every planned sample at once. Applies to answers with a key (numbers, choices,
-    labels, short text, code);
-    free text, tool calls and structured output draw every sample. With
-    ``weighted=False`` every vote weighs the candidates' mean reliability, so the
-    confidence is still a probability."""
+    vote is at least this sure of its answer (its posterior, before the store's
+    calibrated map: :mod:`avengers_graph.confidence`), or once the samples still
+    planned could not change its winner (:func:`~avengers_graph.voting.is_decided`).
+    ``None``: draw every planned sample at once. Applies to answers with a key
+    (numbers, choices, labels, short text, code); free text, tool calls and structured
+    output draw every sample. With ``weighted=False`` every vote weighs the candidates'
+    mean reliability, so the posterior is still a probability."""
     budget: int | None = Field(default=None, ge=1)
     """Most samples per question with adaptive sampling (``None``: ``top_n * samples``)."""
     round_size: int = Field(default=2, ge=1)
@@ -251,6 +252,47 @@ class AvengersOptions(OptionsModel):
 
             get_format(value)  # raises on an unknown name
         return value
+
+    def sampling_plan(
+        self,
+        clusters: Sequence[routing.ClusterMatch],
+        stats: Mapping[int, Mapping[str, ExpertStats]],
+        eligible: Sequence[str],
+        *,
+        chance: float,
+        unit_costs: Mapping[str, float] | None = None,
+    ) -> routing.SamplingPlan:
+        """Adaptive sampling's plan for one question with these options.
+
+        :func:`~avengers_graph.routing.plan_sampling` with ``top_n``, ``samples`` per
+        expert, ``budget`` (default ``top_n * samples``), ``round_size``, ``depth`` and
+        ``reliability_prior``: what the graph's ``select_experts`` plans and
+        :func:`avengers_graph.confidence.replay_vote` replays.
+        """
+        return routing.plan_sampling(
+            clusters,
+            stats,
+            eligible,
+            chance=chance,
+            top_n=self.top_n,
+            per_expert=self.samples,
+            budget=self.budget or self.top_n * self.samples,
+            round_size=self.round_size,
+            depth=self.depth,
+            prior_strength=self.reliability_prior,
+            unit_costs=unit_costs,
+        )
+
+    def vote_weights(self, plan: routing.SamplingPlan) -> dict[str, float]:
+        """Each planned expert's vote weight: its evidence, or their mean if not ``weighted``.
+
+        Equal votes still weigh the candidates' mean evidence, so the posterior stays
+        a probability adaptive sampling can stop on.
+        """
+        weights = dict(plan.evidence)
+        if not self.weighted:
+            weights = dict.fromkeys(weights, sum(weights.values()) / len(weights))
+        return weights
 
 
 def _no_defaults(schema: dict[str, Any]) -> None:

@@ -359,25 +359,12 @@ class _Nodes:
         keyed = voting.votes_by_key(question.format)
         chance = voting.chance_rate(question)
         if settings.threshold is not None and keyed:
-            plan = routing.plan_sampling(
-                matches,
-                stats,
-                eligible,
-                chance=chance,
-                top_n=settings.top_n,
-                per_expert=settings.samples,
-                budget=settings.budget or settings.top_n * settings.samples,
-                round_size=settings.round_size,
-                depth=settings.depth,
-                prior_strength=settings.reliability_prior,
-                unit_costs=self.expert_costs,
+            plan = settings.sampling_plan(
+                matches, stats, eligible, chance=chance, unit_costs=self.expert_costs
             )
             order = plan.order
             names = list(plan.evidence)
-            weights = dict(plan.evidence)
-            if not settings.weighted:  # equal votes, still a probability to stop on
-                mean = sum(weights.values()) / len(weights)
-                weights = dict.fromkeys(names, mean)
+            weights = settings.vote_weights(plan)
             scores = {name: plan.reliability[name] for name in names}
             excluded = unserved + plan.excluded
             round_end = min(settings.round_size, len(order))
