@@ -332,6 +332,29 @@ def run_experts(
     return ordered, len(missing), len(calls) - len(missing)
 
 
+def cached_answers(
+    experts: Mapping[str, BaseChatModel | Expert],
+    items: Sequence[ValidationItem],
+    cache: AnswerCache,
+    *,
+    samples: int | Mapping[str, int],
+    seed: int,
+    temperature: float | None,
+    max_tokens: int | Mapping[str, int] | None,
+) -> dict[tuple[str, str], list[CachedAnswer]] | None:
+    """The answers :func:`run_experts` would return, from the cache alone (no call).
+
+    None when any is missing from the cache.
+    """
+    answers: dict[tuple[str, str], dict[int, CachedAnswer]] = defaultdict(dict)
+    for call in _plan_calls(experts, items, samples, seed, temperature, max_tokens):
+        hit = cache.get(call.key)
+        if hit is None:
+            return None
+        answers[(call.expert, call.item.id)][call.index] = hit
+    return {key: [by_index[i] for i in sorted(by_index)] for key, by_index in answers.items()}
+
+
 @dataclass(frozen=True)
 class GradedSamples:
     """An expert's answers to one item, keyed and graded (:func:`grade_samples`)."""
@@ -619,7 +642,8 @@ def calibrate(
         routing: The routing options the graph will run with: the confidence map
             (:func:`fit_confidence`) is fitted on votes cast with them (default:
             weighted votes, ``threshold`` 0.9, the other options' defaults). Adding
-            experts to a store keeps its map; ``replace=True`` fits a new one.
+            experts refits it with the whole pool when the earlier experts are passed
+            too and their answers are all in the cache; else the stored map stays.
         expert_costs: Expert name to its cost per generated token, as the graph gets
             them (adaptive sampling's draw order).
 
@@ -652,7 +676,17 @@ def calibrate(
     # StoreBusyError instead of calling experts and then overwriting this one.
     with store.write_lock():
         if not replace and not store.is_empty():
-            return _add_experts(experts, embeddings, dataset, store, answer_cache, grader, run)
+            return _add_experts(
+                experts,
+                embeddings,
+                dataset,
+                store,
+                answer_cache,
+                grader,
+                run,
+                routing=routing if routing is not None else DEFAULT_ROUTING,
+                expert_costs=expert_costs,
+            )
         return _calibrate_new(
             experts,
             embeddings,
@@ -730,7 +764,16 @@ def _add_experts(
     cache: AnswerCache,
     grader: Grader | None,
     run: Mapping[str, Any],
+    *,
+    routing: AvengersOptions,
+    expert_costs: Mapping[str, float] | None,
 ) -> CalibrationReport:
+    """Run the experts the store lacks on its questions and add their statistics.
+
+    The confidence map is refitted with the whole pool when every earlier expert is in
+    ``experts`` and its answers are all in the cache (no call is made for them); else
+    the stored map is kept.
+    """
     info = store.info()
     store.check_compatible(embedding_model_name(embeddings), info.embedding_dim)
     stored = store.questions()
@@ -748,6 +791,23 @@ def _add_experts(
     items = [ValidationItem(q.id, q.question, q.answer, q.kind) for q in stored]
     answers, calls, cached = run_experts({n: experts[n] for n in new}, items, cache, **run)
     added = {name: experts[name] for name in new}
-    stats = expert_stats(answers, items, {q.id: q.cluster for q in stored}, added, grader)
-    store.add_expert_stats(stats)
+    labels = {q.id: q.cluster for q in stored}
+    stats = expert_stats(answers, items, labels, added, grader)
+    confidence = None
+    earlier = {name: experts[name] for name in info.experts if name in experts}
+    if len(earlier) == len(info.experts):
+        keys = ("samples", "seed", "temperature", "max_tokens")
+        found = cached_answers(earlier, items, cache, **{key: run[key] for key in keys})
+        if found is not None:
+            pool = {**earlier, **added}
+            confidence = fit_confidence(
+                graded_items({**found, **answers}, items, labels, pool, grader),
+                items,
+                store.question_vectors(),
+                store.centroids(),
+                routing,
+                seed=info.seed or 0,
+                expert_costs=expert_costs,
+            )
+    store.add_expert_stats(stats, confidence=confidence)
     return _report(store, new, calls, cached)

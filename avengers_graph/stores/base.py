@@ -613,8 +613,15 @@ class Calibration:
                 self.question_vectors,
             )
 
-    def with_experts(self, stats: Mapping[int, Mapping[str, ExpertStats]]) -> Calibration:
+    def with_experts(
+        self,
+        stats: Mapping[int, Mapping[str, ExpertStats]],
+        confidence: ConfidenceMap | None = None,
+    ) -> Calibration:
         """This calibration with the statistics of experts it did not have added.
+
+        ``confidence``, a map refitted with the new experts, replaces the stored one
+        (None keeps it).
 
         Raises:
             InvalidInputError: An expert that is already calibrated, or bad statistics.
@@ -626,7 +633,11 @@ class Calibration:
         merged = {c: dict(e) for c, e in self.stats.items()}
         for cluster, experts in clean.items():
             merged.setdefault(cluster, {}).update(experts)
-        info = replace(self.info, experts=(*self.info.experts, *new))
+        info = replace(
+            self.info,
+            experts=(*self.info.experts, *new),
+            confidence=confidence or self.info.confidence,
+        )
         return replace(self, info=info, stats=merged)
 
 
@@ -798,8 +809,12 @@ class CalibrationStore(Protocol):
         """Replace the pool's calibration."""
         ...
 
-    def add_expert_stats(self, stats: Mapping[int, Mapping[str, ExpertStats]]) -> StoreInfo:
-        """Add new experts' statistics."""
+    def add_expert_stats(
+        self,
+        stats: Mapping[int, Mapping[str, ExpertStats]],
+        confidence: ConfidenceMap | None = None,
+    ) -> StoreInfo:
+        """Add new experts' statistics (and a confidence map refitted with them)."""
         ...
 
     def refresh(self) -> None:

@@ -1275,7 +1275,11 @@ class ClusterStore:
             calibration.question_vectors,
         )
 
-    def add_expert_stats(self, stats: Mapping[int, Mapping[str, ExpertStats]]) -> StoreInfo:
+    def add_expert_stats(
+        self,
+        stats: Mapping[int, Mapping[str, ExpertStats]],
+        confidence: ConfidenceMap | None = None,
+    ) -> StoreInfo:
         """Merge statistics of new or re-scored experts into the existing clusters.
 
         Clusters are not recomputed. For each given cluster and expert the statistics
@@ -1286,6 +1290,8 @@ class ClusterStore:
 
         Args:
             stats: ``{cluster: {expert: ExpertStats}}`` for existing clusters.
+            confidence: A confidence map refitted with them: it replaces the stored
+                one (None keeps it).
 
         Returns:
             The updated info.
@@ -1308,7 +1314,12 @@ class ClusterStore:
             new_experts = list(info.experts)
             for experts in clean.values():
                 new_experts.extend(e for e in experts if e not in new_experts)
-            updated = replace(info, experts=tuple(new_experts), schema_version=SCHEMA_VERSION)
+            updated = replace(
+                info,
+                experts=tuple(new_experts),
+                schema_version=SCHEMA_VERSION,
+                confidence=confidence or info.confidence,
+            )
             self._rewrite_clusters(info, updated, current, questions_name)
         self._info = updated
         return updated

@@ -23,6 +23,7 @@ from avengers_graph.errors import EmptyStoreError, InvalidInputError
 from avengers_graph.stores.base import (
     Calibration,
     CalibrationStore,
+    ConfidenceMap,
     ExpertStats,
     Feedback,
     StoredQuestion,
@@ -159,9 +160,16 @@ class MemoryStore:
         self._calibration = calibration
         return calibration.info
 
-    def add_expert_stats(self, stats: Mapping[int, Mapping[str, ExpertStats]]) -> StoreInfo:
-        """Add the statistics of new experts to the calibration."""
-        calibration = self.calibration.with_experts(stats)
+    def add_expert_stats(
+        self,
+        stats: Mapping[int, Mapping[str, ExpertStats]],
+        confidence: ConfidenceMap | None = None,
+    ) -> StoreInfo:
+        """Add the statistics of new experts to the calibration.
+
+        ``confidence``, a map refitted with them, replaces the stored one (None keeps it).
+        """
+        calibration = self.calibration.with_experts(stats, confidence)
         self._calibration = calibration
         return calibration.info
 

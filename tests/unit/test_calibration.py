@@ -381,48 +381,83 @@ def test_grade_samples_reads_labels_as_the_vote_does() -> None:
     assert (exact.majority, exact.right) == (False, [False, False, False])
 
 
-def test_calibration_fits_and_stores_the_confidence_map(tmp_path: Path) -> None:
-    # 60 number questions: "steady" is right unless i % 3 == 0, "erratic" when i is even,
-    # and both give i + 1000 when wrong. Over i % 6: they agree on 2, 3, 4 (right, wrong,
-    # right) and split on 0, 1, 5, where the steadier one wins (wrong, right, right): a
-    # sure vote and a split one are both right 2 times in 3
-    # (questions the detector reads as numbers: service samples them adaptively)
-    dataset = [
-        {"id": f"n{i}", "question": f"What is {i} plus 0?", "answer": str(i), "kind": "number"}
-        for i in range(60)
-    ]
+# 60 number questions the detector reads as numbers (service samples them adaptively)
+NUMBERS = [
+    {"id": f"n{i}", "question": f"What is {i} plus 0?", "answer": str(i), "kind": "number"}
+    for i in range(60)
+]
 
-    def answers(right: Callable[[int], bool]) -> Responder:
-        def respond(question: str, seed: int | None) -> str:
-            number = int(question.split()[2])
-            return f"\\boxed{{{number if right(number) else number + 1000}}}"
 
-        return respond
+def numbers_expert(name: str, right: Callable[[int], bool], wrong: int = 1000) -> ScriptedExpert:
+    """Answers question i with i when ``right(i)``, else with i + ``wrong``."""
 
-    experts = {
-        "steady": ScriptedExpert(model="steady", respond=answers(lambda i: i % 3 != 0)),
-        "erratic": ScriptedExpert(model="erratic", respond=answers(lambda i: i % 2 == 0)),
-    }
-    store = ClusterStore(path=tmp_path / "store")
-    report = calibrate(
+    def respond(question: str, seed: int | None) -> str:
+        number = int(question.split()[2])
+        return f"\\boxed{{{number if right(number) else number + wrong}}}"
+
+    return ScriptedExpert(model=name, respond=respond)
+
+
+def calibrate_numbers(experts: dict[str, Any], store: ClusterStore, cache: Path):
+    return calibrate(
         experts,
         KeywordEmbeddings(KEYWORDS),
-        dataset,
+        NUMBERS,
         store,
         n_clusters=2,
         samples=1,
-        cache=tmp_path / "cache.sqlite",
+        cache=cache,
         routing=AvengersOptions(weighted=True, threshold=0.9, top_n=2, samples=1),
     )
+
+
+def test_calibration_fits_and_stores_the_confidence_map(tmp_path: Path) -> None:
+    # "steady" is right unless i % 3 == 0, "erratic" when i is even, and both give
+    # i + 1000 when wrong. Over i % 6: they agree on 2, 3, 4 (right, wrong, right) and
+    # split on 0, 1, 5, where the steadier one wins (wrong, right, right): a sure vote
+    # and a split one are both right 2 times in 3
+    experts = {
+        "steady": numbers_expert("steady", lambda i: i % 3 != 0),
+        "erratic": numbers_expert("erratic", lambda i: i % 2 == 0),
+    }
+    store = ClusterStore(path=tmp_path / "store")
+    report = calibrate_numbers(experts, store, tmp_path / "cache.sqlite")
     fitted = report.confidence
     assert fitted is not None
     assert fitted.votes == 60  # every question voted once, with statistics of the others
-    assert fitted.slope >= 0
     assert store.info().confidence == fitted
     # so the map says 2/3 whatever the posterior
     assert fitted.slope == pytest.approx(0.0, abs=0.05)
     assert fitted(0.99) == pytest.approx(2 / 3, abs=0.01)
     assert fitted(0.5) == pytest.approx(2 / 3, abs=0.01)
+
+
+def test_adding_an_expert_refits_the_map_from_the_cache(tmp_path: Path) -> None:
+    # alone, "steady" (right unless i % 3 == 0) is right 2 times in 3 at one posterior;
+    # "erratic" (right when i is even) is wrong in its own way, so when they agree they
+    # are right, and when they split the vote is right 2 times in 4: the refitted map
+    # says a sure vote is surer than a split one
+    steady = numbers_expert("steady", lambda i: i % 3 != 0)
+    erratic = numbers_expert("erratic", lambda i: i % 2 == 0, wrong=2000)
+    cache = tmp_path / "cache.sqlite"
+    store = ClusterStore(path=tmp_path / "store")
+    alone = calibrate_numbers({"steady": steady}, store, cache).confidence
+    assert alone is not None
+    assert alone(0.9) == pytest.approx(2 / 3, abs=0.01)
+    both = calibrate_numbers({"steady": steady, "erratic": erratic}, store, cache).confidence
+    assert steady.calls == 60  # steady's answers came from the cache
+    assert both is not None
+    assert both != alone
+    assert store.info().confidence == both
+    assert both.votes == 60
+    assert both.slope > 0.5
+    assert both(0.99) > 0.8 > both(0.5)
+    # without steady's answers in the cache, the map it has stays
+    other = ClusterStore(path=tmp_path / "other")
+    calibrate_numbers({"steady": steady}, other, tmp_path / "first.sqlite")
+    calibrate_numbers({"steady": steady, "erratic": erratic}, other, tmp_path / "second.sqlite")
+    assert other.info().confidence == alone
+    assert other.info().experts == ("steady", "erratic")
 
 
 def test_too_few_questions_fit_no_map(tmp_path: Path) -> None:
