@@ -155,6 +155,8 @@ def test_the_sdk_gets_a_voted_answer_with_usage_and_routing(sdk: openai.OpenAI) 
     assert answer.usage.total_tokens > 0
     routing = (answer.model_extra or {})["avengers"]
     assert routing["votes"] == {"42": 4}
+    # four samples of four agree: a majority's share, which no calibrated map changes
+    assert routing["confidence"] == routing["posterior"] == 1.0
     assert [e["name"] for e in routing["experts"]] == ["mathy", "bard"]
     assert routing["seed"] == 1
 
