@@ -277,14 +277,7 @@ def run_experts(
     """
     calls = _plan_calls(experts, items, samples, seed, temperature, max_tokens)
     models = {name: as_expert(expert).model for name, expert in experts.items()}
-    answers: dict[tuple[str, str], dict[int, CachedAnswer]] = defaultdict(dict)
-    missing: list[_Call] = []
-    for call in calls:
-        hit = cache.get(call.key)
-        if hit is None:
-            missing.append(call)
-        else:
-            answers[(call.expert, call.item.id)][call.index] = hit
+    answers, missing = _from_cache(calls, cache)
     done = len(calls) - len(missing)
     if progress:
         progress(done, len(calls))
@@ -332,6 +325,21 @@ def run_experts(
     return ordered, len(missing), len(calls) - len(missing)
 
 
+def _from_cache(
+    calls: Sequence[_Call], cache: AnswerCache
+) -> tuple[dict[tuple[str, str], dict[int, CachedAnswer]], list[_Call]]:
+    """The cached answers of ``calls`` by (expert, item id) and sample, and the calls missing."""
+    answers: dict[tuple[str, str], dict[int, CachedAnswer]] = defaultdict(dict)
+    missing: list[_Call] = []
+    for call in calls:
+        hit = cache.get(call.key)
+        if hit is None:
+            missing.append(call)
+        else:
+            answers[(call.expert, call.item.id)][call.index] = hit
+    return answers, missing
+
+
 def cached_answers(
     experts: Mapping[str, BaseChatModel | Expert],
     items: Sequence[ValidationItem],
@@ -346,12 +354,10 @@ def cached_answers(
 
     None when any is missing from the cache.
     """
-    answers: dict[tuple[str, str], dict[int, CachedAnswer]] = defaultdict(dict)
-    for call in _plan_calls(experts, items, samples, seed, temperature, max_tokens):
-        hit = cache.get(call.key)
-        if hit is None:
-            return None
-        answers[(call.expert, call.item.id)][call.index] = hit
+    calls = _plan_calls(experts, items, samples, seed, temperature, max_tokens)
+    answers, missing = _from_cache(calls, cache)
+    if missing:
+        return None
     return {key: [by_index[i] for i in sorted(by_index)] for key, by_index in answers.items()}
 
 
