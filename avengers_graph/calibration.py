@@ -15,6 +15,9 @@
    grader (:mod:`avengers_graph.grading`) or the caller's.
 6. Per cluster and expert, ``correct``, ``total``, mean tokens and seconds go to the
    :class:`~avengers_graph.stores.chroma.ClusterStore` with the centroids and the questions.
+7. :func:`fit_confidence` votes every question as the graph would, with statistics of
+   the other questions only, and fits the map from a vote's posterior to how often it
+   is right (:mod:`avengers_graph.confidence`); the store keeps it with the clusters.
 
 On a store that already holds a calibration, only the experts it does not know yet
 are run, on the stored questions, and their statistics are added without
